@@ -1,0 +1,1 @@
+"""The ``ferry`` command line: one module per command, registered in ``main``."""

@@ -1,0 +1,79 @@
+"""Entry point of the ``ferry`` command.
+
+Commands live in one module each (``ferry.daemon.cli.<name>``) exposing
+``register(subparsers)``; the parser sets ``func`` to a callable taking the parsed
+namespace and returning an exit code. Modules are imported here by name so that a
+command's heavy imports (pyusb, dbus-next, ...) happen only inside its ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ferry import __version__
+from ferry.daemon.cli import exitcodes
+from ferry.errors import FerryError
+
+COMMANDS = (
+    "status",
+    "install",
+    "cancel",
+    "mark",
+    "history",
+    "devices",
+    "flash",
+    "bundle",
+    "demo",
+    "sim",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferry",
+        description="ferry: update the whole gateway, its A/B rootfs and every device behind it.",
+        epilog="Run 'ferry COMMAND --help' for the options of one command. "
+        "Exit codes: see docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"ferry {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="gateway config (default /etc/ferry/ferry.toml); with it, status and mark "
+        "work standalone without ferryd",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"ferry.daemon.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ferry.daemon.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return exitcodes.USAGE
+    try:
+        return int(func(args) or 0)
+    except FerryError as err:
+        print(f"ferry: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("ferry: interrupted", file=sys.stderr)
+        return exitcodes.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests never depend on wall-clock speed; see bench/ for that."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_tool(name: str) -> str:
+    """Path of an external peer tool; .ci/setup installs every one, so absence is a failure."""
+    path = shutil.which(name) or shutil.which(name, path=str(ROOT / ".venv" / "bin"))
+    if path is None:
+        pytest.fail(f"{name} is not installed; run 'bash .ci/setup' (it installs every peer)")
+    return path
+
+
+@pytest.fixture
+def venv_bin() -> Path:
+    return ROOT / ".venv" / "bin"
+
+
+@pytest.fixture(autouse=True)
+def _path_has_venv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Peer tools installed from PyPI (imgtool, smpmgr, swugenerator, goosebit) live in
+    # the venv's bin; make subprocesses find them the same way CI does.
+    monkeypatch.setenv("PATH", f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
