@@ -1,0 +1,294 @@
+"""The gateway config: one TOML file (``/etc/ferry/ferry.toml``), read with ``tomllib``.
+
+Every section is a frozen dataclass and the loader is driven by the dataclass fields:
+to add a setting, add a field with a default to the right class (and a line to
+docs/configuration.md). Unknown keys are an error naming the key, because a typo in a
+field config (``atempts = 5``) that silently keeps the default is worse than a refusal.
+
+Relative paths are taken relative to the directory of the config file, so a test or
+``ferry demo`` can keep a whole gateway in one temp directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferry.errors import FerryError
+
+DEFAULT_PATH = Path("/etc/ferry/ferry.toml")
+
+SCHEMES = ("bootchooser", "bootcount")
+FLAG_MODES = ("incremental", "boolean")
+
+
+class ConfigError(FerryError):
+    """The config file is missing, unreadable or holds a wrong key or value."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    compatible: str
+    version: str | None = None
+    version_file: Path | None = None
+    data_dir: Path = Path("/var/lib/ferry")
+
+    def running_version(self) -> str:
+        """Version of the running system: ``version``, else the first line of ``version_file``."""
+        if self.version is not None:
+            return self.version
+        if self.version_file is not None:
+            try:
+                text = self.version_file.read_text(encoding="utf-8").strip()
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot read gateway.version_file {self.version_file}: {err.strerror}"
+                ) from err
+            return text.splitlines()[0].strip() if text else ""
+        return ""
+
+
+@dataclass(frozen=True)
+class BootloaderConfig:
+    # "bootchooser": BOOT_ORDER / BOOT_<x>_LEFT (RAUC); "bootcount": upgrade_available,
+    # bootcount, bootlimit, altbootcmd and boot_part_var (Mender).
+    scheme: str = "bootchooser"
+    fw_env_config: Path = Path("/etc/fw_env.config")
+    # Meaning of the redundant env's flag byte; must match the U-Boot build (see
+    # docs/bootloader.md): "boolean" for env/flash.c (NOR), "incremental" otherwise.
+    flags: str = "incremental"
+    attempts: int = 3
+    cmdline: Path = Path("/proc/cmdline")
+    boot_part_var: str = "ferry_boot_part"
+    # Shared with libubootenv's fw_setenv so ferry and the tools never write at once.
+    lock_file: Path = Path("/var/lock/fw_printenv.lock")
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    name: str
+    bootname: str
+    device: Path
+    # Value of bootloader.boot_part_var that selects this slot (bootcount scheme);
+    # defaults to the boot name. Mender uses partition numbers here.
+    bootpart: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyringConfig:
+    path: Path = Path("/etc/ferry/keyring.pem")
+
+
+@dataclass(frozen=True)
+class InstallConfig:
+    min_version: str | None = None
+    allow_same_version: bool = False
+    # argv run to reboot; empty means ask systemd over D-Bus.
+    reboot_command: tuple[str, ...] = ()
+    max_bundle_size: int | None = None
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    window_seconds: float = 300.0
+    required_units: tuple[str, ...] = ()
+    checks: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    url: str | None = None
+    tenant: str = "DEFAULT"
+    controller_id: str | None = None
+    target_token: str | None = None
+    gateway_token: str | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    poll_jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    transport: str
+    address: str = ""
+    baud: int | None = None
+    image_id: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig
+    bootloader: BootloaderConfig = field(default_factory=BootloaderConfig)
+    slots: tuple[SlotConfig, ...] = ()
+    keyring: KeyringConfig = field(default_factory=KeyringConfig)
+    install: InstallConfig = field(default_factory=InstallConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    targets: tuple[TargetConfig, ...] = ()
+    path: Path | None = None
+
+    def slot(self, key: str) -> SlotConfig:
+        """The slot whose name or boot name is ``key``."""
+        for s in self.slots:
+            if key in (s.name, s.bootname):
+                return s
+        names = ", ".join(f"{s.name} ({s.bootname})" for s in self.slots) or "none"
+        raise ConfigError(f"no slot named {key!r} in the config; slots: {names}")
+
+
+# Sections that appear once ([name]) and arrays of tables ([[name]]), in file order.
+_SECTIONS: dict[str, type] = {
+    "gateway": GatewayConfig,
+    "bootloader": BootloaderConfig,
+    "keyring": KeyringConfig,
+    "install": InstallConfig,
+    "health": HealthConfig,
+    "backend": BackendConfig,
+}
+_ARRAYS: dict[str, tuple[str, type]] = {
+    "slot": ("slots", SlotConfig),
+    "target": ("targets", TargetConfig),
+}
+
+
+def load_config(path: str | Path = DEFAULT_PATH) -> Config:
+    """Read and check the config; raises ConfigError naming the file and the key."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read config {p}: {err.strerror}; pass --config PATH"
+        ) from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from err
+    return config_from_dict(data, base=p.resolve().parent, path=p)
+
+
+def config_from_dict(
+    data: dict[str, Any], *, base: Path | None = None, path: Path | None = None
+) -> Config:
+    """Build a Config from parsed TOML; ``base`` anchors relative paths."""
+    where = str(path) if path is not None else "config"
+    kwargs: dict[str, Any] = {"path": path}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            kwargs[key] = _build(_SECTIONS[key], value, f"{where}: [{key}]", base)
+        elif key in _ARRAYS:
+            attr, cls = _ARRAYS[key]
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{where}: {key} must be an array of tables [[{key}]]")
+            kwargs[attr] = tuple(
+                _build(cls, v, f"{where}: [[{key}]] #{i + 1}", base) for i, v in enumerate(value)
+            )
+        else:
+            known = ", ".join(sorted([*_SECTIONS, *_ARRAYS]))
+            raise ConfigError(f"{where}: unknown section {key!r} (known: {known})")
+    if "gateway" not in kwargs:
+        raise ConfigError(f"{where}: missing [gateway] section (needs at least 'compatible')")
+    cfg = Config(**kwargs)
+    _check(cfg, where)
+    return cfg
+
+
+def _check(cfg: Config, where: str) -> None:
+    bl = cfg.bootloader
+    if bl.scheme not in SCHEMES:
+        raise ConfigError(
+            f"{where}: bootloader.scheme = {bl.scheme!r}; use one of {', '.join(SCHEMES)}"
+        )
+    if bl.flags not in FLAG_MODES:
+        raise ConfigError(
+            f"{where}: bootloader.flags = {bl.flags!r}; use one of {', '.join(FLAG_MODES)}"
+        )
+    if not 1 <= bl.attempts <= 9:
+        # U-Boot's setexpr counts in hex; the boot scripts compare single digits.
+        raise ConfigError(f"{where}: bootloader.attempts = {bl.attempts}; use 1 to 9")
+    seen: set[str] = set()
+    for s in cfg.slots:
+        for key in (s.name, s.bootname):
+            if key in seen:
+                raise ConfigError(f"{where}: slot name or boot name {key!r} used twice")
+            seen.add(key)
+        if not s.bootname.isalnum():
+            raise ConfigError(
+                f"{where}: slot {s.name} bootname {s.bootname!r} must be letters and digits "
+                "(it becomes part of the variable BOOT_<bootname>_LEFT)"
+            )
+    names = [t.name for t in cfg.targets]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"{where}: target name {n!r} used twice")
+
+
+def _build(cls: type, table: dict[str, Any], where: str, base: Path | None) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+        kwargs[key] = _convert(hints[key], value, f"{where} {key}", base)
+    for name, f in fields.items():
+        if (
+            name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
+            raise ConfigError(f"{where}: missing required key {name!r}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str, base: Path | None) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value, where, base)
+    if tp is Any:
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: expected a path string, got {value!r}")
+        p = Path(value)
+        return base / p if base is not None and not p.is_absolute() else p
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected an array, got {value!r}")
+        (item, _ellipsis) = typing.get_args(tp)
+        return tuple(_convert(item, v, where, base) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{where}: unsupported setting type {tp!r}")  # pragma: no cover
