@@ -1,0 +1,200 @@
+"""One-pass, verify-first reader of a ferry/SWUpdate bundle.
+
+Nothing from a payload is handed out before sw-description and its signature are read
+and verified, and each image is handed out as a stream whose size and sha256 are checked
+as its last bytes arrive: the consumer never sees the final chunk of an image that does
+not match, so a slot written from it is never complete with bad data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import BinaryIO, cast
+
+from ferry.packaging.cpio import CpioStreamReader
+from ferry.packaging.description import (
+    DESCRIPTION_NAME,
+    SIGNATURE_NAME,
+    Description,
+    ImageEntry,
+    parse_description,
+)
+from ferry.packaging.errors import (
+    BadHeader,
+    BundleError,
+    HashMismatch,
+    MissingMember,
+    OverLimit,
+    SizeMismatch,
+    UnlistedMember,
+    UnsignedBundle,
+    WrongMemberOrder,
+)
+from ferry.packaging.keyring import Keyring
+from ferry.packaging.limits import Limits
+from ferry.packaging.signature import verify
+
+CHUNK = 1 << 20
+
+
+class ImageStream(io.RawIOBase):
+    """The stored bytes of one image, checked against sw-description at their end."""
+
+    def __init__(self, cpio: CpioStreamReader, entry: ImageEntry) -> None:
+        self._cpio = cpio
+        self.entry = entry
+        self._hash = hashlib.sha256()
+        self._done = False
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._done:
+            return b""
+        want = CHUNK if size is None or size < 0 else size
+        if want == 0:
+            return b""
+        chunk = self._cpio.read_data(want)
+        self._hash.update(chunk)
+        self.bytes_read += len(chunk)
+        if self._cpio.remaining == 0:
+            self._done = True
+            self._check()
+        return chunk
+
+    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _check(self) -> None:
+        entry = self.entry
+        got = self._hash.hexdigest()
+        if got != entry.sha256:
+            raise HashMismatch(
+                f"image {entry.filename!r}: sha256 {got[:16]}... does not match "
+                f"sw-description {entry.sha256[:16]}...; the bundle is corrupt or tampered"
+            )
+        if not self._cpio.checksum_ok():
+            raise BadHeader(f"image {entry.filename!r}: cpio checksum does not match its header")
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+class BundleReader:
+    """Reads and verifies sw-description on construction, then streams the images."""
+
+    def __init__(self, stream: BinaryIO, keyring: Keyring, *, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._cpio = CpioStreamReader(stream, self.limits)
+        self._started = False
+        self._finished = False
+        first = self._cpio.next_header()
+        if first.name != DESCRIPTION_NAME:
+            if first.is_trailer:
+                raise MissingMember("bundle is an empty cpio archive; sw-description missing")
+            raise WrongMemberOrder(
+                f"first member is {first.name!r}; a bundle starts with sw-description"
+            )
+        description = self._cpio.read_member(self.limits.max_description_size, "sw-description")
+        second = self._cpio.next_header()
+        if second.name != SIGNATURE_NAME:
+            raise UnsignedBundle(
+                f"bundle is not signed: second member is {second.name!r}, not "
+                "sw-description.sig; sign it with 'ferry bundle create --key/--cert'"
+            )
+        sig = self._cpio.read_member(self.limits.max_signature_size, "sw-description.sig")
+        signer = verify(description, sig, keyring)
+        self.signer: str = signer.subject
+        self.raw_description: bytes = description
+        self.description: Description = parse_description(description)
+        if len(self.description.images) > self.limits.max_images:
+            raise OverLimit(
+                f"sw-description lists {len(self.description.images)} images; the limit is "
+                f"{self.limits.max_images}"
+            )
+        for entry in self.description.images:
+            if entry.size > self.limits.max_member_size:
+                raise OverLimit(
+                    f"image {entry.filename!r} is {entry.size} bytes, over the limit of "
+                    f"{self.limits.max_member_size}"
+                )
+
+    @property
+    def offset(self) -> int:
+        """Bytes consumed from the stream so far (for progress reporting)."""
+        return self._cpio.offset
+
+    def images(self) -> Iterator[tuple[ImageEntry, BinaryIO]]:
+        """Yield (entry, stream) in sw-description order; read each stream to its end."""
+        if self._started:
+            raise BundleError("BundleReader.images() can be iterated only once")
+        self._started = True
+        listed = {e.filename: i for i, e in enumerate(self.description.images)}
+        previous: ImageStream | None = None
+        for index, entry in enumerate(self.description.images):
+            if previous is not None and not previous.finished:
+                raise BundleError(
+                    f"image {previous.entry.filename!r} was not read to its end before the next"
+                )
+            header = self._cpio.next_header()
+            if header.is_trailer:
+                raise MissingMember(
+                    f"bundle ends without image {entry.filename!r} that sw-description lists"
+                )
+            if header.name != entry.filename:
+                if header.name in (DESCRIPTION_NAME, SIGNATURE_NAME) or (
+                    header.name in listed and listed[header.name] != index
+                ):
+                    raise WrongMemberOrder(
+                        f"member {header.name!r} comes where sw-description lists "
+                        f"{entry.filename!r}; images must follow sw-description's order"
+                    )
+                raise UnlistedMember(
+                    f"member {header.name!r} is not listed in sw-description; refusing the bundle"
+                )
+            if header.size != entry.size:
+                raise SizeMismatch(
+                    f"image {entry.filename!r} is {header.size} bytes in the archive but "
+                    f"{entry.size} in sw-description"
+                )
+            stream = ImageStream(self._cpio, entry)
+            if entry.size == 0:
+                stream.read(0)
+                stream._done = True
+                stream._check()
+            previous = stream
+            yield entry, cast(BinaryIO, stream)
+        if previous is not None and not previous.finished:
+            raise BundleError(f"image {previous.entry.filename!r} was not read to its end")
+        tail = self._cpio.next_header()
+        if not tail.is_trailer:
+            if tail.name in listed or tail.name in (DESCRIPTION_NAME, SIGNATURE_NAME):
+                raise WrongMemberOrder(f"member {tail.name!r} appears twice in the bundle")
+            raise UnlistedMember(
+                f"member {tail.name!r} is not listed in sw-description; refusing the bundle"
+            )
+        self._cpio.check_end()
+        self._finished = True
+
+    def verify_all(self) -> None:
+        """Read every image to its end, checking everything (``ferry bundle verify``)."""
+        for _entry, stream in self.images():
+            while stream.read(CHUNK):
+                pass

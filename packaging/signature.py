@@ -1,0 +1,311 @@
+"""CMS (PKCS#7) detached signatures over sw-description: sign with ``cryptography``,
+verify by parsing the CMS structure with asn1crypto and checking every signature with
+``cryptography`` (which has no PKCS#7 verify of its own).
+
+Verification follows what SWUpdate and ``openssl cms -verify`` check: the signed
+attributes (content type, messageDigest over the exact sw-description bytes), the
+signature over those attributes, and an X.509 path from the signer certificate to a
+keyring anchor with validity periods, CA basicConstraints (and path length), keyUsage
+and extendedKeyUsage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from asn1crypto import cms
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ferry.packaging.errors import BadSignature, ExpiredSigner, UntrustedSigner
+from ferry.packaging.keyring import Keyring
+
+MAX_CHAIN = 8
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+    "sha224": hashes.SHA224,
+}
+# A signer cert with an EKU must allow one of these (SWUpdate's default purpose is
+# emailProtection; RAUC and others use codeSigning).
+_SIGNER_EKUS = {
+    ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    ExtendedKeyUsageOID.CODE_SIGNING,
+    ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+}
+
+
+@dataclass(frozen=True)
+class SignerInfo:
+    subject: str
+    certificate: x509.Certificate
+
+
+# -- signing -----------------------------------------------------------------------------
+def sign(
+    data: bytes,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    *,
+    extra_certs: Sequence[x509.Certificate] = (),
+    pss: bool = False,
+) -> bytes:
+    """DER CMS SignedData, detached, binary, signer certificate (and chain) included."""
+    builder = pkcs7.PKCS7SignatureBuilder().set_data(data)
+    if pss:
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("PSS needs an RSA key")
+        pss_padding = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        builder = builder.add_signer(cert, key, hashes.SHA256(), rsa_padding=pss_padding)
+    else:
+        builder = builder.add_signer(cert, key, hashes.SHA256())
+    for extra in extra_certs:
+        builder = builder.add_certificate(extra)
+    return builder.sign(
+        serialization.Encoding.DER,
+        [
+            pkcs7.PKCS7Options.DetachedSignature,
+            pkcs7.PKCS7Options.Binary,
+            pkcs7.PKCS7Options.NoCapabilities,
+        ],
+    )
+
+
+# -- verifying ---------------------------------------------------------------------------
+def _hash_name(algo: str) -> type[hashes.HashAlgorithm]:
+    try:
+        return _HASHES[algo]
+    except KeyError:
+        raise BadSignature(f"signature uses unsupported digest {algo!r}") from None
+
+
+def _verify_raw(
+    cert: x509.Certificate, sig_algo: cms.SignedDigestAlgorithm, digest: str, signature: bytes,
+    message: bytes,
+) -> None:  # fmt: skip
+    public = cert.public_key()
+    algo = sig_algo.signature_algo
+    hash_cls = _hash_name(digest)
+    try:
+        if algo == "rsassa_pkcs1v15" and isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, message, padding.PKCS1v15(), hash_cls())
+        elif algo == "rsassa_pss" and isinstance(public, rsa.RSAPublicKey):
+            params = sig_algo["parameters"]
+            pss_hash = _hash_name(params["hash_algorithm"]["algorithm"].native)
+            mgf = params["mask_gen_algorithm"]
+            if mgf["algorithm"].native != "mgf1":
+                raise BadSignature("RSA-PSS signature uses an unsupported mask function")
+            mgf_hash = _hash_name(mgf["parameters"]["algorithm"].native)
+            salt = int(params["salt_length"].native)
+            public.verify(
+                signature,
+                message,
+                padding.PSS(mgf=padding.MGF1(mgf_hash()), salt_length=salt),
+                pss_hash(),
+            )
+        elif algo == "ecdsa" and isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, message, ec.ECDSA(hash_cls()))
+        else:
+            raise BadSignature(
+                f"signature algorithm {algo} does not match the signer's "
+                f"{type(public).__name__} key"
+            )
+    except InvalidSignature:
+        raise BadSignature(
+            "sw-description.sig does not match sw-description: the bundle was modified "
+            "or signed with another key"
+        ) from None
+    except (UnsupportedAlgorithm, ValueError) as err:
+        raise BadSignature(f"signature cannot be checked: {err}") from None
+
+
+def _find_signer(sid: cms.SignerIdentifier, certs: Sequence[x509.Certificate]) -> x509.Certificate:
+    for cert in certs:
+        if sid.name == "issuer_and_serial_number":
+            ias = sid.chosen
+            if (
+                cert.serial_number == ias["serial_number"].native
+                and cert.issuer.public_bytes() == ias["issuer"].dump()
+            ):
+                return cert
+        else:
+            try:
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            except x509.ExtensionNotFound:
+                continue
+            if ski.value.digest == sid.chosen.native:
+                return cert
+    raise UntrustedSigner(
+        "sw-description.sig does not include the signer's certificate; sign with the "
+        "certificate embedded"
+    )
+
+
+def _check_validity(cert: x509.Certificate, now: dt.datetime, role: str) -> None:
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise ExpiredSigner(
+            f"{role} certificate {cert.subject.rfc4514_string()!r} is valid only from "
+            f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}; "
+            "check the clock or re-sign the bundle"
+        )
+
+
+def _ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:
+    try:
+        return cert.extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError:
+        raise UntrustedSigner(
+            f"certificate {cert.subject.rfc4514_string()!r} has malformed extensions"
+        ) from None
+
+
+def _check_ca(cert: x509.Certificate, below: int) -> None:
+    """``below``: number of CA certificates between this one and the signer."""
+    name = cert.subject.rfc4514_string()
+    bc = _ext(cert, x509.BasicConstraints)
+    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
+        raise UntrustedSigner(f"issuer {name!r} is not a CA (basicConstraints CA:TRUE missing)")
+    if bc.path_length is not None and below > bc.path_length:
+        raise UntrustedSigner(f"issuer {name!r} path length {bc.path_length} exceeded")
+    ku = _ext(cert, x509.KeyUsage)
+    if isinstance(ku, x509.KeyUsage) and not ku.key_cert_sign:
+        raise UntrustedSigner(f"issuer {name!r} may not sign certificates (keyUsage)")
+
+
+def _check_leaf(cert: x509.Certificate) -> None:
+    name = cert.subject.rfc4514_string()
+    ku = _ext(cert, x509.KeyUsage)
+    if isinstance(ku, x509.KeyUsage) and not (ku.digital_signature or ku.content_commitment):
+        raise UntrustedSigner(f"signer {name!r} keyUsage does not allow digitalSignature")
+    eku = _ext(cert, x509.ExtendedKeyUsage)
+    if isinstance(eku, x509.ExtendedKeyUsage) and not _SIGNER_EKUS & set(eku):
+        raise UntrustedSigner(
+            f"signer {name!r} extendedKeyUsage allows neither emailProtection nor codeSigning"
+        )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def verify_chain(
+    signer: x509.Certificate,
+    pool: Sequence[x509.Certificate],
+    keyring: Keyring,
+    now: dt.datetime,
+) -> None:
+    """An X.509 path from ``signer`` through ``pool`` (intermediates) to a keyring anchor."""
+    _check_leaf(signer)
+    _check_validity(signer, now, "signer")
+    anchors_der = {a.public_bytes(serialization.Encoding.DER) for a in keyring.anchors}
+    if signer.public_bytes(serialization.Encoding.DER) in anchors_der:
+        return  # the signer itself is pinned in the keyring
+    current = signer
+    seen = {signer.fingerprint(hashes.SHA256())}
+    for depth in range(MAX_CHAIN):
+        for anchor in keyring.anchors:
+            if _issued_by(current, anchor):
+                _check_ca(anchor, depth)
+                _check_validity(anchor, now, "CA")
+                return
+        issuer = next(
+            (
+                c
+                for c in pool
+                if c.fingerprint(hashes.SHA256()) not in seen and _issued_by(current, c)
+            ),
+            None,
+        )
+        if issuer is None:
+            break
+        _check_ca(issuer, depth)
+        _check_validity(issuer, now, "intermediate CA")
+        seen.add(issuer.fingerprint(hashes.SHA256()))
+        current = issuer
+    raise UntrustedSigner(
+        f"signer {signer.subject.rfc4514_string()!r} does not chain to the keyring "
+        f"{keyring.source}; sign with a certificate issued by a trusted CA"
+    )
+
+
+def _load_signed_data(sig: bytes) -> cms.SignedData:
+    try:
+        info = cms.ContentInfo.load(sig, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise BadSignature("sw-description.sig is CMS but not SignedData")
+        signed = info["content"]
+        signed.native  # noqa: B018 -- force a full parse so garbage fails here
+    except BadSignature:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as err:
+        raise BadSignature(f"sw-description.sig is not a DER CMS signature ({err})") from None
+    return signed
+
+
+def verify(
+    content: bytes, sig: bytes, keyring: Keyring, *, now: dt.datetime | None = None
+) -> SignerInfo:
+    """Check ``sig`` over ``content``; return the signer or raise a typed BundleError."""
+    now = now or dt.datetime.now(dt.UTC)
+    signed = _load_signed_data(sig)
+    encap = signed["encap_content_info"]
+    if encap["content_type"].native != "data":
+        raise BadSignature("sw-description.sig does not sign plain data")
+    if encap["content"].native is not None and encap["content"].native != content:
+        raise BadSignature("sw-description.sig embeds content other than sw-description")
+    pool: list[x509.Certificate] = []
+    for choice in signed["certificates"] or []:
+        if choice.name == "certificate":
+            try:
+                pool.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+            except ValueError:
+                raise BadSignature("sw-description.sig carries a malformed certificate") from None
+    infos = list(signed["signer_infos"])
+    if not infos:
+        raise BadSignature("sw-description.sig has no signer")
+    first: SignerInfo | None = None
+    for info in infos:
+        cert = _find_signer(info["sid"], pool)
+        digest_name = info["digest_algorithm"]["algorithm"].native
+        hash_cls = _hash_name(digest_name)
+        attrs = info["signed_attrs"]
+        if attrs.native is not None and len(attrs):
+            values = {a["type"].native: a["values"] for a in attrs}
+            ctype = values.get("content_type")
+            if ctype is None or ctype[0].native != "data":
+                raise BadSignature("signed attributes lack content type 'data'")
+            md = values.get("message_digest")
+            if md is None:
+                raise BadSignature("signed attributes lack messageDigest")
+            h = hashlib.new(hash_cls().name, content).digest()
+            if md[0].native != h:
+                raise BadSignature(
+                    "messageDigest does not match sw-description: the bundle was modified"
+                )
+            message = b"\x31" + attrs.dump()[1:]  # signed over as SET OF, not [0] IMPLICIT
+        else:
+            message = content
+        _verify_raw(
+            cert, info["signature_algorithm"], digest_name, info["signature"].native, message
+        )
+        verify_chain(cert, pool, keyring, now)
+        if first is None:
+            first = SignerInfo(subject=cert.subject.rfc4514_string(), certificate=cert)
+    assert first is not None
+    return first
