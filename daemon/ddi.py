@@ -1,0 +1,532 @@
+"""hawkBit DDI client: the gateway's side of the Direct Device Integration API.
+
+Plain blocking functions over ``requests``: the service edge calls them from a thread.
+The client knows the wire format only; what to do with a deployment (download now,
+install when the maintenance window opens, refuse a late cancel) is decided by
+``ferry.daemon.backend``. Everything the server sends is parsed into frozen dataclasses
+here, so the rest of the daemon never touches raw JSON and a server that sends
+something odd fails with one readable :class:`DdiError`.
+
+Servers differ (see docs/backend.md): goosebit has no cancelAction, installedBase,
+several chunks or maintenance windows; hawkBit has them all. The client treats every
+link as optional and every action id as opaque.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import requests
+
+from ferry.errors import FerryError
+
+DEFAULT_SLEEP = 300.0  # seconds, when the server sends no polling.sleep
+_SLEEP_RE = re.compile(r"^(\d+):(\d\d):(\d\d)$")
+
+# Values of DdiDeployment.download / .update.
+SKIP, ATTEMPT, FORCED = "skip", "attempt", "forced"
+HANDLING = (SKIP, ATTEMPT, FORCED)
+
+
+class DdiError(FerryError):
+    """The DDI server could not be reached or answered something we cannot use."""
+
+
+class DdiHttpError(DdiError):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DdiSettings:
+    """Where the server is and how this gateway proves who it is."""
+
+    url: str  # e.g. "https://hawkbit.example.com" (no tenant)
+    tenant: str = "DEFAULT"
+    controller_id: str = ""
+    target_token: str = ""
+    gateway_token: str = ""
+    ca_file: str = ""  # PEM bundle to trust instead of the system store
+    client_cert: str = ""  # mTLS
+    client_key: str = ""
+    poll_jitter: float = 0.1  # fraction of the sleep added or removed at random
+    timeout: float = 30.0  # per request (connect and read)
+
+    @classmethod
+    def from_config(cls, backend: Any) -> DdiSettings:
+        """Build from the [backend] section (ferry.daemon.config) or any object alike."""
+
+        def get(name: str, default: Any) -> Any:
+            value = getattr(backend, name, default)
+            return default if value is None else value
+
+        url = str(get("url", ""))
+        if not url:
+            raise DdiError("[backend] url is not set; put the DDI server's URL in the config")
+        return cls(
+            url=url.rstrip("/"),
+            tenant=str(get("tenant", "DEFAULT")),
+            controller_id=str(get("controller_id", "")),
+            target_token=str(get("target_token", "")),
+            gateway_token=str(get("gateway_token", "")),
+            ca_file=str(get("ca_file", "")),
+            client_cert=str(get("client_cert", "")),
+            client_key=str(get("client_key", "")),
+            poll_jitter=float(get("poll_jitter", 0.1)),
+        )
+
+
+@dataclass(frozen=True)
+class Artifact:
+    filename: str
+    url: str  # "download" link, else "download-http"
+    size: int | None = None
+    sha1: str = ""
+    md5: str = ""
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    part: str  # "os", "bApp", "firmware", ... (hawkBit software module type)
+    name: str
+    version: str
+    artifacts: tuple[Artifact, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    action_id: str
+    download: str  # skip | attempt | forced
+    update: str  # skip | attempt | forced
+    chunks: tuple[Chunk, ...]
+    maintenance_window: str | None = None  # "available" | "unavailable" | None (no window)
+
+    @property
+    def install_allowed(self) -> bool:
+        """May the gateway install now? Not with update=skip nor outside the window."""
+        return self.update != SKIP and self.maintenance_window != "unavailable"
+
+    @property
+    def download_allowed(self) -> bool:
+        return self.download != SKIP
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    action_id: str  # id of the cancel action (its feedback goes here)
+    stop_id: str  # id of the deployment to stop
+
+
+@dataclass(frozen=True)
+class PollResult:
+    sleep: float  # seconds the server suggests
+    deployment_href: str = ""
+    cancel_href: str = ""
+    config_data_href: str = ""
+    installed_base_href: str = ""
+
+    @property
+    def action_id(self) -> str:
+        """Action id of the pending deployment, cancel or "" (ids are opaque strings)."""
+        href = self.deployment_href or self.cancel_href
+        return _action_id_from_href(href) if href else ""
+
+
+def _action_id_from_href(href: str) -> str:
+    path = href.split("?", 1)[0].rstrip("/")
+    return path.rsplit("/", 1)[-1]
+
+
+def parse_sleep(text: str | None) -> float:
+    """'HH:MM:SS' to seconds; the spec's pattern is the literal 'HH:MM:SS', servers send digits."""
+    if not text:
+        return DEFAULT_SLEEP
+    m = _SLEEP_RE.match(text)
+    if not m:
+        raise DdiError(f"server sent polling.sleep {text!r}, expected HH:MM:SS")
+    h, mi, s = (int(g) for g in m.groups())
+    return float(h * 3600 + mi * 60 + s)
+
+
+def jittered(sleep: float, jitter: float, rng: Callable[[], float] = random.random) -> float:
+    """Spread a fleet's polls so gateways that rebooted together do not poll together."""
+    jitter = min(max(jitter, 0.0), 1.0)
+    return max(0.0, sleep * (1.0 + jitter * (2.0 * rng() - 1.0)))
+
+
+def _link(links: Any, name: str) -> str:
+    if not isinstance(links, dict):
+        return ""
+    entry = links.get(name)
+    if isinstance(entry, dict) and isinstance(entry.get("href"), str):
+        return str(entry["href"])
+    return ""
+
+
+def parse_poll(body: Any) -> PollResult:
+    if not isinstance(body, dict):
+        raise DdiError("server sent a poll answer that is not a JSON object")
+    polling = (body.get("config") or {}).get("polling") or {}
+    links = body.get("_links") or {}
+    return PollResult(
+        sleep=parse_sleep(polling.get("sleep")),
+        deployment_href=_link(links, "deploymentBase"),
+        cancel_href=_link(links, "cancelAction"),
+        config_data_href=_link(links, "configData"),
+        installed_base_href=_link(links, "installedBase"),
+    )
+
+
+def parse_deployment(body: Any) -> Deployment:
+    try:
+        dep = body["deployment"]
+        chunks = []
+        for c in dep["chunks"]:
+            arts = []
+            for a in c.get("artifacts") or []:
+                hashes = a.get("hashes") or {}
+                links = a.get("_links") or {}
+                url = _link(links, "download") or _link(links, "download-http")
+                if not url:
+                    raise DdiError(f"artifact {a.get('filename')!r} has no download link")
+                arts.append(
+                    Artifact(
+                        filename=str(a["filename"]),
+                        url=url,
+                        size=int(a["size"]) if a.get("size") is not None else None,
+                        sha1=str(hashes.get("sha1", "")).lower(),
+                        md5=str(hashes.get("md5", "")).lower(),
+                        sha256=str(hashes.get("sha256", "")).lower(),
+                    )
+                )
+            meta = {str(m["key"]): str(m["value"]) for m in c.get("metadata") or []}
+            chunks.append(
+                Chunk(
+                    part=str(c["part"]),
+                    name=str(c["name"]),
+                    version=str(c["version"]),
+                    artifacts=tuple(arts),
+                    metadata=meta,
+                )
+            )
+        download = str(dep.get("download", FORCED))
+        update = str(dep.get("update", FORCED))
+        for what, value in (("download", download), ("update", update)):
+            if value not in HANDLING:
+                raise DdiError(f"server sent deployment.{what}={value!r}, expected one of "
+                               f"{', '.join(HANDLING)}")
+        window = dep.get("maintenanceWindow")
+        return Deployment(
+            action_id=str(body["id"]),
+            download=download,
+            update=update,
+            chunks=tuple(chunks),
+            maintenance_window=str(window) if window is not None else None,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DdiError(f"server sent a deploymentBase we cannot read ({exc!r})") from exc
+
+
+def parse_cancel(body: Any) -> CancelRequest:
+    try:
+        return CancelRequest(action_id=str(body["id"]),
+                             stop_id=str(body["cancelAction"]["stopId"]))
+    except (KeyError, TypeError) as exc:
+        raise DdiError(f"server sent a cancelAction we cannot read ({exc!r})") from exc
+
+
+def feedback_body(
+    execution: str,
+    finished: str = "none",
+    details: list[str] | tuple[str, ...] = (),
+    *,
+    progress: tuple[int, int] | None = None,
+    code: int | None = None,
+) -> dict[str, Any]:
+    """A DdiActionFeedback document (timestamps in ms, as hawkBit stores them)."""
+    result: dict[str, Any] = {"finished": finished}
+    if progress is not None:
+        result["progress"] = {"cnt": int(progress[0]), "of": int(progress[1])}
+    status: dict[str, Any] = {"execution": execution, "result": result}
+    if details:
+        status["details"] = [str(d) for d in details]
+    if code is not None:
+        status["code"] = code
+    return {"timestamp": int(time.time() * 1000), "status": status}
+
+
+class DdiClient:
+    """One controller's conversation with a DDI server.
+
+    ``on_exchange(method, path, request_json, status, response_json)`` lets tests see
+    every request and answer (they validate both against the OpenAPI document).
+    """
+
+    def __init__(
+        self,
+        settings: DdiSettings,
+        *,
+        session: requests.Session | None = None,
+        on_exchange: Callable[[str, str, Any, int, Any], None] | None = None,
+    ) -> None:
+        if not settings.controller_id:
+            raise DdiError("[backend] controller_id is not set; give this gateway its DDI id")
+        self.settings = settings
+        self.session = session or requests.Session()
+        self.on_exchange = on_exchange
+        s = settings
+        if s.target_token:
+            self.session.headers["Authorization"] = f"TargetToken {s.target_token}"
+        elif s.gateway_token:
+            self.session.headers["Authorization"] = f"GatewayToken {s.gateway_token}"
+        if s.client_cert:
+            self.session.cert = (s.client_cert, s.client_key) if s.client_key else s.client_cert
+        if s.ca_file:
+            self.session.verify = s.ca_file
+        self.session.headers["Accept"] = "application/hal+json, application/json"
+        self.base = f"{s.url}/{s.tenant}/controller/v1/{s.controller_id}"
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _url(self, href_or_path: str) -> str:
+        if href_or_path.startswith(("http://", "https://")):
+            return href_or_path
+        return self.base + href_or_path
+
+    def _request(self, method: str, href: str, body: Any = None) -> tuple[int, Any]:
+        url = self._url(href)
+        try:
+            resp = self.session.request(method, url, json=body, timeout=self.settings.timeout)
+        except requests.RequestException as exc:
+            raise DdiError(f"cannot reach the DDI server at {self.settings.url}: {exc}") from exc
+        data: Any = None
+        if resp.content and "json" in resp.headers.get("Content-Type", ""):
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
+        if self.on_exchange is not None:
+            self.on_exchange(method, url, body, resp.status_code, data)
+        if resp.status_code == 401 or resp.status_code == 403:
+            raise DdiHttpError(
+                f"DDI server refused {self.settings.controller_id!r} ({resp.status_code}); "
+                "check target_token / gateway_token / client certificate",
+                resp.status_code,
+            )
+        if resp.status_code >= 400:
+            raise DdiHttpError(f"DDI server answered {resp.status_code} to {method} {url}",
+                               resp.status_code)
+        return resp.status_code, data
+
+    # -- resources ----------------------------------------------------------------------
+
+    def poll(self) -> PollResult:
+        _, data = self._request("GET", "")
+        return parse_poll(data)
+
+    def next_sleep(self, poll: PollResult, rng: Callable[[], float] = random.random) -> float:
+        return jittered(poll.sleep, self.settings.poll_jitter, rng)
+
+    def deployment(self, href: str) -> Deployment:
+        _, data = self._request("GET", href)
+        return parse_deployment(data)
+
+    def cancel_action(self, href: str) -> CancelRequest:
+        _, data = self._request("GET", href)
+        return parse_cancel(data)
+
+    def feedback(self, action_id: str, execution: str, finished: str = "none",
+                 details: list[str] | tuple[str, ...] = (), *,
+                 progress: tuple[int, int] | None = None) -> None:
+        self._request("POST", f"/deploymentBase/{action_id}/feedback",
+                      feedback_body(execution, finished, details, progress=progress))
+
+    def cancel_feedback(self, action_id: str, execution: str, finished: str,
+                        details: list[str] | tuple[str, ...] = ()) -> None:
+        self._request("POST", f"/cancelAction/{action_id}/feedback",
+                      feedback_body(execution, finished, details))
+
+    def put_config_data(self, data: Mapping[str, str], mode: str = "merge") -> None:
+        self._request("PUT", "/configData",
+                      {"mode": mode, "data": {str(k): str(v) for k, v in data.items()}})
+
+    def put_installed_base(self, name: str, version: str) -> bool:
+        """Tell the server what really runs. False when the server has no such resource."""
+        try:
+            self._request("PUT", "/installedBase", {"name": name, "version": version})
+        except DdiHttpError as exc:
+            if exc.status in (404, 405, 501):
+                return False
+            raise
+        return True
+
+    # -- downloads ----------------------------------------------------------------------
+
+    def open_artifact(self, artifact: Artifact, *, offset: int = 0,
+                      max_resumes: int = 5) -> ArtifactStream:
+        return ArtifactStream(self, artifact, offset=offset, max_resumes=max_resumes)
+
+    def download_to(self, artifact: Artifact, dest: BinaryIO, *,
+                    progress: Callable[[int, int], None] | None = None,
+                    max_resumes: int = 5) -> None:
+        """Copy an artifact into ``dest`` (a file opened for append) resuming what is there.
+
+        Used for "download now, install later" (maintenance windows): a restart resumes
+        at the file's end with a Range request. Hashes cover the whole file, so the
+        part already on disk is hashed first.
+        """
+        dest.seek(0, 2)
+        have = dest.tell()
+        hashers = _hashers(artifact)
+        if have:
+            dest.seek(0)
+            while block := dest.read(1 << 16):
+                for h in hashers.values():
+                    h.update(block)
+            dest.seek(0, 2)
+        stream = ArtifactStream(self, artifact, offset=have, max_resumes=max_resumes,
+                                hashers=hashers)
+        total = artifact.size or 0
+        done = have
+        while block := stream.read(1 << 16):
+            dest.write(block)
+            done += len(block)
+            if progress is not None:
+                progress(done, total)
+        dest.flush()
+
+
+def _hashers(artifact: Artifact) -> dict[str, Any]:
+    hs: dict[str, Any] = {}
+    if artifact.sha256:
+        hs["sha256"] = hashlib.sha256()
+    if artifact.sha1:
+        hs["sha1"] = hashlib.sha1()  # goosebit sends only sha1
+    if not hs and artifact.md5:
+        hs["md5"] = hashlib.md5()
+    return hs
+
+
+class ArtifactStream:
+    """A read-only stream over one artifact: Range resume on a dropped connection,
+    size and hash checks at EOF (a mismatch raises instead of returning b"").
+
+    The bundle reader consumes it directly, so no copy of the bundle is kept.
+    """
+
+    def __init__(self, client: DdiClient, artifact: Artifact, *, offset: int = 0,
+                 max_resumes: int = 5, hashers: dict[str, Any] | None = None) -> None:
+        self.client = client
+        self.artifact = artifact
+        self.pos = offset
+        self.max_resumes = max_resumes
+        self.resumes = 0
+        self.hashers = hashers if hashers is not None else (_hashers(artifact) if offset == 0
+                                                            else {})
+        self._iter: Iterator[bytes] | None = None
+        self._resp: requests.Response | None = None
+        self._buf = b""
+        self._eof = False
+
+    def _open(self) -> None:
+        headers = {}
+        if self.pos:
+            headers["Range"] = f"bytes={self.pos}-"
+        try:
+            resp = self.client.session.get(self.artifact.url, headers=headers, stream=True,
+                                           timeout=self.client.settings.timeout)
+        except requests.RequestException as exc:
+            raise DdiError(f"cannot download {self.artifact.filename}: {exc}") from exc
+        if resp.status_code == 416 and self.artifact.size == self.pos:
+            self._iter = iter(())
+            return
+        if self.pos and resp.status_code == 200:
+            resp.close()
+            raise DdiError(f"server ignored the Range request for {self.artifact.filename}; "
+                           "cannot resume")
+        if resp.status_code not in (200, 206):
+            resp.close()
+            raise DdiError(f"download of {self.artifact.filename} failed: HTTP {resp.status_code}")
+        self._resp = resp
+        self._iter = resp.iter_content(1 << 16)
+
+    def _next_block(self) -> bytes:
+        while True:
+            if self._iter is None:
+                self._open()
+            assert self._iter is not None
+            try:
+                return next(self._iter)
+            except StopIteration:
+                if self.artifact.size is not None and self.pos < self.artifact.size:
+                    self._retry(f"connection closed at {self.pos} of {self.artifact.size}")
+                    continue
+                return b""
+            except requests.RequestException as exc:
+                self._retry(str(exc))
+
+    def _retry(self, why: str) -> None:
+        self.close()
+        self._iter = None
+        self.resumes += 1
+        if self.resumes > self.max_resumes:
+            raise DdiError(f"download of {self.artifact.filename} kept failing ({why}); "
+                           f"gave up after {self.max_resumes} resumes")
+        time.sleep(min(0.2 * self.resumes, 2.0))
+
+    def read(self, n: int = -1) -> bytes:
+        if self._eof:
+            return b""
+        out = bytearray(self._buf)
+        self._buf = b""
+        while n < 0 or len(out) < n:
+            block = self._next_block()
+            if not block:
+                self._finish()
+                break
+            self.pos += len(block)
+            if self.artifact.size is not None and self.pos > self.artifact.size:
+                raise DdiError(f"{self.artifact.filename} is longer than the "
+                               f"{self.artifact.size} bytes the server announced")
+            for h in self.hashers.values():
+                h.update(block)
+            out += block
+        if n >= 0 and len(out) > n:
+            self._buf = bytes(out[n:])
+            del out[n:]
+        return bytes(out)
+
+    def _finish(self) -> None:
+        self._eof = True
+        self.close()
+        a = self.artifact
+        if a.size is not None and self.pos != a.size:
+            raise DdiError(f"{a.filename}: got {self.pos} bytes, server announced {a.size}")
+        for name, h in self.hashers.items():
+            want = getattr(a, name)
+            if h.hexdigest() != want:
+                raise DdiError(f"{a.filename}: {name} mismatch (got {h.hexdigest()}, "
+                               f"server announced {want}); the download is corrupt")
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    def __enter__(self) -> ArtifactStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,290 @@
+"""Combined health: the gateway and every target behind it, as one picture.
+
+One model feeds three outputs: ``ferry status`` (text or ``--json``), the DDI
+``configData`` attributes (flat string keys, documented in docs/backend.md) and, once
+the service exists, D-Bus. The overall state follows one written rule
+(:func:`overall`) so the backend operator, the technician and the daemon agree.
+
+Probing the live system (systemd, /proc/uptime, statvfs) lives in small functions
+that take their inputs explicitly, so tests and the simulated gateway feed the model
+without a real systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+OK, DEGRADED, FAILED = "ok", "degraded", "failed"
+
+# Free space on the data partition below which the gateway is degraded / failed:
+# a deployment needs room to stage target images, and the journal must keep writing.
+DEGRADED_FREE_FRACTION = 0.10
+FAILED_FREE_BYTES = 4 << 20
+
+# systemd "is-system-running" answers that mean the system itself is not working.
+FAILED_SYSTEM_STATES = ("maintenance", "stopping", "offline")
+
+# Results of a target's last flash that count against it (journal words + FlashResult).
+BAD_RESULTS = ("failure", "failed", "rolled-back")
+
+# configData values longer than this are cut: hawkBit stores at most 128 characters.
+MAX_VALUE = 128
+
+
+@dataclass(frozen=True)
+class GatewayHealth:
+    booted_slot: str  # boot name ("A"), "" if unknown
+    committed: bool  # False while the slot is on trial (booted, not yet marked good)
+    version: str
+    compatible: str
+    uptime_s: float
+    system_state: str  # systemd is-system-running: running, degraded, starting, unknown...
+    failed_units: tuple[str, ...] = ()
+    required_units: tuple[str, ...] = ()  # config.health.required_units
+    data_free_bytes: int = 0
+    data_total_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TargetHealth:
+    name: str
+    transport: str
+    address: str
+    hardware_id: str = ""
+    version: str = ""
+    last_result: str = "never"  # success | failure | rolled-back | skipped | never
+    last_seen: float | None = None  # unix time of the last successful contact
+    reachable: bool | None = None  # None: not probed
+
+
+@dataclass(frozen=True)
+class Health:
+    gateway: GatewayHealth
+    targets: tuple[TargetHealth, ...] = ()
+    checked_at: float = field(default_factory=time.time)
+
+    @property
+    def state(self) -> str:
+        return overall(self)[0]
+
+    @property
+    def reasons(self) -> list[str]:
+        return overall(self)[1]
+
+    def as_dict(self) -> dict[str, Any]:
+        state, reasons = overall(self)
+        return {
+            "overall": state,
+            "reasons": reasons,
+            "checked_at": self.checked_at,
+            "gateway": {**asdict(self.gateway), "failed_units": list(self.gateway.failed_units),
+                        "required_units": list(self.gateway.required_units)},
+            "targets": [asdict(t) for t in self.targets],
+        }
+
+
+def overall(h: Health) -> tuple[str, list[str]]:
+    """The overall state and the reasons for it (the rule in docs/backend.md).
+
+    failed   - the gateway itself is not doing its job: systemd is in maintenance,
+               stopping or offline; a required unit has failed; the data partition
+               has less than 4 MiB free; or a target whose last flash failed is
+               now unreachable (nothing behind it is known to run).
+    degraded - everything works but something needs a look: the slot is still on
+               trial; systemd says degraded (a unit that is not required failed);
+               less than 10 % free on the data partition; a target is unreachable;
+               a target's last flash failed or rolled back.
+    ok       - none of the above.
+    """
+    g = h.gateway
+    failed: list[str] = []
+    degraded: list[str] = []
+    if g.system_state in FAILED_SYSTEM_STATES:
+        failed.append(f"systemd is {g.system_state}")
+    bad_required = [u for u in g.failed_units if u in g.required_units]
+    if bad_required:
+        failed.append("required unit failed: " + ", ".join(bad_required))
+    if g.data_total_bytes and g.data_free_bytes < FAILED_FREE_BYTES:
+        failed.append(f"data partition full ({g.data_free_bytes} bytes free)")
+    elif g.data_total_bytes and g.data_free_bytes < DEGRADED_FREE_FRACTION * g.data_total_bytes:
+        degraded.append(f"data partition {100 * g.data_free_bytes // g.data_total_bytes}% free")
+    if not g.committed:
+        degraded.append(f"slot {g.booted_slot or '?'} on trial (not committed)")
+    other_failed = [u for u in g.failed_units if u not in g.required_units]
+    if other_failed:
+        degraded.append("failed units: " + ", ".join(other_failed))
+    elif g.system_state == "degraded" and not bad_required:
+        degraded.append("systemd is degraded")
+    for t in h.targets:
+        bad = t.last_result in BAD_RESULTS
+        if t.reachable is False and bad:
+            failed.append(f"target {t.name}: last flash {t.last_result} and unreachable")
+        elif t.reachable is False:
+            degraded.append(f"target {t.name} unreachable")
+        elif bad:
+            degraded.append(f"target {t.name}: last flash {t.last_result}")
+    if failed:
+        return FAILED, failed + degraded
+    if degraded:
+        return DEGRADED, degraded
+    return OK, []
+
+
+def _cut(value: str) -> str:
+    return value if len(value) <= MAX_VALUE else value[: MAX_VALUE - 3] + "..."
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _yesno(v: bool | None) -> str:
+    return "unknown" if v is None else ("yes" if v else "no")
+
+
+def to_config_data(h: Health, *, hw_revision: str = "") -> dict[str, str]:
+    """Flat configData attributes (keys documented in docs/backend.md).
+
+    ``hw_boardname``/``hw_revision``/``sw_version`` are the three keys goosebit keeps
+    (and uses to match software to hardware); the ``ferry.*``, ``gw.*`` and
+    ``target.<name>.*`` keys carry the full picture for hawkBit.
+    """
+    g = h.gateway
+    state, reasons = overall(h)
+    data = {
+        "hw_boardname": g.compatible,
+        "sw_version": g.version,
+        "ferry.overall": state,
+        "ferry.reasons": "; ".join(reasons),
+        "gw.slot": g.booted_slot,
+        "gw.committed": _yesno(g.committed),
+        "gw.version": g.version,
+        "gw.compatible": g.compatible,
+        "gw.uptime_s": str(int(g.uptime_s)),
+        "gw.systemd": g.system_state,
+        "gw.failed_units": ",".join(g.failed_units),
+        "gw.data_free_mib": str(g.data_free_bytes >> 20),
+    }
+    if hw_revision:
+        data["hw_revision"] = hw_revision
+    for t in h.targets:
+        p = f"target.{t.name}."
+        data.update({
+            p + "transport": t.transport,
+            p + "address": t.address,
+            p + "hwid": t.hardware_id,
+            p + "version": t.version,
+            p + "result": t.last_result,
+            p + "last_seen": _iso(t.last_seen),
+            p + "reachable": _yesno(t.reachable),
+        })
+    return {k: _cut(v) for k, v in data.items()}
+
+
+def render_text(h: Health) -> str:
+    """The combined-health block of ``ferry status``: fits an 80-column console."""
+    g = h.gateway
+    state, reasons = overall(h)
+    trial = "committed" if g.committed else "ON TRIAL"
+    lines = [
+        f"overall:   {state.upper()}" + (f"  ({'; '.join(reasons)})" if reasons else ""),
+        f"gateway:   {g.compatible} {g.version or '?'}  slot {g.booted_slot or '?'} ({trial})",
+        f"system:    {g.system_state}, up {_duration(g.uptime_s)}"
+        + (f", failed units: {', '.join(g.failed_units)}" if g.failed_units else ""),
+    ]
+    if g.data_total_bytes:
+        lines.append(f"data:      {g.data_free_bytes >> 20} MiB free of "
+                     f"{g.data_total_bytes >> 20} MiB")
+    if h.targets:
+        lines.append("targets:")
+        w = max(len(t.name) for t in h.targets)
+        for t in h.targets:
+            reach = {True: "reachable", False: "UNREACHABLE", None: "not probed"}[t.reachable]
+            seen = _iso(t.last_seen) or "never"
+            lines.append(f"  {t.name.ljust(w)}  {t.transport:<10} {t.version or '?':<10} "
+                         f"last {t.last_result:<11} {reach}, seen {seen}")
+            lines.append(f"  {' ' * w}  at {t.address}" + (f", hw {t.hardware_id}"
+                                                           if t.hardware_id else ""))
+    else:
+        lines.append("targets:   none configured")
+    return "\n".join(lines)
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    d, rem = divmod(s, 86400)
+    hh, rem = divmod(rem, 3600)
+    mm, ss = divmod(rem, 60)
+    return f"{d}d{hh:02d}h{mm:02d}m" if d else f"{hh}h{mm:02d}m{ss:02d}s"
+
+
+# -- probes of the live system --------------------------------------------------------
+
+
+def read_uptime(path: str | Path = "/proc/uptime") -> float:
+    try:
+        return float(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def data_space(path: str | Path) -> tuple[int, int]:
+    """(free, total) bytes of the filesystem holding ``path``; (0, 0) if it is missing."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0, 0
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def systemd_state(run: Any = subprocess.run) -> tuple[str, tuple[str, ...]]:
+    """(is-system-running, failed units) from systemctl; ("unknown", ()) without systemd."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None or not Path("/run/systemd/system").is_dir():
+        return "unknown", ()
+    try:
+        state = run([systemctl, "is-system-running"], capture_output=True, text=True,
+                    timeout=10).stdout.strip() or "unknown"
+        out = run([systemctl, "list-units", "--failed", "--plain", "--no-legend"],
+                  capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", ()
+    units = tuple(line.split()[0] for line in out.splitlines() if line.strip())
+    return state, units
+
+
+def gateway_health(
+    *,
+    booted_slot: str,
+    committed: bool,
+    version: str,
+    compatible: str,
+    data_dir: str | Path,
+    required_units: Sequence[str] = (),
+    system: tuple[str, tuple[str, ...]] | None = None,
+    uptime_s: float | None = None,
+) -> GatewayHealth:
+    """Gather what the gateway knows about itself; ``system``/``uptime_s`` override probes."""
+    state, failed = system if system is not None else systemd_state()
+    free, total = data_space(data_dir)
+    return GatewayHealth(
+        booted_slot=booted_slot,
+        committed=committed,
+        version=version,
+        compatible=compatible,
+        uptime_s=read_uptime() if uptime_s is None else uptime_s,
+        system_state=state,
+        failed_units=tuple(failed),
+        required_units=tuple(required_units),
+        data_free_bytes=free,
+        data_total_bytes=total,
+    )

@@ -1,0 +1,382 @@
+"""A small DDI server built from the hawkBit DDI OpenAPI document, for what goosebit lacks.
+
+goosebit (the real DDI server in tests/peers/) has no cancelAction, installedBase,
+several chunks, maintenance windows or update=skip/attempt. This fixture serves those
+parts of ``shared/specs/hawkbit-ddi-openapi.json`` and checks every request body it
+receives and every JSON answer it sends against the document's schemas, so the client
+is held to the published contract rather than to this file's reading of it.
+
+Single deviation from the document, on purpose: ``DdiPolling.sleep`` has the literal
+pattern "HH:MM:SS" in the document; we check ``^\\d\\d:\\d\\d:\\d\\d$`` as real
+servers (hawkBit, goosebit) send digits.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "shared" / "specs" / \
+    "hawkbit-ddi-openapi.json"
+if not SPEC_PATH.exists():  # a checkout with shared/ inside (CI clones it beside main)
+    SPEC_PATH = Path(__file__).resolve().parent.parent / "shared" / "specs" / \
+        "hawkbit-ddi-openapi.json"
+
+
+def load_spec() -> dict[str, Any]:
+    spec = json.loads(SPEC_PATH.read_text())
+    comps = copy.deepcopy(spec["components"])
+    comps["schemas"]["DdiPolling"]["properties"]["sleep"]["pattern"] = r"^\d\d:\d\d:\d\d$"
+    spec["components"] = comps
+    return spec
+
+
+_SPEC: dict[str, Any] | None = None
+
+
+def spec() -> dict[str, Any]:
+    global _SPEC
+    if _SPEC is None:
+        _SPEC = load_spec()
+    return _SPEC
+
+
+def validate(schema_name: str, body: Any) -> None:
+    """Raise jsonschema.ValidationError unless ``body`` matches components/schemas/NAME."""
+    s = spec()
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": s["components"]}
+    jsonschema.Draft4Validator(schema).validate(body)
+
+
+# (method, path regex below /{tenant}/controller/v1/{id}) -> (request schema, response schema)
+OPERATIONS: list[tuple[str, re.Pattern[str], str | None, str | None]] = [
+    ("GET", re.compile(r"^$"), None, "DdiControllerBase"),
+    ("GET", re.compile(r"^/deploymentBase/[^/]+$"), None, "DdiDeploymentBase"),
+    ("POST", re.compile(r"^/deploymentBase/[^/]+/feedback$"), "DdiActionFeedback", None),
+    ("GET", re.compile(r"^/cancelAction/[^/]+$"), None, "DdiCancel"),
+    ("POST", re.compile(r"^/cancelAction/[^/]+/feedback$"), "DdiActionFeedback", None),
+    ("PUT", re.compile(r"^/configData$"), "DdiConfigData", None),
+    ("PUT", re.compile(r"^/installedBase$"), "DdiAssignedVersion", None),
+    ("GET", re.compile(r"^/installedBase/[^/]+$"), None, "DdiDeploymentBase"),
+]
+_PREFIX = re.compile(r"^(?:https?://[^/]+)?/[^/]+/controller/v1/[^/?]+(?P<rest>[^?]*)")
+
+
+def validate_exchange(method: str, url: str, request: Any, status: int, response: Any) -> None:
+    """Check one client exchange against the OpenAPI document (the client's view)."""
+    m = _PREFIX.match(url)
+    if m is None:
+        raise AssertionError(f"request to {url} is outside the DDI controller API")
+    rest = m.group("rest").rstrip("/")
+    for meth, pat, req_schema, resp_schema in OPERATIONS:
+        if meth == method and pat.match(rest):
+            if req_schema is not None:
+                validate(req_schema, request)
+            elif request is not None:
+                raise AssertionError(f"{method} {rest} takes no body, client sent one")
+            if resp_schema is not None and status == 200:
+                validate(resp_schema, response)
+            return
+    raise AssertionError(f"{method} {rest or '/'} is not an operation of the DDI API")
+
+
+@dataclass
+class Action:
+    id: str
+    chunks: list[dict[str, Any]]  # DdiChunk with "_data": {filename: bytes} per artifact
+    download: str = "forced"
+    update: str = "forced"
+    maintenance_window: str | None = None
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+    state: str = "open"  # open | closed | canceled
+    result: str = ""
+
+
+@dataclass
+class Cancel:
+    id: str
+    stop_id: str
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+    state: str = "open"
+
+
+class DdiFixture:
+    """State of one tenant with one controller; tests change it between polls."""
+
+    def __init__(self, *, tenant: str = "DEFAULT", controller_id: str = "gw1",
+                 target_token: str = "", installed_base: bool = True) -> None:
+        self.tenant = tenant
+        self.controller_id = controller_id
+        self.target_token = target_token
+        self.supports_installed_base = installed_base
+        self.sleep = "00:00:01"
+        self.actions: dict[str, Action] = {}
+        self.current: str | None = None
+        self.cancel: Cancel | None = None
+        self.config_data: dict[str, str] = {}
+        self.config_data_requested = True
+        self.installed: list[dict[str, str]] = []
+        self.violations: list[str] = []
+        self.requests: list[tuple[str, str]] = []
+        self.auth_headers: list[str] = []
+        self.drop_once: set[str] = set()  # artifact filenames whose first GET is cut short
+        self.range_requests: list[str] = []
+        self._next = 1
+        self.lock = threading.Lock()
+        self.httpd: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    # -- set-up helpers ---------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        assert self.httpd is not None
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def assign(self, chunks: list[tuple[str, str, str, dict[str, bytes]]], *,
+               download: str = "forced", update: str = "forced",
+               window: str | None = None) -> str:
+        """chunks: (part, name, version, {filename: data}); returns the action id."""
+        with self.lock:
+            aid = str(self._next)
+            self._next += 1
+            dd = []
+            for part, name, version, files in chunks:
+                arts = []
+                for fname, data in files.items():
+                    arts.append({
+                        "filename": fname,
+                        "hashes": {"sha1": hashlib.sha1(data).hexdigest(),
+                                   "md5": hashlib.md5(data).hexdigest(),
+                                   "sha256": hashlib.sha256(data).hexdigest()},
+                        "size": len(data),
+                        "_data": data,
+                        "_sm": aid,
+                    })
+                dd.append({"part": part, "name": name, "version": version, "artifacts": arts})
+            self.actions[aid] = Action(aid, dd, download, update, window)
+            self.current = aid
+            return aid
+
+    def request_cancel(self, stop_id: str) -> str:
+        with self.lock:
+            cid = str(self._next)
+            self._next += 1
+            self.cancel = Cancel(cid, stop_id)
+            return cid
+
+    def statuses(self, aid: str) -> list[str]:
+        return [f["status"]["execution"] for f in self.actions[aid].feedback]
+
+    # -- server -----------------------------------------------------------------------
+
+    def start(self) -> DdiFixture:
+        fixture = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                fixture._handle(self, "GET")
+
+            def do_POST(self) -> None:
+                fixture._handle(self, "POST")
+
+            def do_PUT(self) -> None:
+                fixture._handle(self, "PUT")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    def _base(self) -> str:
+        return f"{self.url}/{self.tenant}/controller/v1/{self.controller_id}"
+
+    def _send(self, h: BaseHTTPRequestHandler, status: int, body: Any = None,
+              schema: str | None = None) -> None:
+        if schema is not None and body is not None:
+            try:
+                validate(schema, body)
+            except jsonschema.ValidationError as exc:
+                self.violations.append(f"response {schema}: {exc.message}")
+        data = json.dumps(body).encode() if body is not None else b""
+        h.send_response(status)
+        h.send_header("Content-Type", "application/hal+json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        path = h.path.split("?", 1)[0]
+        self.requests.append((method, path))
+        self.auth_headers.append(h.headers.get("Authorization", ""))
+        prefix = f"/{self.tenant}/controller/v1/{self.controller_id}"
+        if not path.startswith(prefix):
+            return self._send(h, 404, {"message": "unknown controller"})
+        if self.target_token and h.headers.get("Authorization") != \
+                f"TargetToken {self.target_token}":
+            return self._send(h, 401)
+        rest = path[len(prefix):]
+        body: Any = None
+        length = int(h.headers.get("Content-Length") or 0)
+        if length:
+            raw = h.rfile.read(length)
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                self.violations.append(f"{method} {rest}: body is not JSON")
+                return self._send(h, 400)
+        with self.lock:
+            self._route(h, method, rest, body)
+
+    def _route(self, h: BaseHTTPRequestHandler, method: str, rest: str, body: Any) -> None:
+        for meth, pat, req_schema, _resp in OPERATIONS:
+            if meth == method and pat.match(rest) and req_schema is not None:
+                try:
+                    validate(req_schema, body)
+                except jsonschema.ValidationError as exc:
+                    self.violations.append(f"request {req_schema}: {exc.message}")
+                    return self._send(h, 400, {"message": exc.message})
+        base = self._base()
+        if method == "GET" and rest == "":
+            links: dict[str, Any] = {}
+            if self.cancel is not None and self.cancel.state == "open":
+                links["cancelAction"] = {"href": f"{base}/cancelAction/{self.cancel.id}"}
+            elif self.current and self.actions[self.current].state == "open":
+                links["deploymentBase"] = {"href": f"{base}/deploymentBase/{self.current}?c=7"}
+            if self.config_data_requested:
+                links["configData"] = {"href": f"{base}/configData"}
+            done = [a for a in self.actions.values() if a.state == "closed"
+                    and a.result == "success"]
+            if done:
+                links["installedBase"] = {"href": f"{base}/installedBase/{done[-1].id}"}
+            return self._send(h, 200, {"config": {"polling": {"sleep": self.sleep}},
+                                       "_links": links}, "DdiControllerBase")
+        m = re.match(r"^/deploymentBase/([^/]+)$", rest)
+        if method == "GET" and m and m.group(1) in self.actions:
+            return self._send(h, 200, self._deployment_base(self.actions[m.group(1)]),
+                              "DdiDeploymentBase")
+        m = re.match(r"^/deploymentBase/([^/]+)/feedback$", rest)
+        if method == "POST" and m and m.group(1) in self.actions:
+            a = self.actions[m.group(1)]
+            if a.state != "open":
+                return self._send(h, 410, {"message": "action is not active"})
+            a.feedback.append(body)
+            st = body["status"]
+            if st["execution"] == "closed":
+                a.state = "closed"
+                a.result = st["result"]["finished"]
+                if a.result == "success":
+                    self.config_data_requested = True
+            return self._send(h, 200)
+        m = re.match(r"^/cancelAction/([^/]+)$", rest)
+        if method == "GET" and m and self.cancel and self.cancel.id == m.group(1):
+            return self._send(h, 200, {"id": self.cancel.id,
+                                       "cancelAction": {"stopId": self.cancel.stop_id}},
+                              "DdiCancel")
+        m = re.match(r"^/cancelAction/([^/]+)/feedback$", rest)
+        if method == "POST" and m and self.cancel and self.cancel.id == m.group(1):
+            c = self.cancel
+            c.feedback.append(body)
+            st = body["status"]
+            if st["execution"] == "closed" and st["result"]["finished"] == "success":
+                c.state = "closed"
+                stopped = self.actions.get(c.stop_id)
+                if stopped is not None:
+                    stopped.state = "canceled"
+            elif st["execution"] == "rejected":
+                c.state = "rejected"
+            return self._send(h, 200)
+        if method == "PUT" and rest == "/configData":
+            mode = body.get("mode", "merge")
+            if mode == "replace":
+                self.config_data = dict(body["data"])
+            elif mode == "remove":
+                for k in body["data"]:
+                    self.config_data.pop(k, None)
+            else:
+                self.config_data.update(body["data"])
+            self.config_data_requested = False
+            return self._send(h, 200)
+        if method == "PUT" and rest == "/installedBase":
+            if not self.supports_installed_base:
+                return self._send(h, 404)
+            self.installed.append(dict(body))
+            return self._send(h, 200)
+        m = re.match(r"^/softwaremodules/([^/]+)/artifacts/([^/]+)$", rest)
+        if method == "GET" and m:
+            return self._artifact(h, m.group(1), m.group(2))
+        return self._send(h, 404, {"message": f"no {method} {rest}"})
+
+    def _deployment_base(self, a: Action) -> dict[str, Any]:
+        base = self._base()
+        chunks = []
+        for c in a.chunks:
+            arts = []
+            for art in c["artifacts"]:
+                href = f"{base}/softwaremodules/{art['_sm']}/artifacts/{art['filename']}"
+                arts.append({k: v for k, v in art.items() if not k.startswith("_")}
+                            | {"_links": {"download-http": {"href": href}}})
+            chunks.append({**c, "artifacts": arts})
+        dep: dict[str, Any] = {"download": a.download, "update": a.update, "chunks": chunks}
+        if a.maintenance_window is not None:
+            dep["maintenanceWindow"] = a.maintenance_window
+        return {"id": a.id, "deployment": dep}
+
+    def _artifact(self, h: BaseHTTPRequestHandler, sm: str, fname: str) -> None:
+        a = self.actions.get(sm)
+        art = None
+        if a is not None:
+            for c in a.chunks:
+                for x in c["artifacts"]:
+                    if x["filename"] == fname:
+                        art = x
+        if art is None:
+            return self._send(h, 404)
+        data: bytes = art["_data"]
+        start = 0
+        rng = h.headers.get("Range")
+        if rng:
+            self.range_requests.append(rng)
+            m = re.match(r"bytes=(\d+)-$", rng)
+            assert m, rng
+            start = int(m.group(1))
+            if start >= len(data):
+                h.send_response(416)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+        part = data[start:]
+        h.send_response(206 if rng else 200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(len(part)))
+        if rng:
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.end_headers()
+        if fname in self.drop_once and not rng:
+            self.drop_once.discard(fname)
+            h.wfile.write(part[: len(part) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        h.wfile.write(part)
