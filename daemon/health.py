@@ -211,9 +211,10 @@ def render_text(h: Health) -> str:
             reach = {True: "reachable", False: "UNREACHABLE", None: "not probed"}[t.reachable]
             seen = _iso(t.last_seen) or "never"
             lines.append(f"  {t.name.ljust(w)}  {t.transport:<10} {t.version or '?':<10} "
-                         f"last {t.last_result:<11} {reach}, seen {seen}")
-            lines.append(f"  {' ' * w}  at {t.address}" + (f", hw {t.hardware_id}"
-                                                           if t.hardware_id else ""))
+                         f"last {t.last_result:<11} {reach}")
+            lines.append(f"  {' ' * w}  at {t.address}"
+                         + (f", hw {t.hardware_id}" if t.hardware_id else "")
+                         + f", seen {seen}")
     else:
         lines.append("targets:   none configured")
     return "\n".join(lines)

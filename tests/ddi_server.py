@@ -130,6 +130,7 @@ class DdiFixture:
         self.auth_headers: list[str] = []
         self.drop_once: set[str] = set()  # artifact filenames whose first GET is cut short
         self.range_requests: list[str] = []
+        self.unavailable = False  # answer 503 to everything (server down for maintenance)
         self._next = 1
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -199,7 +200,8 @@ class DdiFixture:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
         return self
 
@@ -230,6 +232,8 @@ class DdiFixture:
         self.requests.append((method, path))
         self.auth_headers.append(h.headers.get("Authorization", ""))
         prefix = f"/{self.tenant}/controller/v1/{self.controller_id}"
+        if self.unavailable:
+            return self._send(h, 503)
         if not path.startswith(prefix):
             return self._send(h, 404, {"message": "unknown controller"})
         if self.target_token and h.headers.get("Authorization") != \

@@ -1,0 +1,261 @@
+"""The deployment runner against the OpenAPI-checked DDI fixture, with a fake gateway.
+
+Covers the DDI features goosebit lacks (several chunks, maintenance windows,
+update=skip, cancelAction before/after the slot switch, installedBase after a
+rollback); the same runner against goosebit is in tests/peers/test_ddi_goosebit.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from ferry.daemon import backend, ddi
+from ferry.daemon.health import GatewayHealth, Health, TargetHealth
+from ferry.errors import FerryError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ddi_server import DdiFixture, validate_exchange
+
+
+class FakeGateway:
+    """Records calls; "installs" by reading the whole stream; health from fields."""
+
+    def __init__(self, *, boot_ok=True, fail_install=False, targets=("mcu0",)):
+        self.version = "1.0"
+        self.slot = "A"
+        self.committed = True
+        self.boot_ok = boot_ok
+        self.fail_install = fail_install
+        self.targets = list(targets)
+        self.calls = []
+        self.installed_bytes = {}
+        self.pending = ""
+        self.target_results = {t: "never" for t in targets}
+
+    def installed_version(self):
+        return self.version
+
+    def install(self, bundle, *, name, progress):
+        data = bundle.read()
+        progress(len(data), len(data), "verify")
+        self.calls.append(("install", name))
+        if self.fail_install:
+            raise FerryError("bundle signature is not trusted by the keyring")
+        self.installed_bytes[name] = data
+        if name.startswith("gw"):
+            self.pending = "2.0"
+            return backend.InstallReport("2.0", True, [])
+        return backend.InstallReport("2.0", False, list(self.targets))
+
+    def activate(self):
+        self.calls.append(("activate",))
+
+    def reboot(self):
+        self.calls.append(("reboot",))
+        self.slot = "B"
+        self.committed = False
+
+    def boot_check(self):
+        self.calls.append(("boot_check",))
+        if self.boot_ok:
+            self.version, self.committed = self.pending, True
+            return backend.BootCheck(True, version=self.version)
+        self.slot, self.committed = "A", True
+        return backend.BootCheck(False, "health check 'check-app' exited 1", self.version)
+
+    def abort(self):
+        self.calls.append(("abort",))
+
+    def proxy(self, progress):
+        self.calls.append(("proxy",))
+        out = []
+        for t in self.targets:
+            progress(t, 1, 1)
+            self.target_results[t] = "success"
+            out.append(backend.TargetOutcome(t, True, "1.4"))
+        return out
+
+    def health(self):
+        g = GatewayHealth(self.slot, self.committed, self.version, "ferry-test", 10.0,
+                          "running", data_free_bytes=1 << 30, data_total_bytes=2 << 30)
+        return Health(g, tuple(TargetHealth(t, "smp-serial", "/dev/pty", version="1.4",
+                                            last_result=self.target_results[t],
+                                            reachable=True) for t in self.targets))
+
+
+@pytest.fixture
+def server():
+    s = DdiFixture().start()
+    yield s
+    s.stop()
+    assert s.violations == []
+
+
+def runner(server, gw, tmp_path):
+    client = ddi.DdiClient(ddi.DdiSettings(url=server.url, controller_id="gw1", poll_jitter=0),
+                           on_exchange=validate_exchange)
+    return backend.DeploymentRunner(client, gw, tmp_path / "data")
+
+
+def run_until(r, event, limit=12):
+    seen = []
+    for _ in range(limit):
+        res = r.step()
+        seen.append(res.event)
+        if res.event == event:
+            return seen
+    raise AssertionError(f"never reached {event}: {seen}")
+
+
+def test_idle_poll_sends_combined_health(server, tmp_path):
+    r = runner(server, FakeGateway(), tmp_path)
+    res = r.step()
+    assert res.event == "idle"
+    assert res.sleep == 1.0
+    assert server.config_data["ferry.overall"] == "ok"
+    assert server.config_data["target.mcu0.transport"] == "smp-serial"
+    assert server.config_data["gw.slot"] == "A"
+
+
+def test_several_chunks_happy_path(server, tmp_path):
+    gw = FakeGateway()
+    aid = server.assign([("firmware", "mcu", "1.4", {"mcu.swu": b"M" * 3000}),
+                         ("os", "gateway", "2.0", {"gw.swu": b"G" * 5000, "gw.txt": b"n"})])
+    r = runner(server, gw, tmp_path)
+    seen = run_until(r, "finished")
+    assert seen[0] == "rebooting"
+    # the gateway bundle goes first whatever the server's chunk order
+    assert [c for c in gw.calls if c[0] == "install"] == [("install", "gw.swu"),
+                                                          ("install", "mcu.swu")]
+    assert gw.installed_bytes == {"gw.swu": b"G" * 5000, "mcu.swu": b"M" * 3000}
+    assert [c[0] for c in gw.calls].index("activate") < [c[0] for c in gw.calls].index(
+        "reboot") < [c[0] for c in gw.calls].index("proxy")
+    sts = server.statuses(aid)
+    assert sts[0] == "download" and "downloaded" in sts and "proceeding" in sts
+    assert sts[-1] == "closed"
+    a = server.actions[aid]
+    assert a.result == "success"
+    details = a.feedback[-1]["status"]["details"]
+    assert "target mcu0: ok version 1.4" in details
+    assert any("ignored artifact gw.txt" in d for d in details)
+    assert server.config_data["gw.slot"] == "B" and server.config_data["gw.committed"] == "yes"
+    assert server.config_data["target.mcu0.result"] == "success"
+    assert r.state.phase == backend.IDLE
+
+
+def test_health_failure_rolls_back_and_reports_installed_base(server, tmp_path):
+    gw = FakeGateway(boot_ok=False)
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G" * 100})])
+    r = runner(server, gw, tmp_path)
+    run_until(r, "finished")
+    a = server.actions[aid]
+    assert a.result == "failure"
+    details = " | ".join(a.feedback[-1]["status"]["details"])
+    assert "rolled back" in details and "check-app" in details
+    assert "targets not flashed" in details
+    assert ("proxy",) not in gw.calls
+    assert server.installed == [{"name": "ferry-test", "version": "1.0"}]
+    assert server.config_data["gw.slot"] == "A"
+
+
+def test_install_failure_reports_reason(server, tmp_path):
+    gw = FakeGateway(fail_install=True)
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G"})])
+    r = runner(server, gw, tmp_path)
+    assert r.step().event == "failed"
+    assert server.actions[aid].result == "failure"
+    assert any("not trusted" in d for d in server.actions[aid].feedback[-1]["status"]["details"])
+    assert ("abort",) in gw.calls and ("reboot",) not in gw.calls
+
+
+def test_maintenance_window_downloads_now_installs_later(server, tmp_path):
+    gw = FakeGateway()
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G" * 4000})],
+                        window="unavailable")
+    r = runner(server, gw, tmp_path)
+    assert r.step().event == "waiting"
+    assert r.step().event == "waiting"  # no second download
+    assert not [c for c in gw.calls if c[0] == "install"]
+    assert server.statuses(aid).count("downloaded") == 1
+    artifact_gets = [p for m, p in server.requests if "/artifacts/" in p]
+    assert len(artifact_gets) == 1
+    server.actions[aid].maintenance_window = "available"
+    run_until(r, "finished")
+    assert gw.installed_bytes["gw.swu"] == b"G" * 4000
+    assert len([p for m, p in server.requests if "/artifacts/" in p]) == 1
+    assert server.actions[aid].result == "success"
+    assert not list((tmp_path / "data" / "ddi-downloads").iterdir())
+
+
+def test_update_skip_then_forced(server, tmp_path):
+    gw = FakeGateway()
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G"})], download="skip",
+                        update="skip")
+    r = runner(server, gw, tmp_path)
+    assert r.step().event == "waiting"
+    assert server.statuses(aid) == []
+    server.actions[aid].download = "attempt"
+    assert r.step().event == "waiting"
+    assert server.statuses(aid)[-1] == "downloaded"
+    server.actions[aid].update = "forced"
+    run_until(r, "finished")
+    assert server.actions[aid].result == "success"
+
+
+def test_cancel_before_slot_switch_is_accepted(server, tmp_path):
+    gw = FakeGateway()
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G" * 10})],
+                        window="unavailable")
+    r = runner(server, gw, tmp_path)
+    r.step()  # downloaded, waiting
+    cid = server.request_cancel(aid)
+    assert r.step().event == "cancelled"
+    assert server.cancel.feedback[-1]["status"]["execution"] == "closed"
+    assert server.actions[aid].state == "canceled"
+    assert ("abort",) in gw.calls and ("activate",) not in gw.calls
+    assert r.state.phase == backend.IDLE
+    assert r.step().event == "idle"
+    assert cid
+
+
+def test_cancel_after_slot_switch_is_rejected(server, tmp_path):
+    gw = FakeGateway()
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G" * 10})])
+    r = runner(server, gw, tmp_path)
+    assert r.step().event == "rebooting"
+    server.request_cancel(aid)
+    # the daemon after the "reboot": a new runner picks the action up from its state file
+    r2 = runner(server, gw, tmp_path)
+    assert r2.state.phase == backend.REBOOTING
+    assert r2.step().event == "committed"
+    assert server.cancel.feedback[-1]["status"]["execution"] == "rejected"
+    assert "cannot be cancelled" in server.cancel.feedback[-1]["status"]["details"][0]
+    assert ("abort",) not in gw.calls
+    assert r2.step().event == "finished"
+    assert server.actions[aid].result == "success"
+
+
+def test_offline_install_reported_as_installed_base(server, tmp_path):
+    gw = FakeGateway()
+    gw.version = "1.7-usb"
+    r = runner(server, gw, tmp_path)
+    assert r.report_installed() is True
+    assert server.installed[-1] == {"name": "ferry-test", "version": "1.7-usb"}
+
+
+def test_server_down_mid_action_is_retried(server, tmp_path):
+    gw = FakeGateway()
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G"})])
+    r = runner(server, gw, tmp_path)
+    assert r.step().event == "rebooting"
+    server.unavailable = True
+    assert r.step().event == "committed"  # the boot check does not wait for the server
+    with pytest.raises(ddi.DdiError):
+        r.step()
+    assert r.state.phase == backend.REPORTING
+    server.unavailable = False
+    assert r.step().event == "finished"
+    assert server.actions[aid].result == "success"
