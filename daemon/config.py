@@ -98,6 +98,8 @@ class InstallConfig:
 @dataclass(frozen=True)
 class HealthConfig:
     window_seconds: float = 300.0
+    # Ask systemd over D-Bus for SystemState == "running" (off for the simulator/tests).
+    system_state: bool = True
     required_units: tuple[str, ...] = ()
     checks: tuple[tuple[str, ...], ...] = ()
 

@@ -1,0 +1,280 @@
+"""An HTTP(S) download as a plain non-seekable stream that survives dropped connections.
+
+The bytes go straight to the bundle reader (no temp copy), so a dropped connection
+must not restart the stream: the download reopens with ``Range: bytes=<offset>-`` and
+``If-Range: <validator>`` and carries on where it stopped. A server that answers 200
+to a Range request (ignores Range, or the bundle changed under us) is detected and
+reported, never silently glued on.
+
+Only http and https; redirects are followed by hand so that one to another scheme
+(``file:``, ``ftp:``, or https -> http) is refused.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+from ferry.errors import FerryError
+
+
+class DownloadError(FerryError):
+    pass
+
+
+class HttpStatusError(DownloadError):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RangeNotSupported(DownloadError):
+    pass
+
+
+class BadScheme(DownloadError):
+    pass
+
+
+ALLOWED_SCHEMES = ("http", "https")
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    connect_timeout: float = 15.0
+    stall_timeout: float = 60.0  # no byte for this long -> reconnect
+    retries: int = 6  # consecutive failed attempts before giving up
+    backoff: float = 1.0  # first delay, doubled each time, with full jitter
+    backoff_max: float = 60.0
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    max_redirects: int = 5
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def check_scheme(url: str) -> None:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise BadScheme(f"refusing {scheme or 'schemeless'} URL {url!r}: only http and https")
+
+
+class HttpStream(io.RawIOBase):
+    """``readinto`` over one resource, resuming by Range after any transport failure.
+
+    ``on_offset(offset, validator)`` is called after each reconnect and every
+    ``report_every`` bytes so the journal can keep where we are.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        options: DownloadOptions | None = None,
+        *,
+        session: requests.Session | None = None,
+        on_offset: Callable[[int, str | None], None] | None = None,
+        report_every: int = 16 << 20,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__()
+        check_scheme(url)
+        self.url = url
+        self.opts = options or DownloadOptions()
+        self.session = session or requests.Session()
+        self.offset = 0
+        self.size: int | None = None
+        self.validator: str | None = None
+        self.reconnects = 0
+        self._on_offset = on_offset
+        self._report_every = report_every
+        self._next_report = report_every
+        self._sleep = sleep
+        self._resp: requests.Response | None = None
+        self._fp: Any = None
+        self._eof = False
+        self._connect_with_retries(first=True)
+
+    # io.RawIOBase ------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._eof or len(b) == 0:
+            return 0
+        failures = 0
+        while True:
+            try:
+                if self._fp is None:
+                    self._connect()
+                n = int(self._fp.readinto(b) or 0)
+                if n == 0 and self.size is not None and self.offset < self.size:
+                    raise DownloadError(
+                        f"connection closed after {self.offset} of {self.size} bytes")
+            except HttpStatusError:
+                raise
+            except RangeNotSupported:
+                raise
+            except (OSError, requests.RequestException, http.client.HTTPException,
+                    urllib3.exceptions.HTTPError, DownloadError, ValueError) as exc:
+                self._drop()
+                failures += 1
+                if failures > self.opts.retries:
+                    raise DownloadError(
+                        f"download of {self.url} failed after {failures} attempts at byte "
+                        f"{self.offset}: {_why(exc)}") from exc
+                self._backoff(failures)
+                continue
+            if n == 0:
+                self._eof = True
+                self._drop()
+                return 0
+            self.offset += n
+            if self._on_offset is not None and self.offset >= self._next_report:
+                self._next_report = self.offset + self._report_every
+                self._on_offset(self.offset, self.validator)
+            return n
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+    # connection handling ---------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> None:
+        cap = min(self.opts.backoff_max, self.opts.backoff * (2 ** (attempt - 1)))
+        self._sleep(random.uniform(cap / 2, cap))  # jitter, never zero
+
+    def _drop(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+        self._resp = None
+        self._fp = None
+
+    def _connect_with_retries(self, first: bool) -> None:
+        failures = 0
+        while True:
+            try:
+                self._connect()
+                return
+            except (HttpStatusError, RangeNotSupported, BadScheme):
+                raise
+            except (OSError, requests.RequestException) as exc:
+                failures += 1
+                if failures > self.opts.retries:
+                    raise DownloadError(
+                        f"cannot download {self.url} after {failures} attempts: {_why(exc)}"
+                    ) from exc
+                self._backoff(failures)
+
+    def _request(self, url: str, headers: dict[str, str]) -> requests.Response:
+        verify: bool | str = self.opts.ca_file or True
+        cert: tuple[str, str] | str | None = None
+        if self.opts.client_cert:
+            cert = ((self.opts.client_cert, self.opts.client_key) if self.opts.client_key
+                    else self.opts.client_cert)
+        for _ in range(self.opts.max_redirects + 1):
+            resp = self.session.get(
+                url, headers=headers, stream=True, allow_redirects=False, verify=verify,
+                cert=cert, timeout=(self.opts.connect_timeout, self.opts.stall_timeout),
+            )
+            if resp.is_redirect:
+                location = resp.headers.get("Location", "")
+                resp.close()
+                nxt = urljoin(url, location)
+                old, new = urlsplit(url).scheme.lower(), urlsplit(nxt).scheme.lower()
+                if new not in ALLOWED_SCHEMES or (old == "https" and new != "https"):
+                    raise BadScheme(
+                        f"refusing redirect from {url} to {nxt}: scheme {new!r} not allowed")
+                url = nxt
+                continue
+            return resp
+        raise DownloadError(f"too many redirects for {self.url}")
+
+    def _connect(self) -> None:
+        headers = {"Accept-Encoding": "identity", **dict(self.opts.headers)}
+        resuming = self.offset > 0
+        if resuming:
+            headers["Range"] = f"bytes={self.offset}-"
+            if self.validator:
+                headers["If-Range"] = self.validator
+        resp = self._request(self.url, headers)
+        status = resp.status_code
+        if status >= 400:
+            resp.close()
+            reason = resp.reason or ""
+            err = HttpStatusError(f"HTTP {status} {reason} for {self.url}".rstrip(), status)
+            if status in RETRY_STATUS:
+                raise requests.HTTPError(str(err))
+            raise err
+        if resuming:
+            if status != 206:
+                resp.close()
+                if self.validator and _validator(resp) not in (None, self.validator):
+                    raise RangeNotSupported(
+                        f"{self.url} changed on the server during the download "
+                        f"(validator {self.validator} -> {_validator(resp)}); start again")
+                raise RangeNotSupported(
+                    f"{self.url}: server answered {status} to a Range request, so the "
+                    f"download cannot resume at byte {self.offset}; use a server with "
+                    "Range support")
+            start = _content_range_start(resp.headers.get("Content-Range", ""))
+            if start != self.offset:
+                resp.close()
+                raise RangeNotSupported(
+                    f"{self.url}: server resumed at byte {start}, asked for {self.offset}")
+            self.reconnects += 1
+        else:
+            if status != 200:
+                resp.close()
+                raise HttpStatusError(f"HTTP {status} for {self.url}: expected 200", status)
+            length = resp.headers.get("Content-Length")
+            self.size = int(length) if length and length.isdigit() else None
+            self.validator = _validator(resp)
+        self._resp = resp
+        raw = resp.raw
+        # http.client's readinto fills our buffer directly (no intermediate bytes) and
+        # raises IncompleteRead when the body is cut short.
+        self._fp = getattr(raw, "_fp", None) or raw
+        if self._on_offset is not None and resuming:
+            self._on_offset(self.offset, self.validator)
+
+
+def _validator(resp: requests.Response) -> str | None:
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
+        return etag
+    lm = resp.headers.get("Last-Modified")
+    return lm or None
+
+
+def _content_range_start(value: str) -> int | None:
+    # "bytes 100-199/200"
+    try:
+        unit, _, rest = value.partition(" ")
+        if unit.strip().lower() != "bytes":
+            return None
+        return int(rest.split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, requests.ConnectTimeout):
+        return "connect timeout"
+    if isinstance(exc, requests.ReadTimeout | TimeoutError):
+        return "stalled (no data within the stall timeout)"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return text

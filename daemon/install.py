@@ -1,0 +1,378 @@
+"""The install pipeline: one bundle from a path or URL to "rebooting into the new slot".
+
+Order matters and is the whole safety argument (DESIGN.md, "One deployment"):
+
+1. the deployment is in the journal before anything else happens;
+2. sw-description is verified (signature, compatible, version policy, sizes) before any
+   payload byte is used, and before the inactive slot is touched;
+3. the inactive slot is marked unbootable *before* it is written, so a power cut in
+   the middle of the write can never leave a half-written slot that U-Boot would try;
+4. the slot gets the image through decompression and sha256, then fsync;
+5. target images are staged on the data partition, hash-checked;
+6. one env write makes the new slot the one to try; the journal then says "rebooting".
+
+Every step is recorded before its side effect and is idempotent, so :func:`resume`
+after a crash just repeats the interrupted step: a deployment that had not yet
+activated the new slot is run again from the start (the slot is scratch until then);
+one that was activating repeats the env write; one that was rebooting reboots, or, if
+the machine did reboot, goes on to the boot check (ferry.daemon.bootcheck).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from ferry.daemon import staging
+from ferry.daemon.bootloader import Bootloader
+from ferry.daemon.config import Config
+from ferry.daemon.download import DownloadOptions
+from ferry.daemon.journal import Deployment, Journal
+from ferry.daemon.killpoint import killpoint
+from ferry.daemon.slotwriter import SlotTooSmall, slot_capacity, write_slot
+from ferry.daemon.source import open_source
+from ferry.daemon.versions import parse_version
+from ferry.errors import FerryError
+
+log = logging.getLogger(__name__)
+
+# progress(phase, done, total): phase is "download", "write", "stage", "activate", ...
+ProgressFn = Callable[[str, int, int], None]
+
+PRE_ACTIVATION = ("accepted", "verifying", "invalidating", "writing", "written", "staging",
+                  "staged")
+
+
+class InstallError(FerryError):
+    pass
+
+
+class IncompatibleBundle(InstallError):
+    pass
+
+
+class VersionRefused(InstallError):
+    pass
+
+
+class DeploymentBusy(InstallError):
+    pass
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    name: str
+    bootname: str
+    device: Path
+
+
+@dataclass
+class Context:
+    """Everything a pipeline step touches, so tests can swap any part."""
+
+    config: Config
+    journal: Journal
+    bootloader: Bootloader
+    reboot: Callable[[], None]
+    progress: ProgressFn | None = None
+    boot_id: Callable[[], str] | None = None
+
+    def report(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+
+def current_boot_id() -> str:
+    """The kernel's id of this boot; FERRY_BOOT_ID_PATH lets tests and the simulator
+    stand in a file for /proc, since they "reboot" without a kernel."""
+    import os
+
+    path = os.environ.get("FERRY_BOOT_ID_PATH", "/proc/sys/kernel/random/boot_id")
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def make_context(config: Config, *, progress: ProgressFn | None = None,
+                 journal: Journal | None = None) -> Context:
+    from ferry.daemon.bootloader import make_bootloader
+    from ferry.daemon.reboot import reboot
+
+    def do_reboot() -> None:
+        reboot(config.install.reboot_command)
+
+    return Context(
+        config=config,
+        journal=journal or Journal.open(config.gateway.data_dir),
+        bootloader=cast(Bootloader, make_bootloader(config)),
+        reboot=do_reboot,
+        progress=progress,
+        boot_id=current_boot_id,
+    )
+
+
+def download_options(config: Config) -> DownloadOptions:
+    b = config.backend
+    return DownloadOptions(
+        ca_file=str(b.ca_file) if b.ca_file else None,
+        client_cert=str(b.client_cert) if b.client_cert else None,
+        client_key=str(b.client_key) if b.client_key else None,
+    )
+
+
+def target_slot(ctx: Context) -> tuple[SlotInfo, SlotInfo]:
+    """(booted, inactive) slots; the inactive one is what we may overwrite."""
+    from ferry.daemon.slots import inactive_slot
+
+    inactive = inactive_slot(ctx.config, ctx.bootloader)
+    booted_name = ctx.bootloader.booted()
+    booted = ctx.config.slot(booted_name)
+    if Path(inactive.device).resolve() == Path(booted.device).resolve():
+        raise InstallError(
+            f"inactive slot {inactive.name} is the same device as the booted slot "
+            f"({booted.device}); fix [[slot]] in the config")
+    return (SlotInfo(booted.name, booted.bootname, Path(booted.device)),
+            SlotInfo(inactive.name, inactive.bootname, Path(inactive.device)))
+
+
+def check_policy(config: Config, version: str, compatible: tuple[str, ...], force: bool) -> str:
+    """Refuse wrong hardware, downgrades and same version (unless forced) and anything
+    under the floor (even forced: the floor exists to stop known-bad old releases)."""
+    mine = config.gateway.compatible
+    if mine not in compatible:
+        raise IncompatibleBundle(
+            f"bundle is for {', '.join(compatible) or 'no hardware'}, this gateway is {mine!r}; "
+            "use a bundle built for this hardware")
+    new = parse_version(version)
+    floor = config.install.min_version
+    if floor and new < parse_version(floor):
+        raise VersionRefused(
+            f"bundle version {version} is below the minimum {floor} set in [install]")
+    running = config.gateway.running_version()
+    if running and not force:
+        cur = parse_version(running)
+        if new < cur:
+            raise VersionRefused(
+                f"bundle version {version} is older than the running {running}; "
+                "use --force to downgrade")
+        if new == cur and not config.install.allow_same_version:
+            raise VersionRefused(
+                f"version {version} is already running; use --force to install it again")
+    return running
+
+
+def install(config: Config, source: str, *, force: bool = False, origin: str = "cli",
+            external_id: str | None = None, progress: ProgressFn | None = None,
+            ctx: Context | None = None) -> int:
+    """Start a new deployment and run it up to the reboot; returns its id.
+
+    Raises the error that stopped it (the journal already has it recorded).
+    """
+    ctx = ctx or make_context(config, progress=progress)
+    pending = ctx.journal.pending()
+    if pending is not None:
+        if pending.state in PRE_ACTIVATION:
+            # an install that was cut off before activating: its slot is scratch, and
+            # the new request supersedes it.
+            ctx.journal.finish(pending.id, "cancelled",
+                               "interrupted before activation; superseded by a new install")
+        else:
+            raise DeploymentBusy(
+                f"deployment {pending.id} ({pending.version or pending.source}) is "
+                f"{pending.state}; wait for it to finish or run 'ferry install --resume'")
+    dep_id = ctx.journal.create(source, origin=origin, force=force, external_id=external_id)
+    run(ctx, dep_id)
+    return dep_id
+
+
+def resume(ctx: Context) -> Deployment | None:
+    """Continue whatever deployment a crash or a reboot interrupted; None if none."""
+    dep = ctx.journal.pending()
+    if dep is None:
+        return None
+    run(ctx, dep.id)
+    return ctx.journal.get(dep.id)
+
+
+def run(ctx: Context, dep_id: int) -> None:
+    """Drive deployment ``dep_id`` from its recorded state as far as this boot allows."""
+    from ferry.daemon.bootcheck import after_boot
+
+    dep = ctx.journal.get(dep_id)
+    if dep.state in PRE_ACTIVATION:
+        _guarded(ctx, dep_id, _prepare)
+        dep = ctx.journal.get(dep_id)
+        if dep.result is not None:
+            return
+    if dep.state == "activating":
+        _guarded(ctx, dep_id, _activate)
+        dep = ctx.journal.get(dep_id)
+    if dep.state == "rebooting":
+        boot_id = ctx.boot_id() if ctx.boot_id else ""
+        if dep.boot_id and boot_id and dep.boot_id != boot_id:
+            after_boot(ctx, dep_id)
+        else:
+            _guarded(ctx, dep_id, _reboot)
+        return
+    if dep.state in ("checking", "rolling-back", "committed", "proxy"):
+        after_boot(ctx, dep_id)
+
+
+def _guarded(ctx: Context, dep_id: int, fn: Callable[[Context, int], None]) -> None:
+    try:
+        fn(ctx, dep_id)
+    except FerryError as err:
+        fail(ctx, dep_id, err)
+        raise
+
+
+def fail(ctx: Context, dep_id: int, err: BaseException) -> None:
+    dep = ctx.journal.get(dep_id)
+    steps = ctx.journal.steps(dep_id)
+    if steps and steps[-1].status == "started":
+        ctx.journal.end_step(dep_id, steps[-1].name, "failed", str(err))
+    if dep.result is None:
+        ctx.journal.finish(dep_id, "failure", str(err))
+
+
+class _Throttle:
+    """Journal progress at most once a second: each write is an fsync'd commit."""
+
+    def __init__(self, ctx: Context, dep_id: int, phase: str, total: int) -> None:
+        self.ctx, self.dep_id, self.phase, self.total = ctx, dep_id, phase, total
+        self.last = 0.0
+
+    def __call__(self, done: int) -> None:
+        self.ctx.report(self.phase, done, self.total)
+        now = time.monotonic()
+        if now - self.last >= 1.0 or done >= self.total:
+            self.last = now
+            self.ctx.journal.progress(self.dep_id, done, self.total)
+
+
+def _prepare(ctx: Context, dep_id: int) -> None:
+    from ferry.packaging.keyring import load_keyring
+    from ferry.packaging.limits import Limits
+    from ferry.packaging.reader import BundleReader
+
+    j = ctx.journal
+    dep = j.get(dep_id)
+    cfg = ctx.config
+    staging.clean(cfg.gateway.data_dir, keep_deployment=None)
+
+    j.begin_step(dep_id, "verify", state="verifying", detail=dep.source)
+
+    def on_offset(offset: int, validator: str | None) -> None:
+        j.update(dep_id, dl_offset=offset, dl_validator=validator)
+
+    src = open_source(dep.source, download_options(cfg), on_offset=on_offset)
+    try:
+        if src.is_url:
+            j.update(dep_id, dl_validator=getattr(src.raw, "validator", None))
+        limits = Limits(max_bundle_size=cfg.install.max_bundle_size)
+        if cfg.install.max_bundle_size and src.size and src.size > cfg.install.max_bundle_size:
+            raise InstallError(f"bundle is {src.size} bytes, over [install] max_bundle_size "
+                               f"{cfg.install.max_bundle_size}")
+        reader = BundleReader(src.stream, load_keyring(cfg.keyring.path), limits=limits)
+        desc = reader.description
+        j.update(dep_id, version=desc.version)
+        running = check_policy(cfg, desc.version, desc.compatible, dep.force)
+        booted, inactive = target_slot(ctx)
+        j.update(dep_id, from_version=running or None, from_slot=booted.bootname,
+                 to_slot=inactive.bootname)
+        rootfs = desc.rootfs()
+        need = 0
+        if rootfs is not None:
+            need = rootfs.decompressed_size or (rootfs.size if not rootfs.compressed else 0)
+            cap = slot_capacity(inactive.device)
+            if cap is not None and need > cap:
+                raise SlotTooSmall(
+                    f"image {rootfs.filename} needs {need} bytes but slot {inactive.name} "
+                    f"({inactive.device}) holds {cap}; build a smaller image")
+        j.end_step(dep_id, "verify", detail=f"{desc.version} signed by {reader.signer}")
+
+        if rootfs is not None:
+            # A slot that is being overwritten must not be bootable, not even as the
+            # fallback: mark it bad first (one atomic env write).
+            j.begin_step(dep_id, "invalidate", state="invalidating", detail=inactive.bootname)
+            ctx.bootloader.mark_bad(inactive.bootname)
+            j.end_step(dep_id, "invalidate")
+
+        total = src.size or 0
+        staged: list[dict[str, Any]] = []
+        for entry, stream in reader.images():
+            if entry.role == "rootfs":
+                j.begin_step(dep_id, "write", state="writing",
+                             detail=f"{entry.filename} -> {inactive.device}")
+                size = entry.decompressed_size or (entry.size if not entry.compressed else 0)
+                prog = _Throttle(ctx, dep_id, "write", size or entry.size)
+                res = write_slot(
+                    stream, inactive.device, compressed=entry.compressed,
+                    expected_size=entry.decompressed_size if entry.compressed else entry.size,
+                    expected_sha256=entry.decompressed_sha256 if entry.compressed else None,
+                    progress=prog,
+                )
+                j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
+            else:
+                j.begin_step(dep_id, f"stage:{entry.filename}", state="staging")
+                dest = staging.staged_path(cfg.gateway.data_dir, dep_id, entry.filename)
+                from ferry.packaging.compression import decompress_stream
+
+                plain = decompress_stream(entry.compressed, stream)
+                img = staging.stage(
+                    plain, dest,
+                    expected_sha256=entry.decompressed_sha256 if entry.compressed else None,
+                    progress=_Throttle(ctx, dep_id, "stage",
+                                       entry.decompressed_size or entry.size),
+                )
+                # read the stored stream to its end so the reader checks its hash
+                while stream.read(1 << 20):
+                    pass
+                spec = entry.target
+                staged.append({
+                    "filename": entry.filename, "path": img.path, "size": img.size,
+                    "sha256": img.sha256,
+                    "transport": spec.transport if spec else "",
+                    "name": spec.name if spec else "",
+                    "format": spec.format if spec else "",
+                    "version": spec.version if spec else "",
+                    "selector": dict(spec.selector) if spec else {},
+                })
+                j.end_step(dep_id, f"stage:{entry.filename}", detail=img.sha256)
+        j.set_info(dep_id, staged=staged, has_rootfs=rootfs is not None)
+        j.update(dep_id, state="staged", progress_done=total, progress_total=total)
+    finally:
+        src.stream.close()
+
+    if rootfs is None:
+        # targets only: nothing to boot, the gateway is already "committed"
+        j.begin_step(dep_id, "commit", state="committed", detail="no rootfs in bundle")
+        j.end_step(dep_id, "commit")
+        return
+    j.update(dep_id, state="activating")
+
+
+def _activate(ctx: Context, dep_id: int) -> None:
+    dep = ctx.journal.get(dep_id)
+    assert dep.to_slot is not None
+    ctx.journal.begin_step(dep_id, "activate", detail=dep.to_slot)
+    ctx.report("activate", 0, 1)
+    ctx.bootloader.activate(dep.to_slot)
+    boot_id = ctx.boot_id() if ctx.boot_id else ""
+    ctx.journal.update(dep_id, boot_id=boot_id)
+    ctx.journal.end_step(dep_id, "activate", state="rebooting")
+
+
+def _reboot(ctx: Context, dep_id: int) -> None:
+    boot_id = ctx.boot_id() if ctx.boot_id else ""
+    ctx.journal.update(dep_id, boot_id=boot_id)
+    ctx.journal.begin_step(dep_id, "reboot")
+    ctx.report("reboot", 0, 1)
+    killpoint("reboot.before")
+    ctx.reboot()
+    ctx.journal.end_step(dep_id, "reboot", detail="reboot requested")

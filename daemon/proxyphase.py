@@ -1,0 +1,169 @@
+"""Proxy phase: the staged firmware goes to the devices behind the committed gateway.
+
+Staged images are matched to the ``[[target]]`` entries of the config, by transport
+and name, or by a selector (image id, manufacturer/image type) the bundle carries.
+Targets on different ports (addresses) are flashed in parallel, those sharing a port
+one after the other (a serial line or a radio coordinator carries one transfer at a
+time). A failing target is recorded and does not stop the others. Targets already
+recorded ok are not flashed again when the phase resumes after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ferry.daemon.config import TargetConfig
+from ferry.daemon.staging import StagedImage, check_staged
+from ferry.errors import FerryError
+from ferry.proxy.transport import FlashResult, Target
+
+if TYPE_CHECKING:
+    from ferry.daemon.install import Context
+
+log = logging.getLogger(__name__)
+
+DONE_STATES = ("ok", "skipped")
+
+
+@dataclass(frozen=True)
+class Job:
+    target: TargetConfig
+    image: dict[str, Any]  # one entry of the deployment's info["staged"]
+
+
+def matches(tc: TargetConfig, image: dict[str, Any]) -> bool:
+    if image.get("transport") != tc.transport:
+        return False
+    if image.get("name") and image["name"] == tc.name:
+        return True
+    selector: dict[str, str] = image.get("selector") or {}
+    if not selector:
+        return False
+    own = {str(k): str(v) for k, v in tc.options.items()}
+    if tc.image_id:
+        own["image_id"] = tc.image_id
+    return all(own.get(k, "").lower() == str(v).lower() for k, v in selector.items())
+
+
+def plan(targets: tuple[TargetConfig, ...], staged: list[dict[str, Any]]
+         ) -> tuple[list[Job], list[dict[str, Any]]]:
+    """(jobs, unmatched images)."""
+    jobs: list[Job] = []
+    unmatched: list[dict[str, Any]] = []
+    for image in staged:
+        hits = [tc for tc in targets if matches(tc, image)]
+        if not hits:
+            unmatched.append(image)
+        jobs.extend(Job(tc, image) for tc in hits)
+    return jobs, unmatched
+
+
+def make_target(tc: TargetConfig, image: dict[str, Any], force: bool) -> Target:
+    options = {str(k): str(v) for k, v in tc.options.items()}
+    if tc.baud:
+        options["baud"] = str(tc.baud)
+    if force:
+        options["force"] = "1"
+    options["spec_version"] = str(image.get("version", ""))
+    options["spec_format"] = str(image.get("format", ""))
+    for k, v in (image.get("selector") or {}).items():
+        options[f"spec_{k}"] = str(v)
+    return Target(name=tc.name, transport=tc.transport, address=tc.address,
+                  hardware_id=tc.image_id or "", options=options)
+
+
+TransportFactory = Callable[[str, dict[str, Any]], Any]
+
+
+def _default_factory(name: str, options: dict[str, Any]) -> Any:
+    from ferry.proxy.registry import get_transport
+
+    return get_transport(name, options)
+
+
+def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
+        max_parallel: int = 8) -> None:
+    j = ctx.journal
+    dep = j.get(dep_id)
+    factory = factory or _default_factory
+    staged: list[dict[str, Any]] = list(dep.info.get("staged", []))
+    if dep.state != "proxy":
+        j.begin_step(dep_id, "proxy", state="proxy", detail=f"{len(staged)} staged image(s)")
+    jobs, unmatched = plan(ctx.config.targets, staged)
+    done = {t.name: t.state for t in j.targets(dep_id)}
+    for image in unmatched:
+        name = image.get("name") or image["filename"]
+        j.set_target(dep_id, name, transport=image.get("transport", ""), state="failed",
+                     image=image["filename"],
+                     message="no [[target]] in the config matches this image")
+    by_port: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        if done.get(job.target.name) in DONE_STATES:
+            continue
+        j.set_target(dep_id, job.target.name, transport=job.target.transport, state="pending",
+                     image=job.image["filename"])
+        by_port[f"{job.target.transport}:{job.target.address}"].append(job)
+
+    lock = threading.Lock()
+
+    def flash_port(port_jobs: list[Job]) -> None:
+        for job in port_jobs:
+            _flash_one(ctx, dep_id, job, dep.force, factory, lock)
+
+    if by_port:
+        with ThreadPoolExecutor(max_workers=min(max_parallel, len(by_port)),
+                                thread_name_prefix="proxy") as pool:
+            for fut in [pool.submit(flash_port, js) for js in by_port.values()]:
+                fut.result()
+    records = j.targets(dep_id)
+    failed = [r for r in records if r.state not in DONE_STATES]
+    if failed:
+        summary = "; ".join(f"{r.name}: {r.message or r.state}" for r in failed)
+        j.end_step(dep_id, "proxy", "failed", summary)
+        j.update(dep_id, state="done")
+        j.finish(dep_id, "failure",
+                 f"{len(failed)} of {len(records)} target(s) failed: {summary}")
+    else:
+        j.end_step(dep_id, "proxy", detail=f"{len(records)} target(s) ok", state="done")
+        j.finish(dep_id, "success")
+    from ferry.daemon.staging import clean
+
+    clean(ctx.config.gateway.data_dir, keep_deployment=None)
+
+
+def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: TransportFactory,
+               lock: threading.Lock) -> None:
+    j = ctx.journal
+    tc, image = job.target, job.image
+    target = make_target(tc, image, force)
+    j.set_target(dep_id, tc.name, transport=tc.transport, state="flashing")
+
+    def progress(done: int, total: int, message: str) -> None:
+        ctx.report(f"flash:{tc.name}:{message}", done, total)
+
+    try:
+        check_staged(StagedImage(image["path"], image["size"], image["sha256"]))
+        transport = factory(tc.transport, dict(tc.options))
+        with open(image["path"], "rb") as f:
+            result: FlashResult = transport.flash(target, f, progress=progress)
+    except FerryError as err:
+        j.set_target(dep_id, tc.name, transport=tc.transport, state="failed", message=str(err))
+        return
+    except Exception as err:
+        log.exception("flashing %s failed", tc.name)
+        j.set_target(dep_id, tc.name, transport=tc.transport, state="failed",
+                     message=f"{type(err).__name__}: {err}")
+        return
+    if result.ok:
+        state = "skipped" if result.skipped else "ok"
+    else:
+        state = "rolled-back" if result.rolled_back else "failed"
+    j.set_target(dep_id, tc.name, transport=tc.transport, state=state,
+                 version=result.version or None,
+                 message=result.message or ("flashed" if result.ok else "flash failed"))

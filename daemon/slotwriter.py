@@ -1,0 +1,310 @@
+"""Stream one image into a slot: (download ->) decompress -> sha256 -> write, then fsync.
+
+No temporary copy and nothing image-sized in memory: a fixed pool of 1 MiB buffers
+circulates between three threads, so the network/verification read, decompression
+plus hashing, and the write to the slot overlap (hashlib, zstandard and os.write all
+release the GIL on large buffers). Peak memory is the pool, whatever the image size.
+
+The slot must already be marked unbootable by the caller; this module only promises
+that it returns normally iff every byte arrived, matched its hash and is on stable
+storage.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ferry.daemon.killpoint import killpoint
+from ferry.errors import FerryError
+
+CHUNK = 1 << 20
+POOL = 6
+
+
+class SlotWriteError(FerryError):
+    pass
+
+
+class SlotTooSmall(SlotWriteError):
+    pass
+
+
+class SlotHashMismatch(SlotWriteError):
+    pass
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    size: int
+    sha256: str | None  # of the bytes written, when it was asked for
+
+
+def slot_capacity(device: str | Path) -> int | None:
+    """Bytes the slot can hold: a block device's size, a regular file's current length.
+
+    A missing or empty regular file has no known capacity (None): a slot file in a test
+    or the simulator is usually pre-sized with truncate, like a partition.
+    """
+    try:
+        st = os.stat(device)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISBLK(st.st_mode):
+        fd = os.open(device, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    return st.st_size or None
+
+
+_EOF = object()
+
+
+class _QueueReader(io.RawIOBase):
+    """The consumer end of the producer thread, as a raw stream for the decompressor."""
+
+    def __init__(self, q: queue.Queue[object], give_back: Callable[[bytearray], None]) -> None:
+        self._q = q
+        self._give_back = give_back
+        self._cur: memoryview | None = None
+        self._buf: bytearray | None = None
+        self._pos = 0
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        while self._cur is None or self._pos >= len(self._cur):
+            if self._buf is not None:
+                self._give_back(self._buf)
+                self._buf = None
+                self._cur = None
+            if self._eof:
+                return 0
+            item = self._q.get()
+            if item is _EOF:
+                self._eof = True
+                return 0
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            assert isinstance(item, tuple)
+            self._buf, n = item
+            self._cur = memoryview(self._buf)[:n]
+            self._pos = 0
+        n = min(len(b), len(self._cur) - self._pos)
+        b[:n] = self._cur[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+def _readinto(src: BinaryIO, view: memoryview) -> int:
+    ri = getattr(src, "readinto", None)
+    if ri is not None:
+        n = ri(view)
+        return int(n or 0)
+    data = src.read(len(view))
+    view[: len(data)] = data
+    return len(data)
+
+
+def _fill(src: BinaryIO, buf: bytearray) -> int:
+    """Fill buf as far as the stream allows (short reads are normal on sockets)."""
+    view = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        n = _readinto(src, view[got:])
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def write_slot(
+    src: BinaryIO,
+    device: str | Path,
+    *,
+    compressed: str | None = None,
+    expected_size: int | None = None,
+    expected_sha256: str | None = None,
+    capacity: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    decompress: Callable[[str | None, BinaryIO], BinaryIO] | None = None,
+) -> WriteResult:
+    """Write the (decompressed) image from ``src`` to the start of ``device``.
+
+    ``expected_size``/``expected_sha256`` describe the bytes that land in the slot; the
+    stored bytes are checked by the stream itself (BundleReader raises at EOF).
+    """
+    if capacity is None:
+        capacity = slot_capacity(device)
+    if capacity is not None and expected_size is not None and expected_size > capacity:
+        raise SlotTooSmall(
+            f"image needs {expected_size} bytes but slot {device} holds {capacity}; "
+            "build a smaller image or enlarge the slot"
+        )
+    pool: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(POOL):
+        pool.put(bytearray(CHUNK))
+    stop = threading.Event()
+    raw_q: queue.Queue[object] = queue.Queue()
+    write_q: queue.Queue[object] = queue.Queue()
+    errors: list[BaseException] = []
+
+    def take() -> bytearray | None:
+        while not stop.is_set():
+            try:
+                return pool.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def producer() -> None:
+        try:
+            while not stop.is_set():
+                buf = take()
+                if buf is None:
+                    return
+                n = _fill(src, buf)
+                if n == 0:
+                    pool.put(buf)
+                    break
+                raw_q.put((buf, n))
+            raw_q.put(_EOF)
+        except BaseException as exc:
+            raw_q.put(exc)
+
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(device, flags | (0 if os.path.exists(device) else os.O_CREAT), 0o600)
+    except OSError as exc:
+        raise SlotWriteError(f"cannot open slot {device}: {exc.strerror}") from exc
+
+    written = 0
+
+    def writer() -> None:
+        nonlocal written
+        try:
+            while True:
+                item = write_q.get()
+                if item is _EOF:
+                    return
+                assert isinstance(item, tuple)
+                buf, n = item
+                view = memoryview(buf)[:n]
+                off = 0
+                while off < n:
+                    off += os.pwrite(fd, view[off:], written + off)
+                written += n
+                pool.put(buf)
+                killpoint("slot.write")
+                if progress is not None:
+                    progress(written)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+            while True:  # drain so the main thread never blocks on a full pool
+                item = write_q.get()
+                if item is _EOF:
+                    return
+                if isinstance(item, tuple):
+                    pool.put(item[0])
+
+    hasher = hashlib.sha256() if expected_sha256 else None
+    t_prod = threading.Thread(target=producer, name="slot-read", daemon=True)
+    t_write = threading.Thread(target=writer, name="slot-write", daemon=True)
+    t_prod.start()
+    t_write.start()
+    total = 0
+    try:
+        stream: BinaryIO | None = None
+        if compressed is not None:
+            from ferry.packaging.compression import decompress_stream
+
+            dec = decompress or decompress_stream
+            qr = io.BufferedReader(_QueueReader(raw_q, pool.put), CHUNK)
+            stream = dec(compressed, qr)
+        while not stop.is_set():
+            if stream is None:
+                # stored image: the producer's buffers go straight to the writer
+                item = raw_q.get()
+                if item is _EOF:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, tuple)
+                buf, n = item
+            else:
+                got = take()
+                if got is None:
+                    break
+                buf = got
+                n = _fill(stream, buf)
+                if n == 0:
+                    pool.put(buf)
+                    break
+            total += n
+            if capacity is not None and total > capacity:
+                pool.put(buf)
+                raise SlotTooSmall(
+                    f"image is larger than slot {device} ({capacity} bytes); "
+                    "build a smaller image or enlarge the slot")
+            if hasher is not None:
+                hasher.update(memoryview(buf)[:n])
+            write_q.put((buf, n))
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        write_q.put(_EOF)
+        t_write.join()
+        if stop.is_set():
+            _drain(raw_q, pool)
+        t_prod.join(timeout=30)
+        try:
+            if not errors and not stop.is_set():
+                os.fsync(fd)
+        except OSError as exc:
+            errors.append(exc)
+        finally:
+            os.close(fd)
+    if errors:
+        first = errors[0]
+        if isinstance(first, OSError):
+            what = {errno.ENOSPC: "no space left", errno.EFBIG: "file size limit reached",
+                    errno.EIO: "I/O error"}.get(first.errno or 0, first.strerror or str(first))
+            raise SlotWriteError(f"writing slot {device} failed at byte {written}: {what}") \
+                from first
+        raise first
+    if expected_size is not None and total != expected_size:
+        raise SlotWriteError(
+            f"image produced {total} bytes, sw-description says {expected_size}; "
+            "the bundle is inconsistent, rebuild it")
+    digest = hasher.hexdigest() if hasher else None
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise SlotHashMismatch(
+            f"slot {device} content sha256 {digest} does not match {expected_sha256}; "
+            "the slot stays unbootable")
+    return WriteResult(size=total, sha256=digest)
+
+
+def _drain(q: queue.Queue[object], pool: queue.Queue[bytearray]) -> None:
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, tuple):
+            pool.put(item[0])
