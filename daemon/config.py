@@ -69,6 +69,9 @@ class BootloaderConfig:
     boot_part_var: str = "ferry_boot_part"
     # Shared with libubootenv's fw_setenv so ferry and the tools never write at once.
     lock_file: Path = Path("/var/lock/fw_printenv.lock")
+    # Refuse to activate a slot until U-Boot's boot script has saved
+    # ferry_saveenv_canary=1 and ferry can read it back (as Mender's saveenv canary).
+    canary: bool = True
 
 
 @dataclass(frozen=True)
