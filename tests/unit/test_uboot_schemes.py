@@ -115,7 +115,7 @@ def test_choose_follows_the_boot_script(tmp_path):
 
 def test_canary_missing_blocks_activation(tmp_path):
     _config, bl = gateway(tmp_path, canary=False)
-    with pytest.raises(CanaryError, match="fw_env.config"):
+    with pytest.raises(CanaryError, match=r"fw_env\.config"):
         bl.activate("B")
     assert bl.store.read()["BOOT_ORDER"] == "A B"  # nothing written
     bl.mark_good("A")  # marking needs no canary

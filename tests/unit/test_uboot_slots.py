@@ -42,7 +42,7 @@ def test_booted_from_cmdline(cmdline, want):
 
 
 def test_unknown_slot_name_on_cmdline_is_an_error():
-    with pytest.raises(SlotError, match="rauc.slot=C"):
+    with pytest.raises(SlotError, match=r"rauc\.slot=C"):
         booted_from_cmdline("rauc.slot=C", SLOTS)
 
 
@@ -73,7 +73,7 @@ def test_booted_slot_and_other(tmp_path):
 
 def test_booted_slot_unknown_explains(tmp_path):
     config = cfg(tmp_path, "quiet\n")
-    with pytest.raises(SlotError, match="ferry.slot="):
+    with pytest.raises(SlotError, match=r"ferry\.slot="):
         booted_slot(config)
 
 
