@@ -112,7 +112,7 @@ class SimNetwork:
     rng: random.Random = field(init=False)
     groups: dict[str, _Group] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
-    trace: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+    trace: list[tuple[float, str, str, int, bytes]] = field(default_factory=list)
     keep_trace: bool = False
     _queue: list[tuple[float, int, SimUplink | _Down]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
@@ -137,7 +137,7 @@ class SimNetwork:
         eui = dev_eui.lower()
         self.stats.unicast += 1
         if self.keep_trace:
-            self.trace.append(("unicast", eui, fport, payload))
+            self.trace.append((self.clock.now(), "unicast", eui, fport, payload))
         node = self.nodes.get(eui)
         if node is None:
             return
@@ -156,7 +156,7 @@ class SimNetwork:
         g.sent += 1
         self.stats.multicast += 1
         if self.keep_trace:
-            self.trace.append(("multicast", group_id, fport, payload))
+            self.trace.append((self.clock.now(), "multicast", group_id, fport, payload))
         now = self.clock.now()
         for eui in g.members:
             node = self.nodes.get(eui)

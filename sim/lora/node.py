@@ -48,6 +48,7 @@ class Node:
     clock_offset: float = 0.0  # node time minus network time, seconds
     lorawan_1_1: bool = False
     join_delay: float = 0.0  # late joiner: listens this long after the window opens
+    ack_spread: float = 16.0  # status answers spread over 2^(BlockAckDelay+4) s
     rng: random.Random = field(default_factory=random.Random)
     groups: dict[int, McGroup] = field(default_factory=dict)
     sessions: dict[int, ClassC] = field(default_factory=dict)
@@ -187,8 +188,7 @@ class Node:
                 if entry is not None:
                     dec = entry[1]
                     if everyone or dec.missing > 0:
-                        # answers are spread over 2^(BlockAckDelay+4) s (BlockAckDelay 0)
-                        delay = self.rng.uniform(0, 16)
+                        delay = self.rng.uniform(0, self.ack_spread)
                         ri = (idx << 14) | min(len(dec.received), 0x3FFF)
                         out.append((delay, 201, bytes([0x01]) + ri.to_bytes(2, "little")
                                     + bytes([min(dec.missing, 255), 0])))
