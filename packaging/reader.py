@@ -57,12 +57,11 @@ class ImageStream(io.RawIOBase):
         return self._done
 
     def read(self, size: int | None = -1) -> bytes:
-        if self._done:
+        if size is None or size < 0:
+            return self.readall()
+        if self._done or size == 0:
             return b""
-        want = CHUNK if size is None or size < 0 else size
-        if want == 0:
-            return b""
-        chunk = self._cpio.read_data(want)
+        chunk = self._cpio.read_data(size)
         self._hash.update(chunk)
         self.bytes_read += len(chunk)
         if self._cpio.remaining == 0:
@@ -198,3 +197,23 @@ class BundleReader:
         for _entry, stream in self.images():
             while stream.read(CHUNK):
                 pass
+
+
+def read_unverified(
+    stream: BinaryIO, *, limits: Limits | None = None
+) -> tuple[Description, bytes, bytes]:
+    """sw-description (parsed) and the raw signature WITHOUT checking trust: for display
+    (``ferry bundle inspect`` without a keyring) only, never for installing."""
+    cpio = CpioStreamReader(stream, limits or Limits())
+    lim = cpio.limits
+    first = cpio.next_header()
+    if first.name != DESCRIPTION_NAME:
+        raise WrongMemberOrder(
+            f"first member is {first.name!r}; a bundle starts with sw-description"
+        )
+    description = cpio.read_member(lim.max_description_size, "sw-description")
+    second = cpio.next_header()
+    sig = b""
+    if second.name == SIGNATURE_NAME:
+        sig = cpio.read_member(lim.max_signature_size, "sw-description.sig")
+    return parse_description(description), description, sig

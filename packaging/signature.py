@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asn1crypto import cms
 from cryptography import x509
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ferry.packaging.errors import BadSignature, ExpiredSigner, UntrustedSigner
+from ferry.packaging.errors import BadSignature, BundleError, ExpiredSigner, UntrustedSigner
 from ferry.packaging.keyring import Keyring
 
 MAX_CHAIN = 8
@@ -254,7 +255,8 @@ def _load_signed_data(sig: bytes) -> cms.SignedData:
     except BadSignature:
         raise
     except (ValueError, TypeError, KeyError, OverflowError) as err:
-        raise BadSignature(f"sw-description.sig is not a DER CMS signature ({err})") from None
+        detail = " ".join(str(err).split())
+        raise BadSignature(f"sw-description.sig is not a DER CMS signature ({detail})") from None
     return signed
 
 
@@ -262,8 +264,65 @@ def verify(
     content: bytes, sig: bytes, keyring: Keyring, *, now: dt.datetime | None = None
 ) -> SignerInfo:
     """Check ``sig`` over ``content``; return the signer or raise a typed BundleError."""
-    now = now or dt.datetime.now(dt.UTC)
+    try:
+        return _verify(content, sig, keyring, now or dt.datetime.now(dt.UTC))
+    except BundleError:
+        raise
+    except Exception as err:
+        detail = " ".join(str(err).split())[:200]
+        raise BadSignature(
+            f"sw-description.sig cannot be checked ({type(err).__name__}: {detail})"
+        ) from None
+
+
+def _params_null_or_absent(algo: Any) -> bool:
+    params = algo["parameters"]
+    return params.native is None and params.contents in (None, b"")
+
+
+def _check_structure(sig: bytes, signed: cms.SignedData) -> None:
+    """Refuse every encoding freedom an attacker could use to alter unsigned bytes of the
+    signature while it still verifies: non-DER encodings, odd versions, stray algorithm
+    parameters, digest lists that disagree with the signer."""
+    if cms.ContentInfo.load(sig).dump(force=True) != sig:
+        raise BadSignature("sw-description.sig is not canonical DER")
+    if signed["version"].native not in ("v1", "v3"):
+        raise BadSignature("sw-description.sig has an unexpected SignedData version")
+    listed = set()
+    for algo in signed["digest_algorithms"]:
+        if algo["algorithm"].native not in _HASHES or not _params_null_or_absent(algo):
+            raise BadSignature("sw-description.sig lists an unsupported digest algorithm")
+        listed.add(algo["algorithm"].native)
+    for info in signed["signer_infos"]:
+        want = "v1" if info["sid"].name == "issuer_and_serial_number" else "v3"
+        if info["version"].native != want:
+            raise BadSignature("sw-description.sig has a SignerInfo with the wrong version")
+        digest = info["digest_algorithm"]
+        if digest["algorithm"].native not in listed or not _params_null_or_absent(digest):
+            raise BadSignature("signer's digest algorithm is not among the listed ones")
+        sig_algo = info["signature_algorithm"]
+        name = sig_algo["algorithm"].native
+        if name == "rsassa_pss":
+            continue  # parameters are parsed and used in _verify_raw
+        digest_name = digest["algorithm"].native
+        allowed = {
+            "rsassa_pkcs1v15": {"rsassa_pkcs1v15", f"{digest_name}_rsa"},
+            "ecdsa": {f"{digest_name}_ecdsa"},
+        }.get(sig_algo.signature_algo, set())
+        if name not in allowed:
+            raise BadSignature(f"signature algorithm {name} does not match digest {digest_name}")
+        if sig_algo.signature_algo == "ecdsa":
+            if sig_algo["parameters"].contents not in (None, b""):
+                raise BadSignature("ECDSA signature algorithm must have no parameters")
+        elif not _params_null_or_absent(sig_algo):
+            raise BadSignature("RSA signature algorithm has unexpected parameters")
+        if info["unsigned_attrs"].native:
+            raise BadSignature("sw-description.sig carries unsigned attributes")
+
+
+def _verify(content: bytes, sig: bytes, keyring: Keyring, now: dt.datetime) -> SignerInfo:
     signed = _load_signed_data(sig)
+    _check_structure(sig, signed)
     encap = signed["encap_content_info"]
     if encap["content_type"].native != "data":
         raise BadSignature("sw-description.sig does not sign plain data")
@@ -309,3 +368,17 @@ def verify(
             first = SignerInfo(subject=cert.subject.rfc4514_string(), certificate=cert)
     assert first is not None
     return first
+
+
+def embedded_signer(sig: bytes) -> str | None:
+    """Subject of the first signer certificate in ``sig``, without checking anything."""
+    try:
+        signed = _load_signed_data(sig)
+        certs = [
+            x509.load_der_x509_certificate(c.chosen.dump())
+            for c in signed["certificates"] or []
+            if c.name == "certificate"
+        ]
+        return _find_signer(signed["signer_infos"][0]["sid"], certs).subject.rfc4514_string()
+    except (BadSignature, UntrustedSigner, ValueError, IndexError, KeyError):
+        return None

@@ -1,0 +1,226 @@
+"""``ferry bundle create|verify|inspect|dev-pki``: build and check signed bundles.
+
+Runs on a build host as well as on the gateway: it needs only ``ferry.packaging``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ferry.packaging.errors import BundleCreateError
+from ferry.packaging.keyring import load_keyring
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "bundle",
+        help="create, verify and inspect signed update bundles (.swu)",
+        description="Create, verify and inspect signed ferry bundles (SWUpdate-compatible "
+        ".swu files). See docs/bundle-format.md.",
+    )
+    bsub = parser.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND")
+
+    create = bsub.add_parser(
+        "create",
+        help="build a signed bundle",
+        description="Build a signed bundle from a rootfs image and/or target firmware.",
+    )
+    create.add_argument("--key", required=True, metavar="KEY.pem", help="signer private key")
+    create.add_argument(
+        "--cert",
+        required=True,
+        metavar="CERT.pem",
+        help="signer certificate (PEM; intermediates may follow it in the same file)",
+    )
+    create.add_argument("--version", dest="bundle_version", metavar="V", help="bundle version")
+    create.add_argument(
+        "--compatible",
+        action="append",
+        default=[],
+        metavar="HW",
+        help="hardware compatibility string (repeatable)",
+    )
+    create.add_argument("--rootfs", metavar="IMG", help="gateway root filesystem image")
+    create.add_argument(
+        "--compress",
+        choices=("zstd", "gzip", "none"),
+        help="compression for every image (default: zstd, or the recipe's)",
+    )
+    create.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="TRANSPORT:NAME=FILE",
+        help="firmware for a device behind the gateway (repeatable)",
+    )
+    create.add_argument("--recipe", metavar="RECIPE.toml", help="bundle contents from a file")
+    create.add_argument("--pss", action="store_true", help="sign with RSA-PSS (RSA keys)")
+    create.add_argument("-o", "--output", required=True, metavar="OUT.swu")
+    create.set_defaults(func=_create)
+
+    verify = bsub.add_parser(
+        "verify",
+        help="check a bundle completely (signature, chain, every image)",
+        description="Check signature, signer chain, member order and every image hash. "
+        "Exits 0 if the bundle is good, 1 with the reason on stderr otherwise.",
+    )
+    verify.add_argument("--keyring", required=True, metavar="CA.pem")
+    verify.add_argument("bundle", metavar="BUNDLE", help="bundle file, or - for stdin")
+    verify.set_defaults(func=_verify)
+
+    inspect = bsub.add_parser(
+        "inspect",
+        help="show what a bundle contains",
+        description="Print version, compatibility, signer and images. Reads only "
+        "sw-description and its signature; with --keyring the signature is verified.",
+    )
+    inspect.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    inspect.add_argument("--keyring", metavar="CA.pem", help="verify the signer against it")
+    inspect.add_argument("bundle", metavar="BUNDLE", help="bundle file, or - for stdin")
+    inspect.set_defaults(func=_inspect)
+
+    pki = bsub.add_parser(
+        "dev-pki",
+        help="make a development CA and signer (never for production)",
+        description="Write ca.pem, ca.key, signer.pem and signer.key into DIR.",
+    )
+    pki.add_argument("--rsa", action="store_true", help="RSA-2048 instead of EC P-256")
+    pki.add_argument("dir", metavar="DIR")
+    pki.set_defaults(func=_dev_pki)
+
+    def show_help(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=show_help)
+
+
+def _open(path: str) -> AbstractContextManager[BinaryIO]:
+    if path == "-":
+        return nullcontext(sys.stdin.buffer)
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise BundleCreateError(f"cannot open {path}: {err.strerror}") from None
+
+
+def _create(args: argparse.Namespace) -> int:
+    from ferry.packaging.recipe import Recipe, load_recipe, recipe_images, target_input
+    from ferry.packaging.writer import compression_from_cli, create_bundle, load_signing_key
+
+    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+    version = args.bundle_version or recipe.version
+    if not version:
+        raise BundleCreateError("give --version (or 'version' in the recipe)")
+    compatible = args.compatible or recipe.compatible
+    compress = compression_from_cli(args.compress or recipe.compress or "zstd")
+    images = recipe_images(recipe, default_compress=compress, bundle_version=version)
+    if args.rootfs:
+        from ferry.packaging.writer import ImageInput
+
+        images = [i for i in images if i.target is not None]
+        images.insert(0, ImageInput(path=Path(args.rootfs), compress=compress))
+    for spec in args.target:
+        transport, sep1, rest = spec.partition(":")
+        name, sep2, file = rest.partition("=")
+        if not (sep1 and sep2 and transport and name and file):
+            raise BundleCreateError(f"--target {spec!r}: expected TRANSPORT:NAME=FILE")
+        images.append(
+            target_input(transport, name, Path(file), compress=compress, bundle_version=version)
+        )
+    signing = load_signing_key(args.key, args.cert, pss=args.pss)
+    desc = create_bundle(
+        args.output, signing=signing, version=version, compatible=compatible, images=images
+    )
+    print(f"wrote {args.output}: version {desc.version}, {len(desc.images)} image(s)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ferry.packaging.reader import BundleReader
+
+    keyring = load_keyring(args.keyring)
+    with _open(args.bundle) as fh:
+        reader = BundleReader(fh, keyring)
+        reader.verify_all()
+    desc = reader.description
+    print(f"OK: version {desc.version}, {len(desc.images)} image(s), signed by {reader.signer}")
+    return 0
+
+
+def _image_json(entry: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "filename": entry.filename,
+        "role": entry.role,
+        "size": entry.size,
+        "sha256": entry.sha256,
+        "compression": entry.compressed or "none",
+        "decompressed_size": entry.decompressed_size,
+        "device": entry.device,
+        "target": None,
+    }
+    if entry.target is not None:
+        t = entry.target
+        out["target"] = {
+            "transport": t.transport,
+            "name": t.name,
+            "format": t.format,
+            "version": t.version,
+            "selector": dict(t.selector),
+        }
+    return out
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from ferry.packaging.reader import BundleReader, read_unverified
+    from ferry.packaging.signature import embedded_signer
+
+    with _open(args.bundle) as fh:
+        if args.keyring:
+            reader = BundleReader(fh, load_keyring(args.keyring))
+            desc, signer, verified = reader.description, reader.signer, True
+        else:
+            desc, _raw, sig = read_unverified(fh)
+            signer, verified = (embedded_signer(sig) if sig else None), False
+    if getattr(args, "json", False):
+        doc = {
+            "version": desc.version,
+            "compatible": list(desc.compatible),
+            "signer": signer,
+            "signature_verified": verified,
+            "images": [_image_json(e) for e in desc.images],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"version:    {desc.version}")
+    print(f"compatible: {', '.join(desc.compatible) or '-'}")
+    state = "verified" if verified else "NOT verified; pass --keyring to check"
+    print(f"signer:     {signer or 'unsigned'} ({state})")
+    print("images:")
+    for e in desc.images:
+        if e.target is not None:
+            t = e.target
+            where = f"target {t.transport}:{t.name} ({t.format} {t.version})"
+        else:
+            where = "rootfs" + (f" -> {e.device}" if e.device else "")
+        print(f"  {e.filename}")
+        print(f"    {where}")
+        print(f"    size {e.size}  compression {e.compressed or 'none'}")
+        print(f"    sha256 {e.sha256}")
+    return 0
+
+
+def _dev_pki(args: argparse.Namespace) -> int:
+    from ferry.packaging.devpki import write_dev_pki
+
+    pki = write_dev_pki(args.dir, kind="rsa" if args.rsa else "ec")
+    print(f"CA (keyring): {pki.ca_cert}\nsigner: --cert {pki.signer_cert} --key {pki.signer_key}")
+    print("development keys only: never sign production bundles with them")
+    return 0

@@ -1,0 +1,278 @@
+"""Build a signed bundle without holding any image in memory.
+
+Two passes per image: the first computes what sw-description must promise (sha256 and
+size of the stored bytes, plus the cpio byte sum); when compressing, that pass writes the
+compressed bytes to a temporary file next to the output (same filesystem, so no tmpfs
+fills up) and hashes the original on the way. sw-description is then rendered and
+signed, and the second pass streams everything into the archive, re-hashing each image so
+a file that changed between the passes fails the build instead of producing a bundle that
+every gateway would reject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ferry.packaging import signature
+from ferry.packaging.compression import CLI_TO_DESCRIPTION, compress_file
+from ferry.packaging.cpio import CpioStreamWriter, bytesum, check_name
+from ferry.packaging.description import (
+    DESCRIPTION_NAME,
+    FORMATS,
+    SIGNATURE_NAME,
+    Description,
+    ImageEntry,
+    TargetSpec,
+    render_description,
+)
+from ferry.packaging.errors import BundleCreateError, BundleError
+from ferry.packaging.limits import NEWC_MAX_SIZE
+
+CHUNK = 1 << 20
+_SUFFIX = {"zstd": ".zst", "zlib": ".gz"}
+MCUBOOT_MAGIC = 0x96F3B83D
+ZIGBEE_OTA_MAGIC = 0x0BEEF11E
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One file to put in a bundle; ``target`` is None for the gateway rootfs."""
+
+    path: Path
+    compress: str | None  # "zstd" | "zlib" | None (sw-description spelling)
+    target: TargetSpec | None = None
+    device: str | None = None
+    filename: str | None = None  # member name; default derived from the path
+
+
+@dataclass
+class _Prepared:
+    entry: ImageEntry
+    stored: Path  # the file whose bytes go into the archive
+    check: int  # cpio byte sum
+    temp: bool = False
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = field(default_factory=tuple)
+    pss: bool = False
+
+
+def load_signing_key(
+    key_path: str | Path, cert_path: str | Path, *, pss: bool = False
+) -> SigningKey:
+    """The private key and the PEM certificate file (signer first, then intermediates)."""
+    try:
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise BundleCreateError(f"cannot load private key {key_path}: {err}") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise BundleCreateError(f"{key_path}: only RSA and EC keys can sign bundles")
+    try:
+        certs = x509.load_pem_x509_certificates(Path(cert_path).read_bytes())
+    except (OSError, ValueError) as err:
+        raise BundleCreateError(f"cannot load certificate {cert_path}: {err}") from None
+    if certs[0].public_key() != key.public_key():
+        raise BundleCreateError(f"{cert_path} does not match the private key {key_path}")
+    return SigningKey(key=key, cert=certs[0], chain=tuple(certs[1:]), pss=pss)
+
+
+def sniff_format(path: Path) -> tuple[str, str | None]:
+    """Guess a target image format (and version) from its header: MCUboot, Zigbee OTA,
+    DfuSe, else plain ``bin``. Saves the integrator from repeating what the file says."""
+    with path.open("rb") as fh:
+        head = fh.read(64)
+    if len(head) >= 20 and struct.unpack_from("<I", head)[0] == MCUBOOT_MAGIC:
+        major, minor, rev, build = struct.unpack_from("<BBHI", head, 20)
+        version = f"{major}.{minor}.{rev}" + (f"+{build}" if build else "")
+        return "mcuboot", version
+    if len(head) >= 20 and struct.unpack_from("<I", head)[0] == ZIGBEE_OTA_MAGIC:
+        return "zigbee-ota", f"0x{struct.unpack_from('<I', head, 14)[0]:08x}"
+    if head.startswith(b"DfuSe"):
+        return "dfuse", None
+    if path.suffix == ".dfu":
+        return "dfu", None
+    return "bin", None
+
+
+def _hash_file(path: Path) -> tuple[str, int, int]:
+    sha = hashlib.sha256()
+    size = 0
+    check = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+            check = bytesum(chunk, check)
+    return sha.hexdigest(), size, check
+
+
+class _HashingReader:
+    """Hashes what a compressor reads from the original, so the original is read once."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._fh.read(n)
+        self.sha.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+def _prepare(item: ImageInput, workdir: Path) -> _Prepared:
+    path = item.path
+    if not path.is_file():
+        raise BundleCreateError(f"image {path} does not exist or is not a regular file")
+    kind = item.compress
+    name = item.filename or path.name + (_SUFFIX[kind] if kind else "")
+    try:
+        check_name(name)
+    except BundleError as err:
+        raise BundleCreateError(f"cannot name image {path}: {err}") from None
+    role = "rootfs" if item.target is None else "target"
+    dec_size: int | None = None
+    dec_sha: str | None = None
+    stored = path
+    temp = False
+    if kind:
+        fd, tmp_name = tempfile.mkstemp(prefix=".ferry-", suffix=_SUFFIX[kind], dir=workdir)
+        stored = Path(tmp_name)
+        temp = True
+        try:
+            with path.open("rb") as src, os.fdopen(fd, "wb") as dst:
+                hashing = _HashingReader(src)
+                compress_file(kind, hashing, dst)  # type: ignore[arg-type]
+            dec_size, dec_sha = hashing.size, hashing.sha.hexdigest()
+        except BaseException:
+            stored.unlink(missing_ok=True)
+            raise
+    sha, size, check = _hash_file(stored)
+    if size > NEWC_MAX_SIZE:
+        if temp:
+            stored.unlink(missing_ok=True)
+        raise BundleCreateError(
+            f"image {path} is {size} bytes stored; a bundle member holds at most {NEWC_MAX_SIZE}"
+        )
+    entry = ImageEntry(
+        filename=name,
+        size=size,
+        sha256=sha,
+        compressed=kind,
+        role=role,
+        device=item.device,
+        target=item.target,
+        decompressed_size=dec_size,
+        decompressed_sha256=dec_sha,
+    )
+    return _Prepared(entry=entry, stored=stored, check=check, temp=temp)
+
+
+def _copy_member(writer: CpioStreamWriter, out: BinaryIO, prep: _Prepared) -> None:
+    entry = prep.entry
+    writer.begin(entry.filename, entry.size, prep.check)
+    sha = hashlib.sha256()
+    size = 0
+    with prep.stored.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+            if size > entry.size:
+                break
+            writer.write(chunk)
+    if size != entry.size or sha.hexdigest() != entry.sha256:
+        raise BundleCreateError(f"{prep.stored} changed while the bundle was being built")
+    writer.end(entry.size)
+
+
+def create_bundle(
+    output: str | Path,
+    *,
+    signing: SigningKey,
+    version: str,
+    compatible: Sequence[str],
+    images: Sequence[ImageInput],
+    mtime: int = 0,
+) -> Description:
+    """Write a signed bundle to ``output`` (atomically: a temp file renamed into place)."""
+    if not version:
+        raise BundleCreateError("a bundle needs a version (--version)")
+    if not compatible:
+        raise BundleCreateError("a bundle needs at least one --compatible hardware string")
+    if not images:
+        raise BundleCreateError("a bundle needs a rootfs image or at least one --target")
+    if sum(1 for i in images if i.target is None) > 1:
+        raise BundleCreateError("a bundle carries at most one rootfs image")
+    for item in images:
+        if item.target is not None and item.target.format not in FORMATS:
+            raise BundleCreateError(
+                f"target {item.target.name!r}: format {item.target.format!r} is not one of "
+                f"{', '.join(FORMATS)}"
+            )
+    out = Path(output)
+    workdir = out.resolve().parent
+    ordered = [i for i in images if i.target is None] + [i for i in images if i.target]
+    prepared: list[_Prepared] = []
+    tmp_out: Path | None = None
+    try:
+        for item in ordered:
+            prepared.append(_prepare(item, workdir))
+        names = [p.entry.filename for p in prepared]
+        dup = {n for n in names if names.count(n) > 1} | (
+            set(names) & {DESCRIPTION_NAME, SIGNATURE_NAME}
+        )
+        if dup:
+            raise BundleCreateError(f"two images would share the member name {sorted(dup)[0]!r}")
+        desc = Description(
+            version=version,
+            compatible=tuple(compatible),
+            images=tuple(p.entry for p in prepared),
+        )
+        text = render_description(desc)
+        sig = signature.sign(
+            text, signing.key, signing.cert, extra_certs=signing.chain, pss=signing.pss
+        )
+        fd, name = tempfile.mkstemp(prefix=".ferry-", suffix=".swu.part", dir=workdir)
+        tmp_out = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            writer = CpioStreamWriter(fh, mtime=mtime)
+            writer.add_bytes(DESCRIPTION_NAME, text)
+            writer.add_bytes(SIGNATURE_NAME, sig)
+            for prep in prepared:
+                _copy_member(writer, fh, prep)
+            writer.finish()
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_out, 0o644)
+        os.replace(tmp_out, out)
+        tmp_out = None
+        return desc
+    finally:
+        for prep in prepared:
+            if prep.temp:
+                prep.stored.unlink(missing_ok=True)
+        if tmp_out is not None:
+            tmp_out.unlink(missing_ok=True)
+
+
+def compression_from_cli(value: str) -> str | None:
+    try:
+        return CLI_TO_DESCRIPTION[value]
+    except KeyError:
+        raise BundleCreateError(f"--compress {value!r}: use zstd, gzip or none") from None
