@@ -166,9 +166,7 @@ def test_bundle_class_step_builds_a_verifiable_bundle(tmp_path: Path) -> None:
     ferry = VENV_BIN / "ferry"
     pki = tmp_path / "pki"
     subprocess.run([ferry, "bundle", "dev-pki", str(pki)], check=True, capture_output=True)
-    key = next(pki.glob("*signer*key*.pem"))
-    cert = next(p for p in pki.glob("*signer*.pem") if p != key and "key" not in p.name)
-    ca = next(p for p in pki.glob("*ca*.pem") if "key" not in p.name)
+    key, cert, ca = pki / "signer.key", pki / "signer.pem", pki / "ca.pem"
     deploy = tmp_path / "deploy"
     deploy.mkdir()
     rootfs = deploy / "core-image-minimal-qemuarm64.rootfs.ext4"

@@ -19,7 +19,7 @@ inherit ferry-bundle
 FERRY_BUNDLE_ROOTFS_IMAGE = "core-image-minimal"
 # Firmware for a device behind the gateway, e.g. an MCUboot image signed with imgtool:
 # FERRY_BUNDLE_TARGETS = "smp-serial:sensor-mcu=${DEPLOY_DIR_IMAGE}/sensor-mcu.signed.bin"
-FERRY_BUNDLE_KEY ??= "${TOPDIR}/ferry-pki/signer.key.pem"
-FERRY_BUNDLE_CERT ??= "${TOPDIR}/ferry-pki/signer.cert.pem"
+FERRY_BUNDLE_KEY ??= "${TOPDIR}/ferry-pki/signer.key"
+FERRY_BUNDLE_CERT ??= "${TOPDIR}/ferry-pki/signer.pem"
 
 BBCLASSEXTEND = ""
