@@ -1,0 +1,316 @@
+"""ferryd's D-Bus object: org.ferry.Ferry1 at /org/ferry/Ferry1 (docs/dbus-api.md).
+
+The interface is a thin shell over an ``Engine`` that does the work in plain blocking
+functions; long work runs in a worker thread and reports back to the asyncio loop,
+which owns every property change and signal. State-changing methods are authorised
+per call from the caller's uid (root, or a member of group ``ferry``), in addition to
+the bus policy.
+"""
+
+# No `from __future__ import annotations` here: dbus-next reads the D-Bus signature from
+# each annotation ("s", "a{sv}", ...) at export time.
+
+import asyncio
+import grp
+import json
+import logging
+import os
+import pwd
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dbus_next import Message, MessageType, PropertyAccess, Variant
+from dbus_next.aio import MessageBus
+from dbus_next.errors import DBusError
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
+
+from ferry.daemon import dbus_api
+from ferry.errors import FerryError
+
+log = logging.getLogger("ferry.dbus")
+
+# progress(phase, done, total)
+ProgressFn = Callable[[str, int, int], None]
+
+RESULT_OK = 0
+RESULT_FAILED = 1
+RESULT_CANCELLED = 2
+
+
+class Cancelled(FerryError):
+    """The operator cancelled the install before the slot switch."""
+
+    exit_code = 5
+
+
+class Engine(Protocol):
+    """What the D-Bus object needs from the rest of ferryd; tests can pass a fake."""
+
+    def install(self, source: str, *, force: bool, progress: ProgressFn) -> str: ...
+
+    def cancellable(self) -> bool: ...
+
+    def mark(self, state: str, slot: str) -> tuple[str, str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def targets(self) -> list[dict[str, Any]]: ...
+
+    def flash(self, target: str, image: str, *, progress: ProgressFn) -> dict[str, Any]: ...
+
+    def boot_slot(self) -> str: ...
+
+    def version(self) -> str: ...
+
+
+@dataclass
+class Caller:
+    uid: int
+    allowed: bool
+
+
+def caller_allowed(uid: int, group: str = dbus_api.PRIVILEGED_GROUP) -> bool:
+    """Root, or a user whose primary or supplementary groups include ``group``."""
+    if uid == 0:
+        return True
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return False
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def _unpack_options(options: dict[str, Variant]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, Variant) else v) for k, v in options.items()}
+
+
+class FerryInterface(ServiceInterface):
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(dbus_api.INTERFACE)
+        self.engine = engine
+        self.loop = loop
+        self._operation = "idle"
+        self._progress: tuple[int, str, int] = (0, "", 1)
+        self._last_error = ""
+        self._cancel = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    # -- worker plumbing -----------------------------------------------------------
+    def _busy(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def _set(self, **changes: Any) -> None:
+        """Runs on the loop: update properties and tell the bus."""
+        out: dict[str, Any] = {}
+        if "operation" in changes:
+            self._operation = changes["operation"]
+            out["Operation"] = self._operation
+        if "progress" in changes:
+            self._progress = changes["progress"]
+            out["Progress"] = list(self._progress)
+        if "last_error" in changes:
+            self._last_error = changes["last_error"]
+            out["LastError"] = self._last_error
+        if out:
+            self.emit_properties_changed(out)
+
+    def _from_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.loop.call_soon_threadsafe(lambda: fn(*args, **kwargs))
+
+    def _progress_fn(self, depth: int) -> ProgressFn:
+        def progress(phase: str, done: int, total: int) -> None:
+            if self._cancel.is_set() and self.engine.cancellable():
+                raise Cancelled("install cancelled by the operator before the slot switch")
+            pct = int(done * 100 / total) if total else 0
+            self._from_thread(self._set, progress=(max(0, min(pct, 100)), phase, depth))
+        return progress
+
+    def _start(self, operation: str, work: Callable[[], Any],
+               done: Callable[[Any], None] | None = None) -> None:
+        self._cancel.clear()
+        self._set(operation=operation, progress=(0, operation, 1), last_error="")
+
+        def run() -> None:
+            result, error, code = None, "", RESULT_OK
+            try:
+                result = work()
+            except Cancelled as err:
+                error, code = str(err), RESULT_CANCELLED
+            except FerryError as err:
+                error, code = str(err), RESULT_FAILED
+            except Exception as err:  # a bug must still end the operation
+                log.exception("%s crashed", operation)
+                error, code = f"internal error: {err}", RESULT_FAILED
+            self._from_thread(self._finish, code, error, result, done)
+
+        self._worker = threading.Thread(target=run, name=f"ferryd-{operation}", daemon=True)
+        self._worker.start()
+
+    def _finish(self, code: int, error: str, result: Any,
+                done: Callable[[Any], None] | None) -> None:
+        pct = 100 if code == RESULT_OK else self._progress[0]
+        msg = "done" if code == RESULT_OK else ("cancelled" if code == RESULT_CANCELLED
+                                                else "failed")
+        self._set(operation="idle", progress=(pct, msg, 1), last_error=error)
+        if done is not None and result is not None:
+            done(result)
+        self.Completed(code)
+
+    # -- methods -------------------------------------------------------------------
+    @method()
+    def Install(self, source: "s", options: "a{sv}") -> "s":
+        if self._busy():
+            raise DBusError(dbus_api.ERROR_BUSY, f"busy: {self._operation}")
+        opts = _unpack_options(options)
+        force = bool(opts.get("force", False))
+        progress = self._progress_fn(1)
+        self._start("installing", lambda: self.engine.install(source, force=force,
+                                                              progress=progress))
+        return "started"
+
+    @method()
+    def Cancel(self) -> "b":
+        if not self._busy() or self._operation != "installing":
+            return False
+        if not self.engine.cancellable():
+            raise DBusError(dbus_api.ERROR_NOT_ALLOWED,
+                            "too late to cancel: the new slot is already activated")
+        self._cancel.set()
+        return True
+
+    @method()
+    def Mark(self, state: "s", slot: "s") -> "ss":
+        try:
+            name, message = self.engine.mark(state, slot)
+        except FerryError as err:
+            raise DBusError(dbus_api.ERROR_FAILED, str(err)) from err
+        self.emit_properties_changed({"BootSlot": self.engine.boot_slot()})
+        return [name, message]
+
+    @method()
+    def GetStatus(self) -> "s":
+        status = self.engine.status()
+        status.setdefault("operation", {
+            "operation": self._operation, "progress": list(self._progress),
+            "last_error": self._last_error,
+        })
+        return json.dumps(status, sort_keys=True, default=str)
+
+    @method()
+    def ListTargets(self) -> "s":
+        return json.dumps(self.engine.targets(), sort_keys=True, default=str)
+
+    @method()
+    def Flash(self, target: "s", image: "s") -> "s":
+        if self._busy():
+            raise DBusError(dbus_api.ERROR_BUSY, f"busy: {self._operation}")
+        progress = self._progress_fn(1)
+
+        def done(result: Any) -> None:
+            self.TargetChanged(target, json.dumps(result, sort_keys=True, default=str))
+
+        self._start("flashing", lambda: self.engine.flash(target, image, progress=progress),
+                    done)
+        return "started"
+
+    # -- properties ----------------------------------------------------------------
+    @dbus_property(access=PropertyAccess.READ)
+    def Operation(self) -> "s":
+        return self._operation
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Progress(self) -> "(isi)":
+        return list(self._progress)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastError(self) -> "s":
+        return self._last_error
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BootSlot(self) -> "s":
+        return self.engine.boot_slot()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":
+        return self.engine.version()
+
+    # -- signals -------------------------------------------------------------------
+    @signal()
+    def Completed(self, result: int) -> "i":
+        return result
+
+    @signal()
+    def TargetChanged(self, name: str, state: str) -> "ss":
+        return [name, state]
+
+
+class Authorizer:
+    """Intercepts state-changing calls, checks the caller's uid, then dispatches."""
+
+    def __init__(self, bus: MessageBus, group: str = dbus_api.PRIVILEGED_GROUP) -> None:
+        self.bus = bus
+        self.group = group
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, msg: Message) -> bool:
+        if (msg.message_type != MessageType.METHOD_CALL
+                or msg.path != dbus_api.OBJECT_PATH
+                or msg.interface not in (dbus_api.INTERFACE, None)
+                or msg.member not in dbus_api.STATE_CHANGING):
+            return False
+        task = asyncio.get_running_loop().create_task(self._authorize(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _uid(self, sender: str) -> int:
+        reply = await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetConnectionUnixUser",
+            signature="s", body=[sender]))
+        if reply is None or reply.message_type != MessageType.METHOD_RETURN:
+            raise DBusError(dbus_api.ERROR_DENIED, "cannot determine the caller's uid")
+        return int(reply.body[0])
+
+    async def _authorize(self, msg: Message) -> None:
+        try:
+            uid = await self._uid(msg.sender)
+        except DBusError as err:
+            self.bus.send(err._as_message(msg))
+            return
+        if not caller_allowed(uid, self.group):
+            log.warning("refused %s from uid %d (not root, not in group %s)",
+                        msg.member, uid, self.group)
+            self.bus.send(Message.new_error(
+                msg, dbus_api.ERROR_DENIED,
+                f"{msg.member} changes the gateway's state: run it as root or as a member "
+                f"of group '{self.group}' (uid {uid} is neither)"))
+            return
+        handler = self.bus._find_message_handler(msg)  # dbus-next 0.2.3 internals
+        if handler is None:
+            self.bus.send(Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod",
+                                            f"unknown method {msg.member}"))
+            return
+        send_reply = self.bus._send_reply(msg)
+        with send_reply:
+            handler(msg, send_reply)
+
+
+async def export(bus: MessageBus, engine: Engine) -> FerryInterface:
+    """Export the object, install the authorizer and take the bus name."""
+    iface = FerryInterface(engine, asyncio.get_running_loop())
+    bus.add_message_handler(Authorizer(bus))
+    bus.export(dbus_api.OBJECT_PATH, iface)
+    from dbus_next.constants import RequestNameReply
+
+    reply = await bus.request_name(dbus_api.BUS_NAME)
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        raise FerryError(f"cannot own {dbus_api.BUS_NAME} on the bus ({reply.name}): "
+                         "is another ferryd running?")
+    return iface
