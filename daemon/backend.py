@@ -11,11 +11,13 @@ The gateway side is a :class:`GatewaySide` (the install pipeline, the bootloader
 the proxy phase behind one small seam), so the runner is tested against a fake and
 against the simulated gateway, and the DDI details never leak into the pipeline.
 
-Deployments may have several chunks. Every artifact that is a ferry bundle (``.swu``)
-is installed, the one carrying a rootfs first; target-only bundles in other chunks
-stage their firmware beside it and go out in the same proxy phase. Other artifacts
-(signatures, MD5SUM files) are listed in the final details and otherwise ignored:
-nothing unsigned reaches a device.
+Deployments may have several chunks: a gateway bundle plus separate target bundles.
+Every artifact that is a ferry bundle (``.swu``) is installed, each as one deployment
+of the pipeline, the gateway's ("os" chunk) first: its reboot, commit and proxy phase
+come before the target-only bundles, which go straight to their proxy phase. The
+action closes once, with a details line per bundle and per target. Other artifacts
+(signatures, MD5SUM files) are listed in the details and otherwise ignored: nothing
+unsigned reaches a device.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from ferry.daemon.ddi import (
     Artifact,
@@ -35,7 +37,6 @@ from ferry.daemon.ddi import (
     DdiClient,
     DdiError,
     Deployment,
-    PollResult,
 )
 from ferry.daemon.health import Health, to_config_data
 from ferry.errors import FerryError
@@ -43,11 +44,10 @@ from ferry.errors import FerryError
 # Phases of one action, in order; persisted before each side effect.
 IDLE = "idle"
 DOWNLOADED = "downloaded"  # bundles on disk, waiting for update != skip / the window
-INSTALLING = "installing"
+INSTALLING = "installing"  # a bundle is going in (the process may die in a reboot here)
 REBOOTING = "rebooting"  # slot activated: from here on a cancel is refused
-BOOTED = "booted"  # health check passed, gateway committed, proxy phase next
 REPORTING = "reporting"  # final feedback not yet acknowledged by the server
-AFTER_SWITCH = (REBOOTING, BOOTED, REPORTING)
+AFTER_SWITCH = (REBOOTING, REPORTING)
 
 BUNDLE_SUFFIXES = (".swu",)
 
@@ -77,45 +77,43 @@ class TargetOutcome:
 
 
 @dataclass
-class InstallReport:
-    version: str  # the bundle's version
-    rootfs: bool  # True if a slot was written and activated (a reboot is needed)
-    targets: list[str] = field(default_factory=list)  # staged target names
+class Outcome:
+    """How one bundle's deployment ended on the gateway."""
+
+    result: str  # success | failure | rolled-back | cancelled
+    reason: str = ""
+    version: str = ""  # what runs now
+    targets: list[TargetOutcome] = field(default_factory=list)
 
 
 @dataclass
-class BootCheck:
-    ok: bool  # committed
-    reason: str = ""  # why not (health check output, wrong slot booted, ...)
-    version: str = ""  # what runs now
+class InstallReport:
+    version: str  # the bundle's version
+    rootfs: bool  # True: a slot was written and activated, and a reboot requested
+    outcome: Outcome | None = None  # set when the deployment already ended (targets only)
 
 
 class GatewaySide(Protocol):
-    """What the runner needs from the gateway; see sim/gateway.py for the simulated one."""
+    """What the runner needs from the gateway: the install pipeline behind one seam
+    (ferry.daemon.pipeline_gateway in ferryd and ``ferry demo``; a fake in unit tests)."""
 
     def installed_version(self) -> str: ...
 
-    def install(self, bundle: BinaryIO, *, name: str,
-                progress: Callable[[int, int, str], None]) -> InstallReport:
-        """Check the bundle, write the inactive slot and stage target images; the slot
-        is activated (one env write) when the last bundle of a deployment is in."""
+    def install(self, source: str, *, action_id: str,
+                progress: Callable[[str, int, int], None]) -> InstallReport:
+        """Verify, write the inactive slot, stage target images, activate and request
+        the reboot (which on a real gateway ends this process). A bundle without a
+        rootfs goes straight on to the proxy phase and comes back with its outcome."""
         ...
 
-    def activate(self) -> None:
-        """Make the written slot the one to try on the next boot."""
+    def resume(self, action_id: str) -> Outcome | None:
+        """After a boot: boot check, commit or roll back, proxy phase. None while the
+        deployment still waits for another reboot (the rollback's)."""
         ...
 
-    def reboot(self) -> None: ...
-
-    def boot_check(self) -> BootCheck:
-        """After boot: expected slot? health checks -> commit, or mark bad and roll back."""
+    def abort(self, action_id: str) -> None:
+        """Drop a deployment that has not activated a slot (a cancel)."""
         ...
-
-    def abort(self) -> None:
-        """Forget a written-but-not-activated slot and staged images (a cancel)."""
-        ...
-
-    def proxy(self, progress: Callable[[str, int, int], None]) -> list[TargetOutcome]: ...
 
     def health(self) -> Health: ...
 
@@ -124,9 +122,9 @@ class GatewaySide(Protocol):
 class ActionState:
     action_id: str = ""
     phase: str = IDLE
-    version: str = ""
+    bundles: list[dict[str, str]] = field(default_factory=list)  # {"name", "source"}
+    index: int = 0  # next bundle to install
     previous_version: str = ""
-    rootfs: bool = False
     files: list[str] = field(default_factory=list)  # downloaded bundles (maintenance window)
     details: list[str] = field(default_factory=list)
     result: str = ""  # success | failure, once known
@@ -205,10 +203,8 @@ class DeploymentRunner:
         st = self.state
         if st.phase in AFTER_SWITCH:
             self._poll_for_cancel()
-        if st.phase == REBOOTING:
+        if st.phase in (INSTALLING, REBOOTING):
             return self._after_boot()
-        if st.phase == BOOTED:
-            return self._proxy_and_report()
         if st.phase == REPORTING:
             return self._report()
         poll = self.client.poll()
@@ -223,7 +219,7 @@ class DeploymentRunner:
                 self._forget()
             return StepResult("idle", sleep)
         dep = self.client.deployment(poll.deployment_href)
-        return self._deployment(dep, poll, sleep)
+        return self._deployment(dep, sleep)
 
     # -- phases -------------------------------------------------------------------------
 
@@ -249,7 +245,7 @@ class DeploymentRunner:
         bundles.sort(key=lambda x: x[0])
         return [a for _, a in bundles], ignored
 
-    def _deployment(self, dep: Deployment, poll: PollResult, sleep: float) -> StepResult:
+    def _deployment(self, dep: Deployment, sleep: float) -> StepResult:
         st = self.state
         if st.action_id and st.action_id != dep.action_id and st.phase == DOWNLOADED:
             self.log(f"backend: action {st.action_id} replaced by {dep.action_id}")
@@ -264,9 +260,10 @@ class DeploymentRunner:
                                  ["no ferry bundle (.swu) in this deployment", *ignored])
             return StepResult("failed", sleep, aid, "no bundle")
         if st.action_id != aid:
-            self.state = st = ActionState(action_id=aid, started=time.time(),
-                                          previous_version=self.gateway.installed_version(),
-                                          details=list(ignored))
+            self.state = st = ActionState(
+                action_id=aid, started=time.time(),
+                previous_version=self.gateway.installed_version(), details=list(ignored),
+                bundles=[{"name": a.filename, "source": a.url} for a in bundles])
             self._save()
         if not dep.install_allowed:
             if st.phase != DOWNLOADED:
@@ -276,7 +273,12 @@ class DeploymentRunner:
                                       if dep.maintenance_window == "unavailable"
                                       else "downloaded; waiting for update permission"])
             return StepResult("waiting", sleep, aid, "downloaded, install not allowed yet")
-        return self._install(aid, bundles)
+        if st.files:
+            for b, f in zip(st.bundles, st.files, strict=True):
+                b["source"] = f
+        self.client.feedback(aid, "download", "none",
+                             [f"downloading {', '.join(b['name'] for b in st.bundles)}"])
+        return self._install_next()
 
     def _download_to_disk(self, aid: str, bundles: list[Artifact]) -> None:
         st = self.state
@@ -301,110 +303,99 @@ class DeploymentRunner:
             pct = done * 100 // total if total else 0
             if pct // 25 > last[0]:
                 last[0] = pct // 25
-                self.client.feedback(aid, "proceeding", "none",
-                                     [f"Downloaded {pct}% of {art.filename}"],
-                                     progress=(pct, 100))
+                self._soft_feedback(aid, "proceeding",
+                                    [f"Downloaded {pct}% of {art.filename}"], (pct, 100))
         return progress
 
-    def _install(self, aid: str, bundles: list[Artifact]) -> StepResult:
+    def _install_next(self) -> StepResult:
+        """Install bundles from ``index`` on until one needs a reboot or all are in."""
         st = self.state
-        st.phase = INSTALLING
-        self._save()
-        if not st.files:
-            self.client.feedback(aid, "download", "none",
-                                 [f"downloading {', '.join(a.filename for a in bundles)}"])
-        rootfs = False
-        version = ""
-        try:
-            for i, art in enumerate(bundles):
-                progress = self._install_progress(aid, art)
-                if st.files:
-                    with open(st.files[i], "rb") as f:
-                        rep = self.gateway.install(f, name=art.filename, progress=progress)
-                else:
-                    with self.client.open_artifact(art) as stream:
-                        rep = self.gateway.install(stream,  # type: ignore[arg-type]
-                                                   name=art.filename, progress=progress)
-                rootfs = rootfs or rep.rootfs
-                version = version or rep.version
-                st.details.append(f"bundle {art.filename}: version {rep.version}"
-                                  + (", rootfs written" if rep.rootfs else "")
-                                  + (f", staged {', '.join(rep.targets)}" if rep.targets
-                                     else ""))
-                if not st.files:
-                    self.client.feedback(aid, "downloaded", "none",
-                                         [f"downloaded and checked {art.filename}"])
-        except FerryError as exc:
-            self.gateway.abort()
-            self._finish_failure(aid, f"install failed: {exc}")
-            return StepResult("failed", 0.0, aid, str(exc))
-        st.version = version
-        st.rootfs = rootfs
-        if rootfs:
-            st.phase = REBOOTING
+        aid = st.action_id
+        while st.index < len(st.bundles):
+            b = st.bundles[st.index]
+            st.phase = INSTALLING
             self._save()
-            self.gateway.activate()
-            self.client.feedback(aid, "proceeding", "none",
-                                 [f"version {version} installed; rebooting into the new slot"])
-            self.gateway.reboot()
-            return StepResult("rebooting", 0.0, aid, version)
-        st.phase = BOOTED  # targets only: no reboot, go straight to the proxy phase
-        self._save()
-        return StepResult("installed", 0.0, aid, version)
+            try:
+                rep = self.gateway.install(b["source"], action_id=aid,
+                                           progress=self._install_progress(aid, b["name"]))
+            except FerryError as exc:
+                st.details.append(f"bundle {b['name']}: install failed: {exc}")
+                return self._finish("failure")
+            st.details.append(f"bundle {b['name']}: version {rep.version}"
+                              + (", rootfs written, slot activated" if rep.rootfs else ""))
+            if not st.files:
+                self._soft_feedback(aid, "downloaded",
+                                    [f"{b['name']} downloaded, signature and hashes checked"])
+            if rep.rootfs:
+                st.phase = REBOOTING
+                self._save()
+                self._soft_feedback(aid, "proceeding",
+                                    [f"version {rep.version} installed; rebooting into the "
+                                     "new slot"])
+                return StepResult("rebooting", 0.0, aid, rep.version)
+            assert rep.outcome is not None
+            if not self._record(rep.outcome):
+                return self._finish("failure")
+            st.index += 1
+            self._save()
+        return self._finish("success")
 
-    def _install_progress(self, aid: str, art: Artifact) -> Callable[[int, int, str], None]:
-        last = [-1]
+    def _install_progress(self, aid: str, name: str) -> Callable[[str, int, int], None]:
+        last: dict[str, int] = {}
 
-        def progress(done: int, total: int, message: str) -> None:
+        def progress(phase: str, done: int, total: int) -> None:
             pct = done * 100 // total if total else 0
-            if pct // 25 > last[0]:
-                last[0] = pct // 25
-                try:
-                    self.client.feedback(aid, "proceeding", "none",
-                                         [f"Downloaded {pct}% of {art.filename}"
-                                          + (f" ({message})" if message else "")],
-                                         progress=(pct, 100))
-                except DdiError as exc:  # progress is best effort; the install goes on
-                    self.log(f"backend: progress feedback failed: {exc}")
+            if pct // 25 > last.get(phase, -1):
+                last[phase] = pct // 25
+                self.log(f"backend: {name} {phase} {pct}%")
+                word = "Downloaded" if phase in ("download", "write") else phase
+                self._soft_feedback(aid, "proceeding", [f"{word} {pct}% ({name}, {phase})"],
+                                    (pct, 100))
         return progress
+
+    def _record(self, out: Outcome) -> bool:
+        """Add an outcome's lines to the details; True if the action may go on."""
+        st = self.state
+        st.details.extend(t.line() for t in out.targets)
+        if out.result == "success":
+            return True
+        if out.result == "rolled-back":
+            st.details.append(f"gateway rolled back, running {out.version or '?'}: "
+                              f"{out.reason}")
+            st.details.append("targets not flashed: the gateway did not commit")
+            running = out.version or st.previous_version
+            if running:
+                try:
+                    if self.client.put_installed_base(self.gateway_name(), running):
+                        st.details.append(f"installedBase set to {running}")
+                except DdiError as exc:
+                    self.log(f"backend: installedBase not delivered: {exc}")
+        else:
+            st.details.append(f"{out.result}: {out.reason}")
+        return False
 
     def _after_boot(self) -> StepResult:
         st = self.state
-        check = self.gateway.boot_check()
-        if not check.ok:
-            st.details.append(f"gateway rolled back to {check.version or 'the old slot'}: "
-                              f"{check.reason}")
-            st.details.append("targets not flashed: the gateway did not commit")
-            st.result = "failure"
-            st.phase = REPORTING
-            self._save()
-            running = check.version or st.previous_version
-            if running:
-                self.client.put_installed_base(self.gateway_name(), running)
-            return self._report()
-        st.details.append(f"gateway committed version {check.version or st.version}")
-        st.phase = BOOTED
+        aid = st.action_id
+        out = self.gateway.resume(aid)
+        if out is None:
+            return StepResult("rebooting", 0.0, aid, "the rollback needs another reboot")
+        b = st.bundles[st.index] if st.index < len(st.bundles) else {"name": "?"}
+        if out.result == "success":
+            st.details.append(f"gateway committed version {out.version}")
+        if not self._record(out):
+            return self._finish("failure")
+        st.index += 1
         self._save()
-        self._soft_feedback(st.action_id, "proceeding",
-                            ["gateway booted and committed; flashing targets"])
-        return StepResult("committed", 0.0, st.action_id)
+        self._soft_feedback(aid, "proceeding", [f"{b['name']}: gateway booted, committed, "
+                                                "targets flashed"])
+        if st.index < len(st.bundles):
+            return self._install_next()
+        return self._finish("success")
 
-    def _soft_feedback(self, aid: str, execution: str, details: list[str]) -> None:
-        """Intermediate feedback is best effort: the final report is the one retried."""
-        try:
-            self.client.feedback(aid, execution, "none", details)
-        except DdiError as exc:
-            self.log(f"backend: feedback {execution} not delivered: {exc}")
-
-    def _proxy_and_report(self) -> StepResult:
+    def _finish(self, result: str) -> StepResult:
         st = self.state
-
-        def progress(name: str, done: int, total: int) -> None:
-            self.log(f"backend: {name} {done}/{total}")
-
-        outcomes = self.gateway.proxy(progress)
-        st.details.extend(o.line() for o in outcomes)
-        st.result = "success" if all(o.ok or o.skipped for o in outcomes) else "failure"
+        st.result = result
         st.phase = REPORTING
         self._save()
         return self._report()
@@ -415,16 +406,19 @@ class DeploymentRunner:
         aid = st.action_id
         result = st.result
         self._forget()
-        self.send_health()
+        try:
+            self.send_health()
+        except DdiError as exc:
+            self.log(f"backend: configData not delivered: {exc}")
         return StepResult("finished", 0.0, aid, result)
 
-    def _finish_failure(self, aid: str, why: str) -> None:
-        st = self.state
-        st.details.append(why)
-        st.result = "failure"
-        st.phase = REPORTING
-        self._save()
-        self._report()
+    def _soft_feedback(self, aid: str, execution: str, details: list[str],
+                       progress: tuple[int, int] | None = None) -> None:
+        """Intermediate feedback is best effort: the final report is the one retried."""
+        try:
+            self.client.feedback(aid, execution, "none", details, progress=progress)
+        except DdiError as exc:
+            self.log(f"backend: feedback {execution} not delivered: {exc}")
 
     def _poll_for_cancel(self) -> None:
         """Mid-action after the slot switch: answer a cancel (with a refusal) but never
@@ -445,7 +439,7 @@ class DeploymentRunner:
                  "cancelled, it will finish and report"])
             return StepResult("cancel-rejected", sleep, cancel.stop_id)
         if st.action_id == cancel.stop_id:
-            self.gateway.abort()
+            self.gateway.abort(st.action_id)
             self._forget()
         self.client.cancel_feedback(cancel.action_id, "closed", "success",
                                     [f"action {cancel.stop_id} cancelled before the slot "

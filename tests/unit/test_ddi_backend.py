@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from ferry.daemon import backend, ddi
 from ferry.daemon.health import GatewayHealth, Health, TargetHealth
@@ -21,7 +22,7 @@ from ddi_server import DdiFixture, validate_exchange
 
 
 class FakeGateway:
-    """Records calls; "installs" by reading the whole stream; health from fields."""
+    """Records calls; "installs" by reading the whole source; health from fields."""
 
     def __init__(self, *, boot_ok=True, fail_install=False, targets=("mcu0",)):
         self.version = "1.0"
@@ -38,45 +39,47 @@ class FakeGateway:
     def installed_version(self):
         return self.version
 
-    def install(self, bundle, *, name, progress):
-        data = bundle.read()
-        progress(len(data), len(data), "verify")
+    def _read(self, source):
+        if "://" in source:
+            return requests.get(source, timeout=10).content
+        return Path(source).read_bytes()
+
+    def install(self, source, *, action_id, progress):
+        data = self._read(source)
+        name = source.rsplit("/", 1)[-1].split("-")[-1]
+        progress("write", len(data), len(data))
         self.calls.append(("install", name))
         if self.fail_install:
             raise FerryError("bundle signature is not trusted by the keyring")
         self.installed_bytes[name] = data
         if name.startswith("gw"):
             self.pending = "2.0"
-            return backend.InstallReport("2.0", True, [])
-        return backend.InstallReport("2.0", False, list(self.targets))
+            self.calls.append(("activate",))
+            self.calls.append(("reboot",))
+            self.slot, self.committed = "B", False
+            return backend.InstallReport("2.0", True)
+        self.calls.append(("proxy",))
+        return backend.InstallReport("2.0", False, self._proxy())
 
-    def activate(self):
-        self.calls.append(("activate",))
+    def _proxy(self):
+        out = []
+        for t in self.targets:
+            self.target_results[t] = "success"
+            out.append(backend.TargetOutcome(t, True, "1.4"))
+        return backend.Outcome("success", version=self.version, targets=out)
 
-    def reboot(self):
-        self.calls.append(("reboot",))
-        self.slot = "B"
-        self.committed = False
-
-    def boot_check(self):
+    def resume(self, action_id):
         self.calls.append(("boot_check",))
         if self.boot_ok:
             self.version, self.committed = self.pending, True
-            return backend.BootCheck(True, version=self.version)
+            self.calls.append(("proxy",))
+            return self._proxy()
         self.slot, self.committed = "A", True
-        return backend.BootCheck(False, "health check 'check-app' exited 1", self.version)
+        return backend.Outcome("rolled-back", "health check 'check-app' exited 1",
+                               self.version)
 
-    def abort(self):
+    def abort(self, action_id):
         self.calls.append(("abort",))
-
-    def proxy(self, progress):
-        self.calls.append(("proxy",))
-        out = []
-        for t in self.targets:
-            progress(t, 1, 1)
-            self.target_results[t] = "success"
-            out.append(backend.TargetOutcome(t, True, "1.4"))
-        return out
 
     def health(self):
         g = GatewayHealth(self.slot, self.committed, self.version, "ferry-test", 10.0,
@@ -131,8 +134,8 @@ def test_several_chunks_happy_path(server, tmp_path):
     assert [c for c in gw.calls if c[0] == "install"] == [("install", "gw.swu"),
                                                           ("install", "mcu.swu")]
     assert gw.installed_bytes == {"gw.swu": b"G" * 5000, "mcu.swu": b"M" * 3000}
-    assert [c[0] for c in gw.calls].index("activate") < [c[0] for c in gw.calls].index(
-        "reboot") < [c[0] for c in gw.calls].index("proxy")
+    names = [c[0] for c in gw.calls]
+    assert names.index("reboot") < names.index("boot_check") < names.index("proxy")
     sts = server.statuses(aid)
     assert sts[0] == "download" and "downloaded" in sts and "proceeding" in sts
     assert sts[-1] == "closed"
@@ -165,10 +168,11 @@ def test_install_failure_reports_reason(server, tmp_path):
     gw = FakeGateway(fail_install=True)
     aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G"})])
     r = runner(server, gw, tmp_path)
-    assert r.step().event == "failed"
+    res = r.step()
+    assert (res.event, res.detail) == ("finished", "failure")
     assert server.actions[aid].result == "failure"
     assert any("not trusted" in d for d in server.actions[aid].feedback[-1]["status"]["details"])
-    assert ("abort",) in gw.calls and ("reboot",) not in gw.calls
+    assert ("reboot",) not in gw.calls
 
 
 def test_maintenance_window_downloads_now_installs_later(server, tmp_path):
@@ -230,11 +234,10 @@ def test_cancel_after_slot_switch_is_rejected(server, tmp_path):
     # the daemon after the "reboot": a new runner picks the action up from its state file
     r2 = runner(server, gw, tmp_path)
     assert r2.state.phase == backend.REBOOTING
-    assert r2.step().event == "committed"
+    assert r2.step().event == "finished"
     assert server.cancel.feedback[-1]["status"]["execution"] == "rejected"
     assert "cannot be cancelled" in server.cancel.feedback[-1]["status"]["details"][0]
     assert ("abort",) not in gw.calls
-    assert r2.step().event == "finished"
     assert server.actions[aid].result == "success"
 
 
@@ -252,7 +255,7 @@ def test_server_down_mid_action_is_retried(server, tmp_path):
     r = runner(server, gw, tmp_path)
     assert r.step().event == "rebooting"
     server.unavailable = True
-    assert r.step().event == "committed"  # the boot check does not wait for the server
+    # the boot check and proxy phase do not wait for the server; the final report does
     with pytest.raises(ddi.DdiError):
         r.step()
     assert r.state.phase == backend.REPORTING
