@@ -1,0 +1,1 @@
+"""SMP (MCUmgr Simple Management Protocol) over a serial line: the ``smp-serial`` transport."""

@@ -1,0 +1,275 @@
+"""The ``smp-serial`` transport: MCUboot images to MCUs over SMP on a UART.
+
+Flash sequence, each step safe to repeat (the device keeps running its old image until
+the new one is confirmed, and MCUboot reverts an unconfirmed test image on reset):
+
+1. parse the image, check its SHA256 TLV, that it is meant for this target, and that it
+   is not older than what runs (unless forced);
+2. read buffer parameters and the image list; skip the upload if the device already
+   holds the image (by MCUboot hash), else upload with resume;
+3. mark it for a test boot, reset, wait for the target to answer again;
+4. read the image list: new hash active in slot 0 means it booted (test mode); the old
+   hash means MCUboot rolled back, which we report as ``rolled_back``;
+5. confirm (unless test-only) and read back that it is confirmed.
+
+Link failures (timeouts, a vanished port) are retried ``retries`` times by reopening the
+port; the upload resumes at the offset the device reports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ferry.errors import FerryError
+from ferry.proxy import mcuboot
+from ferry.proxy.smp.client import LinkError, SlotState, SmpClient, TargetTimeout
+from ferry.proxy.transport import FlashResult, Progress, Target, TargetState, no_progress
+
+NAME = "smp-serial"
+TRUE = {"1", "true", "yes", "on"}
+
+
+class RefusedImage(FerryError):
+    """The image is valid but must not go to this target (wrong target, downgrade)."""
+
+
+def _flag(options: dict[str, Any], key: str) -> bool:
+    return str(options.get(key, "")).strip().lower() in TRUE
+
+
+@dataclass
+class Settings:
+    baud: int = 115200
+    timeout: float = 5.0  # per request, on top of the line time of the data in flight
+    boot_timeout: float = 60.0  # how long a reset target may take to answer again
+    retries: int = 3  # reopen-and-resume attempts after link failures
+    window: int | None = None  # upload requests in flight; None = from buf_count
+    buf_size: int | None = None  # override a target that advertises nothing (or wrongly)
+    image: int = 0  # MCUboot image number (multi-image targets)
+
+    @classmethod
+    def from_options(cls, *layers: dict[str, Any]) -> Settings:
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            merged.update({k: v for k, v in layer.items() if v not in (None, "")})
+        s = cls()
+        if "baud" in merged:
+            s.baud = int(merged["baud"])
+        for key in ("timeout", "boot_timeout"):
+            if key in merged:
+                setattr(s, key, float(merged[key]))
+        if "retries" in merged:
+            s.retries = int(merged["retries"])
+        if "window" in merged:
+            s.window = int(merged["window"])
+        if "buf_size" in merged:
+            s.buf_size = int(merged["buf_size"])
+        if "image" in merged:
+            s.image = int(merged["image"])
+        return s
+
+
+class SmpSerialTransport:
+    name = NAME
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+
+    # -- Transport protocol ---------------------------------------------------------------
+    def discover(self) -> list[Target]:
+        """Probe the ports listed in the transport options (``ports = "a,b"``).
+
+        A UART cannot announce itself, so only configured ports are probed; an SMP echo
+        tells whether an MCU answers there.
+        """
+        ports = self.options.get("ports", "")
+        names = ports if isinstance(ports, list) else [p for p in str(ports).split(",") if p]
+        found = []
+        for port in names:
+            target = Target(name=os.path.basename(port), transport=NAME, address=port)
+            if self.inspect(target).reachable:
+                found.append(target)
+        return found
+
+    def inspect(self, target: Target) -> TargetState:
+        settings = Settings.from_options(self.options, target.options)
+        client = SmpClient(target.address, baud=settings.baud, timeout=min(settings.timeout, 2))
+        try:
+            with client:
+                slots = client.image_state()
+        except FerryError as err:
+            return TargetState(reachable=False, detail={"error": str(err)})
+        return _state_of(slots, settings.image)
+
+    def flash(self, target: Target, image: BinaryIO, *, progress: Progress = no_progress
+              ) -> FlashResult:
+        settings = Settings.from_options(self.options, target.options)
+        data = image.read()
+        parsed = mcuboot.verify_hash(data)
+        _check_metadata(target, parsed)
+        new_hash = parsed.hash
+        assert new_hash is not None
+        test_only = _flag(target.options, "test_only") or (
+            str(target.options.get("confirm", "1")).strip().lower() in {"0", "false", "no"})
+        force = _flag(target.options, "force")
+
+        attempt = 0
+        while True:
+            try:
+                return self._flash_once(target, settings, data, parsed, new_hash, test_only,
+                                        force, progress)
+            except (LinkError, TargetTimeout) as err:
+                attempt += 1
+                if attempt > settings.retries:
+                    raise
+                progress(0, len(data), f"retry {attempt}/{settings.retries}: {err}")
+                _wait_for_port(target.address, settings.boot_timeout)
+
+    # -- steps -----------------------------------------------------------------------------
+    def _flash_once(self, target: Target, s: Settings, data: bytes,
+                    parsed: mcuboot.McubootImage, new_hash: bytes, test_only: bool,
+                    force: bool, progress: Progress) -> FlashResult:
+        client = SmpClient(target.address, baud=s.baud, timeout=s.timeout)
+        with client:
+            params = client.read_params()
+            if s.buf_size:
+                client.params = type(params)(s.buf_size, params.buf_count, params.advertised)
+            slots = client.image_state()
+            running = _slot(slots, s.image, 0)
+            old_hash = running.hash if running else b""
+            if running and running.hash == new_hash:
+                if not running.confirmed and not test_only:
+                    client.set_state(None, confirm=True)
+                return FlashResult(ok=True, version=str(parsed.version), skipped=True,
+                                   message=f"{target.name} already runs {parsed.version}",
+                                   detail={"hash": new_hash.hex()})
+            if running and running.version and not force:
+                current = mcuboot.Version.parse(running.version)
+                if parsed.version < current:
+                    raise RefusedImage(
+                        f"{target.name} runs {running.version}, image is older "
+                        f"({parsed.version}); use --force to downgrade")
+            staged = _slot(slots, s.image, 1)
+            resumed = 0
+            if staged and staged.hash == new_hash:
+                progress(len(data), len(data), "already staged")
+            else:
+                resumed = client.upload(
+                    data, image=s.image, window=s.window,
+                    progress=lambda done, total: progress(done, total, "upload"))
+                slots = client.image_state()
+                staged = _slot(slots, s.image, 1)
+                if staged is None or staged.hash != new_hash:
+                    raise FerryError(f"{target.name}: after upload the device does not list "
+                                     "the image in slot 1 (it rejected it as unbootable?)")
+            progress(len(data), len(data), "test")
+            client.set_state(new_hash, confirm=False)
+            progress(len(data), len(data), "reset")
+            client.reset()
+        time.sleep(0.2)
+        progress(len(data), len(data), "waiting for target")
+        slots = _wait_for_target(target.address, s)
+        running = _slot(slots, s.image, 0)
+        detail = {"hash": new_hash.hex(), "resumed_at": str(resumed)}
+        if running is None or running.hash != new_hash:
+            back = running.version if running else "?"
+            rolled = running is not None and running.hash == old_hash
+            return FlashResult(
+                ok=False, version=back, rolled_back=rolled, detail=detail,
+                message=(f"{target.name} came back on its old image {back}: the new image "
+                         f"{parsed.version} did not boot and MCUboot rolled back")
+                if rolled else f"{target.name} runs an unexpected image {back}")
+        if test_only:
+            return FlashResult(ok=True, version=running.version, detail=detail,
+                               message=f"{target.name} runs {parsed.version} in test mode "
+                                       "(not confirmed: the next reset reverts it)")
+        progress(len(data), len(data), "confirm")
+        client = SmpClient(target.address, baud=s.baud, timeout=s.timeout)
+        with client:
+            slots = client.set_state(None, confirm=True)
+            if not any(x.confirmed for x in slots if x.slot == 0 and x.image == s.image):
+                slots = client.image_state()
+        running = _slot(slots, s.image, 0)
+        if running is None or running.hash != new_hash or not running.confirmed:
+            return FlashResult(ok=False, version=running.version if running else "",
+                               detail=detail,
+                               message=f"{target.name} did not confirm {parsed.version}")
+        return FlashResult(ok=True, version=running.version, detail=detail,
+                           message=f"{target.name} runs {parsed.version}, confirmed")
+
+
+def _slot(slots: list[SlotState], image: int, slot: int) -> SlotState | None:
+    for s in slots:
+        if s.image == image and s.slot == slot:
+            return s
+    return None
+
+
+def _state_of(slots: list[SlotState], image: int) -> TargetState:
+    running = _slot(slots, image, 0)
+    detail: dict[str, str] = {}
+    if running:
+        detail.update(hash=running.hash.hex(), confirmed=str(running.confirmed).lower())
+    staged = _slot(slots, image, 1)
+    if staged:
+        detail.update(staged_version=staged.version, staged_pending=str(staged.pending).lower())
+    return TargetState(reachable=True, version=running.version if running else "",
+                       detail=detail)
+
+
+def _check_metadata(target: Target, parsed: mcuboot.McubootImage) -> None:
+    """Refuse images the bundle says are for another target or another version."""
+    opts = target.options
+    fmt = opts.get("spec_format", "")
+    if fmt and fmt != "mcuboot":
+        raise RefusedImage(f"{target.name}: smp-serial carries MCUboot images, the bundle "
+                           f"says this one is {fmt!r}")
+    want_id = opts.get("spec_image_id", "")
+    if want_id and target.hardware_id and want_id != target.hardware_id:
+        raise RefusedImage(f"{target.name} expects image id {target.hardware_id!r}, the bundle's "
+                           f"image is for {want_id!r}")
+    spec_version = opts.get("spec_version", "")
+    if spec_version:
+        try:
+            declared = mcuboot.Version.parse(spec_version)
+        except mcuboot.ImageError:
+            declared = None
+        if declared is not None and declared != parsed.version:
+            raise RefusedImage(f"{target.name}: the bundle declares version {spec_version}, "
+                               f"the image header says {parsed.version}")
+
+
+def _wait_for_port(port: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(port):
+        if time.monotonic() > deadline:
+            raise LinkError(f"serial port {port} did not come back within {timeout:.0f} s; "
+                            "check the USB-serial adapter")
+        time.sleep(0.2)
+
+
+def _wait_for_target(port: str, s: Settings) -> list[SlotState]:
+    """Reopen the port until the rebooted target answers an image-state read."""
+    deadline = time.monotonic() + s.boot_timeout
+    last: FerryError | None = None
+    while time.monotonic() < deadline:
+        if not os.path.exists(port):
+            time.sleep(0.2)
+            continue
+        client = SmpClient(port, baud=s.baud, timeout=min(s.timeout, 1.0))
+        try:
+            with client:
+                client.echo(timeout=min(s.timeout, 1.0), retries=0)
+                return client.image_state()
+        except FerryError as err:
+            last = err
+            time.sleep(0.2)
+    raise TargetTimeout(f"target on {port} did not answer within {s.boot_timeout:.0f} s after "
+                        f"reset ({last}); it may be stuck in the bootloader")
+
+
+def create(options: dict[str, Any]) -> SmpSerialTransport:
+    return SmpSerialTransport(options)

@@ -1,0 +1,12 @@
+"""A simulated MCU on a pty: an SMP server over a throttled serial line, with an
+MCUboot-like two-slot bootloader behind it.
+
+It is the far end of ferry's ``smp-serial`` transport and deliberately shares no code
+with ``ferry.proxy``: its framing, CRC, CBOR (cbor2) and image checks are written
+separately so that a misunderstanding on one side cannot pass its own test.
+"""
+
+from ferry.sim.mcu.device import McuConfig, McuDevice
+from ferry.sim.mcu.link import SimMcu
+
+__all__ = ["McuConfig", "McuDevice", "SimMcu"]
