@@ -111,9 +111,12 @@ class Campaign:
             if up.fport == clocksync.PORT:
                 for msg in clocksync.parse_uplink(up.payload):
                     if isinstance(msg, clocksync.AppTimeReq):
+                        # Synced once a request shows the node's clock within a second:
+                        # an AppTimeAns can be lost, so having answered proves nothing.
                         gps = clocksync.unix_to_gps(up.received_at)
+                        if abs(round(gps) - msg.device_time) <= 1:
+                            self.synced.add(eui)
                         self.ns.send_unicast(eui, clocksync.PORT, clocksync.answer(msg, gps))
-                        self.synced.add(eui)
             elif up.fport == multicast.PORT:
                 self.answers[eui].extend(multicast.parse_uplink(up.payload))
             elif up.fport == fragmentation.PORT:
@@ -236,7 +239,9 @@ class Campaign:
         return self._finish("")
 
     def _sync(self, active: list[str]) -> list[str]:
-        req = clocksync.force_device_resync_req(1)
+        # Two transmissions: the second AppTimeReq, sent after the first answer, shows
+        # whether the correction took.
+        req = clocksync.force_device_resync_req(2)
         for _attempt in range(self.opts.attempts):
             missing = [e for e in active if e not in self.synced]
             if not missing:

@@ -56,6 +56,8 @@ class Node:
     image: bytes | None = None
     log: list[str] = field(default_factory=list)
     synced: bool = False
+    token: int = 0
+    resync_left: int = 0
 
     def gps(self, at: float) -> float:
         return at + self.clock_offset - GPS_OFFSET
@@ -84,15 +86,19 @@ class Node:
         while i < len(p):
             cid = p[i]
             if cid == 0x03:  # ForceDeviceResyncReq: NbTransmissions in bits 2:0
-                for k in range(max(1, p[i + 1] & 7)):
-                    t = int(self.gps(at + k)) & 0xFFFFFFFF
-                    out.append((float(k), 202, bytes([0x01]) + t.to_bytes(4, "little")
-                                + bytes([0x10])))
+                # the next transmission follows the answer to this one (RX1 + a second)
+                self.resync_left = max(1, p[i + 1] & 7) - 1
+                out.append((0.0, 202, self._app_time_req(at)))
                 i += 2
             elif cid == 0x01:  # AppTimeAns: int32 correction, token
                 (corr,) = struct.unpack("<i", p[i + 1 : i + 5])
-                self.clock_offset += corr
-                self.synced = True
+                if (p[i + 5] & 0x0F) == self.token:
+                    self.clock_offset += corr
+                    self.synced = True
+                    self.token = (self.token + 1) & 0x0F
+                if self.resync_left > 0:
+                    self.resync_left -= 1
+                    out.append((1.0, 202, self._app_time_req(at + 1.0)))
                 i += 6
             elif cid == 0x02:
                 out.append((0.0, 202, bytes([0x02, 0]) + (int(self.gps(at)) & 0xFFFFFFFF)
@@ -102,6 +108,10 @@ class Node:
                 self.log.append(f"TS003 unknown CID {cid}")
                 break
         return out
+
+    def _app_time_req(self, at: float) -> bytes:
+        t = int(self.gps(at)) & 0xFFFFFFFF
+        return bytes([0x01]) + t.to_bytes(4, "little") + bytes([0x10 | self.token])
 
     def _multicast(self, p: bytes, at: float) -> list[tuple[float, int, bytes]]:
         out: list[tuple[float, int, bytes]] = []

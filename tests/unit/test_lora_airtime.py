@@ -25,7 +25,7 @@ def test_uplink_crc_and_small_frames():
 def test_payload_limit_enforced():
     with pytest.raises(LoraError, match="limit"):
         airtime.downlink_airtime(52, 0)
-    with pytest.raises(LoraError, match="DR0..DR5"):
+    with pytest.raises(LoraError, match=r"DR0\.\.DR5"):
         airtime.data_rate(6)
 
 
