@@ -289,3 +289,80 @@ def gateway_health(
         data_free_bytes=free,
         data_total_bytes=total,
     )
+
+
+# -- gathering from config, bootloader, journal and transports ------------------------
+
+# journal target states -> last_result words
+_RESULT_WORDS = {"ok": "success", "skipped": "skipped", "failed": "failure",
+                 "rolled-back": "rolled-back", "pending": "in-progress",
+                 "flashing": "in-progress"}
+
+Inspect = Any  # (TargetConfig) -> ferry.proxy.transport.TargetState | None
+
+
+def collect(config: Any, *, bootloader: Any = None, journal: Any = None,
+            inspect: Inspect = None, system: tuple[str, tuple[str, ...]] | None = None,
+            history: int = 50) -> Health:
+    """The combined picture from the config, the bootloader, the journal and, when
+    ``inspect`` is given, a live look at each target. A part that cannot be read
+    leaves its field empty instead of failing the whole status."""
+    from ferry.errors import FerryError
+
+    booted, committed = "", True
+    if bootloader is not None:
+        try:
+            state = bootloader.state()
+            booted = state.booted or bootloader.booted()
+            committed = not state.pending
+        except FerryError:
+            pass
+    try:
+        version = config.gateway.running_version()
+    except FerryError:
+        version = ""
+    gw = gateway_health(booted_slot=booted, committed=committed, version=version,
+                        compatible=config.gateway.compatible,
+                        data_dir=config.gateway.data_dir,
+                        required_units=config.health.required_units, system=system)
+    last: dict[str, Any] = {}
+    if journal is not None:
+        for dep in journal.history(limit=history):  # newest first
+            for rec in journal.targets(dep.id):
+                last.setdefault(rec.name, rec)
+    targets = []
+    for tc in config.targets:
+        rec = last.get(tc.name)
+        version_t = (rec.version or "") if rec is not None else ""
+        result = _RESULT_WORDS.get(rec.state, rec.state) if rec is not None else "never"
+        seen = rec.updated if rec is not None and rec.state in ("ok", "skipped") else None
+        reachable = None
+        if inspect is not None:
+            try:
+                st = inspect(tc)
+            except Exception:  # a broken link is "unreachable", not a crash
+                st = None
+                reachable = False
+            if st is not None:
+                reachable = bool(st.reachable)
+                if st.reachable:
+                    seen = time.time()
+                    version_t = st.version or version_t
+        targets.append(TargetHealth(
+            name=tc.name, transport=tc.transport, address=tc.address,
+            hardware_id=tc.image_id or str(tc.options.get("hardware_id", "")),
+            version=version_t, last_result=result, last_seen=seen, reachable=reachable))
+    return Health(gw, tuple(targets))
+
+
+def transport_inspect(tc: Any) -> Any:
+    """Ask the target's transport what runs on it (used by ``ferry status``)."""
+    from ferry.proxy.registry import get_transport
+    from ferry.proxy.transport import Target
+
+    options = {str(k): str(v) for k, v in tc.options.items()}
+    if getattr(tc, "baud", None):
+        options["baud"] = str(tc.baud)
+    transport = get_transport(tc.transport, dict(tc.options))
+    return transport.inspect(Target(name=tc.name, transport=tc.transport, address=tc.address,
+                                    hardware_id=tc.image_id or "", options=options))

@@ -1,0 +1,103 @@
+"""The real gateway behind the deployment runner's seam: the install pipeline.
+
+:class:`ferry.daemon.backend.DeploymentRunner` speaks DDI; this adapter turns its
+requests into install pipeline deployments (``ferry.daemon.install``) tagged with the
+DDI action id (``origin="ddi"``, ``external_id``), and reads their outcome back from
+the journal. The pipeline does the real work and keeps its own power-cut safety.
+
+On a real gateway ``reboot`` ends the process and the next ferryd start calls
+:meth:`resume`. The simulated gateway (``ferry demo``) passes a ``reboot`` that boots
+the simulated machine at once; then :meth:`resume` keeps going through the rollback's
+second reboot in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ferry.daemon import health as health_mod
+from ferry.daemon.backend import InstallReport, Outcome, TargetOutcome
+from ferry.daemon.config import Config
+from ferry.daemon.journal import Deployment, Journal
+
+_OK_STATES = ("ok", "skipped")
+
+
+class PipelineGateway:
+    def __init__(self, config: Config, *, reboot: Callable[[], None] | None = None,
+                 boot_id: Callable[[], str] | None = None, immediate_reboot: bool = False,
+                 inspect: Any = None, journal: Journal | None = None) -> None:
+        from ferry.daemon.install import make_context
+
+        self.config = config
+        self.journal = journal or Journal.open(config.gateway.data_dir)
+        self.ctx = make_context(config, journal=self.journal)
+        if reboot is not None:
+            self.ctx.reboot = reboot
+        if boot_id is not None:
+            self.ctx.boot_id = boot_id
+        self.immediate_reboot = immediate_reboot
+        self.inspect = inspect
+
+    def installed_version(self) -> str:
+        return self.config.gateway.running_version()
+
+    def _find(self, action_id: str) -> Deployment | None:
+        for dep in self.journal.history(limit=20):
+            if dep.origin == "ddi" and dep.external_id == action_id:
+                return dep
+        return None
+
+    def install(self, source: str, *, action_id: str,
+                progress: Callable[[str, int, int], None]) -> InstallReport:
+        from ferry.daemon.install import install
+
+        self.ctx.progress = progress
+        try:
+            dep_id = install(self.config, source, origin="ddi", external_id=action_id,
+                             ctx=self.ctx)
+        finally:
+            self.ctx.progress = None
+        dep = self.journal.get(dep_id)
+        if dep.result is not None:
+            return InstallReport(dep.version or "", False, self.outcome(dep))
+        return InstallReport(dep.version or "", True)
+
+    def resume(self, action_id: str) -> Outcome | None:
+        from ferry.daemon.install import resume
+
+        for _ in range(3 if self.immediate_reboot else 1):
+            pending = self.journal.pending()
+            if pending is not None and pending.external_id == action_id:
+                resume(self.ctx)
+            dep = self._find(action_id)
+            if dep is None:
+                return Outcome("failure", "the gateway has no record of this action "
+                                          "(interrupted before it was journaled)")
+            if dep.result is not None:
+                return self.outcome(dep)
+        return None
+
+    def outcome(self, dep: Deployment) -> Outcome:
+        targets = [
+            TargetOutcome(r.name, r.state in _OK_STATES, r.version or "", r.message or "",
+                          skipped=r.state == "skipped")
+            for r in self.journal.targets(dep.id)
+        ]
+        result = dep.result or "failure"
+        version = self.installed_version() if result == "rolled-back" else (dep.version or "")
+        return Outcome(result, dep.error or "", version, targets)
+
+    def abort(self, action_id: str) -> None:
+        from ferry.daemon import staging
+        from ferry.daemon.install import PRE_ACTIVATION
+
+        dep = self.journal.pending()
+        if dep is not None and dep.external_id == action_id and dep.state in PRE_ACTIVATION:
+            self.journal.finish(dep.id, "cancelled", "cancelled by the backend")
+            staging.clean(self.config.gateway.data_dir, keep_deployment=None)
+
+    def health(self) -> health_mod.Health:
+        return health_mod.collect(self.config, bootloader=self.ctx.bootloader,
+                                  journal=self.journal, inspect=self.inspect)
