@@ -1,0 +1,82 @@
+"""``ferry flash smp-serial PORT IMAGE``: one MCUboot image to one MCU over SMP on a UART."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ferry.daemon.cli import exitcodes
+from ferry.errors import FerryError
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "smp-serial",
+        help="MCUboot image to an MCU over SMP (mcumgr) on a serial port",
+        description="Upload an MCUboot image over SMP on a serial port, boot it in test "
+        "mode, and confirm it once the MCU answers on the new image. The MCU keeps its "
+        "old image until then; an image that does not boot is rolled back by MCUboot.",
+    )
+    parser.add_argument("port", metavar="PORT", help="serial port, e.g. /dev/ttyACM0")
+    parser.add_argument("image", metavar="IMAGE", help="signed MCUboot image (imgtool sign)")
+    parser.add_argument("--baud", type=int, default=115200, help="line rate (default 115200)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--confirm", dest="test_only", action="store_false",
+                      help="confirm the new image once it runs (default)")
+    mode.add_argument("--test-only", dest="test_only", action="store_true",
+                      help="boot it in test mode and stop: the next reset reverts it "
+                      "unless the application confirms itself")
+    parser.add_argument("--force", action="store_true",
+                        help="allow an image older than the running one")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds to wait for each answer (default 5)")
+    parser.add_argument("--boot-timeout", type=float, default=60.0,
+                        help="seconds to wait for the MCU after reset (default 60)")
+    parser.set_defaults(func=run, test_only=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ferry.daemon.cli.progress import ProgressBar
+    from ferry.proxy.registry import get_transport
+    from ferry.proxy.transport import Target
+
+    options = {"baud": str(args.baud), "timeout": str(args.timeout),
+               "boot_timeout": str(args.boot_timeout), "force": "1" if args.force else "",
+               "test_only": "1" if args.test_only else ""}
+    target = Target(name=args.port, transport="smp-serial", address=args.port,
+                    options={k: v for k, v in options.items() if v})
+    transport = get_transport("smp-serial", {})
+    bar: ProgressBar | None = None
+    quiet = bool(getattr(args, "json", False))
+
+    def progress(done: int, total: int, message: str) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = ProgressBar("upload", total)
+        bar.update(done, "" if message == "upload" else message)
+
+    try:
+        with open(args.image, "rb") as stream:
+            result = transport.flash(target, stream, progress=progress)
+    except FerryError as err:
+        if bar is not None:  # end the bar's line with the reason, not a half-drawn bar
+            bar.finish(f"FAILED: {err}")
+            return err.exit_code
+        raise
+    except OSError as err:
+        raise FerryError(f"cannot read {args.image}: {err.strerror}") from err
+    if quiet:
+        print(json.dumps({"ok": result.ok, "version": result.version, "message": result.message,
+                          "skipped": result.skipped, "rolled_back": result.rolled_back,
+                          "detail": result.detail}))
+    else:
+        line = ("OK: " if result.ok else "FAILED: ") + result.message
+        if bar is not None:
+            bar.finish(line)
+        else:
+            print(line, file=sys.stderr)
+    return exitcodes.OK if result.ok else exitcodes.FAILED
