@@ -78,7 +78,9 @@ def _str(entry: dict[str, Any], key: str, where: str, *, required: bool = True) 
     return value
 
 
-def _size(entry: dict[str, Any], key: str, where: str, *, required: bool) -> int | None:
+def _size(
+    entry: dict[str, Any], key: str, where: str, *, required: bool, cap: int = NEWC_MAX_SIZE
+) -> int | None:
     value = entry.get(key)
     if value is None:
         if required:
@@ -86,8 +88,8 @@ def _size(entry: dict[str, Any], key: str, where: str, *, required: bool) -> int
                 f"sw-description: {where} has no {key!r} (ferry needs every image's size)"
             )
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= NEWC_MAX_SIZE:
-        raise BadDescription(f"sw-description: {where}.{key} must be an integer 0..{NEWC_MAX_SIZE}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= cap:
+        raise BadDescription(f"sw-description: {where}.{key} must be an integer 0..{cap}")
     return value
 
 
@@ -154,7 +156,7 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
         role=role,
         device=_str(entry, "device", where, required=False),
         target=target,
-        decompressed_size=_size(entry, "decompressed-size", where, required=False),
+        decompressed_size=_size(entry, "decompressed-size", where, required=False, cap=2**63 - 1),
         decompressed_sha256=_sha(entry, "decompressed-sha256", where, required=False),
     )
 

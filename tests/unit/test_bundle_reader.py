@@ -58,6 +58,7 @@ def read_all(data: bytes, keyring, limits=None) -> dict[str, bytes]:
     return {e.filename: s.read(1 << 30) + s.read() for e, s in reader.images()}
 
 
+QUIET = [HealthCheck.function_scoped_fixture]
 ROOTFS = bytes(range(256)) * 9 + b"end"
 MCU = b"\x01\x02mcu firmware" * 20
 
@@ -146,7 +147,8 @@ def test_bad_signature(pki):
 
 
 def test_garbage_signature(pki):
-    _reject(build(pki[0], [("rootfs.img", ROOTFS)], sig=b"\x30\x03abc"), pki[1], errors.BadSignature)
+    data = build(pki[0], [("rootfs.img", ROOTFS)], sig=b"\x30\x03abc")
+    _reject(data, pki[1], errors.BadSignature)
 
 
 def test_wrong_member_order(pki):
@@ -290,7 +292,7 @@ def test_truncation_at_every_offset_is_caught(pki, good):
             read_all(good[:cut], pki[1])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=QUIET)
 @given(data=st.data())
 def test_property_mutations_never_escape_as_other_errors(pki, good, data):
     bad = bytearray(good)
@@ -308,7 +310,7 @@ def test_property_mutations_never_escape_as_other_errors(pki, good, data):
     assert got == {"rootfs.img": ROOTFS, "mcu.bin": MCU}
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=QUIET)
 @given(junk=st.binary(max_size=400))
 def test_property_random_input_is_a_typed_rejection(pki, junk):
     with pytest.raises(errors.BundleError):
@@ -317,7 +319,7 @@ def test_property_random_input_is_a_typed_rejection(pki, junk):
         read_all(b"070702" + junk, pki[1])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=QUIET)
 @given(
     images=st.lists(st.binary(max_size=300), min_size=1, max_size=3),
     chunk=st.integers(1, 64),
@@ -327,7 +329,7 @@ def test_property_roundtrip_any_payloads(pki, images, chunk):
     blob = build(pki[0], members)
     reader = BundleReader(io.BytesIO(blob), pki[1])
     got = []
-    for _entry_, stream in reader.images():
+    for _e, stream in reader.images():
         got.append(b"".join(iter(lambda s=stream: s.read(chunk), b"")))
     assert got == images
 
