@@ -1,0 +1,69 @@
+"""Ready-made simulated DFU setups for tests, benchmarks and ``ferry sim dfu``.
+
+``FakeClock`` lets the device and the host share one virtual time: the host's sleep
+advances the device's clock, so a test with realistic flash timings runs in no wall time
+and can still check that the host waited exactly what the device asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ferry.sim.dfu.device import DeviceSpec, Faults, SimDfuDevice, Timing, dfuse_alts
+from ferry.sim.dfu.pyusb_backend import SimBackend, SimBus
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(seconds, 0.0)
+
+
+def plain_spec(**changes: object) -> DeviceSpec:
+    """A run-time capable DFU 1.1 device (1209:5a01 app, 1209:df11 in DFU mode)."""
+    spec = DeviceSpec()
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def dfuse_spec(**changes: object) -> DeviceSpec:
+    """An STM32-style DfuSe ROM bootloader (0483:df11, DFU mode only)."""
+    spec = DeviceSpec(vid=0x0483, runtime_pid=0xDF11, dfu_pid=0xDF11, dfuse=True,
+                      alts=dfuse_alts(), start_in_runtime=False, has_runtime=False,
+                      transfer_size=2048, serial="DFUSE0001",
+                      product="ferry simulated DfuSe bootloader")
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    return spec
+
+
+@dataclass
+class SimSetup:
+    bus: SimBus
+    backend: SimBackend
+    clock: FakeClock | None
+
+    def add(self, spec: DeviceSpec | None = None, *, faults: Faults | None = None,
+            timing: Timing | None = None) -> SimDfuDevice:
+        kwargs = {"clock": self.clock} if self.clock is not None else {}
+        return self.bus.plug(SimDfuDevice(spec, faults=faults, timing=timing, **kwargs))
+
+    def host_options(self) -> dict[str, object]:
+        """Options for ``ferry.proxy.dfu.transport.create`` that reach this bus."""
+        opts: dict[str, object] = {"backend": self.backend}
+        if self.clock is not None:
+            opts.update(sleep=self.clock.sleep, clock=self.clock)
+        return opts
+
+
+def setup(*, fake_time: bool = True) -> SimSetup:
+    bus = SimBus()
+    return SimSetup(bus, SimBackend(bus), FakeClock() if fake_time else None)

@@ -1,0 +1,52 @@
+"""``ferry flash dfu`` end to end against the simulated device."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ferry.daemon.cli import flash_dfu
+from ferry.daemon.cli.main import main
+from ferry.proxy.dfu.files import add_suffix
+from ferry.sim.dfu.harness import setup
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    sim = setup()
+    original = flash_dfu.transport_options
+    monkeypatch.setattr(flash_dfu, "transport_options",
+                        lambda args: {**original(args), **sim.host_options()})
+    return sim
+
+
+def test_flash_with_progress(sim, tmp_path, capsys):
+    dev = sim.add()
+    image = os.urandom(20 * 1024)
+    path = tmp_path / "fw.bin"
+    path.write_bytes(image)
+    assert main(["flash", "dfu", "1209:5a01,0001", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "dfu [" in err and "100.0%" in err
+    assert "done: flashed 20480 bytes (raw)" in err and "verified by upload" in err
+    assert dev.firmware() == image
+
+
+def test_wrong_device_file_fails_with_exit_code_1(sim, tmp_path, capsys):
+    sim.add()
+    path = tmp_path / "fw.dfu"
+    path.write_bytes(add_suffix(b"\x00" * 100, 0x0483, 0xDF11))
+    assert main(["--json", "flash", "dfu", "1209:5a01", str(path)]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["detail"]["error"] == "WrongDevice"
+
+
+def test_alt_and_no_reset(sim, tmp_path):
+    dev = sim.add()
+    path = tmp_path / "fw.bin"
+    path.write_bytes(b"\x33" * 999)
+    assert main(["flash", "dfu", "1209:5a01", str(path), "--alt", "0", "--no-reset"]) == 0
+    assert dev.mode == "dfu" and dev.firmware() == b"\x33" * 999
+    assert main(["flash", "dfu", "1209:df11", str(path), "--alt", "3"]) == 1
