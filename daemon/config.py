@@ -96,6 +96,10 @@ class InstallConfig:
     # argv run to reboot; empty means ask systemd over D-Bus.
     reboot_command: tuple[str, ...] = ()
     max_bundle_size: int | None = None
+    # Bundle downloads: no byte for this long -> reconnect and resume with Range;
+    # give up after this many failed attempts in a row (backoff with jitter between).
+    download_stall_timeout: float = 60.0
+    download_retries: int = 6
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,9 @@ def make_context(config: Config, *, progress: ProgressFn | None = None,
 def download_options(config: Config) -> DownloadOptions:
     b = config.backend
     return DownloadOptions(
+        stall_timeout=config.install.download_stall_timeout,
+        retries=config.install.download_retries,
+        backoff=min(1.0, config.install.download_stall_timeout / 4),
         ca_file=str(b.ca_file) if b.ca_file else None,
         client_cert=str(b.client_cert) if b.client_cert else None,
         client_key=str(b.client_key) if b.client_key else None,

@@ -26,9 +26,12 @@ _RE = re.compile(
 
 
 def _pre_key(pre: str) -> tuple[tuple[int, int | str], ...]:
+    # natural order inside identifiers, so rc2 < rc10 (plain SemVer would say otherwise,
+    # and build systems that number release candidates mean the natural order)
     parts: list[tuple[int, int | str]] = []
     for p in pre.split("."):
-        parts.append((0, int(p)) if p.isdigit() else (1, p))
+        for run in re.findall(r"\d+|\D+", p):
+            parts.append((0, int(run)) if run.isdigit() else (1, run))
     return tuple(parts)
 
 
