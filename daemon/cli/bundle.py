@@ -182,6 +182,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from ferry.packaging.reader import BundleReader, read_unverified
     from ferry.packaging.signature import embedded_signer
 
+    signer: str | None
     with _open(args.bundle) as fh:
         if args.keyring:
             reader = BundleReader(fh, load_keyring(args.keyring))
