@@ -1,0 +1,153 @@
+"""HttpStream against a local server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from install_http import Server
+
+from ferry.daemon.download import (
+    BadScheme,
+    DownloadError,
+    DownloadOptions,
+    HttpStatusError,
+    HttpStream,
+    RangeNotSupported,
+)
+
+FAST = DownloadOptions(retries=3, backoff=0.01, backoff_max=0.02, stall_timeout=2,
+                       connect_timeout=5)
+
+
+def _no_sleep(_s: float) -> None:
+    pass
+
+
+def _read_all(stream: HttpStream) -> bytes:
+    out = bytearray()
+    buf = bytearray(1 << 16)
+    while n := stream.readinto(buf):
+        out += buf[:n]
+    return bytes(out)
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> Path:
+    p = tmp_path / "bundle.swu"
+    p.write_bytes(os.urandom(600_000))
+    return p
+
+
+def test_plain_download_keeps_validator(payload: Path) -> None:
+    with Server(payload) as srv:
+        s = HttpStream(srv.url, FAST, sleep=_no_sleep)
+        assert _read_all(s) == payload.read_bytes()
+        assert s.size == 600_000
+        assert s.validator == '"v1"'
+        assert s.reconnects == 0
+
+
+def test_dropped_connection_resumes_with_range_and_if_range(payload: Path) -> None:
+    offsets: list[tuple[int, str | None]] = []
+    with Server(payload) as srv:
+        srv.mode = "drop-once"
+        srv.cut_at = 123_457
+        s = HttpStream(srv.url, FAST, sleep=_no_sleep,
+                       on_offset=lambda o, v: offsets.append((o, v)))
+        data = _read_all(s)
+    assert hashlib.sha256(data).digest() == hashlib.sha256(payload.read_bytes()).digest()
+    assert s.reconnects == 1
+    second = srv.requests[1][1]
+    assert second["Range"] == "bytes=123457-"
+    assert second["If-Range"] == '"v1"'
+    assert offsets[0] == (123_457, '"v1"')  # the journal hears where we resumed
+
+
+def test_server_ignoring_range_is_detected(payload: Path) -> None:
+    with Server(payload) as srv:
+        srv.script = ["drop-once", "ignore-range"]
+        srv.cut_at = 50_000
+        s = HttpStream(srv.url, FAST, sleep=_no_sleep)
+        with pytest.raises(RangeNotSupported, match="answered 200 to a Range request"):
+            _read_all(s)
+        assert s.offset == 50_000
+
+
+def test_changed_bundle_during_resume_is_refused(payload: Path) -> None:
+    with Server(payload) as srv:
+        srv.mode = "drop-once"
+        srv.cut_at = 10_000
+        s = HttpStream(srv.url, FAST, sleep=_no_sleep)
+        srv.etag = '"v2"'  # If-Range no longer matches: server sends the whole new file
+        with pytest.raises(RangeNotSupported, match="changed on the server"):
+            _read_all(s)
+
+
+def test_404_is_immediate_and_clear(payload: Path) -> None:
+    with Server(payload) as srv:
+        srv.mode = "status:404"
+        with pytest.raises(HttpStatusError, match="HTTP 404") as ei:
+            HttpStream(srv.url, FAST, sleep=_no_sleep)
+        assert ei.value.status == 404
+        assert len(srv.requests) == 1  # no pointless retries
+
+
+def test_500_is_retried_then_reported(payload: Path) -> None:
+    sleeps: list[float] = []
+    with Server(payload) as srv:
+        srv.mode = "status:500"
+        with pytest.raises(DownloadError, match=r"after 4 attempts.*HTTP 500"):
+            HttpStream(srv.url, FAST, sleep=sleeps.append)
+        assert len(srv.requests) == 4
+    assert len(sleeps) == 3 and all(s > 0 for s in sleeps)  # backoff with jitter
+
+
+def test_stalled_server_hits_stall_timeout(payload: Path) -> None:
+    opts = DownloadOptions(retries=1, backoff=0.01, stall_timeout=0.5)
+    with Server(payload) as srv:
+        srv.mode = "slow"
+        srv.stall = 5
+        s = HttpStream(srv.url, opts, sleep=_no_sleep)
+        with pytest.raises(DownloadError, match=r"stalled|timed out"):
+            _read_all(s)
+
+
+def test_truncated_responses_resume_until_complete(payload: Path) -> None:
+    with Server(payload) as srv:
+        srv.mode = "truncate"
+        srv.cut_at = 100_000
+        s = HttpStream(srv.url, FAST, sleep=_no_sleep)
+        assert _read_all(s) == payload.read_bytes()
+        assert s.reconnects == 5
+
+
+def test_truncated_then_gone_fails_after_retries(payload: Path) -> None:
+    with Server(payload) as srv:
+        srv.script = ["truncate"]
+        srv.mode = "status:503"
+        srv.cut_at = 1000
+        s = HttpStream(srv.url, FAST, sleep=_no_sleep)
+        with pytest.raises(DownloadError, match="failed after 4 attempts at byte 1000"):
+            _read_all(s)
+
+
+def test_redirect_to_other_scheme_is_refused(payload: Path) -> None:
+    with Server(payload) as srv:
+        srv.mode = "redirect:file:///etc/passwd"
+        with pytest.raises(BadScheme, match="file"):
+            HttpStream(srv.url, FAST, sleep=_no_sleep)
+
+
+def test_redirect_within_http_is_followed(payload: Path) -> None:
+    with Server(payload) as real, Server(payload) as hop:
+        hop.mode = f"redirect:{real.url}"
+        s = HttpStream(hop.url, FAST, sleep=_no_sleep)
+        assert _read_all(s) == payload.read_bytes()
+
+
+def test_only_http_and_https() -> None:
+    with pytest.raises(BadScheme, match="only http and https"):
+        HttpStream("ftp://127.0.0.1/x.swu", FAST)
