@@ -176,7 +176,7 @@ def _no_log(_msg: str) -> None:
 
 class DeploymentRunner:
     def __init__(self, client: DdiClient, gateway: GatewaySide, data_dir: str | Path, *,
-                 log: Log = _no_log, hw_revision: str = "") -> None:
+                 log: Log = _no_log, hw_boardname: str = "default") -> None:
         self.client = client
         self.gateway = gateway
         self.data_dir = Path(data_dir)
@@ -184,7 +184,7 @@ class DeploymentRunner:
         self.state_file = StateFile(self.data_dir / "ddi-action.json")
         self.state = self.state_file.load()
         self.log = log
-        self.hw_revision = hw_revision
+        self.hw_boardname = hw_boardname
         self.config_sent = False
 
     # -- the loop -------------------------------------------------------------------------
@@ -452,7 +452,7 @@ class DeploymentRunner:
         return self.gateway.health().gateway.compatible or "ferry"
 
     def send_health(self) -> dict[str, str]:
-        data = to_config_data(self.gateway.health(), hw_revision=self.hw_revision)
+        data = to_config_data(self.gateway.health(), hw_boardname=self.hw_boardname)
         self.client.put_config_data(data)
         self.config_sent = True
         return data

@@ -151,17 +151,20 @@ def _yesno(v: bool | None) -> str:
     return "unknown" if v is None else ("yes" if v else "no")
 
 
-def to_config_data(h: Health, *, hw_revision: str = "") -> dict[str, str]:
+def to_config_data(h: Health, *, hw_boardname: str = "default") -> dict[str, str]:
     """Flat configData attributes (keys documented in docs/backend.md).
 
     ``hw_boardname``/``hw_revision``/``sw_version`` are the three keys goosebit keeps
-    (and uses to match software to hardware); the ``ferry.*``, ``gw.*`` and
-    ``target.<name>.*`` keys carry the full picture for hawkBit.
+    and matches software by: a bundle's ``hardware-compatibility`` list is a list of
+    hardware *revisions* of board "default" in SWUpdate's (and goosebit's) reading, so
+    the gateway's compatible string goes in ``hw_revision``. The ``ferry.*``, ``gw.*``
+    and ``target.<name>.*`` keys carry the full picture for hawkBit.
     """
     g = h.gateway
     state, reasons = overall(h)
     data = {
-        "hw_boardname": g.compatible,
+        "hw_boardname": hw_boardname,
+        "hw_revision": g.compatible,
         "sw_version": g.version,
         "ferry.overall": state,
         "ferry.reasons": "; ".join(reasons),
@@ -174,8 +177,6 @@ def to_config_data(h: Health, *, hw_revision: str = "") -> dict[str, str]:
         "gw.failed_units": ",".join(g.failed_units),
         "gw.data_free_mib": str(g.data_free_bytes >> 20),
     }
-    if hw_revision:
-        data["hw_revision"] = hw_revision
     for t in h.targets:
         p = f"target.{t.name}."
         data.update({

@@ -53,11 +53,11 @@ def test_failed_cases():
 
 def test_config_data_keys_are_flat_strings_within_hawkbit_limits():
     long = dataclasses.replace(MCU, address="x" * 300)
-    data = health.to_config_data(Health(GW, (long,)), hw_revision="1.0")
+    data = health.to_config_data(Health(GW, (long,)))
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in data.items())
     assert all(len(v) <= 128 for v in data.values())
-    assert data["hw_boardname"] == "acme-gw" and data["sw_version"] == "2.0"
-    assert data["hw_revision"] == "1.0"
+    assert data["hw_boardname"] == "default" and data["sw_version"] == "2.0"
+    assert data["hw_revision"] == "acme-gw"
     assert data["ferry.overall"] == "ok"
     assert data["gw.slot"] == "B" and data["gw.committed"] == "yes"
     assert data["gw.uptime_s"] == "3725" and data["gw.data_free_mib"] == "900"
