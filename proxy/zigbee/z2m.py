@@ -172,15 +172,27 @@ class Zigbee2Mqtt:
                     supports_ota=bool(definition.get("supports_ota", False)),
                     software_build_id=str(d.get("software_build_id") or ""),
                 ))
+            for dev in out:  # Z2M's cache of last states (advanced.cache_state)
+                dev.installed_version = self._cached_version(dev.ieee)
             by_name = {d.friendly_name: d for d in out}
             s.subscribe(f"{self.base}/+")
-            for m in s.drain(settle_s):
-                dev = by_name.get(m.topic[len(self.base) + 1:])
-                if dev is not None:
-                    dev.installed_version = _installed(m)
+            for m in s.drain(settle_s):  # retained states (device option retain: true)
+                known = by_name.get(m.topic[len(self.base) + 1:])
+                if known is not None:
+                    known.installed_version = _installed(m) or known.installed_version
             return out
         finally:
             s.close()
+
+    def _cached_version(self, ieee: str) -> int | None:
+        path = self.opts.data_dir / "state.json"
+        try:
+            states = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        upd = (states.get(ieee) or {}).get("update") or {} if isinstance(states, dict) else {}
+        v = upd.get("installed_version") if isinstance(upd, dict) else None
+        return v if isinstance(v, int) else None
 
     def _request(self, s: MqttSession, kind: str, device: str, timeout: float,
                  on_other: Callable[[Message], None] | None = None) -> dict[str, Any]:
@@ -208,15 +220,31 @@ class Zigbee2Mqtt:
         body: dict[str, Any] = json.loads(msg.payload)
         return body
 
+    def _state_topic(self, s: MqttSession, device: str) -> str:
+        """Z2M publishes a device's state under its friendly name, not its IEEE address."""
+        topic = f"{self.base}/bridge/devices"
+        s.subscribe(topic)
+        msg = s.wait_for(lambda m: m.topic == topic, 5.0)
+        name = device
+        if msg is not None:
+            try:
+                for d in json.loads(msg.payload or b"[]"):
+                    if device in (d.get("ieee_address"), d.get("friendly_name")):
+                        name = str(d.get("friendly_name") or device)
+            except (json.JSONDecodeError, AttributeError, TypeError):
+                pass
+        return f"{self.base}/{name}"
+
     def check(self, device: str) -> tuple[bool, int | None]:
         """(update available, installed file version) as Z2M reports them."""
         s = self._session()
         try:
-            s.subscribe(f"{self.base}/{device}")
+            state_topic = self._state_topic(s, device)
+            s.subscribe(state_topic)
             seen: dict[str, int | None] = {"v": None}
 
             def state(m: Message) -> None:
-                if m.topic == f"{self.base}/{device}":
+                if m.topic == state_topic:
                     seen["v"] = _installed(m) or seen["v"]
 
             body = self._request(s, "check", device, self.opts.request_timeout_s, state)
@@ -233,7 +261,7 @@ class Zigbee2Mqtt:
     def update(self, device: str, progress: Callable[[float], None]) -> UpdateOutcome:
         s = self._session()
         try:
-            state_topic = f"{self.base}/{device}"
+            state_topic = self._state_topic(s, device)
             s.subscribe(state_topic)
             last: dict[str, int | None] = {"v": None}
 

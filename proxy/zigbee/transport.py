@@ -1,0 +1,130 @@
+"""The ``zigbee`` transport: discover nodes, flash one OTA image to one node, inspect.
+
+The daemon's proxy phase and ``ferry flash zigbee`` call it through
+``ferry.proxy.registry.get_transport("zigbee", options)``. The real adapter is
+Zigbee2MQTT over MQTT (see docs/transport-zigbee.md for why); ``ferry.proxy.zigbee.server``
+is the coordinator-agnostic OTA server for adapters that hand ferry a raw ZCL link.
+
+Policy before anything is sent: the image's manufacturer code and image type must
+match what the target expects (bundle selector or ``hardware_id`` "MFR:TYPE"), and the
+image must be newer than the node's file version unless the deployment is forced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+from ferry.proxy.transport import FlashResult, Progress, Target, TargetState
+from ferry.proxy.zigbee.errors import AdapterError, OtaFileError
+from ferry.proxy.zigbee.otafile import OtaHeader, read_stream
+from ferry.proxy.zigbee.z2m import Z2MOptions, Zigbee2Mqtt
+
+
+def version_str(v: int | None) -> str:
+    return "" if v is None else f"0x{v:08X}"
+
+
+def _int(text: str | None) -> int | None:
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        return int(str(text), 0)
+    except ValueError:
+        raise AdapterError(f"{text!r} is not a number (use decimal or 0x hex)") from None
+
+
+def expected_ids(target: Target) -> tuple[int | None, int | None]:
+    """(manufacturer code, image type) the target accepts, from the bundle's selector
+    (``spec_manufacturer``/``spec_image_type``) or ``hardware_id`` "0x1234:0x0001"."""
+    mfr = _int(target.options.get("spec_manufacturer"))
+    itype = _int(target.options.get("spec_image_type"))
+    if target.hardware_id and ":" in target.hardware_id:
+        hw_mfr, hw_type = target.hardware_id.split(":", 1)
+        mfr = mfr if mfr is not None else _int(hw_mfr)
+        itype = itype if itype is not None else _int(hw_type)
+    return mfr, itype
+
+
+def policy_problem(header: OtaHeader, target: Target) -> str:
+    mfr, itype = expected_ids(target)
+    if mfr is not None and mfr != header.manufacturer_code:
+        return (f"image is for manufacturer 0x{header.manufacturer_code:04X}, "
+                f"{target.name} takes 0x{mfr:04X}; wrong image for this node")
+    if itype is not None and itype != header.image_type:
+        return (f"image type 0x{header.image_type:04X} does not match {target.name}'s "
+                f"0x{itype:04X}; wrong image for this node")
+    return ""
+
+
+class ZigbeeTransport:
+    name = "zigbee"
+
+    def __init__(self, adapter: Zigbee2Mqtt) -> None:
+        self.adapter = adapter
+
+    def discover(self) -> list[Target]:
+        out = []
+        for d in self.adapter.devices():
+            if not d.supports_ota:
+                continue
+            out.append(Target(
+                name=d.friendly_name or d.ieee, transport=self.name, address=d.ieee,
+                options={"file_version": version_str(d.installed_version), "model": d.model,
+                         "vendor": d.vendor, "software_build_id": d.software_build_id}))
+        return out
+
+    def inspect(self, target: Target) -> TargetState:
+        try:
+            available, installed = self.adapter.check(target.address)
+        except AdapterError as err:
+            return TargetState(reachable=False, detail={"error": str(err)})
+        return TargetState(reachable=True, version=version_str(installed),
+                           detail={"update_available": str(available).lower()})
+
+    def flash(self, target: Target, image: BinaryIO, *, progress: Progress) -> FlashResult:
+        try:
+            ota, raw = read_stream(image)
+        except OtaFileError as err:
+            return FlashResult(ok=False, message=str(err))
+        hdr = ota.header
+        problem = policy_problem(hdr, target)
+        if problem:
+            return FlashResult(ok=False, message=problem)
+        force = target.options.get("force") in ("1", "true", "yes")
+        new = version_str(hdr.file_version)
+        progress(0, len(raw), "check")
+        try:
+            _, installed = self.adapter.check(target.address)
+        except AdapterError as err:
+            return FlashResult(ok=False, message=f"{target.name}: {err}")
+        if installed is not None and installed >= hdr.file_version and not force:
+            return FlashResult(ok=True, skipped=True, version=version_str(installed),
+                               message=f"{target.name} already runs {version_str(installed)}"
+                                       f" (image {new}); not forced")
+        try:
+            self.adapter.stage(raw, hdr, force=force)
+            outcome = self.adapter.update(
+                target.address,
+                lambda pct: progress(int(len(raw) * min(pct, 100.0) / 100), len(raw), "upload"))
+        except AdapterError as err:
+            return FlashResult(ok=False, message=f"{target.name}: {err}")
+        if not outcome.ok:
+            return FlashResult(ok=False, version=version_str(installed),
+                               message=f"{target.name}: {outcome.message}",
+                               detail=outcome.detail)
+        progress(len(raw), len(raw), "done")
+        running = outcome.installed_version if outcome.installed_version is not None \
+            else hdr.file_version
+        ok = running == hdr.file_version
+        return FlashResult(
+            ok=ok, version=version_str(running), detail=outcome.detail,
+            message=(f"{target.name} now runs {version_str(running)}" if ok else
+                     f"{target.name} reports {version_str(running)} after the update, "
+                     f"expected {new}"))
+
+
+def create(options: dict[str, Any]) -> ZigbeeTransport:
+    adapter = str(options.get("adapter", "zigbee2mqtt"))
+    if adapter not in ("zigbee2mqtt", "z2m"):
+        raise AdapterError(f"unknown zigbee adapter {adapter!r}; known: zigbee2mqtt")
+    return ZigbeeTransport(Zigbee2Mqtt(Z2MOptions.from_options(options)))
