@@ -21,6 +21,22 @@ class Uplink:
     received_at: float  # unix seconds at the network's reception
 
 
+class UplinkLike(Protocol):
+    """What the campaign reads from an uplink (the simulator has its own class)."""
+
+    @property
+    def dev_eui(self) -> str: ...
+
+    @property
+    def fport(self) -> int: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def received_at(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class MulticastGroup:
     group_id: str  # the network server's name for it (ChirpStack: a UUID)
@@ -41,7 +57,7 @@ class NetworkServer(Protocol):
     def send_multicast(self, group_id: str, fport: int, payload: bytes) -> None:
         """Queue one downlink to the multicast group (class C, sent as soon as allowed)."""
 
-    def receive(self, timeout: float) -> Uplink | None:
+    def receive(self, timeout: float) -> UplinkLike | None:
         """The next uplink, or None after `timeout` seconds of the caller's clock."""
 
     def close(self) -> None: ...

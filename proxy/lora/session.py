@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from ferry.proxy.lora import clocksync, fragmentation, multicast
 from ferry.proxy.lora.airtime import EU868_RX2_DUTY_CYCLE, EU868_RX2_FREQUENCY, downlink_airtime
 from ferry.proxy.lora.errors import FrameError, LoraError
-from ferry.proxy.lora.netserver import Clock, MulticastGroup, NetworkServer, Uplink
+from ferry.proxy.lora.netserver import Clock, MulticastGroup, NetworkServer, UplinkLike
 from ferry.proxy.lora.scheduler import DutyCycle, Plan, loss_from_status, plan, top_up_for
 
 Log = Callable[[str], None]
+TOP_UP_MAX_LOSS = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class NodeResult:
     message: str = ""
     nb_received: int = 0
     missing: int = -1
-    loss: float = 0.0
+    loss: float = 0.0  # over the fragments sent since its previous status answer
+    sent_seen: int = 0  # fragments sent at its previous answer
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Campaign:
 
     # -- uplinks ------------------------------------------------------------------
 
-    def _handle(self, up: Uplink) -> None:
+    def _handle(self, up: UplinkLike) -> None:
         eui = up.dev_eui.lower()
         if eui not in self.devices:
             return
@@ -284,7 +286,7 @@ class Campaign:
         o = self.opts
         req = fragmentation.frag_session_status_req(o.frag_index, all_participants=True)
         loss = o.loss_estimate
-        for _round in range(o.max_rounds):
+        for round_no in range(o.max_rounds + 1):
             waiting = [e for e in active if self.report.nodes[e].state == "pending"]
             if not waiting:
                 return
@@ -314,17 +316,23 @@ class Campaign:
                 if a is None:
                     worst = max(worst, node.missing if node.missing > 0 else p.m // 10 + 1)
                     continue
-                node.nb_received, node.missing = a.nb_received, a.missing
-                node.loss = loss_from_status(sent, a.nb_received)
+                # Loss over the last interval, so a node that joined late or came
+                # out of a fade is judged on what it hears now.
+                node.loss = loss_from_status(sent - node.sent_seen,
+                                             a.nb_received - node.nb_received)
+                node.nb_received, node.missing, node.sent_seen = a.nb_received, a.missing, sent
                 if a.memory_error:
                     self._fail(eui, "node reports a memory error in the fragmentation session")
                 elif a.missing == 0:
                     node.state = "complete"
                 else:
                     worst = max(worst, a.missing)
-                    loss = max(loss, node.loss)
+                    # a node losing more than half gets its rest in the next round
+                    loss = max(loss, min(node.loss, TOP_UP_MAX_LOSS))
             if worst == 0:
                 continue
+            if round_no == o.max_rounds:
+                break  # that status round only confirmed the last top-up
             extra = top_up_for(worst, loss)
             self.log(f"top-up: worst node needs {worst}, sending {extra} parity (loss {loss:.2f})")
             first = self.report.fragments_sent + 1
