@@ -101,6 +101,14 @@ class FerryInterface(ServiceInterface):
         self._cancel = threading.Event()
         self._worker: threading.Thread | None = None
 
+    @property
+    def operation(self) -> str:
+        return self._operation
+
+    @property
+    def progress(self) -> tuple[int, str, int]:
+        return self._progress
+
     # -- worker plumbing -----------------------------------------------------------
     def _busy(self) -> bool:
         return self._worker is not None and self._worker.is_alive()

@@ -1,0 +1,126 @@
+"""What ferryd does when asked over D-Bus, as plain blocking functions.
+
+The D-Bus object (dbus_service.py) calls these from worker threads; the same install
+pipeline, bootloader and transports serve the standalone CLI, so the daemon adds no
+second path through the update logic.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ferry.daemon.config import Config, TargetConfig
+from ferry.daemon.install import PRE_ACTIVATION, Context, make_context
+from ferry.daemon.install import install as run_install
+from ferry.errors import FerryError
+
+# pipeline phases (Context.report) after which the new slot may be active
+_LATE_PHASES = ("activate", "reboot")
+
+
+class UnknownTarget(FerryError):
+    pass
+
+
+class GatewayEngine:
+    """One gateway's config, journal and bootloader, shared by all D-Bus calls."""
+
+    def __init__(self, config: Config, ctx: Context | None = None) -> None:
+        self.config = config
+        self.ctx = ctx or make_context(config)
+        self._phase = ""
+        self._lock = threading.Lock()
+
+    # install --------------------------------------------------------------------
+    def install(self, source: str, *, force: bool,
+                progress: Any) -> str:
+        def report(phase: str, done: int, total: int) -> None:
+            self._phase = phase
+            progress(phase, done, total)
+
+        self._phase = "accepted"
+        self.ctx.progress = report
+        try:
+            dep_id = run_install(self.config, source, force=force, origin="dbus",
+                                 progress=report, ctx=self.ctx)
+        finally:
+            self.ctx.progress = None
+        return f"deployment {dep_id}"
+
+    def cancellable(self) -> bool:
+        """True until the bootloader may already point at the new slot."""
+        if self._phase in _LATE_PHASES:
+            return False
+        dep = self.ctx.journal.pending()
+        return dep is None or dep.state in PRE_ACTIVATION
+
+    # mark -----------------------------------------------------------------------
+    def mark(self, state: str, slot: str) -> tuple[str, str]:
+        from ferry.daemon.slots import resolve_slot
+
+        bl = self.ctx.bootloader
+        with self._lock:
+            target = resolve_slot(self.config, bl, slot or "booted")
+            if state == "good":
+                bl.mark_good(target.bootname)
+            elif state == "bad":
+                bl.mark_bad(target.bootname)
+            elif state == "active":
+                bl.activate(target.bootname)
+            else:
+                raise FerryError(f"unknown mark state {state!r}: use good, bad or active")
+        return target.name, f"marked {target.name} ({target.bootname}) {state}"
+
+    # status ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        from ferry.daemon.status import collect
+
+        return collect(self.config, journal=self.ctx.journal, bootloader=self.ctx.bootloader)
+
+    def targets(self) -> list[dict[str, Any]]:
+        from ferry.daemon.status import targets
+
+        return targets(self.config, self.ctx.journal)
+
+    # flash ----------------------------------------------------------------------
+    def _target(self, name: str) -> TargetConfig:
+        for tc in self.config.targets:
+            if tc.name == name:
+                return tc
+        known = ", ".join(t.name for t in self.config.targets) or "none configured"
+        raise UnknownTarget(f"no target named {name!r} in the config (known: {known})")
+
+    def flash(self, target: str, image: str, *, progress: Any) -> dict[str, Any]:
+        from ferry.daemon.proxyphase import make_target
+        from ferry.proxy.registry import get_transport
+
+        tc = self._target(target)
+        path = Path(image)
+        if not path.is_file():
+            raise FerryError(f"image {image} not found (give an absolute path on the gateway)")
+        transport = get_transport(tc.transport, dict(tc.options))
+        t = make_target(tc, {}, force=False)
+
+        def report(done: int, total: int, message: str) -> None:
+            progress(f"flash:{tc.name}:{message}", done, total)
+
+        with path.open("rb") as stream:
+            result = transport.flash(t, stream, progress=report)
+        return {"name": tc.name, "ok": result.ok, "version": result.version,
+                "message": result.message, "skipped": result.skipped,
+                "rolled_back": result.rolled_back}
+
+    # properties -----------------------------------------------------------------
+    def boot_slot(self) -> str:
+        try:
+            return self.ctx.bootloader.booted()
+        except FerryError:
+            return ""
+
+    def version(self) -> str:
+        try:
+            return self.config.gateway.running_version()
+        except FerryError:
+            return ""

@@ -1,0 +1,114 @@
+"""Everything `ferry status` shows, as one dict: slots, the install, targets, health.
+
+ferryd's GetStatus and the standalone CLI (``--config``) both build it here, so the
+two views of a gateway can never disagree. The shape is documented in docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ferry.daemon.bootloader import Bootloader
+from ferry.daemon.config import Config
+from ferry.daemon.journal import Journal, TargetRecord
+from ferry.errors import FerryError
+
+_RESULT = {"ok": "success", "failed": "failure", "rolled-back": "rolled-back",
+           "skipped": "skipped"}
+
+
+def latest_target_records(journal: Journal, limit: int = 20) -> dict[str, TargetRecord]:
+    """The newest journal record per target name over the last ``limit`` deployments."""
+    latest: dict[str, TargetRecord] = {}
+    for dep in reversed(journal.history(limit=limit)):
+        for record in journal.targets(dep.id):
+            latest[record.name] = record
+    return latest
+
+
+def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
+    latest = latest_target_records(journal)
+    out = []
+    for tc in config.targets:
+        rec = latest.get(tc.name)
+        out.append({
+            "name": tc.name, "transport": tc.transport, "address": tc.address,
+            "hardware_id": tc.image_id or "",
+            "version": (rec.version if rec else None) or "",
+            "last_result": _RESULT.get(rec.state, rec.state) if rec else "never",
+            "message": (rec.message if rec else None) or "",
+            "last_seen": rec.updated if rec and rec.state in ("ok", "skipped") else None,
+        })
+    return out
+
+
+def slots(config: Config, bootloader: Bootloader) -> dict[str, Any]:
+    from ferry.daemon.slots import slot_versions
+
+    versions = slot_versions(config)
+    try:
+        state = bootloader.state()
+    except FerryError as err:
+        return {"error": str(err), "slots": [
+            {"name": s.name, "bootname": s.bootname, "device": str(s.device),
+             "version": versions.get(s.name, "")} for s in config.slots]}
+    rows = []
+    for s in config.slots:
+        try:
+            bs = state.slot(s.bootname)
+        except FerryError:
+            continue
+        rows.append({
+            "name": s.name, "bootname": s.bootname, "device": str(s.device),
+            "state": bs.words, "booted": bs.booted, "primary": bs.primary, "good": bs.good,
+            "attempts_left": bs.attempts_left, "version": versions.get(s.name, ""),
+        })
+    return {"scheme": state.scheme, "booted": state.booted, "primary": state.primary,
+            "committed": not state.pending, "redundant_env": state.redundant,
+            "canary": state.canary, "slots": rows}
+
+
+def install(journal: Journal) -> dict[str, Any]:
+    pending = journal.pending()
+    latest = journal.latest()
+    return {
+        "pending": pending.as_dict() if pending else None,
+        "last": latest.as_dict() if latest else None,
+    }
+
+
+def collect(config: Config, *, journal: Journal, bootloader: Bootloader) -> dict[str, Any]:
+    from ferry.daemon import health as health_mod
+
+    slot_part = slots(config, bootloader)
+    target_rows = targets(config, journal)
+    try:
+        version = config.gateway.running_version()
+    except FerryError:
+        version = ""
+    gateway = health_mod.gateway_health(
+        booted_slot=str(slot_part.get("booted") or ""),
+        committed=bool(slot_part.get("committed", False)),
+        version=version,
+        compatible=config.gateway.compatible,
+        data_dir=config.gateway.data_dir,
+        required_units=config.health.required_units,
+        system=None if config.health.system_state else ("unknown", ()),
+    )
+    health = health_mod.Health(gateway=gateway, targets=tuple(
+        health_mod.TargetHealth(
+            name=t["name"], transport=t["transport"], address=t["address"],
+            hardware_id=t["hardware_id"], version=t["version"],
+            last_result=t["last_result"], last_seen=t["last_seen"],
+            reachable=None if t["last_result"] == "never" else t["last_result"] != "failure",
+        ) for t in target_rows))
+    return {
+        "time": time.time(),
+        "version": version,
+        "compatible": config.gateway.compatible,
+        "bootloader": slot_part,
+        "install": install(journal),
+        "targets": target_rows,
+        "health": health.as_dict(),
+    }
