@@ -26,6 +26,7 @@ from ferry.proxy.lora.scheduler import DutyCycle, Plan, loss_from_status, plan, 
 
 Log = Callable[[str], None]
 TOP_UP_MAX_LOSS = 0.5
+STATUS_ASKS = 3
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Report:
     status_rounds: int = 0
     airtime: float = 0.0
     started: float = 0.0
+    broadcast_started: float = 0.0  # SessionTime: the first fragment
     finished: float = 0.0
     nodes: dict[str, NodeResult] = field(default_factory=dict)
 
@@ -235,6 +237,7 @@ class Campaign:
         end_unix = clocksync.gps_to_unix(session.session_time) + (1 << timeout_exp)
         # (5) wait for SessionTime (+1 s for clock error), then broadcast
         self._pump_until(clocksync.gps_to_unix(session.session_time) + 1.0)
+        self.report.broadcast_started = self.clock.now()
         self._broadcast(enc, 1, p.initial, len(image), end_unix)
         # (6) status rounds and top-ups
         self._rounds(enc, active, p, len(image), end_unix)
@@ -293,9 +296,6 @@ class Campaign:
             for eui in waiting:
                 while self._take(eui, fragmentation.FragSessionStatusAns) is not None:
                     pass
-            if not self._send_group(req, end_unix):
-                break
-            self.report.status_rounds += 1
             answered: dict[str, fragmentation.FragSessionStatusAns] = {}
 
             def collect(waiting: list[str] = waiting,
@@ -307,7 +307,15 @@ class Campaign:
                         answered[eui] = a
                 return len(answered) == len(waiting)
 
-            self._pump_until(self.clock.now() + o.status_timeout, collect)
+            # A status request is a multicast frame and can be lost like any other; ask
+            # again (2 bytes, cheap) before topping up blind for a silent node.
+            for _ask in range(STATUS_ASKS):
+                if not self._send_group(req, end_unix):
+                    break
+                self.report.status_rounds += 1
+                self._pump_until(self.clock.now() + o.status_timeout, collect)
+                if len(answered) == len(waiting):
+                    break
             sent = self.report.fragments_sent
             worst = 0
             for eui in waiting:
