@@ -344,7 +344,9 @@ class DeploymentRunner:
         last: dict[str, int] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
-            pct = done * 100 // total if total else 0
+            if phase not in ("download", "write", "stage") or total <= 1:
+                return  # activate/reboot are reported by the runner itself
+            pct = done * 100 // total
             if pct // 25 > last.get(phase, -1):
                 last[phase] = pct // 25
                 self.log(f"backend: {name} {phase} {pct}%")

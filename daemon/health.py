@@ -304,7 +304,7 @@ Inspect = Any  # (TargetConfig) -> ferry.proxy.transport.TargetState | None
 
 def collect(config: Any, *, bootloader: Any = None, journal: Any = None,
             inspect: Inspect = None, system: tuple[str, tuple[str, ...]] | None = None,
-            history: int = 50) -> Health:
+            uptime_s: float | None = None, history: int = 50) -> Health:
     """The combined picture from the config, the bootloader, the journal and, when
     ``inspect`` is given, a live look at each target. A part that cannot be read
     leaves its field empty instead of failing the whole status."""
@@ -325,7 +325,8 @@ def collect(config: Any, *, bootloader: Any = None, journal: Any = None,
     gw = gateway_health(booted_slot=booted, committed=committed, version=version,
                         compatible=config.gateway.compatible,
                         data_dir=config.gateway.data_dir,
-                        required_units=config.health.required_units, system=system)
+                        required_units=config.health.required_units, system=system,
+                        uptime_s=uptime_s)
     last: dict[str, Any] = {}
     if journal is not None:
         for dep in journal.history(limit=history):  # newest first

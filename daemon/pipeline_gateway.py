@@ -27,7 +27,10 @@ _OK_STATES = ("ok", "skipped")
 class PipelineGateway:
     def __init__(self, config: Config, *, reboot: Callable[[], None] | None = None,
                  boot_id: Callable[[], str] | None = None, immediate_reboot: bool = False,
-                 inspect: Any = None, journal: Journal | None = None) -> None:
+                 inspect: Any = None, journal: Journal | None = None,
+                 progress: Callable[[str, int, int], None] | None = None,
+                 system: tuple[str, tuple[str, ...]] | None = None,
+                 uptime: Callable[[], float] | None = None) -> None:
         from ferry.daemon.install import make_context
 
         self.config = config
@@ -39,6 +42,10 @@ class PipelineGateway:
             self.ctx.boot_id = boot_id
         self.immediate_reboot = immediate_reboot
         self.inspect = inspect
+        self.progress = progress  # boot check and proxy phase progress (flash:<name>:...)
+        self.system = system if system is not None else (
+            None if config.health.system_state else ("unknown", ()))
+        self.uptime = uptime
 
     def installed_version(self) -> str:
         return self.config.gateway.running_version()
@@ -53,12 +60,17 @@ class PipelineGateway:
                 progress: Callable[[str, int, int], None]) -> InstallReport:
         from ferry.daemon.install import install
 
-        self.ctx.progress = progress
+        def both(phase: str, done: int, total: int) -> None:
+            progress(phase, done, total)
+            if self.progress is not None:
+                self.progress(phase, done, total)
+
+        self.ctx.progress = both
         try:
             dep_id = install(self.config, source, origin="ddi", external_id=action_id,
                              ctx=self.ctx)
         finally:
-            self.ctx.progress = None
+            self.ctx.progress = self.progress
         dep = self.journal.get(dep_id)
         if dep.result is not None:
             return InstallReport(dep.version or "", False, self.outcome(dep))
@@ -100,4 +112,6 @@ class PipelineGateway:
 
     def health(self) -> health_mod.Health:
         return health_mod.collect(self.config, bootloader=self.ctx.bootloader,
-                                  journal=self.journal, inspect=self.inspect)
+                                  journal=self.journal, inspect=self.inspect,
+                                  system=self.system,
+                                  uptime_s=self.uptime() if self.uptime else None)

@@ -181,6 +181,7 @@ class SimGateway:
     keyring: Path | None = None
     on_boot: Callable[[str, dict[str, str]], None] | None = None
     boots: int = 0
+    booted_at: float = 0.0
 
     # -- paths ------------------------------------------------------------------------
 
@@ -286,6 +287,7 @@ class SimGateway:
         counter), the "kernel" gets ferry.slot=<x>, the rootfs in it decides the rest."""
         slot = uboot_boot(self.env_path, ["A", "B"], attempts=self.attempts)
         self.boots += 1
+        self.booted_at = time.monotonic()
         rootfs = read_rootfs(self.slot_path(slot))
         (self.root / "proc" / "cmdline").write_text(
             f"console=ttyS0 root=/dev/mmcblk0p{1 if slot == 'A' else 2} ferry.slot={slot} "
@@ -302,6 +304,9 @@ class SimGateway:
         if self.on_boot is not None:
             self.on_boot(slot, rootfs)
         return slot
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.booted_at if self.booted_at else 0.0
 
     def reboot(self) -> None:
         """What ferry's reboot does here: the machine comes back up at once."""

@@ -1,0 +1,397 @@
+"""``ferry demo [--keep] [--fail health] [--real-uboot]``: the whole story in a few minutes.
+
+In a temp dir: goosebit (a real DDI server) on 127.0.0.1, a simulated gateway (file
+slots A/B, a U-Boot env file, a simulated bootloader), a simulated UART MCU on a pty;
+a signed version-2 bundle with a new rootfs and new MCU firmware is built, uploaded
+and assigned in goosebit, and the gateway side (the DDI runner over the real install
+pipeline, boot check and proxy phase) takes it to the end. It ends with ``ferry
+status`` beside goosebit's view of the device. Exit code 0 means the story ended as
+it should (committed and flashed; with ``--fail health``: rolled back and reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferry.daemon.cli import exitcodes
+from ferry.errors import FerryError
+
+COMPATIBLE = "ferry-demo-gw"
+CONTROLLER_ID = "ferry-demo-gw-1"
+OLD_VERSION, NEW_VERSION = "1.0.0", "2.0.0"
+MCU_OLD, MCU_NEW = (1, 0, 0, 0), (1, 4, 0, 0)
+STEPS = 7
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "demo",
+        help="run the whole story locally: goosebit, a simulated gateway and MCU, one update",
+        description="Start goosebit (a hawkBit-DDI server) on 127.0.0.1, a simulated gateway "
+        "with A/B slots and a simulated UART MCU, build a signed version-2 bundle with a new "
+        "rootfs and new MCU firmware, assign it in goosebit and let ferry install it, reboot, "
+        "check health, commit, flash the MCU and report. Everything lives in one temp dir.",
+    )
+    p.add_argument("--keep", action="store_true",
+                   help="leave goosebit, the gateway and the MCU running and say how to "
+                   "explore them (Ctrl-C stops)")
+    p.add_argument("--fail", choices=["health"],
+                   help="'health': the new rootfs fails its health check, so the gateway "
+                   "rolls back to the old slot and goosebit shows the failure with its reason")
+    p.add_argument("--real-uboot", action="store_true",
+                   help="boot through the real U-Boot in QEMU when it is installed")
+    p.add_argument("--dir", metavar="DIR", help="work here instead of a new temp dir")
+    p.add_argument("--port", type=int, default=0,
+                   help="goosebit's port on 127.0.0.1 (default: a free one)")
+    p.set_defaults(func=run)
+
+
+class Display:
+    """Numbered steps and indented detail lines, with elapsed seconds, for a console."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.t0 = time.monotonic()
+        self.lock = threading.Lock()
+
+    def _out(self, text: str) -> None:
+        with self.lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def step(self, n: int, text: str) -> None:
+        self._out(f"\n[{n}/{STEPS}] {text}")
+
+    def info(self, text: str) -> None:
+        self._out(f"  {time.monotonic() - self.t0:6.1f}s  {text}")
+
+    def note(self, text: str) -> None:
+        self._out(f"          ! {text}")
+
+
+@dataclass
+class Demo:
+    args: argparse.Namespace
+    ui: Display
+    workdir: Path
+    cleanup: list[Any] = field(default_factory=list)
+    mcu: Any = None
+    goosebit: Any = None
+    gateway: Any = None
+    pipeline: Any = None
+    runner: Any = None
+    bundle: Path | None = None
+    progress_seen: dict[str, int] = field(default_factory=dict)
+
+    # -- the story --------------------------------------------------------------------
+
+    def run(self) -> int:
+        a = self.args
+        self.ui.info(f"working in {self.workdir}")
+        if a.real_uboot:
+            self._real_uboot_note()
+        self._start_goosebit()
+        self._start_targets()
+        self._start_gateway()
+        self._build_bundle()
+        self._assign()
+        outcome = self._deploy()
+        ok = self._ending(outcome)
+        if a.keep:
+            self._keep()
+        return exitcodes.OK if ok else exitcodes.FAILED
+
+    def _real_uboot_note(self) -> None:
+        qemu = shutil.which("qemu-system-aarch64")
+        uboot = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+        missing = [n for n, ok in (("qemu-system-aarch64 (bookworm-backports)", qemu),
+                                   ("u-boot-qemu", uboot.exists())) if not ok]
+        if missing:
+            self.ui.note(f"--real-uboot needs {' and '.join(missing)}: apt-get install -t "
+                         "bookworm-backports qemu-system-arm; apt-get install u-boot-qemu. "
+                         "Going on with the simulated bootloader.")
+        else:
+            self.ui.note("--real-uboot: QEMU and U-Boot are installed, but the demo does not "
+                         "boot them yet (the real U-Boot runs ferry's boot script in "
+                         "tests/system); going on with the simulated bootloader, which "
+                         "applies the same bootchooser logic.")
+
+    def _start_goosebit(self) -> None:
+        from ferry.sim.goosebit import Goosebit
+
+        self.ui.step(1, "backend: goosebit, a hawkBit-DDI server (PyPI), on 127.0.0.1")
+        gb = Goosebit(self.workdir / "goosebit", port=self.args.port)
+        gb.start()
+        self.goosebit = gb
+        self.cleanup.append(gb.stop)
+        self.ui.info(f"goosebit is up at {gb.url} (state and log in {gb.state_dir})")
+
+    def _start_targets(self) -> None:
+        self.ui.step(2, "targets: simulated devices behind the gateway")
+        try:
+            from ferry.sim.mcu import McuConfig, SimMcu
+            from ferry.sim.mcu import image as mcu_image
+        except ImportError as exc:
+            self.ui.note(f"the simulated UART MCU is not available ({exc}); going on without "
+                         "targets")
+            return
+        running = mcu_image.build(MCU_OLD, b"demo firmware 1.0.0\n" * 400)
+        mcu = SimMcu(McuConfig(baud=115200), running=running).start()
+        self.mcu = mcu
+        self.cleanup.append(mcu.stop)
+        self.ui.info(f"UART MCU 'mcu0' (SMP over serial, MCUboot) on {mcu.port} at 115200 "
+                     "baud, running firmware 1.0.0")
+
+    def _start_gateway(self) -> None:
+        from ferry.daemon import ddi
+        from ferry.daemon.backend import DeploymentRunner
+        from ferry.daemon.bootloader import make_bootloader
+        from ferry.daemon.config import load_config
+        from ferry.daemon.health import transport_inspect
+        from ferry.daemon.pipeline_gateway import PipelineGateway
+        from ferry.packaging.devpki import write_dev_pki
+        from ferry.sim.gateway import SimGateway, TargetEntry
+
+        self.ui.step(3, "gateway: simulated A/B slots, U-Boot env, bootloader; ferry on top")
+        pki = write_dev_pki(self.workdir / "pki")
+        targets = []
+        if self.mcu is not None:
+            targets.append(TargetEntry("mcu0", "smp-serial", self.mcu.port, baud=115200))
+        gw_root = self.workdir / "gateway"
+
+        def on_boot(slot: str, rootfs: dict[str, str]) -> None:
+            health = rootfs.get("health", "?")
+            self.ui.info(f"gateway boots: U-Boot picks slot {slot}, rootfs version "
+                         f"{rootfs.get('version', '?')}")
+            if health == "ok":
+                # what ferry-mark-good.service does after boot-complete.target on a real
+                # gateway: only a rootfs whose own health gate passes gets there
+                make_bootloader(load_config(gw_root / "ferry.toml"), warn=False).mark_good(slot)
+
+        gw = SimGateway(gw_root, compatible=COMPATIBLE, keyring=pki.ca_cert,
+                        backend_url=self.goosebit.url, controller_id=CONTROLLER_ID,
+                        targets=targets, on_boot=on_boot)
+        self.gateway = gw
+        gw.create(OLD_VERSION)
+        os.environ["FERRY_BOOT_ID_PATH"] = str(gw.boot_id_path)
+        config = load_config(gw.config_path)
+
+        def inspect(tc: Any) -> Any:
+            return transport_inspect(tc)
+
+        self.pipeline = PipelineGateway(config, reboot=self._reboot, boot_id=gw.boot_id,
+                                        immediate_reboot=True, inspect=inspect,
+                                        progress=self._progress, system=("running", ()),
+                                        uptime=gw.uptime)
+        client = ddi.DdiClient(ddi.DdiSettings.from_config(config.backend))
+        self.runner = DeploymentRunner(client, self.pipeline, config.gateway.data_dir,
+                                       log=lambda m: None)
+        self.ui.info(f"gateway '{CONTROLLER_ID}' ({COMPATIBLE}) runs {OLD_VERSION} from slot "
+                     f"A; config {gw.config_path}")
+        res = self.runner.step()
+        self.ui.info(f"first DDI poll: goosebit registered the gateway; combined health sent "
+                     f"as configData; next poll in {res.sleep:.0f}s")
+
+    def _reboot(self) -> None:
+        self.ui.info("ferry asks for a reboot")
+        self.gateway.reboot()
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        if total <= 1 and phase not in ("activate", "reboot"):
+            return
+        if phase in ("activate", "reboot"):
+            if done == 0 and phase == "activate":
+                self.ui.info("slot written; one atomic U-Boot env write makes it the next "
+                             "boot's choice")
+            return
+        pct = done * 100 // total if total else 100
+        bucket = pct // 25
+        if self.progress_seen.get(phase, -1) >= bucket:
+            return
+        self.progress_seen[phase] = bucket
+        if phase.startswith("flash:"):
+            _, name, what = (phase.split(":", 2) + ["", ""])[:3]
+            self.ui.info(f"{name}: {what or 'flash'} {pct}% ({done}/{total})")
+        else:
+            word = {"write": "writing the inactive slot", "stage": "staging target firmware",
+                    "download": "downloading"}.get(phase, phase)
+            self.ui.info(f"{word}: {pct}%")
+
+    def _build_bundle(self) -> None:
+        from ferry.packaging.description import TargetSpec
+        from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+        from ferry.sim.gateway import rootfs_image
+
+        fail = self.args.fail == "health"
+        self.ui.step(4, f"bundle: version {NEW_VERSION}, new rootfs"
+                     + (" (built to FAIL its health check)" if fail else "")
+                     + (" + MCU firmware 1.4.0" if self.mcu is not None else ""))
+        out = self.workdir / "bundles"
+        out.mkdir(exist_ok=True)
+        rootfs = rootfs_image(out / f"rootfs-{NEW_VERSION}.img", NEW_VERSION,
+                              healthy=not fail,
+                              reason="app.service: failed to start (config schema v3 "
+                                     "unknown to this build)")
+        images = [ImageInput(rootfs, "zstd")]
+        if self.mcu is not None:
+            from ferry.sim.mcu import image as mcu_image
+
+            fw = out / "mcu0-1.4.0.bin"
+            fw.write_bytes(mcu_image.build(MCU_NEW, b"demo firmware 1.4.0\n" * 600))
+            images.append(ImageInput(fw, None, TargetSpec("smp-serial", "mcu0", "mcuboot",
+                                                          "1.4.0")))
+        pki = self.workdir / "pki"
+        signing = load_signing_key(pki / "signer.key", pki / "signer.pem")
+        self.bundle = out / f"ferry-demo-{NEW_VERSION}.swu"
+        create_bundle(self.bundle, signing=signing, version=NEW_VERSION,
+                      compatible=[COMPATIBLE], images=images)
+        self.ui.info(f"signed with the dev PKI in {pki}: {self.bundle} "
+                     f"({self.bundle.stat().st_size // 1024} KiB)")
+
+    def _assign(self) -> None:
+        assert self.bundle is not None
+        self.ui.step(5, "operator: upload the bundle to goosebit and assign it to the gateway")
+        sw = self.goosebit.upload(self.bundle)
+        self.goosebit.assign(CONTROLLER_ID, sw)
+        self.ui.info(f"PUT /api/v1/software -> software {sw}; PATCH /api/v1/devices "
+                     f"assigns it to {CONTROLLER_ID}")
+
+    def _deploy(self) -> Any:
+        self.ui.step(6, "gateway: poll, download, verify, install, reboot, health check, "
+                     "commit, flash targets, report")
+        last = None
+        for _ in range(20):
+            res = self.runner.step()
+            if res.event == "idle":
+                time.sleep(min(res.sleep, 1.0))
+                continue
+            words = {"rebooting": "new slot activated; rebooting",
+                     "finished": f"action {res.action_id} closed: {res.detail}",
+                     "waiting": res.detail}
+            self.ui.info(words.get(res.event, f"{res.event} {res.detail}"))
+            last = res
+            if res.event == "finished":
+                break
+        return last
+
+    def _ending(self, last: Any) -> bool:
+        from ferry.daemon.health import render_text
+
+        self.ui.step(7, "the outcome: ferry status (combined health) beside goosebit's view")
+        health = self.pipeline.health()
+        left = ["ferry status", "------------", *render_text(health).splitlines()]
+        dev = self.goosebit.device(CONTROLLER_ID)
+        log = self.goosebit.log(CONTROLLER_ID).strip().splitlines()
+        right = ["goosebit: device " + CONTROLLER_ID, "-" * (17 + len(CONTROLLER_ID)),
+                 f"state:      {dev.get('last_state')}",
+                 f"sw_version: {dev.get('sw_version')}",
+                 f"assigned:   {(dev.get('assigned_software') or {}).get('version')}",
+                 f"progress:   {dev.get('progress')}",
+                 f"hardware:   {(dev.get('hardware') or {}).get('revision')}",
+                 "action log:", *[f"  {line}" for line in log[-8:]]]
+        width = shutil.get_terminal_size((80, 24)).columns
+        colw = max(len(x) for x in left) + 3
+        if width >= colw + max(len(x) for x in right):
+            for i in range(max(len(left), len(right))):
+                lt = left[i] if i < len(left) else ""
+                rt = right[i] if i < len(right) else ""
+                print(lt.ljust(colw) + rt)
+        else:
+            print("\n".join(left))
+            print()
+            print("\n".join(right))
+        g = health.gateway
+        mcu = next((t for t in health.targets if t.name == "mcu0"), None)
+        if self.args.fail == "health":
+            ok = (last is not None and last.detail == "failure" and g.booted_slot == "A"
+                  and g.version == OLD_VERSION and dev.get("last_state") == "Error")
+            story = ("the new rootfs failed its health check: the gateway rolled back to "
+                     f"slot A ({OLD_VERSION}), the MCU was left alone, and goosebit shows "
+                     "the failure with its reason")
+        else:
+            ok = (last is not None and last.detail == "success" and g.booted_slot == "B"
+                  and g.committed and g.version == NEW_VERSION
+                  and dev.get("last_state") == "Finished"
+                  and (mcu is None or mcu.version.startswith("1.4")))
+            story = (f"the gateway runs {NEW_VERSION} from slot B, committed"
+                     + (", and mcu0 runs firmware 1.4.0" if mcu is not None else "")
+                     + "; goosebit shows the deployment finished")
+        print()
+        print(("DEMO OK: " + story) if ok else "DEMO FAILED: the story did not end as "
+              "expected; see the lines above and the logs in " + str(self.workdir))
+        return ok
+
+    def _keep(self) -> None:
+        gw = self.gateway
+        cfg = gw.config_path
+        print(f"""
+Everything keeps running (Ctrl-C stops it). To explore:
+  goosebit UI:     {self.goosebit.url}/ui  (user {_admin()[0]}, password {_admin()[1]})
+  ferry status:    FERRY_BOOT_ID_PATH={gw.boot_id_path} ferry --config {cfg} status
+  ferry history:   ferry --config {cfg} history
+  boot log:        {gw.root / 'boot.log'}
+  goosebit log:    {self.goosebit.log_path}
+  U-Boot env:      fw_printenv -c {gw.root / 'fw_env.config'}
+  the MCU:         {self.mcu.port if self.mcu else '(none)'} (smp-serial, 115200 baud)
+The gateway keeps polling goosebit: assign another bundle there and watch it install.""")
+        stop = threading.Event()
+        t = threading.Thread(target=self.runner.run, args=(stop,), daemon=True)
+        t.start()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\nstopping")
+        finally:
+            stop.set()
+
+
+def _admin() -> tuple[str, str]:
+    from ferry.sim.goosebit import ADMIN
+
+    return ADMIN
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dir:
+        workdir = Path(args.dir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        if any(workdir.iterdir()):
+            raise DemoError(f"{workdir} is not empty; give an empty or new directory")
+        temp = False
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="ferry-demo-"))
+        temp = True
+    ui = Display()
+    print("ferry demo: one bundle, from the operator's click to every device behind the "
+          "gateway" + (" (with a failing health check)" if args.fail else ""))
+    demo = Demo(args, ui, workdir)
+    try:
+        return demo.run()
+    except FerryError as exc:
+        print(f"\nferry demo: {exc}", file=sys.stderr)
+        print(f"ferry demo: files and logs are in {workdir}", file=sys.stderr)
+        temp = False
+        return exitcodes.FAILED
+    finally:
+        for fn in reversed(demo.cleanup):
+            try:
+                fn()
+            except Exception as exc:  # cleanup goes on whatever one part says
+                print(f"ferry demo: cleanup: {exc}", file=sys.stderr)
+        os.environ.pop("FERRY_BOOT_ID_PATH", None)
+        if temp and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class DemoError(FerryError):
+    exit_code = exitcodes.USAGE
