@@ -128,7 +128,32 @@ def simulate(image: bytes, profiles: list[NodeProfile], *, loss: float = 0.0, se
     )
 
 
+def _run_bridge(args: argparse.Namespace) -> int:
+    """Serve a Zigbee2MQTT stand-in with ``--nodes`` devices until interrupted."""
+    import time
+    from pathlib import Path
+
+    from ferry.sim.zigbee.z2m_bridge import BridgeDevice, FakeZigbee2Mqtt
+
+    host, _, port = args.z2m.rpartition(":")
+    data = Path(args.z2m_data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    devices = [BridgeDevice(f"0x00124b00{0x100000 + i:08x}", f"sensor_{i}", 0x1234, 0x0001,
+                            0x00010000) for i in range(args.nodes)]
+    bridge = FakeZigbee2Mqtt(host or "127.0.0.1", int(port), data, devices, step_delay_s=0.5)
+    print(f"simulated Zigbee2MQTT with {len(devices)} nodes (manufacturer 0x1234, image type "
+          f"0x0001, version 0x00010000) on {args.z2m}, data dir {data}; Ctrl-C stops",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        bridge.close()
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.z2m:
+        return _run_bridge(args)
     image = make_image(args.image_size)
     profiles = make_profiles(args.nodes, manufacturer_code=0x1234, image_type=0x0001,
                              file_version=0x00010000, seed=args.seed, others=args.others)
@@ -160,6 +185,10 @@ def register(sub: Any) -> None:
     p.add_argument("--min-block-period", type=int, default=0, metavar="MS")
     p.add_argument("--max-concurrent", type=int, default=16)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--z2m", metavar="HOST:PORT",
+                   help="instead: act as Zigbee2MQTT on this MQTT broker, for ferry flash zigbee")
+    p.add_argument("--z2m-data-dir", metavar="DIR", default="./z2m-data",
+                   help="with --z2m: the data directory ferry stages images in")
     p.set_defaults(func=_run)
 
 

@@ -194,3 +194,22 @@ def test_unreachable_broker_is_a_clear_failure(tmp_path: Path) -> None:
     assert not state.reachable and "cannot reach the MQTT broker" in state.detail["error"]
     res = transport.flash(_target(A), io.BytesIO(_image(2)), progress=lambda *a: None)
     assert not res.ok and "cannot reach the MQTT broker" in res.message
+
+
+def test_ferry_flash_zigbee_command(z2m, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from ferry.daemon.cli.main import main
+
+    bridge, opts = z2m
+    img = tmp_path / "fw.ota"
+    img.write_bytes(_image(0x00030000))
+    rc = main(["--json", "flash", "zigbee", "hall_sensor", str(img), "--mqtt",
+               f"127.0.0.1:{opts['mqtt_port']}", "--z2m-data-dir", opts["z2m_data_dir"],
+               "--manufacturer", "0x1234"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["ok"] and out["version"] == "0x00030000", out
+    assert bridge.devices[B].file_version == 0x00030000
+    rc = main(["--json", "flash", "zigbee", "hall_sensor", str(img), "--mqtt",
+               f"127.0.0.1:{opts['mqtt_port']}", "--z2m-data-dir", opts["z2m_data_dir"],
+               "--image-type", "0x0002"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not out["ok"] and "image type" in out["message"]

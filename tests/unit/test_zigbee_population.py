@@ -71,3 +71,14 @@ def test_min_block_period_bounds_a_single_node_from_below() -> None:
     blocks = math.ceil(len(image) / 50)
     assert res.seconds >= (blocks - 1) * 0.25
     assert res.seconds < blocks * 0.25 + 60  # pacing, not timeouts, sets the pace
+
+
+def test_ferry_sim_zigbee_command(capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from ferry.daemon.cli.main import main
+
+    rc = main(["--json", "sim", "zigbee", "--nodes", "12", "--others", "2",
+               "--image-size", "3000", "--loss", "0.05"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["updated"] == out["nodes"] == 12 and out["all_done"]
