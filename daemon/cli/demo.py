@@ -219,7 +219,7 @@ class Demo:
             return
         self.progress_seen[phase] = bucket
         if phase.startswith("flash:"):
-            _, name, what = (phase.split(":", 2) + ["", ""])[:3]
+            _, name, what = [*phase.split(":", 2), "", ""][:3]
             self.ui.info(f"{name}: {what or 'flash'} {pct}% ({done}/{total})")
         else:
             word = {"write": "writing the inactive slot", "stage": "staging target firmware",
