@@ -55,7 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        _add_json(command)
     return parser
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    """``--json`` is accepted after the command too (``ferry status --json``)."""
+    if "--json" not in parser._option_string_actions:
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                            help="machine-readable output (see docs/cli.md)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_json(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,94 @@
+"""``ferry devices``: every device behind the gateway with its version and last result.
+
+From ferryd when it runs; with ``--config`` standalone, from the config and the
+journal, plus whatever each transport can discover on its own (Zigbee or LoRa nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ferry.daemon.cli import exitcodes
+
+COLUMNS = (("name", 16), ("transport", 10), ("address", 20), ("version", 10),
+           ("last_result", 12))
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "devices", help="list the devices behind the gateway (MCUs, radio nodes)",
+        description="List configured targets with their firmware version and the result of "
+        "their last update. With --config (no ferryd needed) also asks each transport to "
+        "discover devices (Zigbee and LoRa nodes).")
+    p.add_argument("--discover", action="store_true",
+                   help="with --config: also probe each configured transport for devices")
+    p.set_defaults(func=run)
+
+
+def _standalone(config_path: str, discover: bool) -> list[dict[str, Any]]:
+    from ferry.daemon.config import load_config
+    from ferry.daemon.journal import Journal
+    from ferry.daemon.status import targets
+
+    config = load_config(config_path)
+    journal = Journal.open(config.gateway.data_dir)
+    try:
+        rows = targets(config, journal)
+    finally:
+        journal.close()
+    if discover:
+        from ferry.errors import FerryError
+        from ferry.proxy.registry import get_transport
+
+        known = {r["name"] for r in rows}
+        for name in sorted({t.transport for t in config.targets}):
+            opts: dict[str, Any] = {}
+            for t in config.targets:
+                if t.transport == name:
+                    opts.update(t.options)
+            try:
+                found = get_transport(name, opts).discover()
+            except (FerryError, OSError) as err:
+                print(f"ferry devices: {name}: discovery failed: {err}", file=sys.stderr)
+                continue
+            for tgt in found:
+                if tgt.name not in known:
+                    rows.append({"name": tgt.name, "transport": tgt.transport,
+                                 "address": tgt.address, "hardware_id": tgt.hardware_id,
+                                 "version": tgt.options.get("version", ""),
+                                 "last_result": "discovered", "message": "",
+                                 "last_seen": None})
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no devices configured ([[target]] in ferry.toml)"
+    head = " ".join(title.upper().replace("_", " ").ljust(w) for title, w in COLUMNS)
+    lines = [head.rstrip()]
+    for r in rows:
+        cells = []
+        for key, width in COLUMNS:
+            text = str(r.get(key) or "-")
+            cells.append((text[: width - 1] + "~" if len(text) > width else text).ljust(width))
+        lines.append(" ".join(cells).rstrip())
+        if r.get("last_result") in ("failure", "failed", "rolled-back") and r.get("message"):
+            lines.append(f"  ! {r['message'][:76]}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config:
+        rows = _standalone(args.config, args.discover)
+    else:
+        from ferry.daemon import client
+
+        rows = client.list_targets()
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
+    else:
+        print(render(rows))
+    return exitcodes.OK
