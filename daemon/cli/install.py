@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.source and not args.resume:
         print("ferry install: give a bundle path or URL, or --resume", file=sys.stderr)
         return exitcodes.USAGE
+    if not args.config and not args.resume:
+        return run_via_ferryd(args)
     config = load_config(args.config or DEFAULT_PATH)
     bars: dict[str, ProgressBar] = {}
     quiet = bool(getattr(args, "json", False))
@@ -75,6 +77,45 @@ def run(args: argparse.Namespace) -> int:
     if dep.result in ("failure", "rolled-back", "cancelled"):
         return exitcodes.FAILED
     return exitcodes.OK
+
+
+def run_via_ferryd(args: argparse.Namespace) -> int:
+    """Hand the install to ferryd and follow its Progress; Ctrl-C detaches only."""
+    import os
+
+    from ferry.daemon import client
+
+    source = args.source
+    if "://" not in source:
+        source = os.path.abspath(source)  # ferryd's working directory is not ours
+    bars: dict[str, ProgressBar] = {}
+    quiet = bool(getattr(args, "json", False))
+
+    def progress(pct: int, phase: str, depth: int) -> None:
+        if quiet or phase in ("", "installing", "done", "failed", "cancelled"):
+            return
+        bar = bars.get(phase)
+        if bar is None:
+            bar = bars[phase] = ProgressBar(PHASE_WORDS.get(phase, phase), 100)
+        bar.update(pct)
+
+    try:
+        result, error = client.install(source, force=args.force, on_progress=progress)
+    except KeyboardInterrupt:
+        print("\nferry: detached; the install goes on in ferryd. Follow it with "
+              "'ferry status', stop it with 'ferry cancel'.", file=sys.stderr)
+        return exitcodes.INTERRUPTED
+    outcome = {0: "ok", 1: "failed", 2: "cancelled"}.get(result, str(result))
+    if quiet:
+        import json
+
+        print(json.dumps({"result": outcome, "error": error}))
+    elif result == 0:
+        print("ferry: installed; the gateway reboots into the new slot, then checks "
+              "health and commits (see 'ferry status')")
+    else:
+        print(f"ferry: install {outcome}: {error}", file=sys.stderr)
+    return {0: exitcodes.OK, 2: exitcodes.CANCELLED}.get(result, exitcodes.FAILED)
 
 
 def describe(dep: Any) -> str:
