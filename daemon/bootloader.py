@@ -84,6 +84,20 @@ class EnvBootloader:
     def booted(self) -> str:
         return booted_slot(self.config).bootname
 
+    # The scheme classes implement these; declared here so every EnvBootloader is a
+    # Bootloader to the type checker.
+    def activate(self, bootname: str) -> None:
+        raise NotImplementedError
+
+    def mark_good(self, bootname: str) -> None:
+        raise NotImplementedError
+
+    def mark_bad(self, bootname: str) -> None:
+        raise NotImplementedError
+
+    def state(self) -> BootState:
+        raise NotImplementedError
+
     def _booted_or_none(self) -> str | None:
         try:
             return self.booted()

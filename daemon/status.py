@@ -62,11 +62,19 @@ def slots(config: Config, bootloader: Bootloader) -> dict[str, Any]:
         rows.append({
             "name": s.name, "bootname": s.bootname, "device": str(s.device),
             "state": bs.words, "booted": bs.booted, "primary": bs.primary, "good": bs.good,
-            "attempts_left": bs.attempts_left, "version": versions.get(s.name, ""),
+            "attempts_left": bs.attempts_left,
+            "version": versions.get(s.name, "") or (_running(config) if bs.booted else ""),
         })
     return {"scheme": state.scheme, "booted": state.booted, "primary": state.primary,
             "committed": not state.pending, "redundant_env": state.redundant,
             "canary": state.canary, "slots": rows}
+
+
+def _running(config: Config) -> str:
+    try:
+        return config.gateway.running_version()
+    except FerryError:
+        return ""
 
 
 def install(journal: Journal) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""``ferry mark good|bad|active [booted|other|SLOT]``: tell the bootloader about a slot.
+
+As ``rauc status mark-*``: *good* keeps a slot (the commit after a healthy boot), *bad*
+takes it out of the boot order, *active* makes it the one to boot next. With
+``--config`` it works standalone, straight on the U-Boot env (serialised with ferryd and
+fw_setenv by the env lock); without, it asks ferryd over D-Bus and falls back to the
+default config when ferryd is not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ferry.daemon.cli import exitcodes
+
+STATES = ("good", "bad", "active")
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "mark",
+        help="mark a slot good, bad or active (booted, other or a slot name)",
+        description="Mark a rootfs slot: good (keep it; the commit after a healthy boot), "
+        "bad (drop it from the boot order) or active (boot it next, with fresh attempts).",
+    )
+    p.add_argument("state", choices=STATES)
+    p.add_argument("slot", nargs="?", default="booted",
+                   help="booted (default), other, or a slot name (rootfs.1) or boot name (B)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def mark_standalone(config_path: str, state: str, which: str) -> tuple[str, str]:
+    """Mark without ferryd; returns (slot name, message)."""
+    from ferry.daemon.bootloader import make_bootloader
+    from ferry.daemon.config import load_config
+    from ferry.daemon.slots import resolve_slot
+
+    config = load_config(config_path)
+    bl = make_bootloader(config)
+    slot = resolve_slot(config, bl, which)
+    if state == "good":
+        bl.mark_good(slot.bootname)
+    elif state == "bad":
+        bl.mark_bad(slot.bootname)
+    else:
+        bl.activate(slot.bootname)
+    return slot.name, f"marked {slot.name} ({slot.bootname}) {state}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ferry.daemon.config import DEFAULT_PATH
+
+    if args.config:
+        name, message = mark_standalone(args.config, args.state, args.slot)
+    else:
+        from ferry.daemon import client
+
+        try:
+            name, message = client.mark(args.state, args.slot)
+        except client.DaemonUnavailable:
+            if not DEFAULT_PATH.exists():
+                raise
+            print("ferry: ferryd is not running; marking directly", file=sys.stderr)
+            name, message = mark_standalone(str(DEFAULT_PATH), args.state, args.slot)
+    if getattr(args, "json", False):
+        print(json.dumps({"slot": name, "state": args.state, "message": message}))
+    else:
+        print(message)
+    return exitcodes.OK

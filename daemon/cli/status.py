@@ -1,0 +1,146 @@
+"""``ferry status [--json]``: the gateway at a glance.
+
+The status is a dict of sections (``slots``/``bootloader``, ``install``, ``targets``,
+``health``, ...). ferryd and the standalone path (``--config``) build the same dict
+(ferry.daemon.status); here each section has a text renderer in ``RENDERERS``, so a
+new section only needs a renderer added there (unknown sections print as key: value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ferry.daemon.cli import exitcodes
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "status",
+        help="show slots, the running install, targets and health",
+        description="Show the gateway: each rootfs slot (boot name, device, state, attempts "
+        "left, installed version), the install in progress, targets and health.",
+    )
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def collect_standalone(config_path: str) -> dict[str, Any]:
+    """The status without ferryd: the same dict ferryd's GetStatus returns."""
+    from ferry.daemon.bootloader import make_bootloader
+    from ferry.daemon.config import load_config
+    from ferry.daemon.status import slots
+
+    config = load_config(config_path)
+    bl = make_bootloader(config, warn=False)
+    status: dict[str, Any] = {
+        "version": _running_version(config),
+        "compatible": config.gateway.compatible,
+        "bootloader": slots(config, bl),
+    }
+    try:
+        from ferry.daemon.journal import Journal
+        from ferry.daemon.status import collect
+
+        if (config.gateway.data_dir / "journal.db").exists():
+            status = collect(config, journal=Journal.open(config.gateway.data_dir),
+                             bootloader=bl)
+    except ImportError:  # pragma: no cover - the journal is part of ferry
+        pass
+    return status
+
+
+def _running_version(config: Any) -> str:
+    from ferry.errors import FerryError
+
+    try:
+        return str(config.gateway.running_version())
+    except FerryError:
+        return ""
+
+
+# --- text ---------------------------------------------------------------------------
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
+
+
+def render_bootloader(section: dict[str, Any]) -> list[str]:
+    out = []
+    if section.get("error"):
+        out.append(f"bootloader: {section['error']}")
+    else:
+        env = "redundant" if section.get("redundant_env") else "SINGLE COPY (not power-safe)"
+        trial = "committed" if section.get("committed") else f"trying {section.get('primary')}"
+        canary = "" if section.get("canary") else ", canary missing (U-Boot has not saved yet)"
+        out.append(f"bootloader: {section.get('scheme')}, env {env}, {trial}{canary}")
+    rows = [["SLOT", "BOOT", "DEVICE", "STATE", "ATTEMPTS", "VERSION"]]
+    for s in section.get("slots", []):
+        left = s.get("attempts_left")
+        rows.append([
+            s.get("name", ""), s.get("bootname", ""), s.get("device", ""),
+            " ".join(s.get("state", [])) or "?",
+            "-" if left is None else str(left), s.get("version", "") or "-",
+        ])
+    out.extend(_table(rows))
+    return out
+
+
+def render_generic(name: str, value: Any) -> list[str]:
+    if isinstance(value, dict):
+        if not value:
+            return [f"{name}: -"]
+        inner = ", ".join(f"{k}={v}" for k, v in value.items()
+                          if not isinstance(v, dict | list))
+        return [f"{name}: {inner or '...'}"]
+    if isinstance(value, list):
+        return [f"{name}: {len(value)} entries"]
+    return [f"{name}: {value}"]
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "bootloader": render_bootloader,
+}
+SKIP = {"time", "version", "compatible", "daemon"}
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [f"gateway: {status.get('compatible', '')} {status.get('version', '')}".rstrip()]
+    for name, value in status.items():
+        if name in SKIP:
+            continue
+        renderer = RENDERERS.get(name)
+        if renderer is not None and isinstance(value, dict):
+            lines.extend(renderer(value))
+        else:
+            lines.extend(render_generic(name, value))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ferry.daemon.config import DEFAULT_PATH
+
+    if args.config:
+        status = collect_standalone(args.config)
+    else:
+        from ferry.daemon import client
+
+        try:
+            status = client.get_status()
+        except client.DaemonUnavailable:
+            if not DEFAULT_PATH.exists():
+                raise
+            print("ferry: ferryd is not running; reading directly", file=sys.stderr)
+            status = collect_standalone(str(DEFAULT_PATH))
+    if getattr(args, "json", False):
+        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+    else:
+        print(render(status))
+    return exitcodes.OK
