@@ -144,12 +144,16 @@ class SmpClient:
         return seq
 
     def receive(self, seqs: set[int], deadline: float) -> Packet | None:
-        """The next response for one of ``seqs``, or None at the deadline."""
-        for seq in list(self._early):
-            if seq in seqs:
-                return self._early.pop(seq)
+        """The next response for one of ``seqs``, or None at the deadline.
+
+        One read may carry several responses; those not asked for yet wait in
+        ``_early`` for the next call, so pipelined responses are never lost.
+        """
         port = self._port()
         while True:
+            for seq in list(self._early):
+                if seq in seqs:
+                    return self._early.pop(seq)
             try:
                 data = port.read(max(1, port.in_waiting))
             except (serial.SerialException, OSError) as exc:
@@ -163,12 +167,10 @@ class SmpClient:
                     continue
                 if packet.header.op not in (Op.READ_RSP, Op.WRITE_RSP):
                     continue  # a request from the far side or an echo of ours: not for us
-                if packet.header.seq in seqs:
-                    return packet
                 self._early[packet.header.seq] = packet
                 if len(self._early) > 64:
                     self._early.pop(next(iter(self._early)))
-            if time.monotonic() >= deadline:
+            if not any(seq in seqs for seq in self._early) and time.monotonic() >= deadline:
                 return None
 
     def _why(self) -> str:

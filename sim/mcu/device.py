@@ -201,7 +201,7 @@ class McuDevice:
         if not sec.valid:
             return EINVAL
         self.secondary.magic = True
-        self.secondary.image_ok = confirm
+        self.secondary.image_ok = self.secondary.image_ok or confirm  # flash bits only clear
         return EOK
 
     def _upload(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -227,8 +227,8 @@ class McuDevice:
                 return {"rc": EBADSTATE, "rsn": "not newer than the running image"}
             self.secondary.erase()
             up = self.upload = Upload(length=length, sha=sha, image=int(body.get("image", 0)))
-        if up is None:
-            return {"rc": EINVAL, "rsn": "no upload in progress"}
+        if up is None:  # e.g. the MCU reset mid-upload: Zephyr answers "start at 0"
+            return {"rc": EOK, "off": 0}
         if off != up.off:
             return {"rc": EOK, "off": up.off}
         if up.off + len(data) > up.length:
