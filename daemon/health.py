@@ -368,3 +368,21 @@ def transport_inspect(tc: Any) -> Any:
     transport = get_transport(tc.transport, dict(tc.options))
     return transport.inspect(Target(name=tc.name, transport=tc.transport, address=tc.address,
                                     hardware_id=tc.image_id or "", options=options))
+
+
+def from_dict(d: dict[str, Any]) -> Health:
+    """Inverse of :meth:`Health.as_dict` (what ferryd sends over D-Bus as JSON)."""
+    g = dict(d["gateway"])
+    g["failed_units"] = tuple(g.get("failed_units") or ())
+    g["required_units"] = tuple(g.get("required_units") or ())
+    known = set(GatewayHealth.__dataclass_fields__)
+    gw = GatewayHealth(**{k: v for k, v in g.items() if k in known})
+    tknown = set(TargetHealth.__dataclass_fields__)
+    targets = tuple(TargetHealth(**{k: v for k, v in t.items() if k in tknown})
+                    for t in d.get("targets") or ())
+    return Health(gw, targets, checked_at=float(d.get("checked_at") or time.time()))
+
+
+def render_section(d: dict[str, Any]) -> list[str]:
+    """The ``health`` section of ``ferry status`` as text lines."""
+    return ["health:", *("  " + line for line in render_text(from_dict(d)).splitlines())]

@@ -184,6 +184,9 @@ class Demo:
         gw.create(OLD_VERSION)
         os.environ["FERRY_BOOT_ID_PATH"] = str(gw.boot_id_path)
         config = load_config(gw.config_path)
+        from ferry.daemon.slots import record_slot_version
+
+        record_slot_version(config, "rootfs.0", OLD_VERSION)  # as factory provisioning does
 
         def inspect(tc: Any) -> Any:
             return transport_inspect(tc)
@@ -288,7 +291,15 @@ class Demo:
 
         self.ui.step(7, "the outcome: ferry status (combined health) beside goosebit's view")
         health = self.pipeline.health()
-        left = ["ferry status", "------------", *render_text(health).splitlines()]
+        cmd = f"ferry --config {self.gateway.config_path} status"
+        try:
+            from ferry.daemon.cli.status import collect_standalone, render
+
+            text = render(collect_standalone(str(self.gateway.config_path)))
+        except (ImportError, FerryError) as exc:
+            self.ui.note(f"'ferry status' is not usable here ({exc}); showing the health model")
+            text = render_text(health)
+        left = [f"$ {cmd}", *text.splitlines()]
         dev = self.goosebit.device(CONTROLLER_ID)
         log = self.goosebit.log(CONTROLLER_ID).strip().splitlines()
         right = ["goosebit: device " + CONTROLLER_ID, "-" * (17 + len(CONTROLLER_ID)),

@@ -105,8 +105,16 @@ def render_generic(name: str, value: Any) -> list[str]:
     return [f"{name}: {value}"]
 
 
+def render_health(section: dict[str, Any]) -> list[str]:
+    """Combined health (gateway + targets, overall ok/degraded/failed): daemon/health.py."""
+    from ferry.daemon.health import render_section
+
+    return render_section(section)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "bootloader": render_bootloader,
+    "health": render_health,
 }
 SKIP = {"time", "version", "compatible", "daemon"}
 
