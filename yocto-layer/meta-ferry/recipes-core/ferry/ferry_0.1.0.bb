@@ -10,7 +10,7 @@ inherit systemd useradd
 
 # Optional transports: each pulls its Python bindings only when enabled.
 PACKAGECONFIG ??= "smp-serial dfu"
-PACKAGECONFIG[smp-serial] = ",,,python3-pyserial"
+PACKAGECONFIG[smp-serial] = ",,,python3-pyserial python3-cbor2"
 PACKAGECONFIG[dfu] = ",,,python3-pyusb libusb1"
 PACKAGECONFIG[zigbee] = ",,,python3-paho-mqtt"
 PACKAGECONFIG[lora] = ",,,python3-paho-mqtt"
