@@ -20,7 +20,7 @@ def test_target_stops_answering_then_flash_resumes_where_it_stopped() -> None:
     with running_sim() as sim:
         sim.device.faults.silent_from_offset = 8000
         sim.device.faults.silent_seconds = 3600
-        with pytest.raises(TargetTimeout, match="no answer|stopped answering"):
+        with pytest.raises(TargetTimeout, match=r"no answer|stopped answering"):
             flash(sim, timeout="0.3", retries="1", boot_timeout="1")
         assert running_version(sim) == "1.0.0"
         reached = sim.device.upload.off  # type: ignore[union-attr]
@@ -108,7 +108,7 @@ def test_port_disappears_for_good(tmp_path: Path) -> None:
                 sim.unplug()
 
         start = time.monotonic()
-        with pytest.raises(LinkError, match="did not come back|cannot open|failed"):
+        with pytest.raises(LinkError, match=r"did not come back|cannot open|failed"):
             get_transport("smp-serial").flash(
                 target(sim, boot_timeout="1", retries="1"), io.BytesIO(NEW),
                 progress=progress)
