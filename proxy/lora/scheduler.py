@@ -58,6 +58,11 @@ def plan(image_len: int, dr: int, loss: float, *, frag_size: int | None = None) 
     size = frag_size or max_fragment_size(dr)
     size = min(size, max_fragment_size(dr))
     m = -(-image_len // size)
+    if m == 1 and image_len >= 2:
+        # The reference parity generator draws floor(M/2) = 0 columns for M = 1, so a
+        # one-fragment block has no usable parity; two half-size fragments do.
+        size = -(-image_len // 2)
+        m = 2
     red = redundancy_for(m, loss)
     if m + red > MAX_N:
         raise ImageTooLarge(

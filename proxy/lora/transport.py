@@ -12,8 +12,9 @@ sent to each node encrypted under a key derived from its own GenAppKey/AppKey:
 - ``dr`` (5), ``frequency`` (869525000), ``duty_cycle`` (0.1), ``loss_estimate`` (0.1),
   ``answer_timeout`` (600 s), ``start_margin`` (660 s), ``status_timeout`` (40 s),
   ``max_rounds`` (8);
-- ``state_dir``: where the last campaign's result per group is kept, for ``inspect``
-  and to skip a group that already has this version (unless forced).
+- ``state_dir``: where the last campaign's result per group is kept, for ``inspect``,
+  to skip a group that already has this version (unless forced), and to plan the next
+  campaign's first redundancy for the loss its nodes reported (FragSessionStatusAns).
 
 A completed node has *rebuilt the data block*; what it does with it (verify, swap,
 reboot) is the node firmware's business. TS006 (firmware management: version query,
@@ -162,6 +163,9 @@ class LoraTransport:
             return FlashResult(ok=True, version=version, skipped=True,
                                message=f"group {target.address} already has {version}")
         devices = load_devices(opts)
+        if "loss_estimate" not in opts and state.get("loss") is not None:
+            # plan the first redundancy for the loss the nodes reported last time
+            opts["loss_estimate"] = str(min(max(float(state["loss"]), 0.02), 0.5))
         data = image.read()
         ns = self.network_factory(opts)
         try:
@@ -196,8 +200,11 @@ class LoraTransport:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        seen = [1 - n.nb_received / n.sent_seen for n in report.nodes.values()
+                if n.state == "complete" and n.sent_seen > 0]
         tmp.write_text(json.dumps({
             "version": version, "ok": report.ok, "finished": report.finished,
+            "loss": round(max(seen), 3) if seen else None,
             "nodes": {e: {"state": n.state, "message": n.message, "loss": round(n.loss, 3)}
                       for e, n in report.nodes.items()},
         }, indent=1))

@@ -11,9 +11,12 @@ import random
 import statistics
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ferry.proxy.lora.errors import ImageTooLarge
 from ferry.proxy.lora.fragmentation import Encoder, encode, parity_line, split_blocks
+from ferry.proxy.lora.scheduler import plan
 from ferry.sim.lora.decoder import BlockDecoder, matrix_row
 
 
@@ -100,3 +103,29 @@ def test_recovery_needs_about_m_over_1_minus_p(p):
     assert max(excess) <= 25
     assert 0.95 <= statistics.median(sent) <= 1.05
     assert sent[int(0.95 * len(sent))] <= 1.15
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=2, max_size=600), size=st.integers(1, 64),
+       seed=st.integers(0, 2**32 - 1), p=st.floats(0.0, 0.6))
+def test_any_block_any_loss_pattern_rebuilds(data, size, seed, p):
+    size = min(size, max(1, (len(data) + 1) // 2))  # M >= 2: see the next test
+    enc = Encoder(data, size)
+    dec = BlockDecoder(enc.m, size, enc.padding)
+    rng = random.Random(seed)
+    n = 0
+    while not dec.complete:
+        n += 1
+        assert n < enc.m * 20 + 50, "decoder never completed"
+        if rng.random() >= p:
+            dec.add(n, enc.fragment(n))
+    assert dec.block() == data
+
+
+def test_one_fragment_blocks_are_planned_as_two():
+    # floor(M/2) draws: the reference generator gives M = 1 no parity at all
+    assert all(parity_line(n, 1) == 0 for n in range(1, 20))
+    p = plan(200, 5, 0.1)
+    assert (p.m, p.frag_size, p.padding) == (2, 100, 0)
+    assert plan(201, 5, 0.1).m == 2
+    assert plan(1, 5, 0.1).m == 1

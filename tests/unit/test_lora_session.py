@@ -170,3 +170,23 @@ def test_status_request_goes_to_the_group_with_all_participants():
     status = [t[4] for t in net.trace if t[1] == "multicast" and t[4][0] == 0x01]
     assert status and status[0] == fragmentation.frag_session_status_req(
         2, all_participants=True) == bytes([0x01, 0x05])
+
+
+def test_next_campaign_plans_for_the_loss_nodes_reported(tmp_path):
+    clock, net, nodes, devices = population(3, 10, loss=0.3)
+    t = LoraTransport({"answer_timeout": "120", "start_margin": "150",
+                       "state_dir": str(tmp_path)}, network_factory=lambda _o: net, clock=clock)
+    opts = {"devices": ",".join(d.dev_eui for d in devices),
+            "keys_file": write_keys(tmp_path, devices)}
+    image = random.Random(10).randbytes(20_000)
+    first = t.flash(Target("s", "lora", "g", options={**opts, "spec_version": "1"}),
+                    io.BytesIO(image), progress=no_progress)
+    assert first.ok
+    saved = json.loads((tmp_path / "lora-g.json").read_text())
+    assert 0.2 < saved["loss"] <= 0.5
+    planned_first = t.last_report.plan.redundancy
+    second = t.flash(Target("s", "lora", "g", options={**opts, "spec_version": "2"}),
+                     io.BytesIO(image), progress=no_progress)
+    assert second.ok
+    assert t.last_report.plan.redundancy > 2 * planned_first
+    assert all(n.image == image for n in nodes.values())
