@@ -1,0 +1,78 @@
+"""`ferry demo` end to end, as a newcomer runs it: goosebit, simulated gateway and MCU."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ferry() -> list[str]:
+    exe = shutil.which("ferry", path=str(ROOT / ".venv" / "bin")) or shutil.which("ferry")
+    if exe is None:
+        pytest.fail("the ferry command is not installed; run 'bash .ci/setup'")
+    return [exe]
+
+
+def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("FERRY_BOOT_ID_PATH", None)
+    proc = subprocess.run([*ferry(), "demo", "--dir", str(tmp_path / "demo"), *args],
+                          capture_output=True, text=True, timeout=400, env=env,
+                          start_new_session=True)
+    sys.stdout.write(proc.stdout[-3000:])
+    sys.stderr.write(proc.stderr[-3000:])
+    return proc
+
+
+@pytest.mark.system
+def test_demo_happy_path(tmp_path):
+    proc = run_demo(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "DEMO OK" in out
+    for step in range(1, 8):
+        assert f"[{step}/7]" in out
+    assert "goosebit is up at http://127.0.0.1:" in out
+    assert "gateway boots: U-Boot picks slot B, rootfs version 2.0.0" in out
+    assert "mcu0: upload 100%" in out
+    assert "state:      Finished" in out and "sw_version: 2.0.0" in out
+    assert "target mcu0: ok version 1.4.0" in out
+    assert "overall:   OK" in out
+    # everything it started is gone: goosebit's port is free again
+    port = int(re.search(r"goosebit is up at http://127\.0\.0\.1:(\d+)", out).group(1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.system
+def test_demo_fail_health_rolls_back(tmp_path):
+    proc = run_demo(tmp_path, "--fail", "health")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "DEMO OK: the new rootfs failed its health check" in out
+    assert "U-Boot picks slot B, rootfs version 2.0.0" in out
+    assert out.rindex("U-Boot picks slot A") > out.index("U-Boot picks slot B")
+    assert "state:      Error" in out and "sw_version: 1.0.0" in out
+    assert "health check failed" in out and "app.service: failed to start" in out
+    assert "mcu0: upload" not in out  # the MCU was left alone
+
+
+@pytest.mark.system
+def test_demo_port_in_use_says_what_to_do(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_demo(tmp_path, "--port", str(port))
+    assert proc.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in proc.stderr
+    assert "--port" in proc.stderr
