@@ -36,26 +36,21 @@ _FIELDS = (
     "devmajor", "devminor", "rdevmajor", "rdevminor", "namesize", "check",
 )  # fmt: skip
 
-# Byte sum without a Python loop over bytes: the sum of a chunk of at most _SUM_CHUNK bytes
-# is below 255 * 65521, so it is fixed by its residues mod 255 (the digit sum of the
-# little-endian integer, since 256 = 1 mod 255) and mod 65521 (Adler-32's A half started
-# at 0). Chinese remaindering recovers it exactly; both residues are computed in C.
-_SUM_CHUNK = 65000
-_INV_65521_MOD_255 = pow(65521, -1, 255)
-
-
-def _chunk_sum(chunk: bytes | memoryview) -> int:
-    a = int.from_bytes(chunk, "little") % 255
-    b = zlib.adler32(chunk, 0) & 0xFFFF
-    return b + 65521 * (((a - b) * _INV_65521_MOD_255) % 255)
+# Byte sum without a Python loop over bytes: Adler-32 started at 0 leaves the byte sum
+# modulo 65521 in its low half, and a window of at most 256 bytes sums to at most
+# 255 * 256 = 65280 < 65521, so per window that value is the exact sum. This runs at a
+# few hundred MiB/s (hashlib's sha256 speed), against ~100 MiB/s for sum(bytes).
+_SUM_WINDOW = 256
 
 
 def bytesum(data: bytes | bytearray | memoryview, start: int = 0) -> int:
     """``start`` plus the sum of all bytes of ``data``, modulo 2**32 (the newc/crc check)."""
     view = memoryview(data).cast("B")
-    total = start
-    for pos in range(0, len(view), _SUM_CHUNK):
-        total += _chunk_sum(view[pos : pos + _SUM_CHUNK])
+    adler = zlib.adler32
+    total = start + sum(
+        adler(view[pos : pos + _SUM_WINDOW], 0) & 0xFFFF
+        for pos in range(0, len(view), _SUM_WINDOW)
+    )
     return total & 0xFFFF_FFFF
 
 
@@ -116,6 +111,7 @@ class CpioStreamReader:
         self._remaining = 0
         self._current: CpioHeader | None = None
         self._sum = 0
+        self._check_crc = True
         self.on_read: Callable[[int], None] | None = None
 
     # -- raw reading -------------------------------------------------------------------
@@ -147,7 +143,9 @@ class CpioStreamReader:
         return b"".join(parts)
 
     # -- members -----------------------------------------------------------------------
-    def next_header(self) -> CpioHeader:
+    def next_header(self, *, check_crc: bool = True) -> CpioHeader:
+        """The next member's header. ``check_crc=False`` skips recomputing that member's
+        byte sum (for images, whose sha256 is checked anyway; the sum costs more CPU)."""
         if self._current is not None:
             self._finish_member()
         start = self.offset
@@ -209,6 +207,7 @@ class CpioStreamReader:
         self._current = header
         self._remaining = size
         self._sum = 0
+        self._check_crc = check_crc and header.crc
         return header
 
     def read_data(self, n: int = 1 << 20) -> bytes:
@@ -224,7 +223,7 @@ class CpioStreamReader:
                 f"({self._remaining} of {cur.size} bytes missing)"
             )
         self._remaining -= len(chunk)
-        if self._current.crc:
+        if self._check_crc:
             self._sum = bytesum(chunk, self._sum)
         return chunk
 
@@ -237,7 +236,7 @@ class CpioStreamReader:
             raise OverLimit(f"{what} is {cur.size} bytes, over the limit of {limit}")
         data = self._read_exact(cur.size, f"member {cur.name!r}")
         self._remaining = 0
-        if cur.crc:
+        if self._check_crc:
             self._sum = bytesum(data)
         return data
 
@@ -248,7 +247,7 @@ class CpioStreamReader:
     def checksum_ok(self) -> bool:
         """Whether the fully read current member matches its header's check field."""
         cur = self._current
-        return cur is None or not cur.crc or self._sum == cur.check
+        return cur is None or not self._check_crc or self._sum == cur.check
 
     def _finish_member(self) -> None:
         cur = self._current

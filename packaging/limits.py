@@ -22,3 +22,6 @@ class Limits:
     max_name_length: int = 255
     max_bundle_size: int | None = None
     max_trailer_padding: int = 64 * 1024
+    # The cpio byte sum of image members is redundant with their sha256 and costs more CPU
+    # than the hash itself in Python; sw-description and its signature are always summed.
+    check_image_crc: bool = False

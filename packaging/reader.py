@@ -152,7 +152,7 @@ class BundleReader:
                 raise BundleError(
                     f"image {previous.entry.filename!r} was not read to its end before the next"
                 )
-            header = self._cpio.next_header()
+            header = self._cpio.next_header(check_crc=self.limits.check_image_crc)
             if header.is_trailer:
                 raise MissingMember(
                     f"bundle ends without image {entry.filename!r} that sw-description lists"

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -32,7 +31,13 @@ def tool(name: str) -> str:
 
 @pytest.fixture(scope="module", params=["ec", "rsa"])
 def pki(request, tmp_path_factory):
+    """Both key kinds, for the peers that check signatures."""
     return write_dev_pki(tmp_path_factory.mktemp(f"pki-{request.param}"), kind=request.param)
+
+
+@pytest.fixture(scope="module")
+def ec_pki(tmp_path_factory):
+    return write_dev_pki(tmp_path_factory.mktemp("pki-ec1"), kind="ec")
 
 
 def make(pki, tmp: Path, *, compress="zstd", targets=False, compatible="1.0") -> Path:
@@ -82,8 +87,8 @@ def test_openssl_cms_verifies_signature(pki, tmp_path):
     assert bad.returncode != 0
 
 
-def test_cpio_lists_members_and_checks_crc(pki, tmp_path):
-    bundle = make(pki, tmp_path, targets=True)
+def test_cpio_lists_members_and_checks_crc(ec_pki, tmp_path):
+    bundle = make(ec_pki, tmp_path, targets=True)
     listing = subprocess.run(
         [tool("cpio"), "-t", "--quiet"], stdin=bundle.open("rb"), capture_output=True,
         text=True, timeout=60, check=True,
@@ -96,11 +101,11 @@ def test_cpio_lists_members_and_checks_crc(pki, tmp_path):
     assert crc.returncode == 0 and "checksum error" not in crc.stderr
 
 
-def test_zstd_cli_restores_rootfs_and_hashes_match(pki, tmp_path):
-    bundle = make(pki, tmp_path)
+def test_zstd_cli_restores_rootfs_and_hashes_match(ec_pki, tmp_path):
+    bundle = make(ec_pki, tmp_path)
     x = tmp_path / "x"
     extract(bundle, x)
-    reader = BundleReader(bundle.open("rb"), load_keyring(pki.ca_cert))
+    reader = BundleReader(bundle.open("rb"), load_keyring(ec_pki.ca_cert))
     entry = reader.description.rootfs()
     stored = (x / entry.filename).read_bytes()
     assert hashlib.sha256(stored).hexdigest() == entry.sha256 and len(stored) == entry.size
@@ -152,9 +157,9 @@ def test_swupdate_accepts_rootfs_only_bundle(pki, tmp_path, compress):
     assert swupdate_accepted(rc, out), out[-3000:]
 
 
-def test_swupdate_ignores_ferry_targets(pki, tmp_path):
-    bundle = make(pki, tmp_path, targets=True)
-    rc, out = swupdate_check(bundle, pki, tmp_path)
+def test_swupdate_ignores_ferry_targets(ec_pki, tmp_path):
+    bundle = make(ec_pki, tmp_path, targets=True)
+    rc, out = swupdate_check(bundle, ec_pki, tmp_path)
     assert swupdate_accepted(rc, out), out[-3000:]
     assert "mcu.bin" in out and "Not required: skipping" in out
 
@@ -177,9 +182,9 @@ def test_swupdate_rejects_tampered_bundles(pki, tmp_path):
         assert not swupdate_accepted(rc, out) and "[ERROR]" in out
 
 
-def test_swupdate_rejects_wrong_hardware(pki, tmp_path):
-    bundle = make(pki, tmp_path, compatible="2.0")
-    rc, out = swupdate_check(bundle, pki, tmp_path)
+def test_swupdate_rejects_wrong_hardware(ec_pki, tmp_path):
+    bundle = make(ec_pki, tmp_path, compatible="2.0")
+    rc, out = swupdate_check(bundle, ec_pki, tmp_path)
     assert rc != 0 and not swupdate_accepted(rc, out) and "not compatible" in out.lower()
 
 
@@ -193,16 +198,20 @@ for c in attrs["compatibility"]:
 """
 
 
-def test_goosebit_reads_version_and_compatibility(pki, tmp_path):
-    bundle = make(pki, tmp_path, targets=True, compatible="gw-rev2")
+def test_goosebit_reads_version_and_compatibility(ec_pki, tmp_path):
+    bundle = make(ec_pki, tmp_path, targets=True, compatible="gw-rev2")
     env = {
         **os.environ,
         "GOOSEBIT_DB_URI": f"sqlite:///{tmp_path}/db.sqlite3",
         "GOOSEBIT_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
         "GOOSEBIT_SECRET_KEY": "test-only",
     }
+    # goosebit lives in its own venv (.ci/deps/ddi.sh) so its web stack never mixes with ours.
+    python = ROOT / ".cache" / "goosebit-venv" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} is missing; run 'bash .ci/setup' (.ci/deps/ddi.sh installs it)")
     res = subprocess.run(
-        [sys.executable, "-c", GOOSEBIT_PARSE, str(bundle)], capture_output=True, text=True,
+        [str(python), "-c", GOOSEBIT_PARSE, str(bundle)], capture_output=True, text=True,
         timeout=120, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
@@ -228,7 +237,7 @@ SWUGEN_TEMPLATE = """software = {
 
 
 @pytest.mark.parametrize("compressed", [None, "zlib"])
-def test_ferry_reads_swugenerator_bundle(pki, tmp_path, compressed):
+def test_ferry_reads_swugenerator_bundle(ec_pki, tmp_path, compressed):
     art = tmp_path / "art"
     art.mkdir()
     payload = os.urandom(20_000) + b"\0" * 30_000
@@ -245,7 +254,7 @@ def test_ferry_reads_swugenerator_bundle(pki, tmp_path, compressed):
     out = tmp_path / "gen.swu"
     res = subprocess.run(
         [tool("swugenerator"), "-s", str(template), "-a", str(art),
-         "-k", f"CMS,{pki.signer_key},{pki.signer_cert}", "-o", str(out), "create"],
+         "-k", f"CMS,{ec_pki.signer_key},{ec_pki.signer_cert}", "-o", str(out), "create"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
@@ -254,9 +263,9 @@ def test_ferry_reads_swugenerator_bundle(pki, tmp_path, compressed):
         from ferry.packaging.errors import BadDescription
 
         with pytest.raises(BadDescription, match="size"):
-            BundleReader(out.open("rb"), load_keyring(pki.ca_cert))
+            BundleReader(out.open("rb"), load_keyring(ec_pki.ca_cert))
         return
-    reader = BundleReader(out.open("rb"), load_keyring(pki.ca_cert))
+    reader = BundleReader(out.open("rb"), load_keyring(ec_pki.ca_cert))
     assert reader.description.version == "7.0.1"
     assert reader.signer == "CN=ferry dev signer,O=ferry development"
     got = [(entry.filename, stream.read()) for entry, stream in reader.images()]

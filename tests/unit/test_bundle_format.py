@@ -122,7 +122,7 @@ _values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(doc=st.dictionaries(_names, _values, max_size=4))
 def test_property_libconfig_roundtrip(doc):
     assert libconfig.loads(libconfig.dumps(doc)) == doc
