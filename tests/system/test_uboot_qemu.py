@@ -34,6 +34,7 @@ from ferry.daemon import bootchooser, bootcount
 from ferry.daemon.bootloader import CANARY_VAR, CanaryError, EnvBootloader, make_bootloader
 from ferry.daemon.config import load_config
 from ferry.daemon.ubootenv import NoValidEnvError, _Sink, select_copy
+from ferry.sim import bootsim
 
 pytestmark = pytest.mark.system
 
@@ -44,6 +45,10 @@ ENV_SIZE = 0x40000
 FLASH_SIZE = 64 * 1024 * 1024
 SCRIPT_ADDR = 0x40200000
 BOOT_TIMEOUT = 90  # seconds; a boot takes ~0.4 s, a loaded CI machine much more
+
+
+CROSS_CHECKED = ("BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT", "ferry_boot_part",
+                 "upgrade_available", "bootcount", "ferry_failed_part", CANARY_VAR)
 
 
 def tool(name: str) -> str:
@@ -212,8 +217,30 @@ device = "/dev/vda3"
         self.boots.append(boot)
         return boot
 
+    def predict(self) -> tuple[str | None, dict[str, str]]:
+        """What ferry.sim.bootsim says this boot will do, on a copy of the env."""
+        img = self.dir / "sim-env.img"
+        with open(self.flash, "rb") as f:
+            img.write_bytes(f.read(2 * ENV_SIZE))
+        cfg = self.dir / "sim-fw_env.config"
+        cfg.write_text(f"sim-env.img 0x0 {ENV_SIZE:#x}\n"
+                       + (f"sim-env.img {ENV_SIZE:#x} {ENV_SIZE:#x}\n" if self.redundant else ""))
+        # both builds keep the env in NOR flash (env/flash.c): boolean flags, whatever
+        # ferry is configured with
+        res = bootsim.boot(cfg, scheme=self.scheme, flags="boolean",
+                           bootcount_enabled=self.uboot != DEBIAN_UBOOT)
+        sim = bootsim.SimEnv(bootsim.read_areas(cfg), "boolean")
+        assert sim.load()
+        return res.slot, sim.vars
+
     def good_boot(self) -> Boot:
+        predicted, sim_env = self.predict()
         b = self.boot()
+        # the simulator (its own env codec) agrees with the real U-Boot
+        assert b.slot == predicted, (predicted, b.console[-1500:])
+        real = self.bootloader().store.read()
+        for key in CROSS_CHECKED:
+            assert real.get(key) == sim_env.get(key), (key, real, sim_env)
         # "OK", or with a redundant env possibly "recovered successfully" (env/flash.c
         # then fixes the flag bytes): either way ferry's env, never the default one
         head = b.console.split("In:", 1)[0]
