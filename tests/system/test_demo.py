@@ -47,10 +47,10 @@ def test_demo_happy_path(tmp_path):
     assert "state:      Finished" in out and "sw_version: 2.0.0" in out
     assert "target mcu0: ok version 1.4.0" in out
     assert "overall:   OK" in out
-    # everything it started is gone: goosebit's port is free again
+    # everything it started is gone: nothing listens on goosebit's port any more
     port = int(re.search(r"goosebit is up at http://127\.0\.0\.1:(\d+)", out).group(1))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 @pytest.mark.system
