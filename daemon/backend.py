@@ -265,14 +265,22 @@ class DeploymentRunner:
                 previous_version=self.gateway.installed_version(), details=list(ignored),
                 bundles=[{"name": a.filename, "source": a.url} for a in bundles])
             self._save()
-        if not dep.install_allowed:
+        # The install pipeline's downloader sends no DDI credentials, so a server that
+        # wants them on artifact downloads gets its bundles fetched by this client first.
+        s = self.client.settings
+        fetch_first = bool(s.target_token or s.gateway_token)
+        if not dep.install_allowed or (fetch_first and st.phase != DOWNLOADED):
             if st.phase != DOWNLOADED:
                 self._download_to_disk(aid, bundles)
-                self.client.feedback(aid, "downloaded", "none",
-                                     ["downloaded; waiting for the maintenance window"
-                                      if dep.maintenance_window == "unavailable"
-                                      else "downloaded; waiting for update permission"])
-            return StepResult("waiting", sleep, aid, "downloaded, install not allowed yet")
+                if dep.install_allowed:
+                    why = "downloaded with the device credentials; installing"
+                elif dep.maintenance_window == "unavailable":
+                    why = "downloaded; waiting for the maintenance window"
+                else:
+                    why = "downloaded; waiting for update permission"
+                self.client.feedback(aid, "downloaded", "none", [why])
+            if not dep.install_allowed:
+                return StepResult("waiting", sleep, aid, "downloaded, install not allowed yet")
         if st.files:
             for b, f in zip(st.bundles, st.files, strict=True):
                 b["source"] = f

@@ -97,8 +97,9 @@ def server():
     assert s.violations == []
 
 
-def runner(server, gw, tmp_path):
-    client = ddi.DdiClient(ddi.DdiSettings(url=server.url, controller_id="gw1", poll_jitter=0),
+def runner(server, gw, tmp_path, **kw):
+    client = ddi.DdiClient(ddi.DdiSettings(url=server.url, controller_id="gw1", poll_jitter=0,
+                                           **kw),
                            on_exchange=validate_exchange)
     return backend.DeploymentRunner(client, gw, tmp_path / "data")
 
@@ -262,3 +263,15 @@ def test_server_down_mid_action_is_retried(server, tmp_path):
     server.unavailable = False
     assert r.step().event == "finished"
     assert server.actions[aid].result == "success"
+
+
+def test_target_token_downloads_go_through_the_client(server, tmp_path):
+    server.target_token = "tok-123"
+    gw = FakeGateway()
+    aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G" * 2000})])
+    r = runner(server, gw, tmp_path, target_token="tok-123")
+    run_until(r, "finished")
+    assert server.actions[aid].result == "success"
+    assert gw.installed_bytes["gw.swu"] == b"G" * 2000
+    assert set(server.auth_headers) == {"TargetToken tok-123"}
+    assert any("/artifacts/" in p for m, p in server.requests)
