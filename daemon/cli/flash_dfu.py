@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.FAILED
     target = Target(name="cli", transport="dfu", address=args.device,
                     options={"path": args.path} if args.path else {})
+    as_json = bool(getattr(args, "json", False))  # set by "ferry --json" or "--json" here
     transport = create(transport_options(args))
-    bar = None if args.json else ProgressBar("dfu", path.stat().st_size)
+    bar = None if as_json else ProgressBar("dfu", path.stat().st_size)
     phase = {"name": ""}
 
     def progress(done: int, total: int, message: str) -> None:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     with path.open("rb") as image:
         result = transport.flash(target, image, progress=progress)
-    if args.json:
+    if as_json:
         print(json.dumps({"ok": result.ok, "message": result.message, "detail": result.detail}))
     elif bar is not None:
         bar.finish(("done: " if result.ok else "FAILED: ") + result.message)

@@ -469,7 +469,9 @@ class SimDfuDevice:
         poll = 0
         if self.state == State.DNLOAD_SYNC:
             poll = self._start_busy(now, self._busy_ms, State.DNBUSY)
-            if poll == 0:
+            # An STM32 ROM always answers dfuDNBUSY first, even for a zero-time command
+            # (dfu-util insists on it); a plain device may skip straight to DNLOAD-IDLE.
+            if poll == 0 and not self.spec.dfuse:
                 self._finish_download_step()
         elif self.state == State.DNBUSY:
             if now >= self._busy_until:

@@ -50,3 +50,17 @@ def test_alt_and_no_reset(sim, tmp_path):
     assert main(["flash", "dfu", "1209:5a01", str(path), "--alt", "0", "--no-reset"]) == 0
     assert dev.mode == "dfu" and dev.firmware() == b"\x33" * 999
     assert main(["flash", "dfu", "1209:df11", str(path), "--alt", "3"]) == 1
+
+
+def test_flash_command_works_without_the_top_level_parser(sim, tmp_path):
+    # The QEMU guest test builds only this command's parser; --json is then absent.
+    import argparse
+
+    dev = sim.add()
+    path = tmp_path / "fw.bin"
+    path.write_bytes(b"\x44" * 100)
+    parser = argparse.ArgumentParser()
+    flash_dfu.register(parser.add_subparsers())
+    args = parser.parse_args(["dfu", "1209:5a01", str(path)])
+    assert args.func(args) == 0
+    assert dev.firmware() == b"\x44" * 100

@@ -1,0 +1,100 @@
+"""The usbredir device server, driven by a minimal usb-guest written from the protocol doc.
+
+QEMU is the real peer (tests/system/test_dfu_qemu.py); this checks the framing, the
+announcement and the re-enumeration on reset without booting anything.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from ferry.sim.dfu.device import SimDfuDevice
+from ferry.sim.dfu.usbredir import UsbredirServer
+
+
+class Guest:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.next_id = 1
+
+    def recv_exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            assert chunk, "server closed the connection"
+            buf += chunk
+        return buf
+
+    def recv(self, ids64: bool = True) -> tuple[int, int, bytes]:
+        if ids64:
+            kind, length, pid = struct.unpack("<IIQ", self.recv_exact(16))
+        else:
+            kind, length, pid = struct.unpack("<III", self.recv_exact(12))
+        return kind, pid, self.recv_exact(length)
+
+    def send(self, kind: int, payload: bytes, *, hello: bool = False) -> int:
+        pid = self.next_id
+        self.next_id += 1
+        fmt = "<III" if hello else "<IIQ"
+        self.sock.sendall(struct.pack(fmt, kind, len(payload), pid) + payload)
+        return pid
+
+    def control(self, rtype: int, request: int, value: int, index: int, length: int,
+                data: bytes = b"") -> tuple[int, bytes]:
+        pid = self.send(100, struct.pack("<BBBBHHH", 0x80 if rtype & 0x80 else 0, request,
+                                         rtype, 0, value, index, length) + data)
+        kind, rid, payload = self.recv()
+        assert (kind, rid) == (100, pid)
+        return payload[3], payload[10:]
+
+
+@pytest.fixture
+def served():
+    device = SimDfuDevice()
+    server = UsbredirServer(device).start()
+    guest = Guest(server.port)
+    yield device, server, guest
+    guest.sock.close()
+    server.stop()
+
+
+def test_hello_announcement_and_enumeration(served):
+    device, server, guest = served
+    kind, _pid, data = guest.recv(ids64=False)
+    assert kind == 0 and struct.unpack_from("<I", data, 64)[0] == 0x72
+    guest.send(0, b"qemu usb-redir guest test".ljust(64, b"\0") + struct.pack("<I", 0xFF),
+               hello=True)
+    kinds = []
+    for _ in range(3):
+        kind, _pid, data = guest.recv()
+        kinds.append(kind)
+        if kind == 4:  # interface_info: the app's vendor interface and the DFU run-time one
+            assert struct.unpack_from("<I", data)[0] == 2
+            assert (data[4 + 32 + 1], data[4 + 64 + 1], data[4 + 96 + 1]) == (0xFE, 1, 1)
+        if kind == 1:
+            assert struct.unpack("<BBBBHHH", data)[4:6] == (0x1209, 0x5A01)
+    assert kinds == [5, 4, 1]  # ep_info, interface_info, device_connect
+    status, desc = guest.control(0x80, 6, 0x0100, 0, 64)
+    assert status == 0 and len(desc) == 18 and desc[8:12] == bytes([0x09, 0x12, 0x01, 0x5A])
+    # GETSTATUS on the DFU interface, then DETACH and a bus reset: DFU mode, same connection
+    status, reply = guest.control(0xA1, 3, 0, 1, 6)
+    assert status == 0 and reply[4] == 0  # appIDLE
+    status, _ = guest.control(0x21, 0, 1000, 1, 0)
+    assert status == 0
+    guest.send(3, b"")
+    kind, _pid, _data = guest.recv()
+    assert kind == 5
+    kind, _pid, data = guest.recv()
+    assert kind == 4 and data[4 + 96] == 2  # DFU mode interface protocol
+    status, desc = guest.control(0x80, 6, 0x0100, 0, 64)
+    assert desc[10:12] == bytes([0x11, 0xDF])
+    # an invalid request in DFU mode is a STALL, and the device enters dfuERROR
+    status, _ = guest.control(0x21, 0, 0, 0, 0)  # DETACH is not valid in DFU mode
+    assert status == 4
+    status, reply = guest.control(0xA1, 3, 0, 0, 6)
+    assert reply[4] == 10 and reply[0] == 0x0F
+    assert device.mode == "dfu"
+    assert any("hello from 'qemu usb-redir guest test'" in t for t in server.trace)
