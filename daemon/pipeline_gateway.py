@@ -13,13 +13,20 @@ second reboot in one call.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferry.daemon import health as health_mod
 from ferry.daemon.backend import InstallReport, Outcome, TargetOutcome
 from ferry.daemon.config import Config
 from ferry.daemon.journal import Deployment, Journal
+
+if TYPE_CHECKING:
+    from ferry.daemon.backend import DeploymentRunner
+    from ferry.daemon.install import Context
+
+log = logging.getLogger("ferry.backend")
 
 _OK_STATES = ("ok", "skipped")
 
@@ -30,12 +37,17 @@ class PipelineGateway:
                  inspect: Any = None, journal: Journal | None = None,
                  progress: Callable[[str, int, int], None] | None = None,
                  system: tuple[str, tuple[str, ...]] | None = None,
-                 uptime: Callable[[], float] | None = None) -> None:
+                 uptime: Callable[[], float] | None = None, ctx: Context | None = None
+                 ) -> None:
         from ferry.daemon.install import make_context
 
         self.config = config
-        self.journal = journal or Journal.open(config.gateway.data_dir)
-        self.ctx = make_context(config, journal=self.journal)
+        if ctx is not None:  # ferryd shares its engine's context (one journal, one env)
+            self.ctx = ctx
+            self.journal = ctx.journal
+        else:
+            self.journal = journal or Journal.open(config.gateway.data_dir)
+            self.ctx = make_context(config, journal=self.journal)
         if reboot is not None:
             self.ctx.reboot = reboot
         if boot_id is not None:
@@ -115,3 +127,31 @@ class PipelineGateway:
                                   journal=self.journal, inspect=self.inspect,
                                   system=self.system,
                                   uptime_s=self.uptime() if self.uptime else None)
+
+
+def make_runner(config: Config, *, ctx: Context | None = None) -> DeploymentRunner | None:
+    """The DDI runner ferryd runs when ``[backend] url`` is set; None otherwise."""
+    if not config.backend.url:
+        return None
+    from ferry.daemon import ddi
+    from ferry.daemon.backend import DeploymentRunner
+
+    client = ddi.DdiClient(ddi.DdiSettings.from_config(config.backend))
+    gateway = PipelineGateway(config, ctx=ctx)
+    return DeploymentRunner(client, gateway, config.gateway.data_dir, log=log.info)
+
+
+def resume_then_poll(resume: Callable[[], None], config: Config, ctx: Context,
+                     stop: Any) -> None:
+    """ferryd's backend thread: finish what a reboot interrupted first, then poll the
+    DDI server until ``stop`` (a threading.Event) is set. One thread for both, so the
+    runner never resumes a deployment the start-up resume is still working on."""
+    resume()
+    try:
+        runner = make_runner(config, ctx=ctx)
+    except Exception as exc:  # a bad [backend] must not take the D-Bus service down
+        log.error("backend: not polling: %s", exc)
+        return
+    if runner is not None:
+        log.info("backend: polling %s as %s", config.backend.url, config.backend.controller_id)
+        runner.run(stop)

@@ -113,9 +113,14 @@ async def serve(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     engine = GatewayEngine(config)
+    backend_stop = threading.Event()
     if not args.no_resume:
-        threading.Thread(target=_resume, args=(engine,), name="ferryd-resume",
-                         daemon=True).start()
+        # resume first, then poll the DDI backend if [backend] url is set (one thread)
+        from ferry.daemon.pipeline_gateway import resume_then_poll
+
+        threading.Thread(target=resume_then_poll,
+                         args=(lambda: _resume(engine), config, engine.ctx, backend_stop),
+                         name="ferryd-resume", daemon=True).start()
     bus = await _bus(args.bus)
     iface = await export(bus, engine)
     stop = asyncio.Event()
@@ -126,6 +131,7 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("ferryd %s ready on the %s bus", __version__, args.bus)
     dog = asyncio.create_task(_watchdog(iface, notify.watchdog_interval()))
     await stop.wait()
+    backend_stop.set()
     notify.notify("STOPPING=1")
     dog.cancel()
     bus.disconnect()

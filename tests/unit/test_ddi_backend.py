@@ -8,6 +8,7 @@ rollback); the same runner against goosebit is in tests/peers/test_ddi_goosebit.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,35 @@ def test_target_token_downloads_go_through_the_client(server, tmp_path):
     assert gw.installed_bytes["gw.swu"] == b"G" * 2000
     assert set(server.auth_headers) == {"TargetToken tok-123"}
     assert any("/artifacts/" in p for m, p in server.requests)
+
+
+def test_ferryd_backend_thread_resumes_then_polls(server, tmp_path, monkeypatch):
+    import threading
+
+    from ferry.daemon.config import load_config
+    from ferry.daemon.pipeline_gateway import make_runner, resume_then_poll
+    from ferry.sim.gateway import SimGateway
+
+    gw = SimGateway(tmp_path / "gw", backend_url=server.url, controller_id="gw1").create()
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id_path))
+    cfg = load_config(gw.config_path)
+    server.sleep = "00:00:00"
+    order = []
+    stop = threading.Event()
+    t = threading.Thread(target=resume_then_poll,
+                         args=(lambda: order.append("resume"), cfg, None, stop))
+    t.start()
+    try:
+        for _ in range(200):
+            if server.config_data:
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert not t.is_alive()
+    assert order == ["resume"]
+    assert server.config_data["hw_revision"] == "ferry-demo-gw"
+    assert server.config_data["gw.slot"] == "A"
+    none_cfg = load_config(gw.config_path)
+    assert make_runner(type(none_cfg)(gateway=none_cfg.gateway)) is None
