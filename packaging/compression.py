@@ -36,8 +36,10 @@ class _Guarded(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
         try:
-            return self._inner.read(CHUNK if size is None or size < 0 else size)
+            return self._inner.read(size)
         except BundleError:
             raise
         except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError, OSError) as err:
