@@ -379,3 +379,36 @@ def test_image_crc_is_checked_when_asked(pki, good):
     # ... and the stricter mode catches the wrong sum, as SWUpdate does.
     _reject(bytes(bad), pki[1], errors.BadHeader, Limits(check_image_crc=True))
     assert read_all(good, pki[1], Limits(check_image_crc=True))["mcu.bin"] == MCU
+
+
+def test_reads_an_http_response_stream(pki, good):
+    """The way the daemon downloads: bytes flow from the socket straight into the reader."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(good)))
+            self.end_headers()
+            for pos in range(0, len(good), 1000):  # several TCP writes
+                self.wfile.write(good[pos : pos + 1000])
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/b.swu"
+        with requests.get(url, stream=True, timeout=30) as resp:
+            reader = BundleReader(resp.raw, pki[1])
+            got = {e.filename: s.read() for e, s in reader.images()}
+        assert got == {"rootfs.img": ROOTFS, "mcu.bin": MCU}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
