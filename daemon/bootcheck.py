@@ -158,6 +158,7 @@ def after_boot(ctx: Context, dep_id: int, *, use_systemd: bool | None = None) ->
     if dep.state == "rolling-back":
         booted = bl.booted()
         if booted == dep.from_slot:
+            bl.mark_good(booted)  # the old system is up again: keep its attempts full
             j.end_step(dep_id, "rollback", detail=f"running {booted} again")
             j.finish(dep_id, "rolled-back", dep.error or "health check failed")
             return
@@ -172,6 +173,7 @@ def after_boot(ctx: Context, dep_id: int, *, use_systemd: bool | None = None) ->
                       "old slot (the new one did not come up within its boot attempts)")
             j.begin_step(dep_id, "boot", detail=reason)
             bl.mark_bad(dep.to_slot or "")
+            bl.mark_good(booted)
             j.end_step(dep_id, "boot", "failed", reason)
             j.finish(dep_id, "rolled-back", reason)
             return

@@ -25,16 +25,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ferry.daemon import staging
 from ferry.daemon.bootloader import Bootloader
 from ferry.daemon.config import Config
-from ferry.daemon.download import DownloadOptions
 from ferry.daemon.journal import Deployment, Journal
 from ferry.daemon.killpoint import killpoint
 from ferry.daemon.slotwriter import SlotTooSmall, slot_capacity, write_slot
 from ferry.daemon.source import open_source
+
+if TYPE_CHECKING:
+    from ferry.daemon.download import DownloadOptions
 from ferry.daemon.versions import parse_version
 from ferry.errors import FerryError
 
@@ -117,6 +119,8 @@ def make_context(config: Config, *, progress: ProgressFn | None = None,
 
 
 def download_options(config: Config) -> DownloadOptions:
+    from ferry.daemon.download import DownloadOptions
+
     b = config.backend
     return DownloadOptions(
         stall_timeout=config.install.download_stall_timeout,

@@ -275,6 +275,7 @@ def write_slot(
         t_prod.join(timeout=30)
         try:
             if not errors and not stop.is_set():
+                killpoint("slot.fsync")
                 os.fsync(fd)
         except OSError as exc:
             errors.append(exc)

@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, BinaryIO
 
-from ferry.daemon.download import DownloadOptions, HttpStream, check_scheme
 from ferry.errors import FerryError
+
+if TYPE_CHECKING:
+    from ferry.daemon.download import DownloadOptions
 
 
 class SourceError(FerryError):
@@ -63,6 +64,9 @@ def open_source(
     on_offset: Callable[[int, str | None], None] | None = None,
 ) -> OpenedSource:
     if is_url(source):
+        # requests is imported only for URLs: a USB-stick install starts faster
+        from ferry.daemon.download import HttpStream, check_scheme
+
         check_scheme(source)
         http = HttpStream(source, options, on_offset=on_offset)
         size = http.size
@@ -70,8 +74,6 @@ def open_source(
         url = True
     else:
         path = Path(source)
-        if urlsplit(source).scheme and len(urlsplit(source).scheme) > 1:
-            check_scheme(source)
         try:
             raw = _CountingFile(str(path))
         except FileNotFoundError:

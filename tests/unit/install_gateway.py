@@ -147,8 +147,9 @@ def make_gateway(root: Path, *, slot_size: int = 1 << 20, version: str = "1.0.0"
     for b in ("A", "B"):
         with open(gw.slot_path(b), "wb") as f:
             f.truncate(slot_size)
-    with open(gw.slot_path("A"), "r+b") as f:
-        f.write(make_image(version, slot_size // 2))
+    for b in ("A", "B"):  # factory state: both slots hold the same intact image
+        with open(gw.slot_path(b), "r+b") as f:
+            f.write(make_image(version, slot_size // 2))
     (root / "env0").write_bytes(b"\xff" * ENV_SIZE)
     (root / "env1").write_bytes(b"\xff" * ENV_SIZE)
     (root / "fw_env.config").write_text(f"env0 0 {ENV_SIZE:#x}\nenv1 0 {ENV_SIZE:#x}\n")
