@@ -122,7 +122,7 @@ class CpioStreamReader:
         if data:
             self.offset += len(data)
             cap = self.limits.max_bundle_size
-            if cap is not None and self.offset > cap:
+            if cap and self.offset > cap:  # None or 0: no limit
                 raise OverLimit(f"bundle is larger than the limit of {cap} bytes")
             if self.on_read is not None:
                 self.on_read(len(data))

@@ -20,7 +20,7 @@ class Limits:
     max_signature_size: int = 256 * 1024
     max_images: int = 256
     max_name_length: int = 255
-    max_bundle_size: int | None = None
+    max_bundle_size: int | None = None  # None or 0: unlimited
     max_trailer_padding: int = 64 * 1024
     # The cpio byte sum of image members is redundant with their sha256 and costs more CPU
     # than the hash itself in Python; sw-description and its signature are always summed.

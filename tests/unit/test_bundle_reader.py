@@ -412,3 +412,26 @@ def test_reads_an_http_response_stream(pki, good):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["zstd", "zlib"])
+def test_decompressing_a_tampered_image_raises_a_bundle_error(pki, tmp_path, kind):
+    """What the install pipeline does: decompress on top of the checked stream."""
+    from ferry.packaging.compression import decompress_stream
+
+    img = tmp_path / "rootfs.img"
+    img.write_bytes(os.urandom(2000) * 20)
+    out = tmp_path / "b.swu"
+    create_bundle(
+        out, signing=pki[0], version="1", compatible=["hw"],
+        images=[ImageInput(path=img, compress=kind)],
+    )  # fmt: skip
+    data = bytearray(out.read_bytes())
+    _start, end = _member_span(bytes(data), f"rootfs.img.{'zst' if kind == 'zstd' else 'gz'}")
+    data[end - 10] ^= 0x55  # near the end: inside the compressed stream's tail
+    reader = BundleReader(io.BytesIO(bytes(data)), pki[1])
+    ((_entry, stream),) = [next(reader.images())]
+    plain = decompress_stream(kind, stream)
+    with pytest.raises(errors.BundleError):
+        while plain.read(4096):
+            pass
