@@ -49,10 +49,15 @@ def test_test_only_leaves_image_unconfirmed_and_reset_reverts() -> None:
         result = flash(sim, test_only="1")
         assert result.ok and "test mode" in result.message
         assert running_version(sim) == "1.1.0" and not sim.device.primary.image_ok
+        boots = sim.device.boots
         with SmpClient(sim.port, timeout=2) as c:
             c.reset()
-        sim.device.boot()  # the reset above is asynchronous; boot once more to be sure
-        assert running_version(sim) == "1.0.0"
+        deadline = time.monotonic() + 20
+        while sim.device.boots == boots and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with sim.device.lock:
+            assert running_version(sim) == "1.0.0"
+        assert sim.device.log[-1] == "boot: revert"
 
 
 def test_rollback_is_detected_and_old_image_keeps_running() -> None:
