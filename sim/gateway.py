@@ -67,11 +67,11 @@ def read_rootfs(path: str | Path) -> dict[str, str]:
     return out
 
 
-# -- the simulated U-Boot ---------------------------------------------------------------
+# -- the factory env ---------------------------------------------------------------------
 # Written apart from ferry.daemon.ubootenv on purpose (sim/ shares no codec with ferry):
 # a redundant env file (two copies, "incremental" flag byte, as libubootenv writes on
-# plain files) and RAUC's bootchooser boot script (contrib/uboot.sh) plus ferry's
-# saveenv canary.
+# plain files). Boots go through ferry.sim.bootsim, the simulated U-Boot running
+# ferry's boot script.
 
 
 def _decode_copy(raw: bytes) -> tuple[bool, int, dict[str, str]]:
@@ -133,27 +133,6 @@ def factory_env(path: Path, slots: list[str], *, attempts: int = 3) -> None:
     with open(path, "wb") as f:
         f.truncate(2 * ENV_SIZE)
     write_env(path, env)
-
-
-def uboot_boot(path: Path, slots: list[str], *, attempts: int = 3) -> str:
-    """One run of the bootchooser boot script; returns the slot it boots."""
-    _, _, env = read_env(path)
-    env["ferry_saveenv_canary"] = "1"
-    chosen = ""
-    for s in env.get("BOOT_ORDER", " ".join(slots)).split():
-        left = int(env.get(f"BOOT_{s}_LEFT", "0") or "0")
-        if left > 0:
-            env[f"BOOT_{s}_LEFT"] = str(left - 1)
-            chosen = s
-            break
-    if not chosen:
-        # no slot has attempts left: reset all counters and the board (contrib/uboot.sh)
-        for s in slots:
-            env[f"BOOT_{s}_LEFT"] = str(attempts)
-        write_env(path, env)
-        return uboot_boot(path, slots, attempts=attempts)
-    write_env(path, env)
-    return chosen
 
 
 @dataclass
@@ -285,13 +264,22 @@ class SimGateway:
     def boot(self) -> str:
         """Power on: the simulated U-Boot picks a slot from the env (and saves its
         counter), the "kernel" gets ferry.slot=<x>, the rootfs in it decides the rest."""
-        slot = uboot_boot(self.env_path, ["A", "B"], attempts=self.attempts)
+        from ferry.sim import bootsim
+
+        cmdline = self.root / "proc" / "cmdline"
+        result = bootsim.boot(self.root / "fw_env.config", scheme="bootchooser",
+                              flags="incremental", cmdline_path=cmdline)
+        if result.slot is None and result.reset_attempts:
+            # no slot had attempts left: the script reset the counters and the board
+            result = bootsim.boot(self.root / "fw_env.config", scheme="bootchooser",
+                                  flags="incremental", cmdline_path=cmdline)
+        if result.slot is None:
+            raise RuntimeError(f"simulated U-Boot found no valid env in {self.env_path}: a "
+                               "real one would stop at its prompt with the default env")
+        slot = result.slot
         self.boots += 1
         self.booted_at = time.monotonic()
         rootfs = read_rootfs(self.slot_path(slot))
-        (self.root / "proc" / "cmdline").write_text(
-            f"console=ttyS0 root=/dev/mmcblk0p{1 if slot == 'A' else 2} ferry.slot={slot} "
-            "rootwait\n")
         self.boot_id_path.write_text(str(uuid.uuid4()) + "\n")
         (self.root / "run" / "version").write_text(rootfs.get("version", "unknown") + "\n")
         health = rootfs.get("health", "fail")

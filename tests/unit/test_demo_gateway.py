@@ -9,7 +9,7 @@ from __future__ import annotations
 from ferry.daemon.bootloader import make_bootloader
 from ferry.daemon.config import load_config
 from ferry.sim import gateway as simgw
-from ferry.sim.gateway import SimGateway, read_env, rootfs_image, uboot_boot, write_env
+from ferry.sim.gateway import SimGateway, read_env, rootfs_image, write_env
 
 
 def make(tmp_path, **kw):
@@ -52,14 +52,13 @@ def test_mark_good_by_ferry_is_seen_by_the_sim(tmp_path):
 
 
 def test_no_attempts_left_resets_all_counters(tmp_path):
-    path = tmp_path / "env"
-    simgw.factory_env(path, ["A", "B"], attempts=2)
-    _, _, env = read_env(path)
+    gw = make(tmp_path)
+    _, _, env = read_env(gw.env_path)
     env.update(BOOT_A_LEFT="0", BOOT_B_LEFT="0")
-    write_env(path, env)
-    assert uboot_boot(path, ["A", "B"], attempts=2) == "A"
-    _, _, env = read_env(path)
-    assert (env["BOOT_A_LEFT"], env["BOOT_B_LEFT"]) == ("1", "2")
+    write_env(gw.env_path, env)
+    assert gw.boot() == "A"
+    _, _, env = read_env(gw.env_path)
+    assert (env["BOOT_A_LEFT"], env["BOOT_B_LEFT"]) == ("2", "3")
 
 
 def test_incremental_flag_wraps_and_a_torn_copy_is_ignored(tmp_path):
