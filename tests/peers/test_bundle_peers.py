@@ -40,7 +40,9 @@ def ec_pki(tmp_path_factory):
     return write_dev_pki(tmp_path_factory.mktemp("pki-ec1"), kind="ec")
 
 
-def make(pki, tmp: Path, *, compress="zstd", targets=False, compatible="1.0") -> Path:
+def make(
+    pki, tmp: Path, *, compress="zstd", targets=False, compatible="1.0", pss=False
+) -> Path:
     rootfs = tmp / "rootfs.img"
     rootfs.write_bytes(os.urandom(40_000) + b"\0" * 100_000)
     images = [ImageInput(path=rootfs, compress=compress)]
@@ -51,7 +53,7 @@ def make(pki, tmp: Path, *, compress="zstd", targets=False, compatible="1.0") ->
         fw.write_bytes(os.urandom(3000))
         images.append(target_input("smp-serial", "mcu", fw, compress=None, bundle_version="1"))
     out = tmp / "bundle.swu"
-    signing = load_signing_key(pki.signer_key, pki.signer_cert)
+    signing = load_signing_key(pki.signer_key, pki.signer_cert, pss=pss)
     create_bundle(out, signing=signing, version="1.2.3", compatible=[compatible], images=images)
     return out
 
@@ -85,6 +87,33 @@ def test_openssl_cms_verifies_signature(pki, tmp_path):
     )
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
+
+
+@pytest.fixture(scope="module")
+def rsa_pki(tmp_path_factory):
+    return write_dev_pki(tmp_path_factory.mktemp("pki-rsa1"), kind="rsa")
+
+
+def test_rsa_pss_signature_verifies_in_openssl_and_swupdate(rsa_pki, tmp_path):
+    bundle = make(rsa_pki, tmp_path, pss=True)
+    x = tmp_path / "x"
+    extract(bundle, x)
+    asn1 = subprocess.run(
+        [tool("openssl"), "cms", "-cmsout", "-print", "-inform", "DER",
+         "-in", str(x / "sw-description.sig")],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "rsassaPss" in asn1
+    ok = subprocess.run(
+        [tool("openssl"), "cms", "-verify", "-binary", "-inform", "DER",
+         "-in", str(x / "sw-description.sig"), "-content", str(x / "sw-description"),
+         "-CAfile", str(rsa_pki.ca_cert), "-out", os.devnull],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    rc, out = swupdate_check(bundle, rsa_pki, tmp_path)
+    assert swupdate_accepted(rc, out), out[-3000:]
+    BundleReader(bundle.open("rb"), load_keyring(rsa_pki.ca_cert)).verify_all()
 
 
 def test_cpio_lists_members_and_checks_crc(ec_pki, tmp_path):
