@@ -48,10 +48,10 @@ mount -t devtmpfs dev /dev
 for m in $(cat /lib/modules/load.list); do insmod /lib/modules/$m; done
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot /host
-mount -t tmpfs tmpfs /host/tmp
 mount -t tmpfs tmpfs /host/run
-mkdir -p /host/tmp/work
-mount -t 9p -o trans=virtio,version=9p2000.L hostwork /host/tmp/work
+mount -t tmpfs tmpfs /host/mnt
+mkdir -p /host/mnt/work
+mount -t 9p -o trans=virtio,version=9p2000.L hostwork /host/mnt/work
 mount -o bind /proc /host/proc
 mount -o bind /sys /host/sys
 mount -o bind /dev /host/dev
@@ -61,7 +61,7 @@ poweroff -f
 """
 
 TEST_SH = """
-W=/host/tmp/work
+W=/host/mnt/work
 log() { echo "DFUTEST $* @$(cut -d' ' -f1 /proc/uptime)"; }
 n=0
 for i in $(seq 1 600); do
@@ -75,14 +75,14 @@ chroot /host udevadm settle -t 10
 run() { name=$1; shift; chroot /host "$@" > $W/$name.out 2>&1; log "$name rc=$?"; }
 same() { if cmp $W/$2 $W/$3 > /dev/null; then log "$1 same"; else log "$1 differ"; fi; }
 run list dfu-util -l
-run ferry @PYTHON@ /tmp/work/ferry_guest.py
-run up1 dfu-util -d 1209:5a01,1209:df11 -S 0001 -a 0 --detach-delay 1 -U /tmp/work/up1.bin
+run ferry @PYTHON@ /mnt/work/ferry_guest.py
+run up1 dfu-util -d 1209:5a01,1209:df11 -S 0001 -a 0 --detach-delay 1 -U /mnt/work/up1.bin
 same cmp1 fw1.bin up1.bin
-run down2 dfu-util -d 1209:df11 -S 0001 -a 0 -D /tmp/work/fw2.bin
-run up2 dfu-util -d 1209:df11 -S 0001 -a 0 -U /tmp/work/up2.bin
+run down2 dfu-util -d 1209:df11 -S 0001 -a 0 -D /mnt/work/fw2.bin
+run up2 dfu-util -d 1209:df11 -S 0001 -a 0 -U /mnt/work/up2.bin
 same cmp2 fw2.bin up2.bin
-run dfuse_down dfu-util -d 0483:df11 -S DFUSE0001 -a 0 -D /tmp/work/packed.dfu
-run dfuse_up dfu-util -d 0483:df11 -S DFUSE0001 -a 0 -s 0x08000000:@A3SIZE@ -U /tmp/work/up3.bin
+run dfuse_down dfu-util -d 0483:df11 -S DFUSE0001 -a 0 -D /mnt/work/packed.dfu
+run dfuse_up dfu-util -d 0483:df11 -S DFUSE0001 -a 0 -s 0x08000000:@A3SIZE@ -U /mnt/work/up3.bin
 same cmp3 a3.bin up3.bin
 """
 
@@ -95,8 +95,8 @@ from ferry.daemon.cli import flash_dfu
 parser = argparse.ArgumentParser(prog="ferry flash")
 flash_dfu.register(parser.add_subparsers())
 rc = 0
-for argv in (["dfu", "1209:5a01,0001", "/tmp/work/fw1.bin"],
-             ["dfu", "0483:df11,DFUSE0001", "/tmp/work/fw4.dfu"]):
+for argv in (["dfu", "1209:5a01,0001", "/mnt/work/fw1.bin"],
+             ["dfu", "0483:df11,DFUSE0001", "/mnt/work/fw4.dfu"]):
     args = parser.parse_args(argv)
     code = args.func(args)
     print(f"FERRY {argv[1]} rc={code}", file=sys.stderr, flush=True)
@@ -176,9 +176,10 @@ def test_dfu_util_and_ferry_in_a_qemu_guest(tmp_path):
     need(str(KROOT / ".ready"), f"the guest kernel in {KROOT}")
     kernel = next((KROOT / "boot").glob("vmlinuz-*"))
     # The guest runs ferry with the same interpreter (venv) as this test, reached over 9p.
+    # The guest hides the host's /run and /mnt (tmpfs for udevd, the work share).
     python = sys.executable
-    if os.path.realpath(python).startswith("/tmp"):
-        pytest.fail("the test interpreter lives in /tmp, which the guest mounts over")
+    if any(p.startswith(("/run/", "/mnt/")) for p in (python, str(ROOT))):
+        pytest.fail("the checkout or venv lives under /run or /mnt, which the guest mounts over")
 
     work = tmp_path / "work"
     work.mkdir()

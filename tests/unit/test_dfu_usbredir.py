@@ -98,3 +98,16 @@ def test_hello_announcement_and_enumeration(served):
     assert reply[4] == 10 and reply[0] == 0x0F
     assert device.mode == "dfu"
     assert any("hello from 'qemu usb-redir guest test'" in t for t in server.trace)
+
+
+def test_simulator_never_loads_ferry_proxy():
+    # The far end of the wire must not share the host's code (DESIGN.md, "sim").
+    import subprocess
+    import sys
+
+    code = ("import sys, ferry.sim.dfu.device, ferry.sim.dfu.pyusb_backend, "
+            "ferry.sim.dfu.usbredir, ferry.sim.dfu.harness; "
+            "print(sorted(m for m in sys.modules if m.startswith('ferry.proxy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "[]"
