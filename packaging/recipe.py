@@ -27,7 +27,7 @@ from typing import Any
 
 from ferry.packaging.description import TargetSpec
 from ferry.packaging.errors import BundleCreateError
-from ferry.packaging.writer import ImageInput, compression_from_cli, sniff_format
+from ferry.packaging.writer import ImageInput, compression_from_cli, sniff_format, sniff_selector
 
 _TOP = {"version", "compatible", "compress", "rootfs", "target"}
 _ROOTFS = {"file", "device", "compress", "filename"}
@@ -102,7 +102,7 @@ def target_input(
         name=name,
         format=fmt or sniffed_fmt,
         version=version or sniffed_version or bundle_version,
-        selector={str(k): str(v) for k, v in (selector or {}).items()},
+        selector={str(k): str(v) for k, v in (selector or sniff_selector(path)).items()},
     )
     return ImageInput(path=path, compress=compress, target=spec, filename=filename)
 

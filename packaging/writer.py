@@ -109,6 +109,17 @@ def sniff_format(path: Path) -> tuple[str, str | None]:
     return "bin", None
 
 
+def sniff_selector(path: Path) -> dict[str, str]:
+    """Selector keys a target image announces itself: a Zigbee OTA file names the
+    manufacturer code and image type that nodes match against."""
+    with path.open("rb") as fh:
+        head = fh.read(20)
+    if len(head) >= 20 and struct.unpack_from("<I", head)[0] == ZIGBEE_OTA_MAGIC:
+        manufacturer, image_type = struct.unpack_from("<HH", head, 10)
+        return {"manufacturer": f"0x{manufacturer:04x}", "image_type": f"0x{image_type:04x}"}
+    return {}
+
+
 def _hash_file(path: Path) -> tuple[str, int, int]:
     sha = hashlib.sha256()
     size = 0

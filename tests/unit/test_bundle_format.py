@@ -180,3 +180,30 @@ def test_corrupt_compressed_data_is_a_bundle_error(kind):
         out = decompress_stream(kind, io.BytesIO(bytes(bad)))
         while out.read(4096):
             pass
+
+
+def test_sniff_format_reads_image_headers(tmp_path):
+    import struct
+
+    from ferry.packaging.writer import sniff_format, sniff_selector
+
+    mcuboot = tmp_path / "a.bin"
+    mcuboot.write_bytes(
+        struct.pack("<IIHHII", 0x96F3B83D, 0, 32, 0, 8, 0) + struct.pack("<BBHI", 2, 0, 1, 7)
+    )
+    assert sniff_format(mcuboot) == ("mcuboot", "2.0.1+7")
+    ota = tmp_path / "b.ota"
+    header = struct.pack("<IHHHHHI", 0x0BEEF11E, 0x0100, 56, 0, 0x1234, 0x0001, 0x00000042)
+    ota.write_bytes(header + b"\0" * 40)
+    assert sniff_format(ota) == ("zigbee-ota", "0x00000042")
+    assert sniff_selector(ota) == {"manufacturer": "0x1234", "image_type": "0x0001"}
+    assert sniff_selector(mcuboot) == {}
+    dfuse = tmp_path / "c.dfu"
+    dfuse.write_bytes(b"DfuSe\x01" + b"\0" * 20)
+    assert sniff_format(dfuse) == ("dfuse", None)
+    plain = tmp_path / "d.dfu"
+    plain.write_bytes(b"\x00" * 30)
+    assert sniff_format(plain) == ("dfu", None)
+    other = tmp_path / "e.bin"
+    other.write_bytes(b"\x01" * 3)
+    assert sniff_format(other) == ("bin", None)
