@@ -12,7 +12,10 @@ if [ -z "$pkg" ]; then
   pkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
 fi
 kver=${pkg#linux-image-}
-tmp=$(mktemp -d "$CACHE/dl.XXXXXX"); chmod 0755 "$CACHE" "$tmp"
+tmp=$(mktemp -d "$CACHE/dl.XXXXXX")
+chmod 0755 "$CACHE"
+# apt-get download drops to user _apt, which must be able to write the directory.
+if id _apt >/dev/null 2>&1; then chown _apt "$tmp"; fi
 (cd "$tmp" && apt-get download -q "$pkg" >/dev/null)
 rm -rf "$CACHE/kroot"
 dpkg -x "$tmp"/*.deb "$CACHE/kroot"
