@@ -7,6 +7,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI runs on a loaded 2-core machine: no per-example deadlines or speed health checks,
+# and a fixed example sequence so a run is reproducible (a failure replays exactly).
+settings.register_profile(
+    "ferry", deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.filter_too_much],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ferry"))
 
 ROOT = Path(__file__).resolve().parent.parent
 
