@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +56,3 @@ def running_version(sim: SimMcu) -> str:
     assert info is not None
     return info.version_text
 
-
-__all__ = ["NEW", "OLD", "config", "flash", "mcu_image", "os", "running_sim", "running_version",
-           "target"]
