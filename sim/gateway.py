@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MAGIC = b"FERRYSIM-ROOTFS\n"
 ENV_SIZE = 0x4000
@@ -159,6 +160,7 @@ class SimGateway:
     targets: list[TargetEntry] = field(default_factory=list)
     keyring: Path | None = None
     on_boot: Callable[[str, dict[str, str]], None] | None = None
+    real_uboot: bool = False  # boot through the real U-Boot in QEMU (sim/uboot_qemu.py)
     boots: int = 0
     booted_at: float = 0.0
 
@@ -195,10 +197,16 @@ class SimGateway:
         factory = rootfs_image(self.root / "factory-rootfs.img", version)
         with open(self.slot_path("A"), "r+b") as f:
             f.write(factory.read_bytes())
-        (self.root / "fw_env.config").write_text(
-            f"{self.env_path} 0x0 {ENV_SIZE:#x} {ENV_SIZE:#x}\n"
-            f"{self.env_path} {ENV_SIZE:#x} {ENV_SIZE:#x} {ENV_SIZE:#x}\n")
-        factory_env(self.env_path, ["A", "B"], attempts=self.attempts)
+        if self.real_uboot:
+            q = self.qemu()
+            q.provision({"BOOT_ORDER": "A B", "BOOT_A_LEFT": str(self.attempts),
+                         "BOOT_B_LEFT": str(self.attempts)})
+            (self.root / "fw_env.config").write_text(q.fw_env_config())
+        else:
+            (self.root / "fw_env.config").write_text(
+                f"{self.env_path} 0x0 {ENV_SIZE:#x} {ENV_SIZE:#x}\n"
+                f"{self.env_path} {ENV_SIZE:#x} {ENV_SIZE:#x} {ENV_SIZE:#x}\n")
+            factory_env(self.env_path, ["A", "B"], attempts=self.attempts)
         check = self.root / "bin" / "app-check"
         check.write_text(
             "#!/bin/sh\n"
@@ -222,7 +230,8 @@ class SimGateway:
             "[bootloader]",
             'scheme = "bootchooser"',
             'fw_env_config = "fw_env.config"',
-            'flags = "incremental"',
+            # the real U-Boot keeps its env in NOR flash (env/flash.c): boolean flags
+            f'flags = "{"boolean" if self.real_uboot else "incremental"}"',
             f"attempts = {self.attempts}",
             'cmdline = "proc/cmdline"',
             'lock_file = "uboot.env.lock"',
@@ -264,9 +273,18 @@ class SimGateway:
     def boot(self) -> str:
         """Power on: the simulated U-Boot picks a slot from the env (and saves its
         counter), the "kernel" gets ferry.slot=<x>, the rootfs in it decides the rest."""
+        cmdline = self.root / "proc" / "cmdline"
+        if self.real_uboot:
+            slot_or_none, kernel = self.qemu().boot()
+            if slot_or_none is None:  # the script reset the counters and the board
+                slot_or_none, kernel = self.qemu().boot()
+            if slot_or_none is None:
+                raise RuntimeError("the real U-Boot booted no slot; see "
+                                   f"{self.root / 'uboot' / 'console.log'}")
+            cmdline.write_text(f"console=ttyAMA0 {kernel}\n")
+            return self._booted(slot_or_none)
         from ferry.sim import bootsim
 
-        cmdline = self.root / "proc" / "cmdline"
         result = bootsim.boot(self.root / "fw_env.config", scheme="bootchooser",
                               flags="incremental", cmdline_path=cmdline)
         if result.slot is None and result.reset_attempts:
@@ -276,7 +294,14 @@ class SimGateway:
         if result.slot is None:
             raise RuntimeError(f"simulated U-Boot found no valid env in {self.env_path}: a "
                                "real one would stop at its prompt with the default env")
-        slot = result.slot
+        return self._booted(result.slot)
+
+    def qemu(self) -> Any:
+        from ferry.sim.uboot_qemu import QemuUBoot
+
+        return QemuUBoot(self.root / "uboot")
+
+    def _booted(self, slot: str) -> str:
         self.boots += 1
         self.booted_at = time.monotonic()
         rootfs = read_rootfs(self.slot_path(slot))
@@ -287,7 +312,8 @@ class SimGateway:
         (self.root / "run" / "rootfs.env").write_text(
             f"health={shlex.quote(health)}\nreason={shlex.quote(reason)}\n")
         with open(self.root / "boot.log", "a") as f:
-            f.write(f"{time.strftime('%H:%M:%S')} boot #{self.boots}: slot {slot}, "
+            f.write(f"{time.strftime('%H:%M:%S')} boot #{self.boots}"
+                    f"{' (real U-Boot)' if self.real_uboot else ''}: slot {slot}, "
                     f"version {rootfs.get('version', '?')}, health {health}\n")
         if self.on_boot is not None:
             self.on_boot(slot, rootfs)

@@ -91,14 +91,14 @@ class Demo:
     runner: Any = None
     bundle: Path | None = None
     progress_seen: dict[str, int] = field(default_factory=dict)
+    real_uboot: bool = False
 
     # -- the story --------------------------------------------------------------------
 
     def run(self) -> int:
         a = self.args
         self.ui.info(f"working in {self.workdir}")
-        if a.real_uboot:
-            self._real_uboot_note()
+        self.real_uboot = bool(a.real_uboot) and self._real_uboot_check()
         self._start_goosebit()
         self._start_targets()
         self._start_gateway()
@@ -110,20 +110,20 @@ class Demo:
             self._keep()
         return exitcodes.OK if ok else exitcodes.FAILED
 
-    def _real_uboot_note(self) -> None:
-        qemu = shutil.which("qemu-system-aarch64")
-        uboot = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
-        missing = [n for n, ok in (("qemu-system-aarch64 (bookworm-backports)", qemu),
-                                   ("u-boot-qemu", uboot.exists())) if not ok]
-        if missing:
-            self.ui.note(f"--real-uboot needs {' and '.join(missing)}: apt-get install -t "
-                         "bookworm-backports qemu-system-arm; apt-get install u-boot-qemu. "
-                         "Going on with the simulated bootloader.")
-        else:
-            self.ui.note("--real-uboot: QEMU and U-Boot are installed, but the demo does not "
-                         "boot them yet (the real U-Boot runs ferry's boot script in "
-                         "tests/system); going on with the simulated bootloader, which "
-                         "applies the same bootchooser logic.")
+    def _real_uboot_check(self) -> bool:
+        from ferry.sim import uboot_qemu
+
+        lacking = uboot_qemu.missing()
+        if lacking:
+            self.ui.note(f"--real-uboot needs {'; '.join(lacking)}. Going on with the "
+                         "simulated bootloader (sim/bootsim.py), which runs the same boot "
+                         "script logic.")
+            return False
+        build = ("the redundant-env build cached by .ci/deps/uboot.sh"
+                 if uboot_qemu.redundant_build() else "Debian's single-copy-env build")
+        self.ui.note(f"--real-uboot: every boot runs the real U-Boot ({build}) in QEMU, "
+                     "with ferry's boot script")
+        return True
 
     def _start_goosebit(self) -> None:
         from ferry.sim.goosebit import Goosebit
@@ -170,7 +170,8 @@ class Demo:
 
         def on_boot(slot: str, rootfs: dict[str, str]) -> None:
             health = rootfs.get("health", "?")
-            self.ui.info(f"gateway boots: U-Boot picks slot {slot}, rootfs version "
+            who = "the real U-Boot (QEMU)" if self.real_uboot else "U-Boot"
+            self.ui.info(f"gateway boots: {who} picks slot {slot}, rootfs version "
                          f"{rootfs.get('version', '?')}")
             if health == "ok":
                 # what ferry-mark-good.service does after boot-complete.target on a real
@@ -179,7 +180,7 @@ class Demo:
 
         gw = SimGateway(gw_root, compatible=COMPATIBLE, keyring=pki.ca_cert,
                         backend_url=self.goosebit.url, controller_id=CONTROLLER_ID,
-                        targets=targets, on_boot=on_boot)
+                        targets=targets, on_boot=on_boot, real_uboot=self.real_uboot)
         self.gateway = gw
         gw.create(OLD_VERSION)
         os.environ["FERRY_BOOT_ID_PATH"] = str(gw.boot_id_path)

@@ -76,3 +76,20 @@ def test_demo_port_in_use_says_what_to_do(tmp_path):
     assert proc.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use" in proc.stderr
     assert "--port" in proc.stderr
+
+
+@pytest.mark.system
+def test_demo_real_uboot_rolls_back_through_the_real_bootloader(tmp_path):
+    for tool in ("qemu-system-aarch64", "mkimage"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} missing; run 'bash .ci/setup' (.ci/deps/uboot.*)")
+    proc = run_demo(tmp_path, "--real-uboot", "--fail", "health")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "--real-uboot: every boot runs the real U-Boot" in out
+    boots = re.findall(r"the real U-Boot \(QEMU\) picks slot (\w)", out)
+    assert boots == ["A", "B", "A"]
+    assert "DEMO OK: the new rootfs failed its health check" in out
+    console = (tmp_path / "demo" / "gateway" / "uboot" / "console.log").read_text()
+    assert console.count("FERRY: boot slot=") == 3
+    assert "bad CRC" not in console
