@@ -48,6 +48,9 @@ class ImageStream(io.RawIOBase):
         self._hash = hashlib.sha256()
         self._done = False
         self.bytes_read = 0
+        if entry.size == 0:  # nothing to read: check the empty image's hash right away
+            self._done = True
+            self._check()
 
     def readable(self) -> bool:
         return True
@@ -103,7 +106,6 @@ class BundleReader:
         self.limits = limits or Limits()
         self._cpio = CpioStreamReader(stream, self.limits)
         self._started = False
-        self._finished = False
         first = self._cpio.next_header()
         if first.name != DESCRIPTION_NAME:
             if first.is_trailer:
@@ -174,10 +176,6 @@ class BundleReader:
                     f"{entry.size} in sw-description"
                 )
             stream = ImageStream(self._cpio, entry)
-            if entry.size == 0:
-                stream.read(0)
-                stream._done = True
-                stream._check()
             previous = stream
             yield entry, cast(BinaryIO, stream)
         if previous is not None and not previous.finished:
@@ -190,7 +188,6 @@ class BundleReader:
                 f"member {tail.name!r} is not listed in sw-description; refusing the bundle"
             )
         self._cpio.check_end()
-        self._finished = True
 
     def verify_all(self) -> None:
         """Read every image to its end, checking everything (``ferry bundle verify``)."""
