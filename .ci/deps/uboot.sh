@@ -37,15 +37,8 @@ apt-get source -q --download-only "u-boot=$ver" >/dev/null 2>&1 || {
   $SUDO apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null
   apt-get source -q --download-only "u-boot=$ver" >/dev/null
 }
-dpkg-source -x --skip-patches u-boot_*.dsc src >/dev/null 2>&1 || dpkg-source -x u-boot_*.dsc src >/dev/null
+dpkg-source -x u-boot_*.dsc src >/dev/null  # unpacks and applies Debian's patches
 cd src
-# Debian's patches (if any were skipped) are applied with quilt-style series when present.
-if [ -f debian/patches/series ] && [ ! -e .pc ]; then
-  while read -r p _; do
-    case "$p" in ''|'#'*) continue ;; esac
-    patch -p1 -s < "debian/patches/$p"
-  done < debian/patches/series
-fi
 O="$work/build"
 mkdir -p "$O"
 zcat /usr/share/doc/u-boot-qemu/configs/config.qemu_arm64.gz > "$O/.config"
