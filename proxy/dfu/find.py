@@ -111,14 +111,20 @@ class Candidate:
 
 
 def inspect_device(dev: Any) -> Candidate | None:
-    """The device's DFU interface, if it has one."""
+    """The device's DFU interface, if it has one.
+
+    Only cached descriptors are read until a DFU interface shows up, so scanning the
+    bus never opens unrelated devices (hubs, modems) or needs permissions on them.
+    """
     try:
-        config = dev.get_active_configuration()
-    except (usb.core.USBError, NotImplementedError):
-        try:
-            config = next(iter(dev))
-        except (usb.core.USBError, StopIteration):
-            return None
+        configs = list(dev)
+    except (usb.core.USBError, NotImplementedError, ValueError):
+        return None
+    config = next((c for c in configs if any(
+        i.bInterfaceClass == DFU_CLASS and i.bInterfaceSubClass == DFU_SUBCLASS for i in c)),
+        None)
+    if config is None:
+        return None
     found: Candidate | None = None
     blobs: list[bytes] = []
     for intf in config:

@@ -140,3 +140,34 @@ def test_device_left_in_error_state_by_someone_else_is_cleared():
     result = flash(sim, image)
     assert result.ok, result.message
     assert dev.firmware() == image
+
+
+def test_device_lost_after_detach_is_reported(monkeypatch):
+    sim = setup()
+    dev = sim.add()
+
+    def reset_and_vanish() -> bool:
+        dev.unplug()
+        return True
+
+    monkeypatch.setattr(dev, "usb_reset", reset_and_vanish)
+    result = flash(sim, b"\x00" * 100)
+    assert not result.ok
+    assert "in DFU mode did not appear within 10 s" in result.message
+    assert "udevd" in result.message
+
+
+def test_read_back_mismatch_is_a_verify_failure(monkeypatch):
+    sim = setup()
+    dev = sim.add()
+    manifest = dev._finish_manifest
+
+    def corrupt() -> None:
+        manifest()
+        dev.regions[0].data[100] ^= 0xFF  # a bit that did not take
+
+    monkeypatch.setattr(dev, "_finish_manifest", corrupt)
+    result = flash(sim, os.urandom(4096))
+    assert not result.ok
+    assert result.message.startswith("read-back differs at 0x00000064")
+    assert result.detail["error"] == "VerifyFailed"
