@@ -93,3 +93,56 @@ def test_demo_real_uboot_rolls_back_through_the_real_bootloader(tmp_path):
     console = (tmp_path / "demo" / "gateway" / "uboot" / "console.log").read_text()
     assert console.count("FERRY: boot slot=") == 3
     assert "bad CRC" not in console
+
+
+@pytest.mark.system
+def test_demo_keep_leaves_it_running_and_says_how_to_explore(tmp_path):
+    import signal
+    import threading
+    import time
+
+    import requests
+
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("FERRY_BOOT_ID_PATH", None)
+    proc = subprocess.Popen([*ferry(), "demo", "--keep", "--dir", str(tmp_path / "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump():
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "assign another bundle there" in line:
+                ready.set()
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    ui = ""
+    try:
+        assert ready.wait(300), "".join(lines[-40:])
+        out = "".join(lines)
+        assert "DEMO OK" in out
+        ui = re.search(r"goosebit UI:\s+(http://127\.0\.0\.1:\d+)/ui", out).group(1)
+        status_cmd = re.search(r"ferry status:\s+(.*)", out).group(1)
+        assert requests.get(ui + "/login", timeout=30).status_code == 200
+        # the printed status command works as printed
+        status = subprocess.run(status_cmd.replace("ferry ", f"{ferry()[0]} ", 1),
+                                shell=True, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert "slot B (committed)" in status.stdout
+        time.sleep(1)
+        assert proc.poll() is None  # still running
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        t.join(timeout=10)
+    port = int(ui.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
