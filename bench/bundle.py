@@ -77,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
     tp_size = (128 if args.quick else 1024) * MiB
     rss_sizes = [64 * MiB, 256 * MiB] if args.quick else [256 * MiB, 2048 * MiB]
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 5)
     openssl = shutil.which("openssl")
     if openssl is None:
         raise SystemExit("openssl is missing; run bash .ci/setup")
