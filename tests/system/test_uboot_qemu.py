@@ -410,17 +410,44 @@ def test_power_cut_during_uboot_saveenv_single_copy(tmp_path):
     board = Board(tmp_path, DEBIAN_UBOOT, "bootchooser", redundant=False)
     board.provision()
     assert board.good_boot().slot == "A"
-    cut = board.boot(kill_at="Writing to Flash")
-    assert cut.killed
-    with pytest.raises(NoValidEnvError):
-        env(board)
+    # cut inside the erase/write window; the first kill that lands there destroys the
+    # only copy (a kill before the erase or after the write leaves a valid env)
     abs_cfg = tmp_path / "abs.config"
     abs_cfg.write_text(f"{board.flash} 0x0 {ENV_SIZE:#x} {ENV_SIZE:#x}\n")
+    broken = False
+    for text, delay in (("Writing to Flash", 0.0), ("Erasing Flash", 0.01),
+                        ("Saving Environment", 0.02), ("Saving Environment", 0.04)):
+        assert board.boot(kill_at=text, delay=delay).killed
+        try:
+            env(board)
+        except NoValidEnvError:
+            broken = True
+            break
+    assert broken, "no kill landed inside saveenv"
     out = subprocess.run([tool("fw_printenv"), "-c", str(abs_cfg)],
                          capture_output=True, timeout=30)
     assert out.returncode != 0
     b = board.boot()
     assert b.default_env and b.slot is None
+
+
+def test_power_cut_during_bootcount_save(tmp_path):
+    """U-Boot's own BOOTCOUNT_ENV save (before bootcmd) cut short: the trial goes on with
+    the count before or after that boot, never the default env."""
+    board = Board(tmp_path, redundant_uboot(), "bootcount", redundant=True, attempts=9)
+    board.provision()
+    assert board.good_boot().slot == "A"
+    bl = board.bootloader()
+    bl.activate("B")
+    for delay in (0.0, 0.01, 0.03):
+        before = int(env(board)["bootcount"])
+        assert board.boot(kill_at="Saving Environment", delay=delay).killed
+        after = int(env(board)["bootcount"])  # never NoValidEnvError
+        assert after in (before, before + 1)
+        b = board.good_boot()
+        assert b.slot == "B"
+        assert int(env(board)["bootcount"]) == after + 1
+    assert bl.state().pending  # still on trial, nothing lost
 
 
 class _Cut(Exception):
