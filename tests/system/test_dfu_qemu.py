@@ -7,9 +7,10 @@ host root read-only over 9p, udevd for re-enumeration) runs, in this order:
 
 1. Debian's unmodified dfu-util -l (list);
 2. ferry's ``flash dfu`` command in one Python process (the guest pays Python's start-up
-   over 9p once): on A run-time -> DFU_DETACH + USB reset -> download -> UPLOAD verify
-   -> reset (pyusb -> libusb -> usbfs -> xHCI), then on B a DfuSe file ferry wrote
-   (erase, program, verify, leave);
+   over 9p once): on A run-time -> DFU_DETACH + USB reset -> download, where A stalls
+   block 5 once (the kernel's EPIPE must come back as a clear error and leave A idle);
+   the retry downloads, verifies by UPLOAD and resets (pyusb -> libusb -> usbfs -> xHCI);
+   then on B a DfuSe file ferry wrote (erase, program, verify, leave);
 3. dfu-util uploads A (detaching it again) and the guest compares with ferry's image;
 4. dfu-util downloads another image to A, uploads it, compares;
 5. dfu-util downloads a dfuse-pack file to B (DfuSe, other pages than ferry's), uploads
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from ferry.proxy.dfu.files import DfuseTarget, Element, write_dfuse
-from ferry.sim.dfu.device import SimDfuDevice, Timing
+from ferry.sim.dfu.device import Faults, SimDfuDevice, Timing
 from ferry.sim.dfu.harness import dfuse_spec, plain_spec
 from ferry.sim.dfu.usbredir import UsbredirServer
 
@@ -94,14 +95,12 @@ import argparse, sys
 from ferry.daemon.cli import flash_dfu
 parser = argparse.ArgumentParser(prog="ferry flash")
 flash_dfu.register(parser.add_subparsers())
-rc = 0
-for argv in (["dfu", "1209:5a01,0001", "/mnt/work/fw1.bin"],
-             ["dfu", "0483:df11,DFUSE0001", "/mnt/work/fw4.dfu"]):
+for name, argv in (("stalled", ["dfu", "1209:5a01,0001", "/mnt/work/fw1.bin"]),
+                   ("retry", ["dfu", "1209:5a01,0001", "/mnt/work/fw1.bin"]),
+                   ("dfuse", ["dfu", "0483:df11,DFUSE0001", "/mnt/work/fw4.dfu"])):
     args = parser.parse_args(argv)
     code = args.func(args)
-    print(f"FERRY {argv[1]} rc={code}", file=sys.stderr, flush=True)
-    rc |= code
-sys.exit(rc)
+    print(f"FERRY {name} rc={code}", file=sys.stderr, flush=True)
 """
 
 
@@ -200,7 +199,7 @@ def test_dfu_util_and_ferry_in_a_qemu_guest(tmp_path):
     initrd = build_initrd(tmp_path, python, len(a3))
 
     timing = Timing(program_ms_per_block=2, erase_ms_per_page=5, manifest_ms=10)
-    dev_a = SimDfuDevice(plain_spec(), timing=timing)
+    dev_a = SimDfuDevice(plain_spec(), timing=timing, faults=Faults(stall_at_block=5))
     dev_b = SimDfuDevice(dfuse_spec(), timing=timing)
     servers = [UsbredirServer(dev_a).start(), UsbredirServer(dev_b).start()]
     console = tmp_path / "console.log"
@@ -242,9 +241,12 @@ def test_dfu_util_and_ferry_in_a_qemu_guest(tmp_path):
 
     # 2. ferry over pyusb -> libusb -> usbfs: detach, download, verify, reset; DfuSe
     assert got.get("ferry") == "rc=0", context
-    assert "FERRY 1209:5a01,0001 rc=0" in outputs["ferry"], context
-    assert "FERRY 0483:df11,DFUSE0001 rc=0" in outputs["ferry"], context
+    assert "FAILED: device stalled DNLOAD block 5" in outputs["ferry"], context
+    assert "FERRY stalled rc=1" in outputs["ferry"], context
+    assert "FERRY retry rc=0" in outputs["ferry"], context
+    assert "FERRY dfuse rc=0" in outputs["ferry"], context
     assert outputs["ferry"].count("verified by upload") == 2, context
+    assert "fault: stall at block 5" in dev_a.log, context
     assert "reset mode=runtime state=APP_DETACH" in dev_a.log, context
     assert dev_b.regions[0].read(0x08008000, len(a4)) == a4
     assert dev_b.regions[0].read(0x08020000, len(b4)) == b4
