@@ -396,9 +396,20 @@ class EnvStore:
             return
         try:
             self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise EnvError(f"cannot open env lock {self.lock_file}: {err.strerror}") from err
+            if not shared:
+                raise EnvError(
+                    f"cannot open env lock {self.lock_file}: {err.strerror}"
+                ) from err
+            # A reader that may not create the lock (ferry status as a user) reads
+            # unlocked: writers only ever write the copy that is not current, so it
+            # sees the old env or the new one.
+            try:
+                fd = os.open(self.lock_file, os.O_RDONLY)
+            except OSError:
+                yield
+                return
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ferry.daemon import bootchooser, bootcount
 from ferry.daemon.bootloader import make_bootloader
@@ -102,3 +104,21 @@ def test_broken_env_is_the_default_env(tmp_path):
     raw[10] ^= 1
     img.write_bytes(bytes(raw))
     assert boot().slot is None
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.lists(st.sampled_from(["A", "B"]), max_size=3, unique=True),
+       a=st.integers(0, 9), b=st.integers(0, 9))
+def test_bootsim_and_ferry_agree_on_the_choice(tmp_path, order, a, b):
+    """ferry's prediction (bootchooser.choose) equals what the simulated boot does, for
+    any order and counters; and ferry reads the counter bootsim saved."""
+    bl, boot = gateway(tmp_path, "bootchooser", True, "incremental")
+    bl.store.update({"BOOT_ORDER": " ".join(order), "BOOT_A_LEFT": str(a),
+                     "BOOT_B_LEFT": str(b)})
+    want = bootchooser.choose(bl.store.read(), bl.config)
+    r = boot()
+    assert r.slot == want
+    if want is not None:
+        before = {"A": a, "B": b}[want]
+        assert bl.state().slot(want).attempts_left == before - 1

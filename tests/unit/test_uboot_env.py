@@ -307,3 +307,13 @@ def test_writers_are_serialised_by_the_lock(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     assert store.read()["n"] == "50"
+
+
+def test_reader_without_lock_access_still_reads(tmp_path):
+    store = make_env(tmp_path, redundant=True)
+    store.initialize({"a": "1"})
+    store.lock_file = tmp_path / "missing-dir-file" / "x" / "lock"
+    (tmp_path / "missing-dir-file").write_text("")  # a file where a dir should be
+    assert store.read() == {"a": "1"}
+    with pytest.raises(EnvError, match="env lock"):
+        store.update({"a": "2"})
