@@ -41,8 +41,7 @@ def repo_root() -> Path:
 def find_venv() -> Path:
     """The goosebit virtualenv, or a GoosebitError saying how to get one."""
     env = os.environ.get("FERRY_GOOSEBIT_VENV")
-    candidates = [Path(env)] if env else []
-    candidates.append(repo_root() / ".cache" / "goosebit-venv")
+    candidates = [Path(env)] if env else [repo_root() / ".cache" / "goosebit-venv"]
     for c in candidates:
         if (c / "bin" / "uvicorn").exists() and (c / "bin" / "aerich").exists():
             return c

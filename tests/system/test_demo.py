@@ -146,3 +146,12 @@ def test_demo_keep_leaves_it_running_and_says_how_to_explore(tmp_path):
     port = int(ui.rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+@pytest.mark.system
+def test_demo_without_goosebit_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERRY_GOOSEBIT_VENV", str(tmp_path / "no-such-venv"))
+    proc = run_demo(tmp_path)
+    assert proc.returncode == 1
+    assert "goosebit is not installed" in proc.stderr
+    assert "bash .ci/setup" in proc.stderr and "pip install goosebit==" in proc.stderr
