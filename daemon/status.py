@@ -65,8 +65,12 @@ def slots(config: Config, bootloader: Bootloader) -> dict[str, Any]:
             "attempts_left": bs.attempts_left,
             "version": versions.get(s.name, "") or (_running(config) if bs.booted else ""),
         })
+    # the running slot is on trial only while it is the one being tried; a slot that is
+    # activated for the next boot does not make the running one uncommitted
+    on_trial = state.pending and state.primary == state.booted
     return {"scheme": state.scheme, "booted": state.booted, "primary": state.primary,
-            "committed": not state.pending, "redundant_env": state.redundant,
+            "committed": not on_trial, "pending_slot": state.primary if state.pending else None,
+            "redundant_env": state.redundant,
             "canary": state.canary, "slots": rows}
 
 

@@ -88,16 +88,25 @@ def run_via_ferryd(args: argparse.Namespace) -> int:
     source = args.source
     if "://" not in source:
         source = os.path.abspath(source)  # ferryd's working directory is not ours
-    bars: dict[str, ProgressBar] = {}
     quiet = bool(getattr(args, "json", False))
+    current: dict[str, Any] = {"phase": "", "bar": None}
+    events = {"activate": "activating the new slot", "reboot": "asking for the reboot"}
 
     def progress(pct: int, phase: str, depth: int) -> None:
         if quiet or phase in ("", "installing", "done", "failed", "cancelled"):
             return
-        bar = bars.get(phase)
-        if bar is None:
-            bar = bars[phase] = ProgressBar(PHASE_WORDS.get(phase, phase), 100)
-        bar.update(pct)
+        if phase != current["phase"]:
+            if current["bar"] is not None:
+                current["bar"].finish()  # one finished line per phase
+                current["bar"] = None
+            current["phase"] = phase
+            if phase in events:
+                print(events[phase], file=sys.stderr)
+            else:
+                current["bar"] = ProgressBar(PHASE_WORDS.get(phase, phase), 100,
+                                             unit="percent")
+        if current["bar"] is not None:
+            current["bar"].update(pct)
 
     try:
         result, error = client.install(source, force=args.force, on_progress=progress)
@@ -105,6 +114,8 @@ def run_via_ferryd(args: argparse.Namespace) -> int:
         print("\nferry: detached; the install goes on in ferryd. Follow it with "
               "'ferry status', stop it with 'ferry cancel'.", file=sys.stderr)
         return exitcodes.INTERRUPTED
+    if current["bar"] is not None:
+        current["bar"].finish()
     outcome = {0: "ok", 1: "failed", 2: "cancelled"}.get(result, str(result))
     if quiet:
         import json

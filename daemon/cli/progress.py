@@ -30,7 +30,10 @@ class ProgressBar:
     """Percent, bytes, rate and ETA for a transfer of known size."""
 
     def __init__(self, label: str, total: int, *, stream: TextIO | None = None,
-                 width: int = 80) -> None:
+                 width: int = 80, unit: str = "bytes") -> None:
+        # unit "bytes" shows amounts and rate; "percent" (progress relayed from ferryd,
+        # which reports only a percentage) shows the bar, percent and ETA
+        self.unit = unit
         self.label = label
         self.total = max(total, 0)
         self.stream = stream or sys.stderr
@@ -65,13 +68,26 @@ class ProgressBar:
         bar_w = 20
         fill = int(bar_w * pct / 100)
         bar = "#" * fill + "." * (bar_w - fill)
-        text = (f"{self.label} [{bar}] {pct:5.1f}% {human_bytes(done)}/"
-                f"{human_bytes(self.total)} {human_bytes(rate)}/s ETA {human_duration(eta)}")
+        if self.unit == "percent":
+            text = f"{self.label} [{bar}] {pct:5.1f}% ETA {human_duration(eta)}"
+        else:
+            text = (f"{self.label} [{bar}] {pct:5.1f}% {human_bytes(done)}/"
+                    f"{human_bytes(self.total)} {human_bytes(rate)}/s ETA {human_duration(eta)}")
         if message:
             text += f" {message}"
         return text
 
-    def finish(self, final_line: str) -> None:
+    def finish(self, final_line: str | None = None) -> None:
+        """End the bar: replace it with ``final_line``, or keep it drawn at 100 %."""
+        if final_line is None:
+            self.done = self.total
+            self._last_draw = 0.0
+            self._last_pct = -100
+            self.update(self.total)
+            if self.tty:
+                self.stream.write("\n")
+            self.stream.flush()
+            return
         if self.tty:
             self.stream.write("\r" + " " * (self.width - 1) + "\r")
         self.stream.write(final_line + "\n")

@@ -72,6 +72,11 @@ def _table(rows: list[list[str]]) -> list[str]:
             for r in rows]
 
 
+def _short(text: str, width: int) -> str:
+    """Keep the end of a long path (the part that tells slots apart)."""
+    return text if len(text) <= width else "~" + text[-(width - 1):]
+
+
 def render_bootloader(section: dict[str, Any]) -> list[str]:
     out = []
     if section.get("error"):
@@ -79,13 +84,16 @@ def render_bootloader(section: dict[str, Any]) -> list[str]:
     else:
         env = "redundant" if section.get("redundant_env") else "SINGLE COPY (not power-safe)"
         trial = "committed" if section.get("committed") else f"trying {section.get('primary')}"
+        pending = section.get("pending_slot")
+        if section.get("committed") and pending and pending != section.get("booted"):
+            trial += f", {pending} activated for the next boot"
         canary = "" if section.get("canary") else ", canary missing (U-Boot has not saved yet)"
         out.append(f"bootloader: {section.get('scheme')}, env {env}, {trial}{canary}")
     rows = [["SLOT", "BOOT", "DEVICE", "STATE", "ATTEMPTS", "VERSION"]]
     for s in section.get("slots", []):
         left = s.get("attempts_left")
         rows.append([
-            s.get("name", ""), s.get("bootname", ""), s.get("device", ""),
+            s.get("name", ""), s.get("bootname", ""), _short(str(s.get("device", "")), 24),
             " ".join(s.get("state", [])) or "?",
             "-" if left is None else str(left), s.get("version", "") or "-",
         ])
@@ -112,11 +120,68 @@ def render_health(section: dict[str, Any]) -> list[str]:
     return render_section(section)
 
 
+def _deployment_line(dep: dict[str, Any]) -> str:
+    version = dep.get("version") or "?"
+    where = f"{dep.get('from_slot') or '?'}->{dep.get('to_slot') or '?'}"
+    return f"#{dep.get('id')} {version} ({where}, from {dep.get('origin', '?')})"
+
+
+def render_install(section: dict[str, Any]) -> list[str]:
+    """The deployment in flight, then the last one that finished, with its reason."""
+    out = []
+    pending, last = section.get("pending"), section.get("last")
+    if pending:
+        done, total = pending.get("progress_done") or 0, pending.get("progress_total") or 0
+        pct = f" {done * 100 // total}%" if total else ""
+        out.append(f"install: {_deployment_line(pending)} {pending.get('state')}{pct}")
+    else:
+        out.append("install: none pending")
+    if last and last.get("result"):
+        out.append(f"last:    {_deployment_line(last)} {last.get('result')}")
+        if last.get("error"):
+            out.append(f"         {str(last['error'])[:70]}")
+    return out
+
+
+def render_operation(section: dict[str, Any]) -> list[str]:
+    """ferryd's live operation (only present when status came over D-Bus)."""
+    op = section.get("operation", "idle")
+    if op == "idle":
+        error = section.get("last_error") or ""
+        return [f"ferryd: idle; last error: {error[:50]}" if error else "ferryd: idle"]
+    pct, msg, _depth = (section.get("progress") or [0, "", 1])
+    return [f"ferryd: {op} {pct}% {msg}"]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "bootloader": render_bootloader,
+    "install": render_install,
+    "operation": render_operation,
     "health": render_health,
 }
-SKIP = {"time", "version", "compatible", "daemon"}
+# targets are shown with their health in the health section
+SKIP = {"time", "version", "compatible", "daemon", "targets"}
+
+
+def render_target_problems(targets: list[dict[str, Any]]) -> list[str]:
+    """Why a target's last update failed, in the device's own words."""
+    return [f"  ! {t.get('name')}: {t.get('message')}" for t in targets
+            if t.get("last_result") in ("failure", "failed", "rolled-back") and t.get("message")]
+
+
+def fit(lines: list[str], width: int = 80) -> list[str]:
+    """Wrap anything wider than a serial console, indenting the continuation."""
+    import textwrap
+
+    out = []
+    for line in lines:
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * min(len(line) - len(line.lstrip()) + 4, 20)
+        out.extend(textwrap.wrap(line, width=width, subsequent_indent=indent,
+                                 break_on_hyphens=False) or [line[:width]])
+    return out
 
 
 def render(status: dict[str, Any]) -> str:
@@ -129,7 +194,9 @@ def render(status: dict[str, Any]) -> str:
             lines.extend(renderer(value))
         else:
             lines.extend(render_generic(name, value))
-    return "\n".join(lines)
+        if name == "health":
+            lines.extend(render_target_problems(status.get("targets") or []))
+    return "\n".join(fit(lines))
 
 
 def run(args: argparse.Namespace) -> int:
