@@ -56,6 +56,14 @@ class BackendError(FerryError):
     pass
 
 
+# configData keys that change on their own; a change in them alone is not news
+_VOLATILE = ("gw.uptime_s", "gw.data_free_mib", ".last_seen")
+
+
+def _stable(data: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in data.items() if not k.endswith(_VOLATILE)}
+
+
 @dataclass
 class TargetOutcome:
     """One target's result, as it goes into the final details line."""
@@ -185,7 +193,7 @@ class DeploymentRunner:
         self.state = self.state_file.load()
         self.log = log
         self.hw_boardname = hw_boardname
-        self.config_sent = False
+        self.last_health: dict[str, str] | None = None  # configData last delivered
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -209,8 +217,7 @@ class DeploymentRunner:
             return self._report()
         poll = self.client.poll()
         sleep = self.client.next_sleep(poll)
-        if poll.config_data_href or not self.config_sent:
-            self.send_health()
+        self.send_health(force=bool(poll.config_data_href))
         if poll.cancel_href:
             return self._cancel(self.client.cancel_action(poll.cancel_href), sleep)
         if not poll.deployment_href:
@@ -461,10 +468,15 @@ class DeploymentRunner:
     def gateway_name(self) -> str:
         return self.gateway.health().gateway.compatible or "ferry"
 
-    def send_health(self) -> dict[str, str]:
+    def send_health(self, *, force: bool = True) -> dict[str, str] | None:
+        """Send configData when the server asks, on the first poll, and whenever the
+        picture changed (a target went away, a unit failed); not for ticking clocks."""
         data = to_config_data(self.gateway.health(), hw_boardname=self.hw_boardname)
+        if not force and self.last_health is not None and \
+                _stable(data) == _stable(self.last_health):
+            return None
         self.client.put_config_data(data)
-        self.config_sent = True
+        self.last_health = data
         return data
 
     def report_installed(self) -> bool:

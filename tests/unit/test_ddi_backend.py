@@ -125,6 +125,21 @@ def test_idle_poll_sends_combined_health(server, tmp_path):
     assert server.config_data["gw.slot"] == "A"
 
 
+def test_config_data_resent_when_health_changes(server, tmp_path):
+    gw = FakeGateway()
+    r = runner(server, gw, tmp_path)
+    r.step()
+    server.config_data_requested = False
+    puts = [p for m, p in server.requests if m == "PUT"]
+    r.step()  # nothing new (only the uptime could tick): no configData
+    assert [p for m, p in server.requests if m == "PUT"] == puts
+    gw.target_results["mcu0"] = "failure"
+    r.step()
+    assert len([p for m, p in server.requests if m == "PUT"]) == len(puts) + 1
+    assert server.config_data["ferry.overall"] == "degraded"
+    assert server.config_data["target.mcu0.result"] == "failure"
+
+
 def test_several_chunks_happy_path(server, tmp_path):
     gw = FakeGateway()
     aid = server.assign([("firmware", "mcu", "1.4", {"mcu.swu": b"M" * 3000}),
