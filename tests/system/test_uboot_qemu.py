@@ -300,6 +300,26 @@ def test_bootchooser_on_debian_uboot(tmp_path):
     assert env(board)["BOOT_B_LEFT"] == "1"
 
 
+def test_bootchooser_script_defaults_and_reset(tmp_path):
+    """The script's other branches on a real U-Boot: missing variables get defaults, and
+    with no attempts left anywhere it resets the counters and the board."""
+    board = Board(tmp_path, DEBIAN_UBOOT, "bootchooser", redundant=False)
+    board.provision()
+    store = board.bootloader().store
+    store.update({"BOOT_ORDER": None, "BOOT_A_LEFT": None, "BOOT_B_LEFT": None})
+    assert board.good_boot().slot == "A"
+    e = env(board)
+    assert (e["BOOT_ORDER"], e["BOOT_A_LEFT"], e["BOOT_B_LEFT"]) == ("A B", "2", "3")
+
+    store.update({"BOOT_A_LEFT": "0", "BOOT_B_LEFT": "0"})
+    b = board.boot()  # -no-reboot: U-Boot's reset ends QEMU
+    assert "no slot has attempts left" in b.console and b.slot is None
+    assert not b.default_env
+    e = env(board)
+    assert (e["BOOT_A_LEFT"], e["BOOT_B_LEFT"]) == ("3", "3")
+    assert board.good_boot().slot == "A"
+
+
 # --- rebuilt U-Boot: redundant env, both schemes ----------------------------------
 
 
