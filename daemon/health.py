@@ -315,7 +315,9 @@ def collect(config: Any, *, bootloader: Any = None, journal: Any = None,
         try:
             state = bootloader.state()
             booted = state.booted or bootloader.booted()
-            committed = not state.pending
+            # on trial only while the running slot is the one being tried; a slot
+            # activated for the next boot leaves the running one committed
+            committed = not (state.pending and state.primary == booted)
         except FerryError:
             pass
     try:

@@ -93,34 +93,19 @@ def install(journal: Journal) -> dict[str, Any]:
 def collect(config: Config, *, journal: Journal, bootloader: Bootloader) -> dict[str, Any]:
     from ferry.daemon import health as health_mod
 
-    slot_part = slots(config, bootloader)
-    target_rows = targets(config, journal)
     try:
         version = config.gateway.running_version()
     except FerryError:
         version = ""
-    gateway = health_mod.gateway_health(
-        booted_slot=str(slot_part.get("booted") or ""),
-        committed=bool(slot_part.get("committed", False)),
-        version=version,
-        compatible=config.gateway.compatible,
-        data_dir=config.gateway.data_dir,
-        required_units=config.health.required_units,
-        system=None if config.health.system_state else ("unknown", ()),
-    )
-    health = health_mod.Health(gateway=gateway, targets=tuple(
-        health_mod.TargetHealth(
-            name=t["name"], transport=t["transport"], address=t["address"],
-            hardware_id=t["hardware_id"], version=t["version"],
-            last_result=t["last_result"], last_seen=t["last_seen"],
-            reachable=None if t["last_result"] == "never" else t["last_result"] != "failure",
-        ) for t in target_rows))
+    health = health_mod.collect(
+        config, bootloader=bootloader, journal=journal,
+        system=None if config.health.system_state else ("unknown", ()))
     return {
         "time": time.time(),
         "version": version,
         "compatible": config.gateway.compatible,
-        "bootloader": slot_part,
+        "bootloader": slots(config, bootloader),
         "install": install(journal),
-        "targets": target_rows,
+        "targets": targets(config, journal),
         "health": health.as_dict(),
     }
