@@ -114,13 +114,16 @@ async def serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     engine = GatewayEngine(config)
     backend_stop = threading.Event()
-    if not args.no_resume:
-        # resume first, then poll the DDI backend if [backend] url is set (one thread)
-        from ferry.daemon.pipeline_gateway import resume_then_poll
+    from ferry.daemon.pipeline_gateway import resume_then_poll
 
-        threading.Thread(target=resume_then_poll,
-                         args=(lambda: _resume(engine), config, engine.ctx, backend_stop),
-                         name="ferryd-resume", daemon=True).start()
+    def resume() -> None:
+        if not args.no_resume:
+            _resume(engine)
+
+    # one thread finishes what a reboot interrupted, then polls the DDI server when
+    # [backend] url is set, so the two never work on the same deployment at once
+    threading.Thread(target=resume_then_poll, args=(resume, config, engine.ctx, backend_stop),
+                     name="ferryd-backend", daemon=True).start()
     bus = await _bus(args.bus)
     iface = await export(bus, engine)
     stop = asyncio.Event()
