@@ -137,6 +137,10 @@ class ActionState:
     details: list[str] = field(default_factory=list)
     result: str = ""  # success | failure, once known
     started: float = 0.0
+    # the running version the server last heard of (kept across actions): a change it
+    # did not hear of (an offline ``ferry install``, a rollback by U-Boot alone) goes up
+    # as installedBase on the next idle poll
+    reported_version: str = ""
 
 
 class StateFile:
@@ -224,6 +228,8 @@ class DeploymentRunner:
             if st.phase == DOWNLOADED:
                 # the action vanished from the server (cancelled elsewhere)
                 self._forget()
+            if self.state.phase == IDLE:
+                self._report_if_changed()
             return StepResult("idle", sleep)
         dep = self.client.deployment(poll.deployment_href)
         return self._deployment(dep, sleep)
@@ -236,7 +242,7 @@ class DeploymentRunner:
     def _forget(self) -> None:
         for f in self.state.files:
             Path(f).unlink(missing_ok=True)
-        self.state = ActionState()
+        self.state = ActionState(reported_version=self.state.reported_version)
         self._save()
 
     def _bundles(self, dep: Deployment) -> tuple[list[Artifact], list[str]]:
@@ -422,6 +428,7 @@ class DeploymentRunner:
         self.client.feedback(st.action_id, "closed", st.result or "failure", st.details)
         aid = st.action_id
         result = st.result
+        st.reported_version = self.gateway.installed_version()
         self._forget()
         try:
             self.send_health()
@@ -481,8 +488,19 @@ class DeploymentRunner:
 
     def report_installed(self) -> bool:
         """After an offline ``ferry install`` or a rollback outside a DDI action."""
-        return self.client.put_installed_base(self.gateway_name(),
-                                              self.gateway.installed_version())
+        version = self.gateway.installed_version()
+        ok = self.client.put_installed_base(self.gateway_name(), version)
+        self.state.reported_version = version
+        self._save()
+        return ok
+
+    def _report_if_changed(self) -> None:
+        version = self.gateway.installed_version()
+        if version and version != self.state.reported_version:
+            try:
+                self.report_installed()
+            except DdiError as exc:
+                self.log(f"backend: installedBase not delivered: {exc}")
 
     def status(self) -> dict[str, Any]:
         return asdict(self.state)

@@ -260,10 +260,21 @@ def test_cancel_after_slot_switch_is_rejected(server, tmp_path):
 
 def test_offline_install_reported_as_installed_base(server, tmp_path):
     gw = FakeGateway()
-    gw.version = "1.7-usb"
     r = runner(server, gw, tmp_path)
-    assert r.report_installed() is True
+    r.step()
+    assert server.installed == [{"name": "ferry-test", "version": "1.0"}]  # first contact
+    r.step()
+    assert len(server.installed) == 1  # nothing changed: not sent again
+    gw.version = "1.7-usb"  # a technician ran `ferry install` from a USB stick
+    r = runner(server, gw, tmp_path)  # ... and rebooted: state comes from the file
+    r.step()
     assert server.installed[-1] == {"name": "ferry-test", "version": "1.7-usb"}
+    assert len(server.installed) == 2
+    # after a DDI action the server knows the version: no extra installedBase
+    server.assign([("os", "gateway", "2.0", {"gw.swu": b"G"})])
+    run_until(r, "finished")
+    r.step()
+    assert len(server.installed) == 2
 
 
 def test_server_down_mid_action_is_retried(server, tmp_path):
