@@ -75,7 +75,7 @@ def test_status_text_and_json(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--config", str(cfg), "status"]) == 0
     text = capsys.readouterr().out
-    assert "bootchooser" in text and "trying B" in text
+    assert "bootchooser" in text and "B activated for the next boot" in text
     lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith("rootfs.")}
     assert lines["rootfs.0"].split()[1:4] == ["A", "/dev/vda2", "booted"]
     assert "1.0.0" in lines["rootfs.0"]  # the running version for the booted slot
