@@ -7,6 +7,7 @@ second path through the update logic.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from ferry.errors import FerryError
 
 # pipeline phases (Context.report) after which the new slot may be active
 _LATE_PHASES = ("activate", "reboot")
+
+
+log = logging.getLogger("ferry.engine")
 
 
 class UnknownTarget(FerryError):
@@ -42,11 +46,22 @@ class GatewayEngine:
 
         self._phase = "accepted"
         self.ctx.progress = report
+        log.info("install of %s requested over D-Bus%s", source, " (forced)" if force else "",
+                 extra={"phase": "accepted"})
         try:
             dep_id = run_install(self.config, source, force=force, origin="dbus",
                                  progress=report, ctx=self.ctx)
+        except FerryError as err:
+            latest = self.ctx.journal.latest()
+            log.error("install of %s failed: %s", source, err,
+                      extra={"deployment_id": latest.id if latest else None,
+                             "phase": self._phase})
+            raise
         finally:
             self.ctx.progress = None
+        dep = self.ctx.journal.get(dep_id)
+        log.info("deployment %d: %s %s", dep_id, dep.version or "", dep.state,
+                 extra={"deployment_id": dep_id, "phase": dep.state})
         return f"deployment {dep_id}"
 
     def cancellable(self) -> bool:
@@ -106,8 +121,13 @@ class GatewayEngine:
         def report(done: int, total: int, message: str) -> None:
             progress(f"flash:{tc.name}:{message}", done, total)
 
+        log.info("flashing %s onto %s", image, tc.name, extra={"target": tc.name,
+                                                               "phase": "flash"})
         with path.open("rb") as stream:
             result = transport.flash(t, stream, progress=report)
+        log.log(logging.INFO if result.ok else logging.ERROR, "%s: %s", tc.name,
+                result.message or ("ok" if result.ok else "failed"),
+                extra={"target": tc.name, "phase": "flash"})
         return {"name": tc.name, "ok": result.ok, "version": result.version,
                 "message": result.message, "skipped": result.skipped,
                 "rolled_back": result.rolled_back}
