@@ -290,8 +290,9 @@ class DdiClient:
             self.session.headers["Authorization"] = f"GatewayToken {s.gateway_token}"
         if s.client_cert:
             self.session.cert = (s.client_cert, s.client_key) if s.client_key else s.client_cert
-        if s.ca_file:
-            self.session.verify = s.ca_file
+        # passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE
+        # in the environment (requests' merge order), and the configured CA must win
+        self.verify: str | bool = s.ca_file or True
         self.session.headers["Accept"] = "application/hal+json, application/json"
         self.base = f"{s.url}/{s.tenant}/controller/v1/{s.controller_id}"
 
@@ -305,7 +306,8 @@ class DdiClient:
     def _request(self, method: str, href: str, body: Any = None) -> tuple[int, Any]:
         url = self._url(href)
         try:
-            resp = self.session.request(method, url, json=body, timeout=self.settings.timeout)
+            resp = self.session.request(method, url, json=body, timeout=self.settings.timeout,
+                                        verify=self.verify)
         except requests.RequestException as exc:
             raise DdiError(f"cannot reach the DDI server at {self.settings.url}: {exc}") from exc
         data: Any = None
@@ -443,7 +445,8 @@ class ArtifactStream:
             headers["Range"] = f"bytes={self.pos}-"
         try:
             resp = self.client.session.get(self.artifact.url, headers=headers, stream=True,
-                                           timeout=self.client.settings.timeout)
+                                           timeout=self.client.settings.timeout,
+                                           verify=self.client.verify)
         except requests.RequestException as exc:
             raise DdiError(f"cannot download {self.artifact.filename}: {exc}") from exc
         if resp.status_code == 416 and self.artifact.size == self.pos:

@@ -131,6 +131,8 @@ class DdiFixture:
         self.drop_once: set[str] = set()  # artifact filenames whose first GET is cut short
         self.range_requests: list[str] = []
         self.unavailable = False  # answer 503 to everything (server down for maintenance)
+        self.scheme = "http"
+        self.client_certs: list[Any] = []  # peer certificates seen (mTLS)
         self._next = 1
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -141,7 +143,7 @@ class DdiFixture:
     @property
     def url(self) -> str:
         assert self.httpd is not None
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def assign(self, chunks: list[tuple[str, str, str, dict[str, bytes]]], *,
                download: str = "forced", update: str = "forced",
@@ -180,8 +182,11 @@ class DdiFixture:
 
     # -- server -----------------------------------------------------------------------
 
-    def start(self) -> DdiFixture:
+    def start(self, ssl_context: Any = None) -> DdiFixture:
+        """Serve on 127.0.0.1; with an ``ssl.SSLContext``, HTTPS (and mTLS if it
+        requires client certificates)."""
         fixture = self
+        self.scheme = "https" if ssl_context is not None else "http"
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -199,6 +204,8 @@ class DdiFixture:
                 fixture._handle(self, "PUT")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if ssl_context is not None:
+            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
                                        daemon=True)
@@ -230,6 +237,9 @@ class DdiFixture:
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         path = h.path.split("?", 1)[0]
         self.requests.append((method, path))
+        getpeercert = getattr(h.connection, "getpeercert", None)
+        if getpeercert is not None:
+            self.client_certs.append(getpeercert())
         self.auth_headers.append(h.headers.get("Authorization", ""))
         prefix = f"/{self.tenant}/controller/v1/{self.controller_id}"
         if self.unavailable:
