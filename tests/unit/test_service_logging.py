@@ -27,7 +27,7 @@ def test_under_systemd_logs_to_journal_with_ferry_fields(monkeypatch):
     (handler,) = logging.getLogger().handlers
     assert isinstance(handler, journal.JournalHandler)
     # capture what would go to sd_journal_send
-    handler.send = lambda message, **kw: sent.append({**kw, "MESSAGE": message})
+    handler.send = lambda text, /, **kw: sent.append({**kw, "MESSAGE": text})
     logging.getLogger("ferry.engine").info(
         "deployment %d: rebooting", 7,
         extra={"deployment_id": 7, "target": "sensor-mcu", "phase": "rebooting"})
