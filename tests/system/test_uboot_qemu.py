@@ -251,6 +251,14 @@ device = "/dev/vda3"
         return b
 
 
+@pytest.fixture(autouse=True)
+def _drop_flash_images(tmp_path):
+    """Each board's flash is 64 MiB; pytest keeps old tmp dirs, so remove them."""
+    yield
+    for img in tmp_path.rglob("flash1.img"):
+        img.unlink()
+
+
 def env(board: Board) -> dict[str, str]:
     return board.bootloader().store.read()
 
