@@ -524,6 +524,22 @@ def test_torn_ferry_writes_boot_old_or_new(tmp_path):
     assert seen == {"A", "B"}
 
 
+def test_torn_ferry_write_single_copy_is_the_default_env(tmp_path):
+    """On a single-copy env the same torn write leaves nothing U-Boot accepts."""
+    board = Board(tmp_path, DEBIAN_UBOOT, "bootchooser", redundant=False)
+    board.provision()
+    assert board.good_boot().slot == "A"
+    bl = board.bootloader()
+    bl.store.sink = _CuttingSink(8)  # new CRC and 4 bytes of data, then power is gone
+    with pytest.raises(_Cut):
+        bl.activate("B")
+    bl.store.sink = None
+    with pytest.raises(NoValidEnvError):
+        env(board)
+    b = board.boot()
+    assert b.default_env and b.slot is None
+
+
 _WRITER = """
 import sys
 from ferry.daemon.config import load_config
