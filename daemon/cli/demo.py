@@ -130,7 +130,7 @@ class Demo:
 
         self.ui.step(1, "backend: goosebit, a hawkBit-DDI server (PyPI), on 127.0.0.1")
         gb = Goosebit(self.workdir / "goosebit", port=self.args.port)
-        gb.start()
+        gb.start(timeout=180)
         self.goosebit = gb
         self.cleanup.append(gb.stop)
         self.ui.info(f"goosebit is up at {gb.url} (state and log in {gb.state_dir})")
@@ -173,6 +173,10 @@ class Demo:
             who = "the real U-Boot (QEMU)" if self.real_uboot else "U-Boot"
             self.ui.info(f"gateway boots: {who} picks slot {slot}, rootfs version "
                          f"{rootfs.get('version', '?')}")
+            if self.gateway is not None and self.gateway.boots > 1:
+                self.ui.info("its health check " + ("passes" if health == "ok" else
+                             f"FAILS: {rootfs.get('reason', '?')}; ferry retries it for "
+                             "the health window, then marks the slot bad"))
             if health == "ok":
                 # what ferry-mark-good.service does after boot-complete.target on a real
                 # gateway: only a rootfs whose own health gate passes gets there
