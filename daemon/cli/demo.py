@@ -207,7 +207,7 @@ class Demo:
                      f"A; config {gw.config_path}")
         res = self.runner.step()
         self.ui.info(f"first DDI poll: goosebit registered the gateway; combined health sent "
-                     f"as configData; next poll in {res.sleep:.0f}s")
+                     f"as configData (goosebit asks for a poll every {res.sleep:.0f} s)")
 
     def _reboot(self) -> None:
         self.ui.info("ferry asks for a reboot")
@@ -282,7 +282,8 @@ class Demo:
             if res.event == "idle":
                 time.sleep(min(res.sleep, 1.0))
                 continue
-            words = {"rebooting": "new slot activated; rebooting",
+            words = {"rebooting": "installed; the new slot is on trial until ferry's boot "
+                                  "check commits it",
                      "finished": f"action {res.action_id} closed: {res.detail}",
                      "waiting": res.detail}
             self.ui.info(words.get(res.event, f"{res.event} {res.detail}"))
