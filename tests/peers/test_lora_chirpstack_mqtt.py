@@ -13,14 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import random
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -33,43 +29,6 @@ from ferry.sim.lora.node import Node
 
 APP = "2b6e4c0e-6b2d-4b47-9f38-4f6f3a1d9c10"
 GROUP = "8f1a7c43-1c4e-4a2b-a0a4-5e5e0d2b7c11"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    exe = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
-    if exe is None:
-        pytest.fail("mosquitto is not installed; run 'bash .ci/setup' (it installs every peer)")
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"mosquitto did not start: {err}")
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def peer_client(port: int) -> mqtt.Client:

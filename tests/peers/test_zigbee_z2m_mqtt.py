@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,35 +33,12 @@ def _tool(name: str) -> str:
     return path
 
 
-def _free_port() -> int:
+def _unused_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[int]:
-    exe = _tool("mosquitto")
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"mosquitto did not start: {err}")
-                time.sleep(0.1)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -188,7 +164,7 @@ def test_forced_downgrade_and_failures_are_reported(z2m) -> None:  # type: ignor
 
 
 def test_unreachable_broker_is_a_clear_failure(tmp_path: Path) -> None:
-    transport = get_transport("zigbee", {"mqtt_port": str(_free_port()),
+    transport = get_transport("zigbee", {"mqtt_port": str(_unused_port()),
                                          "z2m_data_dir": str(tmp_path)})
     state = transport.inspect(_target(A))
     assert not state.reachable and "cannot reach the MQTT broker" in state.detail["error"]
