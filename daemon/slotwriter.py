@@ -28,7 +28,7 @@ from ferry.daemon.killpoint import killpoint
 from ferry.errors import FerryError
 
 CHUNK = 1 << 20
-POOL = 6
+POOL = 4
 
 
 class SlotWriteError(FerryError):
@@ -155,28 +155,44 @@ def write_slot(
             f"image needs {expected_size} bytes but slot {device} holds {capacity}; "
             "build a smaller image or enlarge the slot"
         )
+    # Two pools: the producer's input buffers and, when decompressing, the output
+    # buffers. With one shared pool the producer could hold every buffer in raw_q
+    # while the decompressor waits for an output buffer: a deadlock.
     pool: queue.Queue[bytearray] = queue.Queue()
     for _ in range(POOL):
         pool.put(bytearray(CHUNK))
+    out_pool: queue.Queue[bytearray] = pool
+    if compressed is not None:
+        out_pool = queue.Queue()
+        for _ in range(POOL):
+            out_pool.put(bytearray(CHUNK))
     stop = threading.Event()
     raw_q: queue.Queue[object] = queue.Queue()
     write_q: queue.Queue[object] = queue.Queue()
     errors: list[BaseException] = []
 
-    def take() -> bytearray | None:
+    def take(p: queue.Queue[bytearray] = pool) -> bytearray | None:
         while not stop.is_set():
             try:
-                return pool.get(timeout=0.2)
+                return p.get(timeout=0.2)
             except queue.Empty:
                 continue
         return None
+
+    def next_raw() -> object:
+        while not stop.is_set():
+            try:
+                return raw_q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return _EOF
 
     def producer() -> None:
         try:
             while not stop.is_set():
                 buf = take()
                 if buf is None:
-                    return
+                    break
                 n = _fill(src, buf)
                 if n == 0:
                     pool.put(buf)
@@ -208,7 +224,7 @@ def write_slot(
                 while off < n:
                     off += os.pwrite(fd, view[off:], written + off)
                 written += n
-                pool.put(buf)
+                out_pool.put(buf)
                 killpoint("slot.write")
                 if progress is not None:
                     progress(written)
@@ -220,7 +236,7 @@ def write_slot(
                 if item is _EOF:
                     return
                 if isinstance(item, tuple):
-                    pool.put(item[0])
+                    out_pool.put(item[0])
 
     hasher = hashlib.sha256() if expected_sha256 else None
     t_prod = threading.Thread(target=producer, name="slot-read", daemon=True)
@@ -239,7 +255,7 @@ def write_slot(
         while not stop.is_set():
             if stream is None:
                 # stored image: the producer's buffers go straight to the writer
-                item = raw_q.get()
+                item = next_raw()
                 if item is _EOF:
                     break
                 if isinstance(item, BaseException):
@@ -247,17 +263,17 @@ def write_slot(
                 assert isinstance(item, tuple)
                 buf, n = item
             else:
-                got = take()
+                got = take(out_pool)
                 if got is None:
                     break
                 buf = got
                 n = _fill(stream, buf)
                 if n == 0:
-                    pool.put(buf)
+                    out_pool.put(buf)
                     break
             total += n
             if capacity is not None and total > capacity:
-                pool.put(buf)
+                out_pool.put(buf)
                 raise SlotTooSmall(
                     f"image is larger than slot {device} ({capacity} bytes); "
                     "build a smaller image or enlarge the slot")

@@ -104,3 +104,24 @@ def test_write_error_is_reported_with_offset(tmp_path: Path) -> None:
 def test_capacity_of_files(tmp_path: Path) -> None:
     assert slot_capacity(make_slot(tmp_path, 4096)) == 4096
     assert slot_capacity(tmp_path / "nope") is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressed", [None, "zstd"])
+def test_many_buffers_in_flight_do_not_deadlock(tmp_path: Path, compressed: str | None) -> None:
+    slot = make_slot(tmp_path, 16 << 20)
+    data = os.urandom(12 << 20)  # more stored bytes than the whole buffer pool
+    src = zstandard.ZstdCompressor(level=1).compress(data) if compressed else data
+    res = write_slot(Trickle(src), slot, compressed=compressed)  # type: ignore[arg-type]
+    assert res.size == len(data)
+    assert hashlib.sha256(slot.read_bytes()[: len(data)]).digest() == hashlib.sha256(
+        data).digest()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compressed", [None, "zstd"])
+def test_full_device_is_reported(compressed: str | None) -> None:
+    data = os.urandom(10 << 20)
+    src = zstandard.ZstdCompressor(level=1).compress(data) if compressed else data
+    with pytest.raises(SlotWriteError, match="no space left"):
+        write_slot(Trickle(src), "/dev/full", compressed=compressed, capacity=None)  # type: ignore[arg-type]

@@ -1,0 +1,365 @@
+"""Install throughput against the limit measured in the same run (test-recipes.md §3).
+
+For each image size, in interleaved rounds:
+
+- limit:    ``curl -o SLOT URL`` from a local ``python -m http.server``, then ``sync SLOT``
+- hash:     ``openssl dgst -sha256 IMAGE``
+- swupdate: Debian's SWUpdate installing the same raw image over HTTP (``-d -u URL``),
+            streamed (``installed-directly = true``), signed as in §3.3
+- ferry:    ``ferry install URL`` of a bundle with the raw image, and with it zstd-compressed
+
+It prints MiB/s (image bytes / wall time), the per-round ratios ferry/limit and
+ferry/SWUpdate (medians), and each tool's peak RSS (``/usr/bin/time`` max RSS of the
+process, i.e. the largest single process). Every tool is a whole process start to
+exit, so ferry's figure includes its Python start-up (~0.2-0.3 s) which ferryd does
+not pay; with ``-d`` SWUpdate has no 1 s sleep at exit (that is ``-i``, §3.4).
+
+    .venv/bin/python bench/install.py            # 256 MiB and 2 GiB, 3 rounds
+    .venv/bin/python bench/install.py --quick    # 64 MiB and 256 MiB, 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MiB = 1 << 20
+ENV_SIZE = 0x4000
+
+
+@dataclass
+class Sample:
+    label: str
+    size: int
+    wall: float
+    rss_kb: int
+
+    @property
+    def mibs(self) -> float:
+        return self.size / MiB / self.wall if self.wall > 0 else float("inf")
+
+
+def timed(cmd: list[str], tmp: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+    tf = tmp / "time.out"
+    full = ["/usr/bin/time", "-f", "%e %M", "-o", str(tf), *cmd]
+    t0 = time.monotonic()
+    proc = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                         f"{proc.stderr.decode(errors='replace')[-2000:]}")
+    _e, rss = tf.read_text().split()[-2:]
+    return wall, int(rss)
+
+
+def make_images(d: Path, size: int) -> tuple[Path, Path]:
+    """A random image and a compressible one (~3:1 with zstd), both ``size`` bytes."""
+    rnd, comp = d / f"rand-{size}.img", d / f"comp-{size}.img"
+    if not rnd.exists():
+        with open(rnd, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 8 * MiB)
+                f.write(os.urandom(n))
+                left -= n
+    if not comp.exists():
+        words = b" ".join(hashlib.sha256(str(i).encode()).hexdigest()[:8].encode()
+                          for i in range(4096))
+        with open(comp, "wb") as f:
+            left, i = size, 0
+            while left:
+                block = os.urandom(16 << 10) + (words * 13)[: 48 << 10]
+                n = min(left, len(block))
+                f.write(block[:n])
+                left -= n
+                i += 1
+    return rnd, comp
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def ferry_bundles(d: Path, image: Path, comp: Path) -> tuple[Path, Path, Path]:
+    from ferry.packaging.devpki import write_dev_pki
+    from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+
+    pdir = d / "pki"
+    if not (pdir / "signer.key").exists():  # a kept --dir keeps its keys and bundles
+        write_dev_pki(pdir)
+    signing = load_signing_key(pdir / "signer.key", pdir / "signer.pem")
+    raw = d / "www" / f"ferry-raw-{image.stat().st_size}.swu"
+    zst = d / "www" / f"ferry-zstd-{image.stat().st_size}.swu"
+    if not raw.exists():
+        create_bundle(raw, signing=signing, version="2.0.0", compatible=["bench-gw"],
+                      images=[ImageInput(path=image, compress=None, filename="rootfs.img")])
+    if not zst.exists():
+        create_bundle(zst, signing=signing, version="2.0.0", compatible=["bench-gw"],
+                      images=[ImageInput(path=comp, compress="zstd",
+                                         filename="rootfs.img.zst")])
+    return raw, zst, pdir / "ca.pem"
+
+
+def ferry_gateway(d: Path, slot: Path, ca: Path) -> Path:
+    from ferry.daemon.bootchooser import default_env
+    from ferry.daemon.bootloader import CANARY_VAR
+    from ferry.daemon.config import load_config
+    from ferry.daemon.ubootenv import EnvStore
+
+    gw = d / "gw"
+    gw.mkdir(exist_ok=True)
+    (gw / "slotA.img").write_bytes(b"")
+    for name in ("env0", "env1"):
+        (gw / name).write_bytes(b"\xff" * ENV_SIZE)
+    (gw / "fw_env.config").write_text(f"env0 0 {ENV_SIZE:#x}\nenv1 0 {ENV_SIZE:#x}\n")
+    (gw / "cmdline").write_text("ferry.slot=A\n")
+    cfg = gw / "ferry.toml"
+    cfg.write_text(f"""
+[gateway]
+compatible = "bench-gw"
+version = "1.0.0"
+data_dir = "data"
+[bootloader]
+fw_env_config = "fw_env.config"
+cmdline = "cmdline"
+lock_file = "fw_env.lock"
+[[slot]]
+name = "rootfs.0"
+bootname = "A"
+device = "slotA.img"
+[[slot]]
+name = "rootfs.1"
+bootname = "B"
+device = "{slot}"
+[keyring]
+path = "{ca}"
+[install]
+reboot_command = ["true"]
+""")
+    config = load_config(cfg)
+    EnvStore.from_config(gw / "fw_env.config").initialize(
+        {**default_env(config), CANARY_VAR: "1"})
+    return cfg
+
+
+def swupdate_bundle(d: Path, image: Path, slot: Path) -> tuple[Path, Path]:
+    """A signed .swu as in test-recipes §3.3 (EC P-256 cert with EKU emailProtection)."""
+    sd = d / "swu"
+    sd.mkdir(exist_ok=True)
+    key, crt = sd / "swu.key", sd / "swu.crt"
+    if not crt.exists():
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                        "-out", str(key)], check=True)
+        subprocess.run(["openssl", "req", "-new", "-x509", "-key", str(key), "-out", str(crt),
+                        "-days", "30", "-subj", "/CN=bench", "-addext",
+                        "extendedKeyUsage=emailProtection"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = d / "www" / f"swupdate-{image.stat().st_size}.swu"
+    if out.exists():
+        return out, crt
+    digest = subprocess.run(["openssl", "dgst", "-sha256", "-r", str(image)], check=True,
+                            capture_output=True, text=True).stdout.split()[0]
+    work = sd / "pack"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    (work / "sw-description").write_text(f"""software =
+{{
+    version = "2.0.0";
+    hardware-compatibility = ["1.0"];
+    images: (
+        {{
+            filename = "rootfs.img";
+            device = "{slot}";
+            type = "raw";
+            sha256 = "{digest}";
+            installed-directly = true;
+        }}
+    );
+}}
+""")
+    subprocess.run(["openssl", "cms", "-sign", "-in", "sw-description", "-out",
+                    "sw-description.sig", "-signer", str(crt), "-inkey", str(key),
+                    "-outform", "DER", "-nosmimecap", "-binary"], cwd=work, check=True)
+    os.link(image, work / "rootfs.img")
+    with open(out, "wb") as f:
+        subprocess.run(["cpio", "-o", "-H", "crc", "--quiet"], cwd=work, check=True,
+                       input=b"sw-description\nsw-description.sig\nrootfs.img\n", stdout=f)
+    shutil.rmtree(work)
+    return out, crt
+
+
+def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[list[Sample]]:
+    rnd, comp = make_images(d, size)
+    www = d / "www"
+    www.mkdir(exist_ok=True)
+    img_link = www / rnd.name
+    if not img_link.exists():
+        os.link(rnd, img_link)
+    slot = d / f"slot-{size}.img"
+    with open(slot, "wb") as f:
+        f.truncate(size)
+    raw_b, zst_b, ca = ferry_bundles(d, rnd, comp)
+    cfg = ferry_gateway(d, slot, ca)
+    swu, swu_crt = swupdate_bundle(d, rnd, slot) if tools.get("swupdate") else (None, None)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1"], cwd=www, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    all_rounds: list[list[Sample]] = []
+    ferry = str(ROOT / ".venv" / "bin" / "ferry")
+    try:
+        for r in range(rounds):
+            samples: list[Sample] = []
+
+            def measure(label: str, cmd: list[str], env: dict[str, str] | None = None,
+                        then_sync: bool = False, samples: list[Sample] = samples) -> None:
+                scrub(slot, size)  # so the cmp after each tool proves that tool wrote it
+                subprocess.run(["sync"], check=True)
+                wall, rss = timed(cmd, d, env)
+                if then_sync:
+                    t0 = time.monotonic()
+                    subprocess.run(["sync", str(slot)], check=True)
+                    wall += time.monotonic() - t0
+                samples.append(Sample(label, size, wall, rss))
+
+            def reset_ferry() -> None:
+                shutil.rmtree(d / "gw" / "data", ignore_errors=True)
+                with open(slot, "ab") as f:  # capacity for ferry: the slot's size
+                    f.truncate(size)
+
+            measure("limit: curl -o slot + sync", ["curl", "-s", "-o", str(slot),
+                                                   f"{base}/{rnd.name}"], then_sync=True)
+            measure("openssl dgst -sha256", ["openssl", "dgst", "-sha256", str(rnd)])
+            if swu is not None:
+                tmpdir = d / "swutmp"
+                tmpdir.mkdir(exist_ok=True)
+                env = dict(os.environ, TMPDIR=str(tmpdir))
+                measure("swupdate raw over HTTP", [tools["swupdate"], "-H", "gw:1.0", "-k",
+                                                   str(swu_crt), "-d",
+                                                   f"-u {base}/{swu.name}"], env=env)
+                if not cmp_slot(slot, rnd):
+                    raise SystemExit("swupdate did not write the image into the slot")
+            reset_ferry()
+            measure("ferry raw over HTTP", [ferry, "--config", str(cfg), "install",
+                                            f"{base}/{raw_b.name}"])
+            if not cmp_slot(slot, rnd):
+                raise SystemExit("ferry did not write the image into the slot")
+            reset_ferry()
+            measure("ferry zstd over HTTP", [ferry, "--config", str(cfg), "install",
+                                             f"{base}/{zst_b.name}"])
+            if not cmp_slot(slot, comp):
+                raise SystemExit("ferry (zstd) did not write the image into the slot")
+            all_rounds.append(samples)
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(
+                f"{s.label.split(':')[0]} {s.mibs:.0f}" for s in samples), flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+    return all_rounds
+
+
+def scrub(slot: Path, size: int) -> None:
+    if not slot.exists():
+        return
+    with open(slot, "r+b") as f:
+        for off in (0, max(size - MiB, 0)):
+            f.seek(off)
+            f.write(b"\0" * min(MiB, size))
+
+
+def cmp_slot(slot: Path, image: Path) -> bool:
+    size = image.stat().st_size
+    proc = subprocess.run(["cmp", "-n", str(size), str(slot), str(image)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc.returncode == 0
+
+
+def report(size: int, rounds: list[list[Sample]]) -> None:
+    labels = [s.label for s in rounds[0]]
+    print(f"\n{size // MiB} MiB image, {len(rounds)} round(s), medians:")
+    print(f"  {'what':34} {'wall s':>7} {'MiB/s':>7} {'peak RSS MiB':>13}")
+    by = {lab: [next(s for s in r if s.label == lab) for r in rounds] for lab in labels}
+    for lab in labels:
+        ss = by[lab]
+        wall = statistics.median(s.wall for s in ss)
+        mibs = statistics.median(s.mibs for s in ss)
+        rss = max(s.rss_kb for s in ss) / 1024
+        print(f"  {lab:34} {wall:7.2f} {mibs:7.0f} {rss:13.1f}")
+
+    def ratio(a: str, b: str) -> str:
+        if a not in by or b not in by:
+            return "n/a"
+        rs = [x.mibs / y.mibs for x, y in zip(by[a], by[b], strict=True)]
+        return f"{statistics.median(rs):.2f} [{min(rs):.2f}-{max(rs):.2f}]"
+
+    lim = "limit: curl -o slot + sync"
+    print(f"  ratio ferry raw / limit:      {ratio('ferry raw over HTTP', lim)}")
+    print(f"  ratio ferry zstd / limit:     {ratio('ferry zstd over HTTP', lim)}")
+    swu = "swupdate raw over HTTP"
+    print(f"  ratio ferry raw / swupdate:   {ratio('ferry raw over HTTP', swu)}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="64 MiB and 256 MiB, one round")
+    ap.add_argument("--sizes", help="comma-separated sizes in MiB (default 256,2048)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
+    ap.add_argument("--dir", help="work directory (default a temp dir under /var/tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    sizes = [int(s) * MiB for s in (args.sizes or ("64,256" if args.quick else "256,2048")
+                                    ).split(",")]
+    rounds = args.rounds or (1 if args.quick else 3)
+    for tool in ("curl", "openssl", "cpio", "/usr/bin/time", "sync", "cmp"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing; run 'bash .ci/setup'")
+    tools = {"swupdate": shutil.which("swupdate") or ""}
+    if not tools["swupdate"]:
+        print("swupdate is missing (apt install swupdate): its rows are left out")
+    d = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ferry-bench-",
+                                                               dir="/var/tmp"))
+    d.mkdir(parents=True, exist_ok=True)
+    need = sum(s * 4 for s in sizes)
+    if shutil.disk_usage(d).free < need:
+        raise SystemExit(f"{d} needs {need // MiB} MiB free")
+    print(f"bench/install.py: sizes {[s // MiB for s in sizes]} MiB, {rounds} round(s), "
+          f"work dir {d}, load {os.getloadavg()[0]:.1f}")
+    try:
+        results = []
+        for size in sizes:
+            print(f"{size // MiB} MiB:", flush=True)
+            results.append((size, run_size(d, size, rounds, tools)))
+        for size, rs in results:
+            report(size, rs)
+    finally:
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
