@@ -25,11 +25,10 @@ from typing import Any
 
 import jsonschema
 
-SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "shared" / "specs" / \
+# Eclipse hawkBit's DDI OpenAPI document, kept in the repo (docs/specs/) so the tests do
+# not depend on anything outside the checkout.
+SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "specs" / \
     "hawkbit-ddi-openapi.json"
-if not SPEC_PATH.exists():  # a checkout with shared/ inside (CI clones it beside main)
-    SPEC_PATH = Path(__file__).resolve().parent.parent / "shared" / "specs" / \
-        "hawkbit-ddi-openapi.json"
 
 
 def load_spec() -> dict[str, Any]:
