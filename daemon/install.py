@@ -263,6 +263,7 @@ class _Throttle:
 
 
 def _prepare(ctx: Context, dep_id: int) -> None:
+    from ferry.daemon.slots import record_slot_version
     from ferry.packaging.keyring import load_keyring
     from ferry.packaging.limits import Limits
     from ferry.packaging.reader import BundleReader
@@ -308,6 +309,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
             # fallback: mark it bad first (one atomic env write).
             j.begin_step(dep_id, "invalidate", state="invalidating", detail=inactive.bootname)
             ctx.bootloader.mark_bad(inactive.bootname)
+            record_slot_version(cfg, inactive.name, "")  # scratch until written
             j.end_step(dep_id, "invalidate")
 
         total = src.size or 0
@@ -324,6 +326,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                     expected_sha256=entry.decompressed_sha256 if entry.compressed else None,
                     progress=prog,
                 )
+                record_slot_version(cfg, inactive.name, desc.version)
                 j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
             else:
                 j.begin_step(dep_id, f"stage:{entry.filename}", state="staging")
