@@ -271,10 +271,17 @@ def _content_range_start(value: str) -> int | None:
 
 def _why(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, requests.exceptions.SSLError):
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "TLS certificate verify failed (is [backend] ca_file the server's CA?)"
+        return ("TLS handshake failed (does the server want a client certificate? "
+                "[backend] client_cert/client_key)")
     if isinstance(exc, requests.ConnectTimeout):
         return "connect timeout"
     if isinstance(exc, requests.ReadTimeout | TimeoutError):
         return "stalled (no data within the stall timeout)"
+    if isinstance(exc, requests.ConnectionError) and "Caused by" in text:
+        text = "connection failed: " + text.split("Caused by", 1)[1].strip(" ()")
     if len(text) > 160:
         text = text[:157] + "..."
     return text

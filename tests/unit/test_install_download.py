@@ -151,3 +151,72 @@ def test_redirect_within_http_is_followed(payload: Path) -> None:
 def test_only_http_and_https() -> None:
     with pytest.raises(BadScheme, match="only http and https"):
         HttpStream("ftp://127.0.0.1/x.swu", FAST)
+
+
+def _tls_files(d: Path) -> dict[str, Path]:
+    """A CA, a server cert for 127.0.0.1 and a client cert, all from that CA."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(cn: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Certificate,
+             ec.EllipticCurvePrivateKey] | None, **ext: object) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        b = (x509.CertificateBuilder().subject_name(name)
+             .issuer_name(issuer[0].subject if issuer else name)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(days=1))
+             .not_valid_after(now + dt.timedelta(days=1)))
+        b = b.add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), True)
+        if "san" in ext:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        if "eku" in ext:
+            b = b.add_extension(x509.ExtendedKeyUsage([ext["eku"]]), False)  # type: ignore[list-item]
+        return b.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+    out: dict[str, Path] = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = cert("test CA", ca_key, None)
+    for name, kw in (("server", {"san": 1, "eku": ExtendedKeyUsageOID.SERVER_AUTH}),
+                     ("client", {"eku": ExtendedKeyUsageOID.CLIENT_AUTH})):
+        key = ec.generate_private_key(ec.SECP256R1())
+        c = cert(name, key, (ca, ca_key), **kw)
+        out[f"{name}.crt"] = d / f"{name}.crt"
+        out[f"{name}.key"] = d / f"{name}.key"
+        out[f"{name}.crt"].write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        out[f"{name}.key"].write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    out["ca.crt"] = d / "ca.crt"
+    out["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def test_mutual_tls(payload: Path, tmp_path: Path) -> None:
+    import ssl
+
+    f = _tls_files(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(f["server.crt"], f["server.key"])
+    ctx.load_verify_locations(f["ca.crt"])
+    ctx.verify_mode = ssl.CERT_REQUIRED  # the gateway must show its client certificate
+    with Server(payload) as srv:
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        url = srv.url.replace("http://", "https://")
+        ok = DownloadOptions(retries=0, ca_file=str(f["ca.crt"]),
+                             client_cert=str(f["client.crt"]), client_key=str(f["client.key"]))
+        assert _read_all(HttpStream(url, ok, sleep=_no_sleep)) == payload.read_bytes()
+        no_client = DownloadOptions(retries=0, ca_file=str(f["ca.crt"]))
+        with pytest.raises(DownloadError):  # TLS alert at handshake or first read
+            _read_all(HttpStream(url, no_client, sleep=_no_sleep))
+        untrusted = DownloadOptions(retries=0, client_cert=str(f["client.crt"]),
+                                    client_key=str(f["client.key"]))
+        with pytest.raises(DownloadError, match="TLS certificate verify failed"):
+            HttpStream(url, untrusted, sleep=_no_sleep)
