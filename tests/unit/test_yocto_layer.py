@@ -24,13 +24,15 @@ VENV_BIN = ROOT / ".venv" / "bin"
 #   meta-openembedded master meta-python/recipes-devtools/python/python3-{dbus-next,
 #   pyserial,pyusb,systemd,paho-mqtt,cbor2,zstandard}*.bb (zstandard only from
 #   whinlatter on: scarthgap gets it from this layer).
-PYTHON3_MANIFEST = (
-    "asyncio audio codecs compile compression core crypt ctypes curses datetime db "
-    "debugger difflib doctest email ensurepip fcntl html idle image io json logging "
-    "mailbox math mime mmap multiprocessing netclient netserver numbers pickle pkgutil "
-    "plistlib pprint profile pydoc resource shell sqlite3 statistics stringold syslog "
-    "terminal threading tkinter tomllib unittest unixadmin venv xml xmlrpc zoneinfo"
-).split()
+PYTHON3_MANIFEST = [
+    "asyncio", "audio", "codecs", "compile", "compression", "core", "crypt", "ctypes",
+    "curses", "datetime", "db", "debugger", "difflib", "doctest", "email", "ensurepip",
+    "fcntl", "html", "idle", "image", "io", "json", "logging", "mailbox", "math", "mime",
+    "mmap", "multiprocessing", "netclient", "netserver", "numbers", "pickle", "pkgutil",
+    "plistlib", "pprint", "profile", "pydoc", "resource", "shell", "sqlite3", "statistics",
+    "stringold", "syslog", "terminal", "threading", "tkinter", "tomllib", "unittest",
+    "unixadmin", "venv", "xml", "xmlrpc", "zoneinfo",
+]
 OE_CORE = {f"python3-{m}" for m in PYTHON3_MANIFEST} | {
     "python3-cryptography", "python3-requests", "python3-asn1crypto", "python3-cffi",
     "libubootenv-bin", "libusb1",
