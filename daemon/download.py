@@ -85,15 +85,19 @@ class HttpStream(io.RawIOBase):
         on_offset: Callable[[int, str | None], None] | None = None,
         report_every: int = 16 << 20,
         sleep: Callable[[float], None] = time.sleep,
+        start_offset: int = 0,
+        validator: str | None = None,
     ) -> None:
+        """``start_offset``/``validator``: continue a download an earlier process began
+        (the journal kept both); the server must answer 206 for that validator."""
         super().__init__()
         check_scheme(url)
         self.url = url
         self.opts = options or DownloadOptions()
         self.session = session or requests.Session()
-        self.offset = 0
+        self.offset = start_offset
         self.size: int | None = None
-        self.validator: str | None = None
+        self.validator: str | None = validator
         self.reconnects = 0
         self._on_offset = on_offset
         self._report_every = report_every
@@ -228,7 +232,11 @@ class HttpStream(io.RawIOBase):
                     f"{self.url}: server answered {status} to a Range request, so the "
                     f"download cannot resume at byte {self.offset}; use a server with "
                     "Range support")
-            start = _content_range_start(resp.headers.get("Content-Range", ""))
+            content_range = resp.headers.get("Content-Range", "")
+            start = _content_range_start(content_range)
+            total = content_range.rpartition("/")[2]
+            if self.size is None and total.isdigit():
+                self.size = int(total)
             if start != self.offset:
                 resp.close()
                 raise RangeNotSupported(

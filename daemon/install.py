@@ -21,6 +21,7 @@ the machine did reboot, goes on to the boot check (ferry.daemon.bootcheck).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,7 +279,19 @@ def _prepare(ctx: Context, dep_id: int) -> None:
     def on_offset(offset: int, validator: str | None) -> None:
         j.update(dep_id, dl_offset=offset, dl_validator=validator)
 
-    src = open_source(dep.source, download_options(cfg), on_offset=on_offset)
+    point = _resume_point(dep)
+    src = None
+    if point is not None:
+        try:
+            src = open_source(dep.source, download_options(cfg), on_offset=on_offset,
+                              resume=point)
+            j.set_info(dep_id, resumed_at=point.offset)
+        except FerryError as err:  # the server cannot continue: start over
+            log.warning("cannot resume %s at byte %d: %s", dep.source, point.offset, err)
+            point = None
+    if src is None:
+        src = open_source(dep.source, download_options(cfg), on_offset=on_offset)
+    tap = _HeadTap(src.stream) if src.is_url else None
     try:
         if src.is_url:
             j.update(dep_id, dl_validator=getattr(src.raw, "validator", None))
@@ -286,7 +299,8 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         if cfg.install.max_bundle_size and src.size and src.size > cfg.install.max_bundle_size:
             raise InstallError(f"bundle is {src.size} bytes, over [install] max_bundle_size "
                                f"{cfg.install.max_bundle_size}")
-        reader = BundleReader(src.stream, load_keyring(cfg.keyring.path), limits=limits)
+        stream: Any = tap if tap is not None else src.stream
+        reader = BundleReader(stream, load_keyring(cfg.keyring.path), limits=limits)
         desc = reader.description
         j.update(dep_id, version=desc.version)
         running = check_policy(cfg, desc.version, desc.compatible, dep.force)
@@ -314,20 +328,25 @@ def _prepare(ctx: Context, dep_id: int) -> None:
 
         total = src.size or 0
         staged: list[dict[str, Any]] = []
-        for entry, stream in reader.images():
+        for index, (entry, stream) in enumerate(reader.images()):
             if entry.role == "rootfs":
                 j.begin_step(dep_id, "write", state="writing",
                              detail=f"{entry.filename} -> {inactive.device}")
                 size = entry.decompressed_size or (entry.size if not entry.compressed else 0)
                 prog = _Throttle(ctx, dep_id, "write", size or entry.size)
+                on_synced = None
+                if tap is not None and index == 0 and not entry.compressed:
+                    on_synced = _keep_resume_point(ctx, dep_id, tap, reader.offset,
+                                                   inactive.device, point)
                 res = write_slot(
                     stream, inactive.device, compressed=entry.compressed,
                     expected_size=entry.decompressed_size if entry.compressed else entry.size,
                     expected_sha256=entry.decompressed_sha256 if entry.compressed else None,
-                    progress=prog,
+                    progress=prog, on_synced=on_synced,
                 )
                 record_slot_version(cfg, inactive.name, desc.version)
                 j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
+                _drop_resume_point(ctx, dep_id)
             else:
                 j.begin_step(dep_id, f"stage:{entry.filename}", state="staging")
                 dest = staging.staged_path(cfg.gateway.data_dir, dep_id, entry.filename)
@@ -365,6 +384,84 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         j.end_step(dep_id, "commit")
         return
     j.update(dep_id, state="activating")
+
+
+class _HeadTap:
+    """Passes reads through and keeps a copy of the first bytes (the bundle's head up to
+    the rootfs data) so a later process can replay them instead of downloading them."""
+
+    LIMIT = 4 << 20
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.head: bytearray | None = bytearray()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._stream.read(n)
+        if self.head is not None:
+            if len(self.head) + len(data) > self.LIMIT:
+                self.head = None  # not a bundle we can resume; stop copying
+            else:
+                self.head += data
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _resume_dir(ctx: Context) -> Path:
+    return Path(ctx.config.gateway.data_dir) / "resume"
+
+
+def _resume_point(dep: Deployment) -> Any:
+    from ferry.daemon.source import ResumePoint, is_url
+
+    r = dep.info.get("resume")
+    if not r or not is_url(dep.source) or not r.get("synced") or not dep.dl_validator:
+        return None
+    if not Path(r["head"]).exists():
+        return None
+    return ResumePoint(head=Path(r["head"]), data_start=int(r["data_start"]),
+                       slot=Path(r["slot"]), synced=int(r["synced"]),
+                       validator=dep.dl_validator)
+
+
+def _keep_resume_point(ctx: Context, dep_id: int, tap: _HeadTap, data_start: int,
+                       slot: Path, point: Any) -> Callable[[int], None] | None:
+    """Save the bundle head once; then every fsync of the slot moves the resume point."""
+    head = tap.head
+    tap.head = None
+    if point is None:
+        if head is None or len(head) < data_start:
+            return None
+        d = _resume_dir(ctx)
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.iterdir():
+            old.unlink(missing_ok=True)
+        path = d / f"{dep_id}.head"
+        with open(path, "wb") as f:
+            f.write(bytes(head[:data_start]))
+            f.flush()
+            os.fsync(f.fileno())
+    else:
+        path = point.head
+    base = {"head": str(path), "data_start": data_start, "slot": str(slot)}
+    ctx.journal.set_info(dep_id, resume={**base, "synced": point.synced if point else 0})
+
+    def on_synced(n: int) -> None:
+        ctx.journal.set_info(dep_id, resume={**base, "synced": n})
+
+    return on_synced
+
+
+def _drop_resume_point(ctx: Context, dep_id: int) -> None:
+    ctx.journal.set_info(dep_id, resume=None)
+    d = _resume_dir(ctx)
+    if d.is_dir():
+        for old in d.iterdir():
+            old.unlink(missing_ok=True)
 
 
 def _activate(ctx: Context, dep_id: int) -> None:

@@ -29,6 +29,7 @@ from ferry.errors import FerryError
 
 CHUNK = 1 << 20
 POOL = 4
+SYNC_EVERY = 64 << 20  # with on_synced: fsync and report this often (resume points)
 
 
 class SlotWriteError(FerryError):
@@ -142,6 +143,7 @@ def write_slot(
     capacity: int | None = None,
     progress: Callable[[int], None] | None = None,
     decompress: Callable[[str | None, BinaryIO], BinaryIO] | None = None,
+    on_synced: Callable[[int], None] | None = None,
 ) -> WriteResult:
     """Write the (decompressed) image from ``src`` to the start of ``device``.
 
@@ -209,9 +211,10 @@ def write_slot(
         raise SlotWriteError(f"cannot open slot {device}: {exc.strerror}") from exc
 
     written = 0
+    next_sync = SYNC_EVERY
 
     def writer() -> None:
-        nonlocal written
+        nonlocal written, next_sync
         try:
             while True:
                 item = write_q.get()
@@ -225,6 +228,10 @@ def write_slot(
                     off += os.pwrite(fd, view[off:], written + off)
                 written += n
                 out_pool.put(buf)
+                if on_synced is not None and written >= next_sync:
+                    os.fsync(fd)  # everything up to here survives a power cut
+                    next_sync = written + SYNC_EVERY
+                    on_synced(written)
                 killpoint("slot.write")
                 if progress is not None:
                     progress(written)

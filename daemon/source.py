@@ -53,6 +53,76 @@ class _CountingFile(io.RawIOBase):
         super().close()
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted download of a stored rootfs can pick up after a restart.
+
+    The bundle's first ``data_start`` bytes (cpio headers, sw-description, signature,
+    the rootfs header) were kept in ``head``; the first ``synced`` bytes of the rootfs
+    are already in the slot, fsynced. Replaying both and fetching the rest with Range
+    gives the reader the whole bundle again, so every byte is verified as before: a
+    slot prefix that did not survive shows up as a hash mismatch, never as a bad slot.
+    """
+
+    head: Path
+    data_start: int
+    slot: Path
+    synced: int
+    validator: str | None
+
+    @property
+    def offset(self) -> int:
+        return self.data_start + self.synced
+
+
+class _Segments(io.RawIOBase):
+    """Several raw streams one after the other."""
+
+    def __init__(self, parts: list[io.RawIOBase]) -> None:
+        super().__init__()
+        self._parts = parts
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        while self._parts:
+            n = self._parts[0].readinto(b) or 0
+            if n:
+                return n
+            self._parts.pop(0).close()
+        return 0
+
+    def close(self) -> None:
+        for p in self._parts:
+            p.close()
+        super().close()
+
+
+class _FileRange(io.RawIOBase):
+    def __init__(self, path: Path, length: int) -> None:
+        super().__init__()
+        self._f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        view = memoryview(b)[: self._left]
+        n = self._f.readinto(view) or 0
+        if n == 0:
+            raise SourceError(f"{self._f.name} ended {self._left} bytes early; cannot resume")
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 def is_url(source: str) -> bool:
     return "://" in source[:16]
 
@@ -62,16 +132,28 @@ def open_source(
     options: DownloadOptions | None = None,
     *,
     on_offset: Callable[[int, str | None], None] | None = None,
+    resume: ResumePoint | None = None,
 ) -> OpenedSource:
     if is_url(source):
         # requests is imported only for URLs: a USB-stick install starts faster
         from ferry.daemon.download import HttpStream, check_scheme
 
         check_scheme(source)
-        http = HttpStream(source, options, on_offset=on_offset)
+        if resume is not None:
+            http = HttpStream(source, options, on_offset=on_offset,
+                              start_offset=resume.offset, validator=resume.validator)
+            raw: io.RawIOBase = _Segments([
+                _FileRange(resume.head, resume.data_start),
+                _FileRange(resume.slot, resume.synced),
+                http,
+            ])
+        else:
+            http = HttpStream(source, options, on_offset=on_offset)
+            raw = http
         size = http.size
-        raw: io.RawIOBase = http
         url = True
+        stream = io.BufferedReader(raw, 1 << 20)
+        return OpenedSource(stream=stream, size=size, is_url=url, raw=http)
     else:
         path = Path(source)
         try:

@@ -1,0 +1,101 @@
+"""A download cut by a crash resumes after the restart with Range from the journal's
+resume point (bundle head kept on disk + the fsynced slot prefix), not from byte 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from install_gateway import Gateway, make_bundle, make_gateway, make_image
+from install_http import Server
+
+from ferry.daemon import killpoint, slotwriter
+from ferry.daemon.install import install, make_context, resume
+from ferry.daemon.journal import Journal
+
+IMAGE = 3 << 20
+
+
+@pytest.fixture
+def gw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Gateway:
+    g = make_gateway(tmp_path / "gw", slot_size=4 << 20)
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(g.boot_id))
+    monkeypatch.setattr(slotwriter, "CHUNK", 64 << 10)
+    monkeypatch.setattr(slotwriter, "SYNC_EVERY", 256 << 10)
+    return g
+
+
+def crash_during_write(gw: Gateway, url: str, chunk: int) -> None:
+    """Run the install in a forked child and SIGKILL it at the chunk-th slot write."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.environ["FERRY_TEST_KILL_AT"] = f"slot.write:{chunk}"
+            killpoint._parsed = False
+            killpoint._counts.clear()
+            install(gw.config, url)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_restart_resumes_with_range(gw: Gateway, tmp_path: Path) -> None:
+    image = make_image("1.1.0", IMAGE)
+    bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image)
+    with Server(bundle) as srv:
+        crash_during_write(gw, srv.url, chunk=21)  # 1.3 MiB written, 1.25 MiB fsynced
+        j = Journal.open(gw.data_dir)
+        dep = j.pending()
+        assert dep is not None and dep.state == "writing" and dep.dl_validator == '"v1"'
+        point = dep.info["resume"]
+        assert point["synced"] == 5 * (256 << 10)
+        assert Path(point["head"]).stat().st_size == point["data_start"]
+
+        srv.requests.clear()
+        ctx = make_context(gw.config, journal=j)
+        resume(ctx)
+        dep = j.get(dep.id)
+        assert dep.state == "rebooting", dep.error
+        headers = [h for _, h in srv.requests]
+        assert len(headers) == 1  # one request, for the rest only
+        assert headers[0]["Range"] == f"bytes={point['data_start'] + point['synced']}-"
+        assert headers[0]["If-Range"] == '"v1"'
+        assert dep.info["resumed_at"] == point["data_start"] + point["synced"]
+        assert dep.info.get("resume") is None  # the point is dropped once written
+    assert gw.slot_path("B").read_bytes()[:IMAGE] == image
+    assert gw.boot() == "B"
+
+
+def test_changed_bundle_on_the_server_starts_over(gw: Gateway, tmp_path: Path) -> None:
+    image = make_image("1.1.0", IMAGE)
+    bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image)
+    with Server(bundle) as srv:
+        crash_during_write(gw, srv.url, chunk=21)
+        srv.etag = '"v2"'  # republished: the resume point no longer applies
+        srv.requests.clear()
+        j = Journal.open(gw.data_dir)
+        resume(make_context(gw.config, journal=j))
+        ranges = [h.get("Range") for _, h in srv.requests]
+        assert ranges[0] is not None and ranges[-1] is None  # tried, then from byte 0
+        assert j.latest().state == "rebooting"  # type: ignore[union-attr]
+    assert gw.slot_path("B").read_bytes()[:IMAGE] == image
+
+
+def test_torn_slot_prefix_is_caught_by_the_hash(gw: Gateway, tmp_path: Path) -> None:
+    image = make_image("1.1.0", IMAGE)
+    bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image)
+    with Server(bundle) as srv:
+        crash_during_write(gw, srv.url, chunk=21)
+        with open(gw.slot_path("B"), "r+b") as f:  # what a lost write-back would leave
+            f.seek(4096)
+            f.write(b"\0" * 4096)
+        j = Journal.open(gw.data_dir)
+        from ferry.packaging.errors import HashMismatch
+
+        with pytest.raises(HashMismatch):
+            resume(make_context(gw.config, journal=j))
+        assert j.latest().result == "failure"  # type: ignore[union-attr]
+    assert gw.boot() == "A"
