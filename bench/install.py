@@ -268,6 +268,8 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
                                             f"{base}/{raw_b.name}"])
             if not cmp_slot(slot, rnd):
                 raise SystemExit("ferry did not write the image into the slot")
+            samples.append(Sample("ferry raw, pipeline only (journal)", size,
+                                  pipeline_seconds(d / "gw" / "data"), samples[-1].rss_kb))
             reset_ferry()
             measure("ferry zstd over HTTP", [ferry, "--config", str(cfg), "install",
                                              f"{base}/{zst_b.name}"])
@@ -280,6 +282,20 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
         server.terminate()
         server.wait()
     return all_rounds
+
+
+def pipeline_seconds(data_dir: Path) -> float:
+    """Deployment created -> reboot requested, from the journal: what ferryd pays,
+    without the CLI's Python start-up."""
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "journal.db")
+    try:
+        created = conn.execute("SELECT created FROM deployments").fetchone()[0]
+        ended = conn.execute("SELECT MAX(ended) FROM steps").fetchone()[0]
+    finally:
+        conn.close()
+    return float(ended - created)
 
 
 def scrub(slot: Path, size: int) -> None:
@@ -318,6 +334,8 @@ def report(size: int, rounds: list[list[Sample]]) -> None:
 
     lim = "limit: curl -o slot + sync"
     print(f"  ratio ferry raw / limit:      {ratio('ferry raw over HTTP', lim)}")
+    print(f"  ratio ferry pipeline / limit: "
+          f"{ratio('ferry raw, pipeline only (journal)', lim)}")
     print(f"  ratio ferry zstd / limit:     {ratio('ferry zstd over HTTP', lim)}")
     swu = "swupdate raw over HTTP"
     print(f"  ratio ferry raw / swupdate:   {ratio('ferry raw over HTTP', swu)}")

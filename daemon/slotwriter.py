@@ -160,13 +160,15 @@ def write_slot(
     # Two pools: the producer's input buffers and, when decompressing, the output
     # buffers. With one shared pool the producer could hold every buffer in raw_q
     # while the decompressor waits for an output buffer: a deadlock.
+    # Compressed input arrives at a fraction of the output rate, so it gets fewer
+    # buffers: the decompressor's window already costs several MiB.
     pool: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(POOL):
+    for _ in range(POOL if compressed is None else 2):
         pool.put(bytearray(CHUNK))
     out_pool: queue.Queue[bytearray] = pool
     if compressed is not None:
         out_pool = queue.Queue()
-        for _ in range(POOL):
+        for _ in range(POOL - 1):
             out_pool.put(bytearray(CHUNK))
     stop = threading.Event()
     raw_q: queue.Queue[object] = queue.Queue()
@@ -257,8 +259,7 @@ def write_slot(
             from ferry.packaging.compression import decompress_stream
 
             dec = decompress or decompress_stream
-            qr = io.BufferedReader(_QueueReader(raw_q, pool.put), CHUNK)
-            stream = dec(compressed, qr)
+            stream = dec(compressed, _QueueReader(raw_q, pool.put))  # type: ignore[arg-type]
         while not stop.is_set():
             if stream is None:
                 # stored image: the producer's buffers go straight to the writer
