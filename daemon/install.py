@@ -225,7 +225,15 @@ def run(ctx: Context, dep_id: int) -> None:
         if dep.boot_id and boot_id and dep.boot_id != boot_id:
             after_boot(ctx, dep_id)
         else:
-            _guarded(ctx, dep_id, _reboot)
+            try:
+                _reboot(ctx, dep_id)
+            except FerryError as err:
+                # The new slot is already activated: the deployment stays pending so
+                # the boot check runs after whatever reboot comes next.
+                ctx.journal.end_step(dep_id, "reboot", "failed", str(err))
+                ctx.journal.update(dep_id, error=f"reboot failed: {err}; reboot by hand "
+                                   "to try the new slot")
+                raise
         return
     if dep.state in ("checking", "rolling-back", "committed", "proxy"):
         after_boot(ctx, dep_id)

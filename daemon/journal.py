@@ -276,10 +276,11 @@ class Journal:
             raise ValueError(f"unknown result {result!r}")
         now = time.time()
         with self._tx() as c:
+            # success clears an error a repeated step left behind (e.g. a failed reboot)
             c.execute(
-                "UPDATE deployments SET result=?, error=COALESCE(?, error), finished=?,"
-                " updated=? WHERE id=?",
-                (result, error, now, now, dep_id),
+                "UPDATE deployments SET result=?, error=CASE WHEN ?='success' THEN ? ELSE"
+                " COALESCE(?, error) END, finished=?, updated=? WHERE id=?",
+                (result, result, error, error, now, now, dep_id),
             )
         killpoint("journal.finished")
 

@@ -217,3 +217,25 @@ def test_image_is_intact_helper() -> None:
     img = make_image("2.0.0", 5000)
     assert image_version(img + b"\0" * 10) == "2.0.0"
     assert image_version(img[:-1]) is None
+
+
+def test_failed_reboot_keeps_the_deployment_pending(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferry.daemon.reboot import RebootError
+
+    gw = make_gateway(tmp_path / "gw")
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id))
+    text = gw.config_path.read_text().replace(
+        f'reboot_command = ["touch", "{gw.reboot_flag}"]', 'reboot_command = ["false"]')
+    gw.config_path.write_text(text)
+    bundle = make_bundle(gw, tmp_path / "b.swu", version="1.1.0",
+                         image=make_image("1.1.0", 100_000))
+    with pytest.raises(RebootError, match="exited 1"):
+        run_install(gw, bundle)
+    dep = journal(gw).latest()
+    assert dep is not None and dep.result is None and dep.state == "rebooting"
+    assert "reboot by hand" in (dep.error or "")
+    assert gw.boot() == "B"  # the technician reboots: the boot check takes over
+    after_boot(gw)
+    done = journal(gw).get(dep.id)
+    assert done.result == "success" and done.error is None
