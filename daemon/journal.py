@@ -12,6 +12,7 @@ never edit a released migration, append a new one.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -23,6 +24,9 @@ from typing import Any
 
 from ferry.daemon.killpoint import killpoint
 from ferry.errors import FerryError
+
+
+log = logging.getLogger(__name__)
 
 
 class JournalError(FerryError):
@@ -185,13 +189,21 @@ class Journal:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as err:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise JournalError(
+                    f"journal {self.path} cannot be written: {err}; check free space and "
+                    "permissions on the data partition") from err
 
     # deployments ----------------------------------------------------------------
 
@@ -266,10 +278,13 @@ class Journal:
     def progress(self, dep_id: int, done: int, total: int) -> None:
         """Progress is advisory: it is not a step and needs no fsync-grade care."""
         with self._lock:
-            self._conn.execute(
-                "UPDATE deployments SET progress_done=?, progress_total=?, updated=? WHERE id=?",
-                (done, total, time.time(), dep_id),
-            )
+            try:
+                self._conn.execute(
+                    "UPDATE deployments SET progress_done=?, progress_total=?, updated=?"
+                    " WHERE id=?", (done, total, time.time(), dep_id),
+                )
+            except sqlite3.Error as err:  # advisory: the next step's write will tell
+                log.warning("journal progress not recorded: %s", err)
 
     def finish(self, dep_id: int, result: str, error: str | None = None) -> None:
         if result not in RESULTS:

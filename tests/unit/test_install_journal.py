@@ -75,3 +75,14 @@ def test_unknown_state_is_a_bug(tmp_path: Path) -> None:
         j.update(dep, state="flying")
     with pytest.raises(ValueError):
         j.update(dep, result="success")
+
+
+def test_write_failure_is_a_clear_error(tmp_path: Path) -> None:
+    j = Journal.open(tmp_path)
+    dep = j.create("b.swu")
+    j._conn.execute("PRAGMA query_only = ON")  # stands in for a full or read-only disk
+    with pytest.raises(JournalError, match="cannot be written"):
+        j.begin_step(dep, "write", state="writing")
+    j._conn.execute("PRAGMA query_only = OFF")
+    j.begin_step(dep, "write", state="writing")  # usable again afterwards
+    assert j.get(dep).state == "writing"
