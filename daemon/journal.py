@@ -25,7 +25,6 @@ from typing import Any
 from ferry.daemon.killpoint import killpoint
 from ferry.errors import FerryError
 
-
 log = logging.getLogger(__name__)
 
 
