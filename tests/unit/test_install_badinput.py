@@ -20,7 +20,7 @@ from install_http import Server
 def gw(tmp_path: Path) -> Gateway:
     g = make_gateway(tmp_path / "gw", slot_size=1 << 20)
     text = g.config_path.read_text().replace(
-        "[install]\n", "[install]\ndownload_stall_timeout = 1.0\ndownload_retries = 2\n")
+        "[install]\n", "[install]\ndownload_stall_timeout = 2.0\ndownload_retries = 2\n")
     g.config_path.write_text(text)
     return g
 
