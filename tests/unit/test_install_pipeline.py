@@ -239,3 +239,22 @@ def test_failed_reboot_keeps_the_deployment_pending(tmp_path: Path,
     after_boot(gw)
     done = journal(gw).get(dep.id)
     assert done.result == "success" and done.error is None
+
+
+def test_history_cli(gw: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ferry.daemon.cli.main import main
+
+    bundle = make_bundle(gw, tmp_path / "b.swu", version="1.1.0", compatible="other-board",
+                         image=make_image("1.1.0", 100_000))
+    with pytest.raises(IncompatibleBundle):
+        run_install(gw, bundle)
+    assert main(["--config", str(gw.config_path), "history", "--steps"]) == 0
+    out = capsys.readouterr().out
+    assert "#1 " in out and "1.1.0" in out and "failure" in out
+    assert "error: bundle is for other-board" in out
+    assert "verify: failed" in out
+    assert main(["--config", str(gw.config_path), "history", "--json"]) == 0
+    import json
+
+    (dep,) = json.loads(capsys.readouterr().out)
+    assert dep["result"] == "failure" and dep["steps"][0]["name"] == "verify"
