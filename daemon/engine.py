@@ -73,20 +73,10 @@ class GatewayEngine:
 
     # mark -----------------------------------------------------------------------
     def mark(self, state: str, slot: str) -> tuple[str, str]:
-        from ferry.daemon.slots import resolve_slot
+        from ferry.daemon.slots import mark
 
-        bl = self.ctx.bootloader
         with self._lock:
-            target = resolve_slot(self.config, bl, slot or "booted")
-            if state == "good":
-                bl.mark_good(target.bootname)
-            elif state == "bad":
-                bl.mark_bad(target.bootname)
-            elif state == "active":
-                bl.activate(target.bootname)
-            else:
-                raise FerryError(f"unknown mark state {state!r}: use good, bad or active")
-        return target.name, f"marked {target.name} ({target.bootname}) {state}"
+            return mark(self.config, self.ctx.bootloader, state, slot)
 
     # status ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -96,6 +96,23 @@ def resolve_slot(config: Config, bootloader: Bootloader, which: str) -> Slot:
     return config.slot(which)
 
 
+MARK_STATES = ("good", "bad", "active")
+
+
+def mark(config: Config, bootloader: Bootloader, state: str, which: str) -> tuple[str, str]:
+    """``ferry mark`` and D-Bus Mark: one env write; returns (slot name, message)."""
+    slot = resolve_slot(config, bootloader, which or "booted")
+    if state == "good":
+        bootloader.mark_good(slot.bootname)
+    elif state == "bad":
+        bootloader.mark_bad(slot.bootname)
+    elif state == "active":
+        bootloader.activate(slot.bootname)
+    else:
+        raise SlotError(f"unknown mark state {state!r}: use good, bad or active")
+    return slot.name, f"marked {slot.name} ({slot.bootname}) {state}"
+
+
 # --- what each slot holds -----------------------------------------------------------
 
 def _status_path(config: Config) -> Path:

@@ -38,18 +38,10 @@ def mark_standalone(config_path: str, state: str, which: str) -> tuple[str, str]
     """Mark without ferryd; returns (slot name, message)."""
     from ferry.daemon.bootloader import make_bootloader
     from ferry.daemon.config import load_config
-    from ferry.daemon.slots import resolve_slot
+    from ferry.daemon.slots import mark
 
     config = load_config(config_path)
-    bl = make_bootloader(config)
-    slot = resolve_slot(config, bl, which)
-    if state == "good":
-        bl.mark_good(slot.bootname)
-    elif state == "bad":
-        bl.mark_bad(slot.bootname)
-    else:
-        bl.activate(slot.bootname)
-    return slot.name, f"marked {slot.name} ({slot.bootname}) {state}"
+    return mark(config, make_bootloader(config), state, which)
 
 
 def run(args: argparse.Namespace) -> int:
