@@ -58,7 +58,8 @@ def _standalone(config_path: str, discover: bool) -> list[dict[str, Any]]:
                 if tgt.name not in known:
                     rows.append({"name": tgt.name, "transport": tgt.transport,
                                  "address": tgt.address, "hardware_id": tgt.hardware_id,
-                                 "version": tgt.options.get("version", ""),
+                                 "version": tgt.options.get("version")
+                                 or tgt.options.get("file_version", ""),
                                  "last_result": "discovered", "message": "",
                                  "last_seen": None})
     return rows
