@@ -293,3 +293,77 @@ def _why(exc: BaseException) -> str:
     if len(text) > 160:
         text = text[:157] + "..."
     return text
+
+
+class Prefetch(io.RawIOBase):
+    """Reads ahead of the consumer in its own thread.
+
+    Receiving from the socket then overlaps with what the consumer does with the bytes
+    (the bundle reader's sha256 and copies), which otherwise share one thread. A few
+    small buffers are enough: the point is overlap, not a big cache.
+    """
+
+    def __init__(self, raw: io.RawIOBase, *, chunk: int = 512 << 10, depth: int = 3) -> None:
+        super().__init__()
+        import queue
+        import threading
+
+        self._raw = raw
+        self._full: queue.Queue[Any] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(depth + 1):
+            self._free.put(bytearray(chunk))
+        self._stop = threading.Event()
+        self._cur: bytearray | None = None
+        self._n = 0
+        self._pos = 0
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="download", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import queue
+
+        try:
+            while not self._stop.is_set():
+                try:
+                    buf = self._free.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                n = self._raw.readinto(buf) or 0
+                if n == 0:
+                    self._full.put(None)
+                    return
+                self._full.put((buf, n))
+        except BaseException as exc:  # handed to the consumer, in order
+            self._full.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._cur is None:
+            if self._eof:
+                return 0
+            item = self._full.get()
+            if item is None:
+                self._eof = True
+                return 0
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            self._cur, self._n = item
+            self._pos = 0
+        assert self._cur is not None
+        k = min(len(b), self._n - self._pos)
+        b[:k] = memoryview(self._cur)[self._pos:self._pos + k]
+        self._pos += k
+        if self._pos >= self._n:
+            self._free.put(self._cur)
+            self._cur = None
+        return k
+
+    def close(self) -> None:
+        self._stop.set()
+        self._raw.close()
+        super().close()

@@ -214,6 +214,31 @@ def write_slot(
 
     written = 0
     next_sync = SYNC_EVERY
+    # Resume points: fsync in a thread of its own so the writer never waits for the
+    # writeback; what was written before an fsync started is durable when it returns.
+    sync_req: queue.Queue[int | None] = queue.Queue()
+
+    def syncer() -> None:
+        while (upto := sync_req.get()) is not None:
+            while True:  # only the newest request matters
+                try:
+                    nxt = sync_req.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    return
+                upto = nxt
+            try:
+                os.fsync(fd)
+            except OSError:
+                return  # the final fsync reports it
+            if on_synced is not None:
+                on_synced(upto)
+                killpoint("slot.synced")
+
+    t_sync = threading.Thread(target=syncer, name="slot-sync", daemon=True)
+    if on_synced is not None:
+        t_sync.start()
 
     def writer() -> None:
         nonlocal written, next_sync
@@ -231,9 +256,8 @@ def write_slot(
                 written += n
                 out_pool.put(buf)
                 if on_synced is not None and written >= next_sync:
-                    os.fsync(fd)  # everything up to here survives a power cut
                     next_sync = written + SYNC_EVERY
-                    on_synced(written)
+                    sync_req.put(written)
                 killpoint("slot.write")
                 if progress is not None:
                     progress(written)
@@ -294,6 +318,9 @@ def write_slot(
     finally:
         write_q.put(_EOF)
         t_write.join()
+        if on_synced is not None:
+            sync_req.put(None)
+            t_sync.join()
         if stop.is_set():
             _drain(raw_q, pool)
         t_prod.join(timeout=30)

@@ -136,7 +136,7 @@ def open_source(
 ) -> OpenedSource:
     if is_url(source):
         # requests is imported only for URLs: a USB-stick install starts faster
-        from ferry.daemon.download import HttpStream, check_scheme
+        from ferry.daemon.download import HttpStream, Prefetch, check_scheme
 
         check_scheme(source)
         if resume is not None:
@@ -152,8 +152,9 @@ def open_source(
             raw = http
         size = http.size
         url = True
-        stream = io.BufferedReader(raw, 1 << 20)
-        return OpenedSource(stream=stream, size=size, is_url=url, raw=http)
+        ahead: io.RawIOBase = Prefetch(raw)
+        return OpenedSource(stream=io.BufferedReader(ahead, 1 << 20),
+                            size=size, is_url=url, raw=http)
     else:
         path = Path(source)
         try:
@@ -166,5 +167,5 @@ def open_source(
             raise SourceError(f"cannot read bundle {source}: permission denied") from None
         size = os.fstat(raw._f.fileno()).st_size
         url = False
-    stream = io.BufferedReader(raw, 1 << 20)
-    return OpenedSource(stream=stream, size=size, is_url=url, raw=raw)
+    return OpenedSource(stream=io.BufferedReader(raw, 1 << 20),
+                        size=size, is_url=url, raw=raw)
