@@ -25,7 +25,7 @@ import random
 import statistics
 import time
 
-from ferry.daemon.cli.sim_lora import simulate
+from ferry.daemon.cli.simrun_lora import simulate
 from ferry.proxy.lora.airtime import EU868_RX2_DUTY_CYCLE
 from ferry.proxy.lora.scheduler import plan
 from ferry.proxy.lora.session import Options

@@ -15,7 +15,7 @@ import argparse
 import math
 import time
 
-from ferry.daemon.cli.sim_zigbee import make_image, simulate
+from ferry.daemon.cli.simrun_zigbee import make_image, simulate
 from ferry.proxy.zigbee.server import ServerConfig
 from ferry.sim.zigbee.population import make_profiles
 

@@ -12,9 +12,6 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ferry.packaging.errors import BundleCreateError
-from ferry.packaging.keyring import load_keyring
-
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
@@ -103,6 +100,8 @@ def register(sub: Any) -> None:
 
 
 def _open(path: str) -> AbstractContextManager[BinaryIO]:
+    from ferry.packaging.errors import BundleCreateError
+
     if path == "-":
         return nullcontext(sys.stdin.buffer)
     try:
@@ -112,6 +111,7 @@ def _open(path: str) -> AbstractContextManager[BinaryIO]:
 
 
 def _create(args: argparse.Namespace) -> int:
+    from ferry.packaging.errors import BundleCreateError
     from ferry.packaging.recipe import Recipe, load_recipe, recipe_images, target_input
     from ferry.packaging.writer import compression_from_cli, create_bundle, load_signing_key
 
@@ -144,6 +144,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from ferry.packaging.keyring import load_keyring
     from ferry.packaging.reader import BundleReader
 
     keyring = load_keyring(args.keyring)
@@ -179,6 +180,7 @@ def _image_json(entry: Any) -> dict[str, Any]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from ferry.packaging.keyring import load_keyring
     from ferry.packaging.reader import BundleReader, read_unverified
     from ferry.packaging.signature import embedded_signer
 

@@ -8,7 +8,7 @@ import hashlib
 import math
 from pathlib import Path
 
-from ferry.daemon.cli.sim_zigbee import make_image, simulate
+from ferry.daemon.cli.simrun_zigbee import make_image, simulate
 from ferry.proxy.zigbee.progress import DONE, MemoryProgressStore, SqliteProgressStore
 from ferry.proxy.zigbee.server import ServerConfig
 from ferry.sim.zigbee.population import make_profiles
