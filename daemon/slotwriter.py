@@ -1,6 +1,6 @@
 """Stream one image into a slot: (download ->) decompress -> sha256 -> write, then fsync.
 
-No temporary copy and nothing image-sized in memory: a fixed pool of 1 MiB buffers
+No temporary copy and nothing image-sized in memory: a fixed pool of 512 KiB buffers
 circulates between three threads, so the network/verification read, decompression
 plus hashing, and the write to the slot overlap (hashlib, zstandard and os.write all
 release the GIL on large buffers). Peak memory is the pool, whatever the image size.
@@ -27,7 +27,7 @@ from typing import BinaryIO
 from ferry.daemon.killpoint import killpoint
 from ferry.errors import FerryError
 
-CHUNK = 1 << 20
+CHUNK = 512 << 10
 POOL = 4
 SYNC_EVERY = 64 << 20  # with on_synced: fsync and report this often (resume points)
 
