@@ -36,6 +36,12 @@ BAD_RESULTS = ("failure", "failed", "rolled-back")
 
 # configData values longer than this are cut: hawkBit stores at most 128 characters.
 MAX_VALUE = 128
+# hawkBit refuses a configData update that leaves a target with more attributes than
+# this (hawkbit.server.security.dos.maxAttributeEntriesPerTarget, default 100), so
+# per-node keys are sent only while the whole set stays within it.
+MAX_ATTRIBUTES = 100
+# node lines per group in the text view; the rest are counted (``ferry devices`` lists all)
+NODE_LINES = 8
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,12 @@ class TargetHealth:
     last_result: str = "never"  # success | failure | rolled-back | skipped | never
     last_seen: float | None = None  # unix time of the last successful contact
     reachable: bool | None = None  # None: not probed
+    group: str = ""  # a radio node: the [[target]] (LoRa group, Zigbee population) it is in
+
+    @property
+    def node(self) -> str:
+        """The node id within its group ("" for a configured target)."""
+        return self.address if self.group else ""
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,8 @@ def overall(h: Health) -> tuple[str, list[str]]:
     degraded - everything works but something needs a look: the slot is still on
                trial; systemd says degraded (a unit that is not required failed);
                less than 10 % free on the data partition; a target is unreachable;
-               a target's last flash failed or rolled back.
+               a target's last flash failed or rolled back; a radio node of a
+               group failed its last flash (one reason per group, with counts).
     ok       - none of the above.
     """
     g = h.gateway
@@ -122,7 +135,14 @@ def overall(h: Health) -> tuple[str, list[str]]:
         degraded.append("failed units: " + ", ".join(other_failed))
     elif g.system_state == "degraded" and not bad_required:
         degraded.append("systemd is degraded")
+    for group, nodes in node_groups(h).items():
+        bad_nodes = [t for t in nodes if t.last_result in BAD_RESULTS]
+        if bad_nodes:
+            degraded.append(f"target {group}: {len(bad_nodes)} of {len(nodes)} nodes "
+                            "failed their last flash")
     for t in h.targets:
+        if t.group:
+            continue
         bad = t.last_result in BAD_RESULTS
         if t.reachable is False and bad:
             failed.append(f"target {t.name}: last flash {t.last_result} and unreachable")
@@ -135,6 +155,28 @@ def overall(h: Health) -> tuple[str, list[str]]:
     if degraded:
         return DEGRADED, degraded
     return OK, []
+
+
+def node_groups(h: Health) -> dict[str, list[TargetHealth]]:
+    """The radio nodes by the target (group) they belong to, in the order given."""
+    out: dict[str, list[TargetHealth]] = {}
+    for t in h.targets:
+        if t.group:
+            out.setdefault(t.group, []).append(t)
+    return out
+
+
+def node_summary(nodes: list[TargetHealth]) -> str:
+    """"3 success, 1 failure": counts of last results, most common first."""
+    counts: dict[str, int] = {}
+    for t in nodes:
+        counts[t.last_result] = counts.get(t.last_result, 0) + 1
+    return ", ".join(f"{n} {word}" for word, n in
+                     sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _bad_first(nodes: list[TargetHealth]) -> list[TargetHealth]:
+    return sorted(nodes, key=lambda t: (t.last_result not in BAD_RESULTS, t.node))
 
 
 def _cut(value: str) -> str:
@@ -177,8 +219,13 @@ def to_config_data(h: Health, *, hw_boardname: str = "default") -> dict[str, str
         "gw.failed_units": ",".join(g.failed_units),
         "gw.data_free_mib": str(g.data_free_bytes >> 20),
     }
+    groups = node_groups(h)
     for t in h.targets:
+        if t.group:
+            continue
         p = f"target.{t.name}."
+        if t.name in groups:
+            data[p + "nodes"] = node_summary(groups[t.name])
         data.update({
             p + "transport": t.transport,
             p + "address": t.address,
@@ -188,6 +235,12 @@ def to_config_data(h: Health, *, hw_boardname: str = "default") -> dict[str, str
             p + "last_seen": _iso(t.last_seen),
             p + "reachable": _yesno(t.reachable),
         })
+    # one key per node, failing nodes first, as far as hawkBit's attribute quota allows
+    for group, nodes in groups.items():
+        for t in _bad_first(nodes):
+            if len(data) >= MAX_ATTRIBUTES:
+                break
+            data[f"node.{group}.{t.node}"] = f"{t.last_result} {t.version}".strip()
     return {k: _cut(v) for k, v in data.items()}
 
 
@@ -205,10 +258,12 @@ def render_text(h: Health) -> str:
     if g.data_total_bytes:
         lines.append(f"data:      {g.data_free_bytes >> 20} MiB free of "
                      f"{g.data_total_bytes >> 20} MiB")
-    if h.targets:
+    groups = node_groups(h)
+    configured = [t for t in h.targets if not t.group]
+    if configured:
         lines.append("targets:")
-        w = max(len(t.name) for t in h.targets)
-        for t in h.targets:
+        w = max(len(t.name) for t in configured)
+        for t in configured:
             reach = {True: "reachable", False: "UNREACHABLE", None: "not probed"}[t.reachable]
             seen = _iso(t.last_seen) or "never"
             lines.append(f"  {t.name.ljust(w)}  {t.transport:<10} {t.version or '?':<10} "
@@ -216,9 +271,22 @@ def render_text(h: Health) -> str:
             lines.append(f"  {' ' * w}  at {t.address}"
                          + (f", hw {t.hardware_id}" if t.hardware_id else "")
                          + f", seen {seen}")
+            if t.name in groups:
+                lines.extend(_node_lines(groups[t.name]))
     else:
         lines.append("targets:   none configured")
     return "\n".join(lines)
+
+
+def _node_lines(nodes: list[TargetHealth]) -> list[str]:
+    """A group's nodes under its target: counts, then the failing ones first."""
+    out = [f"    nodes: {len(nodes)} ({node_summary(nodes)})"]
+    shown = _bad_first(nodes)[:NODE_LINES]
+    for t in shown:
+        out.append(f"    {t.node[:23]:<23} {(t.version or '?')[:12]:<12} {t.last_result}")
+    if len(nodes) > len(shown):
+        out.append(f"    ... {len(nodes) - len(shown)} more (ferry devices lists all)")
+    return out
 
 
 def _duration(s: float) -> str:
@@ -334,6 +402,7 @@ def collect(config: Any, *, bootloader: Any = None, journal: Any = None,
         for dep in journal.history(limit=history):  # newest first
             for rec in journal.targets(dep.id):
                 last.setdefault(rec.name, rec)
+    nodes_of = latest_nodes(journal, history) if journal is not None else {}
     targets = []
     for tc in config.targets:
         rec = last.get(tc.name)
@@ -356,7 +425,30 @@ def collect(config: Any, *, bootloader: Any = None, journal: Any = None,
             name=tc.name, transport=tc.transport, address=tc.address,
             hardware_id=tc.image_id or str(tc.options.get("hardware_id", "")),
             version=version_t, last_result=result, last_seen=seen, reachable=reachable))
+        for n in nodes_of.get(tc.name, []):
+            targets.append(TargetHealth(
+                name=f"{tc.name}/{n.node}", transport=n.transport, address=n.node,
+                version=n.version or "", last_result=_RESULT_WORDS.get(n.state, n.state),
+                last_seen=n.updated if n.state in ("ok", "skipped") else None,
+                group=tc.name))
     return Health(gw, tuple(targets))
+
+
+def latest_nodes(journal: Any, history: int) -> dict[str, list[Any]]:
+    """The newest node record per (target, node) over the last deployments, by target.
+
+    A node keeps the result of the last flash it took part in: a later campaign that
+    skipped the group (already on that version) records no nodes and hides nothing."""
+    if not hasattr(journal, "nodes"):
+        return {}
+    latest: dict[tuple[str, str], Any] = {}
+    for dep in journal.history(limit=history):  # newest first
+        for rec in journal.nodes(dep.id):
+            latest.setdefault((rec.target, rec.node), rec)
+    out: dict[str, list[Any]] = {}
+    for (target, _), rec in sorted(latest.items()):
+        out.setdefault(target, []).append(rec)
+    return out
 
 
 def transport_inspect(tc: Any) -> Any:

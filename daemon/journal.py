@@ -83,6 +83,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (deployment_id, name)
     );
     """,
+    # 3: per-node results of targets that stand for many radio nodes (a LoRa multicast
+    # group, a Zigbee population): one row per node under its target's row
+    """
+    CREATE TABLE nodes (
+        deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+        target TEXT NOT NULL,
+        node TEXT NOT NULL,
+        transport TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version TEXT,
+        message TEXT,
+        updated REAL NOT NULL,
+        PRIMARY KEY (deployment_id, target, node)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -143,6 +158,20 @@ class TargetRecord:
     transport: str
     image: str | None
     state: str  # pending | flashing | ok | skipped | failed | rolled-back
+    version: str | None
+    message: str | None
+    updated: float
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One radio node's outcome within a target's flash (``target`` is the group)."""
+
+    deployment_id: int
+    target: str
+    node: str  # devEUI, IEEE address
+    transport: str
+    state: str  # ok | skipped | failed
     version: str | None
     message: str | None
     updated: float
@@ -362,6 +391,40 @@ class Journal:
             ).fetchall()
         return [TargetRecord(r["deployment_id"], r["name"], r["transport"], r["image"],
                              r["state"], r["version"], r["message"], r["updated"])
+                for r in rows]
+
+
+    # nodes ---------------------------------------------------------------------
+
+    def set_nodes(self, dep_id: int, target: str, *, transport: str,
+                  nodes: list[tuple[str, str, str | None, str | None]]) -> None:
+        """Record (node, state, version, message) for each node of ``target`` at once:
+        one commit, so a power cut leaves the whole flash's node picture or none."""
+        now = time.time()
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO nodes (deployment_id, target, node, transport, state, version,"
+                " message, updated) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(deployment_id, target, node) DO UPDATE SET"
+                " transport=excluded.transport, state=excluded.state,"
+                " version=COALESCE(excluded.version, version), message=excluded.message,"
+                " updated=excluded.updated",
+                [(dep_id, target, node, transport, state, version, message, now)
+                 for node, state, version, message in nodes],
+            )
+
+    def nodes(self, dep_id: int, target: str | None = None) -> list[NodeRecord]:
+        with self._lock:
+            if target is None:
+                rows = self._conn.execute(
+                    "SELECT * FROM nodes WHERE deployment_id=? ORDER BY target, node",
+                    (dep_id,)).fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT * FROM nodes WHERE deployment_id=? AND target=? ORDER BY node",
+                    (dep_id, target)).fetchall()
+        return [NodeRecord(r["deployment_id"], r["target"], r["node"], r["transport"],
+                           r["state"], r["version"], r["message"], r["updated"])
                 for r in rows]
 
 

@@ -6,6 +6,12 @@ Targets on different ports (addresses) are flashed in parallel, those sharing a 
 one after the other (a serial line or a radio coordinator carries one transfer at a
 time). A failing target is recorded and does not stop the others. Targets already
 recorded ok are not flashed again when the phase resumes after a restart.
+
+A target may stand for many radio nodes (a LoRa multicast group, a Zigbee
+population). Its transport reports each node in ``FlashResult.detail`` under
+``node.<node id>`` as ``<state>[: <message>]``; those become journal node rows
+(``Journal.set_nodes``) beside the target's row, so health, ``ferry status``,
+``ferry devices`` and the backend feedback can show every node.
 """
 
 from __future__ import annotations
@@ -29,6 +35,42 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DONE_STATES = ("ok", "skipped")
+
+NODE_PREFIX = "node."
+# a transport's per-node words -> journal node states (ok | skipped | failed)
+_NODE_OK = frozenset({"ok", "complete", "success", "updated", "done"})
+_NODE_SKIPPED = frozenset({"skipped", "up-to-date", "current"})
+
+NodeRow = tuple[str, str, str | None, str | None]  # node, state, version, message
+
+
+def node_rows(tc: TargetConfig, result: FlashResult, image_version: str) -> list[NodeRow]:
+    """(node, state, version, message) per ``node.<id>`` key of the result's detail.
+
+    A node that rebuilt the image runs the image's version even when the group as a
+    whole failed (the result then carries no version). A target whose only node is
+    the target itself (a Zigbee target addressed by its IEEE address) gets no rows:
+    its target row already says everything."""
+    rows: list[NodeRow] = []
+    for key, value in sorted(result.detail.items()):
+        if not key.startswith(NODE_PREFIX) or len(key) == len(NODE_PREFIX):
+            continue
+        node = key[len(NODE_PREFIX):]
+        word, _, message = str(value).partition(":")
+        word = word.strip().lower()
+        if word in _NODE_OK:
+            state = "ok"
+        elif word in _NODE_SKIPPED:
+            state = "skipped"
+        else:
+            state = "failed"
+        version = (result.version or image_version) if state == "ok" else None
+        if state == "skipped":
+            version = result.version or None
+        rows.append((node, state, version or None, message.strip() or word))
+    if len(rows) == 1 and rows[0][0].lower() == tc.address.lower():
+        return []
+    return rows
 
 
 @dataclass(frozen=True)
@@ -164,6 +206,9 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
         state = "skipped" if result.skipped else "ok"
     else:
         state = "rolled-back" if result.rolled_back else "failed"
+    nodes = node_rows(tc, result, str(image.get("version", "")))
+    if nodes:  # before the target row: a target recorded ok is never flashed again
+        j.set_nodes(dep_id, tc.name, transport=tc.transport, nodes=nodes)
     j.set_target(dep_id, tc.name, transport=tc.transport, state=state,
                  version=result.version or None,
                  message=result.message or ("flashed" if result.ok else "flash failed"))

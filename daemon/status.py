@@ -28,7 +28,11 @@ def latest_target_records(journal: Journal, limit: int = 20) -> dict[str, Target
 
 
 def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
+    """Each configured target, followed by its radio nodes (rows with a ``group``)."""
+    from ferry.daemon.health import latest_nodes
+
     latest = latest_target_records(journal)
+    nodes = latest_nodes(journal, 20)
     out = []
     for tc in config.targets:
         rec = latest.get(tc.name)
@@ -40,6 +44,13 @@ def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
             "message": (rec.message if rec else None) or "",
             "last_seen": rec.updated if rec and rec.state in ("ok", "skipped") else None,
         })
+        for n in nodes.get(tc.name, []):
+            out.append({
+                "name": f"{tc.name}/{n.node}", "transport": n.transport, "address": n.node,
+                "hardware_id": "", "group": tc.name, "version": n.version or "",
+                "last_result": _RESULT.get(n.state, n.state), "message": n.message or "",
+                "last_seen": n.updated if n.state in ("ok", "skipped") else None,
+            })
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ferry.daemon.cli import exitcodes
 
-COLUMNS = (("name", 16), ("transport", 10), ("address", 20), ("version", 10),
+COLUMNS = (("name", 20), ("transport", 10), ("address", 20), ("version", 10),
            ("last_result", 12))
 
 
@@ -74,10 +74,12 @@ def render(rows: list[dict[str, Any]]) -> str:
         cells = []
         for key, width in COLUMNS:
             text = str(r.get(key) or "-")
+            if key == "name" and r.get("group"):  # a radio node, listed under its group
+                text = "  " + str(r.get("address") or text)
             cells.append((text[: width - 1] + "~" if len(text) > width else text).ljust(width))
         lines.append(" ".join(cells).rstrip())
         if r.get("last_result") in ("failure", "failed", "rolled-back") and r.get("message"):
-            lines.append(f"  ! {r['message'][:76]}")
+            lines.append(f"{'    ' if r.get('group') else '  '}! {r['message'][:74]}")
     return "\n".join(lines)
 
 

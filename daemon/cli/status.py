@@ -164,9 +164,12 @@ SKIP = {"time", "version", "compatible", "daemon", "targets"}
 
 
 def render_target_problems(targets: list[dict[str, Any]]) -> list[str]:
-    """Why a target's last update failed, in the device's own words."""
+    """Why a target's last update failed, in the device's own words. Radio nodes
+    (rows with a ``group``) are counted in the health section instead: a group of a
+    hundred nodes would otherwise fill the screen (``ferry devices`` lists them)."""
     return [f"  ! {t.get('name')}: {t.get('message')}" for t in targets
-            if t.get("last_result") in ("failure", "failed", "rolled-back") and t.get("message")]
+            if t.get("last_result") in ("failure", "failed", "rolled-back") and t.get("message")
+            and not t.get("group")]
 
 
 def fit(lines: list[str], width: int = 80) -> list[str]:

@@ -100,7 +100,8 @@ class ZigbeeTransport:
         if installed is not None and installed >= hdr.file_version and not force:
             return FlashResult(ok=True, skipped=True, version=version_str(installed),
                                message=f"{target.name} already runs {version_str(installed)}"
-                                       f" (image {new}); not forced")
+                                       f" (image {new}); not forced",
+                               detail={f"node.{target.address}": "skipped"})
         try:
             self.adapter.stage(raw, hdr, force=force)
             outcome = self.adapter.update(
@@ -111,13 +112,16 @@ class ZigbeeTransport:
         if not outcome.ok:
             return FlashResult(ok=False, version=version_str(installed),
                                message=f"{target.name}: {outcome.message}",
-                               detail=outcome.detail)
+                               detail={**outcome.detail,
+                                       f"node.{target.address}": f"failed: {outcome.message}"})
         progress(len(raw), len(raw), "done")
         running = outcome.installed_version if outcome.installed_version is not None \
             else hdr.file_version
         ok = running == hdr.file_version
+        # node.<address>: the per-node key every radio transport uses (LoRa: node.<devEui>)
+        node = {f"node.{target.address}": "ok" if ok else "failed: wrong version after update"}
         return FlashResult(
-            ok=ok, version=version_str(running), detail=outcome.detail,
+            ok=ok, version=version_str(running), detail={**outcome.detail, **node},
             message=(f"{target.name} now runs {version_str(running)}" if ok else
                      f"{target.name} reports {version_str(running)} after the update, "
                      f"expected {new}"))
