@@ -414,9 +414,14 @@ class _HeadTap:
         return data
 
     def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+        # straight into the caller's buffer (the slot writer's pool): no bytes object
+        n = int(self._stream.readinto(b) or 0)
+        if self.head is not None and n:
+            if len(self.head) + n > self.LIMIT:
+                self.head = None  # not a bundle we can resume; stop copying
+            else:
+                self.head += memoryview(b)[:n]
+        return n
 
 
 def _resume_dir(ctx: Context) -> Path:

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from ferry.daemon.download import DownloadOptions
 
 
+# Small on purpose: a BufferedReader copies reads no larger than its buffer through it,
+# but reads larger ones (the slot writer's 512 KiB readinto) straight into the caller's
+# buffer. Headers and names are still served from it.
+BUFFER = 64 << 10
+
+
 class SourceError(FerryError):
     pass
 
@@ -153,7 +159,7 @@ def open_source(
         size = http.size
         url = True
         ahead: io.RawIOBase = Prefetch(raw)
-        return OpenedSource(stream=io.BufferedReader(ahead, 1 << 20),
+        return OpenedSource(stream=io.BufferedReader(ahead, BUFFER),
                             size=size, is_url=url, raw=http)
     else:
         path = Path(source)
@@ -167,5 +173,5 @@ def open_source(
             raise SourceError(f"cannot read bundle {source}: permission denied") from None
         size = os.fstat(raw._f.fileno()).st_size
         url = False
-    return OpenedSource(stream=io.BufferedReader(raw, 1 << 20),
+    return OpenedSource(stream=io.BufferedReader(raw, BUFFER),
                         size=size, is_url=url, raw=raw)

@@ -128,6 +128,24 @@ class CpioStreamReader:
                 self.on_read(len(data))
         return bytes(data)
 
+    def _readinto_some(self, view: memoryview) -> int:
+        """Like ``_read_some`` but into the caller's buffer: no bytes object, no copy
+        when the stream has ``readinto`` (the slot writer's pooled buffers)."""
+        ri = getattr(self._stream, "readinto", None)
+        if ri is None:
+            data = self._read_some(len(view))
+            view[: len(data)] = data
+            return len(data)
+        n = int(ri(view) or 0)  # None from a non-blocking raw stream: treat as a wait
+        if n:
+            self.offset += n
+            cap = self.limits.max_bundle_size
+            if cap and self.offset > cap:  # None or 0: no limit
+                raise OverLimit(f"bundle is larger than the limit of {cap} bytes")
+            if self.on_read is not None:
+                self.on_read(n)
+        return n
+
     def _read_exact(self, n: int, what: str) -> bytes:
         parts: list[bytes] = []
         got = 0
@@ -226,6 +244,26 @@ class CpioStreamReader:
         if self._check_crc:
             self._sum = bytesum(chunk, self._sum)
         return chunk
+
+    def readinto_data(self, buf: memoryview | bytearray) -> int:
+        """``read_data`` into ``buf``: up to ``len(buf)`` data bytes of the current member
+        land at its start; 0 once the member is fully read."""
+        if self._current is None or self._remaining == 0 or len(buf) == 0:
+            return 0
+        view = memoryview(buf).cast("B")
+        if len(view) > self._remaining:
+            view = view[: self._remaining]
+        n = self._readinto_some(view)
+        if not n:
+            cur = self._current
+            raise TruncatedBundle(
+                f"bundle ends at byte {self.offset} inside member {cur.name!r} "
+                f"({self._remaining} of {cur.size} bytes missing)"
+            )
+        self._remaining -= n
+        if self._check_crc:
+            self._sum = bytesum(view[:n], self._sum)
+        return n
 
     def read_member(self, limit: int, what: str) -> bytes:
         """The whole current member, which must be small (sw-description, signature)."""

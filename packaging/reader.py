@@ -73,9 +73,22 @@ class ImageStream(io.RawIOBase):
         return chunk
 
     def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+        """Fill the caller's buffer and hash it there: no bytes object, no copy.
+
+        The bytes are in ``buf`` before they are checked, so a bad image's last chunk
+        is withheld the only way a buffer can be: this raises instead of returning its
+        count, and a caller must not use ``buf`` after an exception.
+        """
+        if self._done or len(buf) == 0:
+            return 0
+        view = memoryview(buf).cast("B")
+        n = self._cpio.readinto_data(view)
+        self._hash.update(view[:n])
+        self.bytes_read += n
+        if self._cpio.remaining == 0:
+            self._done = True
+            self._check()
+        return n
 
     def readall(self) -> bytes:
         parts = []
