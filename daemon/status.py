@@ -44,14 +44,27 @@ def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
             "message": (rec.message if rec else None) or "",
             "last_seen": rec.updated if rec and rec.state in ("ok", "skipped") else None,
         })
-        for n in nodes.get(tc.name, []):
-            out.append({
-                "name": f"{tc.name}/{n.node}", "transport": n.transport, "address": n.node,
-                "hardware_id": "", "group": tc.name, "version": n.version or "",
-                "last_result": _RESULT.get(n.state, n.state), "message": n.message or "",
-                "last_seen": n.updated if n.state in ("ok", "skipped") else None,
-            })
+        rows = {n.node: {
+            "name": f"{tc.name}/{n.node}", "transport": n.transport, "address": n.node,
+            "hardware_id": "", "group": tc.name, "version": n.version or "",
+            "last_result": _RESULT.get(n.state, n.state), "message": n.message or "",
+            "last_seen": n.updated if n.state in ("ok", "skipped") else None,
+        } for n in nodes.get(tc.name, [])}
+        for node in configured_nodes(tc):  # a group's members before their first campaign
+            rows.setdefault(node, {
+                "name": f"{tc.name}/{node}", "transport": tc.transport, "address": node,
+                "hardware_id": "", "group": tc.name, "version": "", "last_result": "never",
+                "message": "", "last_seen": None})
+        out.extend(rows[k] for k in sorted(rows))
     return out
+
+
+def configured_nodes(tc: Any) -> list[str]:
+    """The nodes a LoRa group's config names (option ``devices``: DevEUIs, commas)."""
+    if tc.transport != "lora":
+        return []
+    return [e.strip().lower() for e in str(tc.options.get("devices", "")).split(",")
+            if e.strip()]
 
 
 def slots(config: Config, bootloader: Bootloader) -> dict[str, Any]:

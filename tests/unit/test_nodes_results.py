@@ -283,3 +283,31 @@ def test_journal_upgrade_from_schema_2_keeps_targets(tmp_path: Path) -> None:
     assert j.targets(1)[0].name == "mcu" and j.nodes(1) == []
     j.set_nodes(1, "field", transport="lora", nodes=[("a", "ok", "2", "complete")])
     assert j.nodes(1)[0].node == "a"
+
+
+def test_devices_lists_configured_lora_nodes_before_their_first_campaign(
+        tmp_path: Path, capsys) -> None:
+    extra = """
+[[target]]
+name = "field"
+transport = "lora"
+address = "grp-1"
+
+[target.options]
+devices = "70B3D57ED0050001, 70b3d57ed0050002"
+keys_file = "/nonexistent/keys.json"
+"""
+    gw = make_gateway(tmp_path / "gw", extra=extra)
+    j = Journal.open(gw.data_dir)
+    dep = j.create("x")
+    j.set_target(dep, "field", transport="lora", state="failed", message="1/2 nodes")
+    j.set_nodes(dep, "field", transport="lora",
+                nodes=[("70b3d57ed0050002", "ok", "2.1.0", "complete")])
+    j.finish(dep, "failure")
+    j.close()
+    assert main(["--config", str(gw.config_path), "devices", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["field/70b3d57ed0050001"]["last_result"] == "never"
+    assert rows["field/70b3d57ed0050002"]["last_result"] == "success"
+    assert rows["field/70b3d57ed0050002"]["version"] == "2.1.0"
+    assert list(rows) == ["field", "field/70b3d57ed0050001", "field/70b3d57ed0050002"]
