@@ -8,15 +8,13 @@ mosquitto."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from install_gateway import make_gateway
 
 from ferry.daemon import health as health_mod
@@ -31,42 +29,6 @@ from ferry.sim.zigbee.z2m_bridge import BridgeDevice, FakeZigbee2Mqtt
 
 MFR, ITYPE = 0x1234, 0x0001
 A, B, BAD = "0x00124b0000aaaa01", "0x00124b0000aaaa02", "0x00124b0000aaaa03"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[int]:
-    exe = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/bin")
-    if exe is None:
-        pytest.fail("mosquitto missing; run bash .ci/setup (.ci/deps/zigbee.apt)")
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mosquitto did not start")
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_zigbee_node_results_reach_health_and_feedback(
