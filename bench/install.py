@@ -9,10 +9,18 @@ For each image size, in interleaved rounds:
 - swupdate: Debian's SWUpdate installing the same raw image over HTTP (``-d -u URL``),
             streamed (``installed-directly = true``), signed as in §3.3
 - ferry:    ``ferry install URL`` of a bundle with the raw image, and with it zstd-compressed
+- ferryd:   the same bundles through a running ferryd on a private dbus-daemon: the timed
+            process is the ``ferry install URL`` client (no ``--config``), which hands the
+            install to ferryd over D-Bus and follows Progress until Completed, as on a
+            gateway. ferryd runs on its own gateway directory (the ``--config`` rows
+            delete theirs between installs) and is started once per size, with one untimed
+            warm-up install; before each install the bench ends the previous deployment in
+            the journal (as the reboot and its rollback would), outside the timed region
 
 It prints MiB/s (image bytes / wall time), the per-round ratios ferry/limit and
 ferry/SWUpdate (medians), and each tool's peak RSS (``/usr/bin/time`` max RSS of the
-process, i.e. the largest single process). Every tool is a whole process start to
+process, i.e. the largest single process; for the ferryd rows ferryd's own VmHWM from
+/proc/PID/status, the client's is not counted). Every tool is a whole process start to
 exit, so ferry's figure includes its Python start-up (~0.2-0.3 s) which ferryd does
 not pay; with ``-d`` SWUpdate has no 1 s sleep at exit (that is ``-i``, §3.4).
 
@@ -119,13 +127,13 @@ def ferry_bundles(d: Path, image: Path, comp: Path) -> tuple[Path, Path, Path]:
     return raw, zst, pdir / "ca.pem"
 
 
-def ferry_gateway(d: Path, slot: Path, ca: Path) -> Path:
+def ferry_gateway(d: Path, slot: Path, ca: Path, name: str = "gw") -> Path:
     from ferry.daemon.bootchooser import default_env
     from ferry.daemon.bootloader import CANARY_VAR
     from ferry.daemon.config import load_config
     from ferry.daemon.ubootenv import EnvStore
 
-    gw = d / "gw"
+    gw = d / name
     gw.mkdir(exist_ok=True)
     (gw / "slotA.img").write_bytes(b"")
     for name in ("env0", "env1"):
@@ -207,6 +215,90 @@ def swupdate_bundle(d: Path, image: Path, slot: Path) -> tuple[Path, Path]:
     return out, crt
 
 
+class Ferryd:
+    """A private dbus-daemon for one size, and a long-running ferryd on it."""
+
+    def __init__(self, d: Path, cfg: Path) -> None:
+        self.d, self.cfg = d, cfg
+        dbus_daemon = shutil.which("dbus-daemon")
+        if dbus_daemon is None:
+            raise SystemExit("dbus-daemon is missing; run 'bash .ci/setup'")
+        busdir = Path(tempfile.mkdtemp(prefix="ferry-bench-bus-"))
+        self.busdir = busdir
+        conf = busdir / "bus.conf"
+        # the same open policy as tests/system/dbus_fixtures.py private_bus
+        conf.write_text(f"""<busconfig>
+  <listen>unix:path={busdir}/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+</busconfig>
+""")
+        self.bus = subprocess.Popen([dbus_daemon, "--config-file", str(conf), "--nofork",
+                                     "--print-address"], stdout=subprocess.PIPE, text=True)
+        assert self.bus.stdout is not None
+        self.address = self.bus.stdout.readline().strip()
+        if not self.address.startswith("unix:"):
+            self.close()
+            raise SystemExit(f"dbus-daemon gave no address ({self.address!r})")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(os.environ, FERRY_BUS_ADDRESS=self.address)
+
+    def start(self) -> None:
+        log = open(self.d / "ferryd.log", "ab")  # noqa: SIM115 - the child holds it
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "ferryd"), "--config",
+                                      str(self.cfg), "--bus", self.address],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"ferryd exited with {self.proc.returncode}; see "
+                                 f"{self.d / 'ferryd.log'}")
+            out = subprocess.run(["dbus-send", f"--bus={self.address}", "--print-reply",
+                                  "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                  "org.freedesktop.DBus.NameHasOwner",
+                                  "string:org.ferry.Ferry1"], capture_output=True, text=True)
+            if "boolean true" in out.stdout:
+                return
+            time.sleep(0.1)
+        raise SystemExit("ferryd never took org.ferry.Ferry1")
+
+    def peak_rss_kb(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        self.bus.terminate()
+        self.bus.wait(10)
+        shutil.rmtree(self.busdir, ignore_errors=True)
+
+
 def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[list[Sample]]:
     rnd, comp = make_images(d, size)
     www = d / "www"
@@ -233,7 +325,26 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
             time.sleep(0.05)
     all_rounds: list[list[Sample]] = []
     ferry = str(ROOT / ".venv" / "bin" / "ferry")
+    ferryd = Ferryd(d, ferry_gateway(d, slot, ca, name="gwd"))
     try:
+        ferryd.start()
+
+        def reset_ferryd() -> None:
+            from ferry.daemon.journal import Journal
+
+            journal = Journal.open(d / "gwd" / "data")
+            try:
+                dep = journal.pending()
+                if dep is not None:
+                    journal.finish(dep.id, "rolled-back", "bench: next round")
+            finally:
+                journal.close()
+            with open(slot, "ab") as f:
+                f.truncate(size)
+
+        # untimed warm-up: the lazy imports of the install path happen once per process
+        subprocess.run([ferry, "install", f"{base}/{raw_b.name}"], env=ferryd.env,
+                       check=True, stdout=subprocess.DEVNULL)
         for r in range(rounds):
             samples: list[Sample] = []
 
@@ -282,10 +393,21 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
                                              f"{base}/{zst_b.name}"])
             if not cmp_slot(slot, comp):
                 raise SystemExit("ferry (zstd) did not write the image into the slot")
+            for kind, bundle, image in (("raw", raw_b, rnd), ("zstd", zst_b, comp)):
+                reset_ferryd()
+                measure(f"ferryd {kind} over HTTP (D-Bus)",
+                        [ferry, "install", f"{base}/{bundle.name}"], env=ferryd.env)
+                samples[-1].rss_kb = ferryd.peak_rss_kb()
+                if not cmp_slot(slot, image):
+                    raise SystemExit(f"ferryd ({kind}) did not write the image into the slot")
+                samples.append(Sample(f"ferryd {kind}, pipeline only (journal)", size,
+                                      pipeline_seconds(d / "gwd" / "data"),
+                                      samples[-1].rss_kb))
             all_rounds.append(samples)
             print(f"  round {r + 1}/{rounds}: " + ", ".join(
                 f"{s.label.split(':')[0]} {s.mibs:.0f}" for s in samples), flush=True)
     finally:
+        ferryd.close()
         server.terminate()
         server.wait()
     return all_rounds
@@ -297,9 +419,11 @@ def pipeline_seconds(data_dir: Path) -> float:
     import sqlite3
 
     conn = sqlite3.connect(data_dir / "journal.db")
-    try:
-        created = conn.execute("SELECT created FROM deployments").fetchone()[0]
-        ended = conn.execute("SELECT MAX(ended) FROM steps").fetchone()[0]
+    try:  # the newest deployment: ferryd's journal holds one per install
+        dep_id, created = conn.execute(
+            "SELECT id, created FROM deployments ORDER BY id DESC LIMIT 1").fetchone()
+        ended = conn.execute("SELECT MAX(ended) FROM steps WHERE deployment_id = ?",
+                             (dep_id,)).fetchone()[0]
     finally:
         conn.close()
     return float(ended - created)
@@ -324,14 +448,14 @@ def cmp_slot(slot: Path, image: Path) -> bool:
 def report(size: int, rounds: list[list[Sample]]) -> None:
     labels = [s.label for s in rounds[0]]
     print(f"\n{size // MiB} MiB image, {len(rounds)} round(s), medians:")
-    print(f"  {'what':34} {'wall s':>7} {'MiB/s':>7} {'peak RSS MiB':>13}")
+    print(f"  {'what':40} {'wall s':>7} {'MiB/s':>7} {'peak RSS MiB':>13}")
     by = {lab: [next(s for s in r if s.label == lab) for r in rounds] for lab in labels}
     for lab in labels:
         ss = by[lab]
         wall = statistics.median(s.wall for s in ss)
         mibs = statistics.median(s.mibs for s in ss)
         rss = max(s.rss_kb for s in ss) / 1024
-        print(f"  {lab:34} {wall:7.2f} {mibs:7.0f} {rss:13.1f}")
+        print(f"  {lab:40} {wall:7.2f} {mibs:7.0f} {rss:13.1f}")
 
     def ratio(a: str, b: str) -> str:
         if a not in by or b not in by:
@@ -345,8 +469,15 @@ def report(size: int, rounds: list[list[Sample]]) -> None:
         print(f"    ratio ferry pipeline / limit: "
               f"{ratio('ferry raw, pipeline only (journal)', lim)}")
         print(f"    ratio ferry zstd / limit:     {ratio('ferry zstd over HTTP', lim)}")
+        for kind in ("raw", "zstd"):
+            print(f"    ratio ferryd {kind:4} / limit:     "
+                  f"{ratio(f'ferryd {kind} over HTTP (D-Bus)', lim)}")
+            print(f"    ratio ferryd {kind:4} pipeline / limit: "
+                  f"{ratio(f'ferryd {kind}, pipeline only (journal)', lim)}")
     swu = "swupdate raw over HTTP"
     print(f"  ratio ferry raw / swupdate:   {ratio('ferry raw over HTTP', swu)}")
+    print(f"  ratio ferryd raw / swupdate:  {ratio('ferryd raw over HTTP (D-Bus)', swu)}")
+    print(f"  ratio ferryd zstd / swupdate: {ratio('ferryd zstd over HTTP (D-Bus)', swu)}")
 
 
 def main() -> int:
@@ -360,7 +491,8 @@ def main() -> int:
     sizes = [int(s) * MiB for s in (args.sizes or ("64,256" if args.quick else "256,2048")
                                     ).split(",")]
     rounds = args.rounds or (1 if args.quick else 3)
-    for tool in ("curl", "openssl", "cpio", "/usr/bin/time", "sync", "cmp"):
+    for tool in ("curl", "openssl", "cpio", "/usr/bin/time", "sync", "cmp", "dbus-daemon",
+                 "dbus-send"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing; run 'bash .ci/setup'")
     tools = {"swupdate": shutil.which("swupdate") or ""}
