@@ -343,8 +343,11 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
                 f.truncate(size)
 
         # untimed warm-up: the lazy imports of the install path happen once per process
-        subprocess.run([ferry, "install", f"{base}/{raw_b.name}"], env=ferryd.env,
-                       check=True, stdout=subprocess.DEVNULL)
+        reset_ferryd()  # the previous size's last deployment shares this journal
+        warm = subprocess.run([ferry, "install", f"{base}/{raw_b.name}"], env=ferryd.env,
+                              capture_output=True, text=True)
+        if warm.returncode != 0:
+            raise SystemExit(f"ferry install through ferryd failed:\n{warm.stderr[-2000:]}")
         for r in range(rounds):
             samples: list[Sample] = []
 
