@@ -21,8 +21,9 @@ It prints MiB/s (image bytes / wall time), the per-round ratios ferry/limit and
 ferry/SWUpdate (medians), and each tool's peak RSS (``/usr/bin/time`` max RSS of the
 process, i.e. the largest single process; for the ferryd rows ferryd's own VmHWM from
 /proc/PID/status, the client's is not counted). Every tool is a whole process start to
-exit, so ferry's figure includes its Python start-up (~0.2-0.3 s) which ferryd does
-not pay; with ``-d`` SWUpdate has no 1 s sleep at exit (that is ``-i``, §3.4).
+exit, so the standalone ferry rows include its Python start-up (~0.2-0.3 s) and the
+ferryd rows the client's (~0.2 s: start-up, dbus-next, waiting for Completed); with
+``-d`` SWUpdate has no 1 s sleep at exit (that is ``-i``, §3.4).
 
     .venv/bin/python bench/install.py            # 256 MiB and 2 GiB, 3 rounds
     .venv/bin/python bench/install.py --quick    # 64 MiB and 256 MiB, 1 round
