@@ -12,12 +12,12 @@ import struct
 from dataclasses import dataclass
 
 from ferry.proxy.lora.errors import FrameError
+from ferry.proxy.lora.package import CID_PACKAGE_VERSION, PackageVersionAns
 
 PORT = 202
 PACKAGE_IDENTIFIER = 1
 PACKAGE_VERSION = 1
 
-CID_PACKAGE_VERSION = 0x00
 CID_APP_TIME = 0x01
 CID_DEVICE_APP_TIME_PERIODICITY = 0x02
 CID_FORCE_DEVICE_RESYNC = 0x03
@@ -45,12 +45,6 @@ class AppTimeReq:
 class PeriodicityAns:
     not_supported: bool
     device_time: int
-
-
-@dataclass(frozen=True)
-class PackageVersionAns:
-    package_identifier: int
-    package_version: int
 
 
 Uplink = AppTimeReq | PeriodicityAns | PackageVersionAns

@@ -16,12 +16,12 @@ import struct
 from dataclasses import dataclass
 
 from ferry.proxy.lora.errors import FrameError, ImageTooLarge
+from ferry.proxy.lora.package import CID_PACKAGE_VERSION, PackageVersionAns
 
 PORT = 201
 PACKAGE_IDENTIFIER = 3
 PACKAGE_VERSION = 1
 
-CID_PACKAGE_VERSION = 0x00
 CID_FRAG_SESSION_STATUS = 0x01
 CID_FRAG_SESSION_SETUP = 0x02
 CID_FRAG_SESSION_DELETE = 0x03
@@ -123,10 +123,6 @@ class FragSessionSetup:
     block_ack_delay: int = 0
 
 
-def package_version_req() -> bytes:
-    return bytes([CID_PACKAGE_VERSION])
-
-
 def frag_session_setup_req(s: FragSessionSetup) -> bytes:
     session = (_index(s.frag_index) << 4) | (s.mc_group_mask & 0x0F)
     control = ((s.frag_algo & 0x07) << 3) | (s.block_ack_delay & 0x07)
@@ -152,12 +148,6 @@ def data_fragment(frag_index: int, n: int, payload: bytes) -> bytes:
 
 
 # --- uplink answers ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PackageVersionAns:
-    package_identifier: int
-    package_version: int
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ferry.proxy.lora.errors import FrameError
+from ferry.proxy.lora.package import CID_PACKAGE_VERSION, PackageVersionAns
 
 PORT = 200
 PACKAGE_IDENTIFIER = 2
 PACKAGE_VERSION = 1
 
-CID_PACKAGE_VERSION = 0x00
 CID_MC_GROUP_STATUS = 0x01
 CID_MC_GROUP_SETUP = 0x02
 CID_MC_GROUP_DELETE = 0x03
@@ -124,12 +124,6 @@ def mc_class_c_session_req(s: McClassCSession) -> bytes:
 
 
 # --- uplink answers ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PackageVersionAns:
-    package_identifier: int
-    package_version: int
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.proxy.lora import clocksync, fragmentation, multicast
+from ferry.proxy.lora import clocksync, fragmentation, multicast, package
 from ferry.proxy.lora.errors import FrameError
 
 
@@ -36,7 +36,7 @@ def test_status_and_delete_req():
     assert fragmentation.frag_session_status_req(1, all_participants=True) == bytes([0x01, 0x03])
     assert fragmentation.frag_session_status_req(3, all_participants=False) == bytes([0x01, 0x06])
     assert fragmentation.frag_session_delete_req(2) == bytes([0x03, 0x02])
-    assert fragmentation.package_version_req() == bytes([0x00])
+    assert package.package_version_req() == bytes([0x00])
 
 
 def test_ts004_answers():
