@@ -227,24 +227,9 @@ class Ferryd:
         busdir = Path(tempfile.mkdtemp(prefix="ferry-bench-bus-"))
         self.busdir = busdir
         conf = busdir / "bus.conf"
-        # the same open policy as tests/system/dbus_fixtures.py private_bus
-        conf.write_text(f"""<busconfig>
-  <listen>unix:path={busdir}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-""")
+        from ferry.sim.dbusbus import private_bus_config
+
+        conf.write_text(private_bus_config(busdir))
         self.bus = subprocess.Popen([dbus_daemon, "--config-file", str(conf), "--nofork",
                                      "--print-address"], stdout=subprocess.PIPE, text=True)
         assert self.bus.stdout is not None

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from ferry.sim.dbusbus import private_bus_config
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
@@ -35,27 +37,9 @@ def private_bus(with_policy: bool) -> Iterator[str]:
     # world-traversable: the unprivileged caller must reach the socket
     tmp = Path(tempfile.mkdtemp(prefix="ferry-bus-"))
     tmp.chmod(0o755)
-    include = f"<include>{ROOT / 'systemd' / 'org.ferry.Ferry1.conf'}</include>" \
-        if with_policy else ""
+    include = ROOT / "systemd" / "org.ferry.Ferry1.conf" if with_policy else None
     conf = tmp / "bus.conf"
-    conf.write_text(f"""<busconfig>
-  <listen>unix:path={tmp}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-  {include}
-</busconfig>
-""")
+    conf.write_text(private_bus_config(tmp, include))
     proc = subprocess.Popen([_tool("dbus-daemon"), "--config-file", str(conf), "--nofork",
                              "--print-address"], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
