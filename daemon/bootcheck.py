@@ -13,7 +13,6 @@ Called by :func:`ferry.daemon.install.run` whenever the pending deployment is pa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import time
@@ -48,6 +47,8 @@ def systemd_probe(required_units: Sequence[str], bus_address: str | None = None)
     """systemd's SystemState and the ActiveState of each required unit, over D-Bus."""
 
     def probe() -> tuple[bool, bool, str]:
+        import asyncio  # only on this path: its import costs a CLI ~30 ms
+
         return asyncio.run(_systemd_state(list(required_units), bus_address))
 
     return probe

@@ -303,7 +303,7 @@ class Prefetch(io.RawIOBase):
     small buffers are enough: the point is overlap, not a big cache.
     """
 
-    def __init__(self, raw: io.RawIOBase, *, chunk: int = 512 << 10, depth: int = 3) -> None:
+    def __init__(self, raw: io.RawIOBase, *, chunk: int = 512 << 10, depth: int = 1) -> None:
         super().__init__()
         import queue
         import threading

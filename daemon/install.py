@@ -285,7 +285,10 @@ def _prepare(ctx: Context, dep_id: int) -> None:
     j.begin_step(dep_id, "verify", state="verifying", detail=dep.source)
 
     def on_offset(offset: int, validator: str | None) -> None:
-        j.update(dep_id, dl_offset=offset, dl_validator=validator)
+        if validator != j.get(dep_id).dl_validator:  # after a reconnect: kept for good
+            j.update(dep_id, dl_offset=offset, dl_validator=validator)
+        else:
+            j.note_offset(dep_id, offset)
 
     point = _resume_point(dep)
     src = None

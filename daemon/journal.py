@@ -305,12 +305,30 @@ class Journal:
 
     def progress(self, dep_id: int, done: int, total: int) -> None:
         """Progress is advisory: it is not a step and needs no fsync-grade care."""
+        self._advisory("UPDATE deployments SET progress_done=?, progress_total=?, updated=?"
+                       " WHERE id=?", (done, total, time.time(), dep_id))
+
+    def note_offset(self, dep_id: int, offset: int) -> None:
+        """How far the download got, for ``ferry status``; resuming relies on the
+        fsynced resume point (``set_info(resume=...)``), never on this."""
+        self._advisory("UPDATE deployments SET dl_offset=?, updated=? WHERE id=?",
+                       (offset, time.time(), dep_id))
+
+    def _advisory(self, sql: str, args: tuple[Any, ...]) -> None:
+        """One commit without its own fsync (``synchronous=NORMAL`` for this statement).
+
+        In WAL mode such a commit is appended in order and made durable by the next
+        FULL commit's sync, or lost with a power cut; it can never tear the journal.
+        An fsync per progress tick would stall the thread that reports it (the slot
+        writer, the downloader) for a disk flush each time.
+        """
         with self._lock:
             try:
-                self._conn.execute(
-                    "UPDATE deployments SET progress_done=?, progress_total=?, updated=?"
-                    " WHERE id=?", (done, total, time.time(), dep_id),
-                )
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._conn.execute(sql, args)
+                finally:
+                    self._conn.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as err:  # advisory: the next step's write will tell
                 log.warning("journal progress not recorded: %s", err)
 

@@ -8,7 +8,6 @@ reboot that never happens is repeated on the next start.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from collections.abc import Sequence
 
@@ -30,6 +29,8 @@ def reboot(command: Sequence[str] = (), *, bus_address: str | None = None) -> No
             raise RebootError(
                 f"reboot command {' '.join(command)} exited {proc.returncode}: {tail[0]}")
         return
+    import asyncio  # only on this path: its import costs a CLI ~30 ms
+
     asyncio.run(_reboot_dbus(bus_address))
 
 

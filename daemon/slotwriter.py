@@ -29,7 +29,7 @@ from ferry.errors import FerryError
 
 CHUNK = 512 << 10
 POOL = 4
-SYNC_EVERY = 64 << 20  # with on_synced: fsync and report this often (resume points)
+SYNC_EVERY = 32 << 20  # fsync this often: early writeback, and resume points (on_synced)
 
 
 class SlotWriteError(FerryError):
@@ -214,8 +214,11 @@ def write_slot(
 
     written = 0
     next_sync = SYNC_EVERY
-    # Resume points: fsync in a thread of its own so the writer never waits for the
-    # writeback; what was written before an fsync started is durable when it returns.
+    # fsync every SYNC_EVERY bytes in a thread of its own, so the writer never waits
+    # for it. It starts the writeback early (otherwise the kernel holds the dirty pages
+    # until the final fsync, which then writes all of them while nothing else runs:
+    # measured 0.29-0.33 s instead of 0.34-0.47 s for 256 MiB over HTTP), and what was
+    # written before an fsync started is durable when it returns: a resume point.
     sync_req: queue.Queue[int | None] = queue.Queue()
 
     def syncer() -> None:
@@ -237,8 +240,7 @@ def write_slot(
                 killpoint("slot.synced")
 
     t_sync = threading.Thread(target=syncer, name="slot-sync", daemon=True)
-    if on_synced is not None:
-        t_sync.start()
+    t_sync.start()
 
     def writer() -> None:
         nonlocal written, next_sync
@@ -255,7 +257,7 @@ def write_slot(
                     off += os.pwrite(fd, view[off:], written + off)
                 written += n
                 out_pool.put(buf)
-                if on_synced is not None and written >= next_sync:
+                if written >= next_sync:
                     next_sync = written + SYNC_EVERY
                     sync_req.put(written)
                 killpoint("slot.write")
@@ -318,9 +320,8 @@ def write_slot(
     finally:
         write_q.put(_EOF)
         t_write.join()
-        if on_synced is not None:
-            sync_req.put(None)
-            t_sync.join()
+        sync_req.put(None)
+        t_sync.join()
         if stop.is_set():
             _drain(raw_q, pool)
         t_prod.join(timeout=30)

@@ -16,6 +16,9 @@ import zstandard
 from ferry.packaging.errors import BundleError
 
 CHUNK = 1 << 20
+# what the zstd reader asks of the bundle stream per call; small, it is held per install
+READ_SIZE = 256 << 10
+MAX_WINDOW_LOG = 21  # zstd windows of bundles ferry writes: 2 MiB
 # The CLI says gzip (what the file is); sw-description says zlib (SWUpdate's name for it).
 CLI_TO_DESCRIPTION = {"zstd": "zstd", "gzip": "zlib", "none": None}
 
@@ -63,7 +66,7 @@ def decompress_stream(kind: str | None, raw: BinaryIO) -> BinaryIO:
         return raw
     if kind == "zstd":
         inner = zstandard.ZstdDecompressor().stream_reader(
-            raw, read_size=CHUNK, read_across_frames=True
+            raw, read_size=READ_SIZE, read_across_frames=True
         )
         return cast(BinaryIO, _Guarded(cast(BinaryIO, inner), "zstd"))
     if kind in ("zlib", "gzip"):
@@ -74,7 +77,14 @@ def decompress_stream(kind: str | None, raw: BinaryIO) -> BinaryIO:
 def compress_file(kind: str, src: BinaryIO, dst: BinaryIO, *, level: int | None = None) -> None:
     """Compress ``src`` into ``dst`` chunk by chunk."""
     if kind == "zstd":
-        cctx = zstandard.ZstdCompressor(level=level or 10, write_checksum=True)
+        # The window is what every decoder must hold: cap it at 2 MiB (level 10 alone
+        # picks 4 MiB, 19 picks 8) so installing costs a gateway little memory; rootfs
+        # images lose almost nothing to the shorter match distance.
+        params = zstandard.ZstdCompressionParameters.from_level(level or 10)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level or 10, window_log=min(params.window_log, MAX_WINDOW_LOG),
+            write_checksum=True)
+        cctx = zstandard.ZstdCompressor(compression_params=params)
         cctx.copy_stream(src, dst, read_size=CHUNK, write_size=CHUNK)
         return
     if kind in ("zlib", "gzip"):

@@ -22,7 +22,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ferry.packaging.errors import BadSignature, BundleError, ExpiredSigner, UntrustedSigner
@@ -60,6 +59,9 @@ def sign(
     pss: bool = False,
 ) -> bytes:
     """DER CMS SignedData, detached, binary, signer certificate (and chain) included."""
+    # signing only (ferry bundle create): pkcs7 pulls in the email package
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
     builder = pkcs7.PKCS7SignatureBuilder().set_data(data)
     if pss:
         if not isinstance(key, rsa.RSAPrivateKey):

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ferry import __version__
 from ferry.daemon.cli import exitcodes
@@ -88,5 +91,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.INTERRUPTED
 
 
+def run() -> NoReturn:
+    """The console script: ``main()``, then exit without the interpreter's teardown.
+
+    Tearing down the modules an install imports (requests, cryptography, sqlite3)
+    costs a command ~80 ms after its work is done, a fifth of a 256 MiB install.
+    Nothing is lost by skipping it: the journal, the env and the slot are fsynced
+    before their step ends, and the output streams are flushed here. A command that
+    left a non-daemon thread behind exits normally, so that thread can finish.
+    """
+    code = main()
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to tell anyone
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
