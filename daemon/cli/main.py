@@ -9,6 +9,7 @@ command's heavy imports (pyusb, dbus-next, ...) happen only inside its ``func``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -106,10 +107,8 @@ def run() -> NoReturn:
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: no one to tell
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing left to tell anyone
-            pass
     os._exit(code)
 
 
