@@ -207,3 +207,24 @@ def test_sniff_format_reads_image_headers(tmp_path):
     other = tmp_path / "e.bin"
     other.write_bytes(b"\x01" * 3)
     assert sniff_format(other) == ("bin", None)
+
+
+@pytest.mark.parametrize("level", [None, 3, 19])
+def test_zstd_frames_ferry_writes_need_at_most_a_2_mib_window(level: int | None) -> None:
+    import zstandard
+
+    data = bytes(range(256)) * (12 << 12)  # 12 MiB: more than any window
+    out = io.BytesIO()
+    compress_file("zstd", io.BytesIO(data), out, level=level)
+    params = zstandard.get_frame_parameters(out.getvalue()[:18])
+    assert params.window_size <= 2 << 20 and params.has_checksum
+    assert decompress_stream("zstd", io.BytesIO(out.getvalue())).read() == data
+
+
+def test_zstd_frames_with_a_bigger_window_are_still_read() -> None:
+    import zstandard
+
+    data = b"ferry " * (3 << 20)
+    cctx = zstandard.ZstdCompressor(level=19)  # 8 MiB window, as `zstd -19` writes
+    blob = cctx.compress(data)
+    assert decompress_stream("zstd", io.BytesIO(blob)).read() == data

@@ -86,3 +86,27 @@ def test_write_failure_is_a_clear_error(tmp_path: Path) -> None:
     j._conn.execute("PRAGMA query_only = OFF")
     j.begin_step(dep, "write", state="writing")  # usable again afterwards
     assert j.get(dep).state == "writing"
+
+
+def test_advisory_writes_land_without_leaving_full_sync(tmp_path: Path) -> None:
+    """progress/note_offset commit with synchronous=NORMAL, then put FULL back: the next
+    step's commit must be fsynced again, or a power cut could lose a step."""
+    j = Journal.open(tmp_path)
+    dep = j.create("https://x/b.swu")
+    j.progress(dep, 10, 100)
+    j.note_offset(dep, 4096)
+    assert j._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    j.close()
+    d = Journal.open(tmp_path).get(dep)
+    assert (d.progress_done, d.progress_total, d.dl_offset) == (10, 100, 4096)
+
+
+def test_advisory_write_failure_is_only_logged(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    j = Journal.open(tmp_path)
+    dep = j.create("https://x/b.swu")
+    j._conn.execute("DROP TABLE steps")  # any failure inside the statement will do
+    j._conn.execute("ALTER TABLE deployments RENAME TO gone")
+    j.progress(dep, 1, 2)  # no exception: the next real step reports a broken journal
+    assert "journal progress not recorded" in caplog.text
+    assert j._conn.execute("PRAGMA synchronous").fetchone()[0] == 2

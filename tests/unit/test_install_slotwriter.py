@@ -125,3 +125,50 @@ def test_full_device_is_reported(compressed: str | None) -> None:
     src = zstandard.ZstdCompressor(level=1).compress(data) if compressed else data
     with pytest.raises(SlotWriteError, match="no space left"):
         write_slot(Trickle(src), "/dev/full", compressed=compressed, capacity=None)  # type: ignore[arg-type]
+
+
+def test_writeback_starts_early_without_resume_points(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slot is fsynced every SYNC_EVERY bytes while it is written (the kernel would
+    otherwise hold every dirty page for the last fsync), whether or not the caller keeps
+    resume points, and once more at the end."""
+    import threading
+
+    from ferry.daemon import slotwriter
+
+    monkeypatch.setattr(slotwriter, "SYNC_EVERY", 1 << 20)
+    slot = make_slot(tmp_path)
+    fsynced = threading.Event()
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+        fsynced.set()
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    class Gated(Trickle):
+        """Holds back the rest of the image until the slot has been fsynced once."""
+
+        def __init__(self, data: bytes) -> None:
+            super().__init__(data)
+            self.waited: bool | None = None
+
+        def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+            if self.pos >= 3 << 20 and self.waited is None:
+                self.waited = fsynced.wait(30)
+            return super().readinto(b)
+
+    data = os.urandom(6 << 20)
+    src = Gated(data)
+    write_slot(src, slot, expected_size=len(data))  # type: ignore[arg-type]
+    assert src.waited is True  # an fsync came while the image was still arriving
+    assert len(calls) >= 2  # that one, and the final one
+    assert slot.read_bytes()[: len(data)] == data
+    synced_at: list[int] = []
+    write_slot(Trickle(data), slot, expected_size=len(data),  # type: ignore[arg-type]
+               on_synced=synced_at.append)
+    assert synced_at == sorted(synced_at) and synced_at[0] >= 1 << 20
+    assert synced_at[-1] <= len(data)

@@ -1,0 +1,42 @@
+"""The ``ferry`` console script skips the interpreter's teardown: nothing may be lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ferry.daemon import memory
+from ferry.daemon.cli import exitcodes
+from ferry.daemon.cli.main import main
+
+FERRY = Path(sys.executable).parent / "ferry"
+
+
+def test_piped_output_is_complete_and_the_code_kept() -> None:
+    out = subprocess.run([str(FERRY), "bundle", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    # the same command through main() and a normal interpreter exit
+    full = subprocess.run([sys.executable, "-c", "import sys; from ferry.daemon.cli.main "
+                           "import main; sys.exit(main(['bundle', '--help']))"],
+                          capture_output=True, text=True)
+    assert out.stdout == full.stdout and len(out.stdout) > 200
+    bad = subprocess.run([str(FERRY), "install"], capture_output=True, text=True)
+    assert bad.returncode == exitcodes.USAGE
+    assert "give a bundle path or URL" in bad.stderr  # stderr flushed before _exit
+
+
+def test_an_error_reaches_stderr_whole(tmp_path: Path) -> None:
+    cfg = tmp_path / "none.toml"
+    out = subprocess.run([str(FERRY), "--config", str(cfg), "history", "--json"],
+                         capture_output=True, text=True)
+    # a missing config: a clear error and its exit code, whole, through the pipe
+    assert out.returncode != 0 and out.stderr.startswith("ferry: ") and out.stderr.endswith("\n")
+
+
+def test_main_still_returns_in_process() -> None:
+    assert main(["install"]) == exitcodes.USAGE  # run() exits; main() never does
+
+
+def test_memory_release_runs_on_this_libc() -> None:
+    assert memory.release() is True
