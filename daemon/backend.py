@@ -278,22 +278,18 @@ class DeploymentRunner:
                 previous_version=self.gateway.installed_version(), details=list(ignored),
                 bundles=[{"name": a.filename, "source": a.url} for a in bundles])
             self._save()
-        # The install pipeline's downloader sends no DDI credentials, so a server that
-        # wants them on artifact downloads gets its bundles fetched by this client first.
-        s = self.client.settings
-        fetch_first = bool(s.target_token or s.gateway_token)
-        if not dep.install_allowed or (fetch_first and st.phase != DOWNLOADED):
+        # The install pipeline streams each bundle from its URL into the slot, with the
+        # device's token when the URL is on the backend's origin (download_options).
+        # Only "download now, install later" fetches to the data partition first.
+        if not dep.install_allowed:
             if st.phase != DOWNLOADED:
                 self._download_to_disk(aid, bundles)
-                if dep.install_allowed:
-                    why = "downloaded with the device credentials; installing"
-                elif dep.maintenance_window == "unavailable":
+                if dep.maintenance_window == "unavailable":
                     why = "downloaded; waiting for the maintenance window"
                 else:
                     why = "downloaded; waiting for update permission"
                 self.client.feedback(aid, "downloaded", "none", [why])
-            if not dep.install_allowed:
-                return StepResult("waiting", sleep, aid, "downloaded, install not allowed yet")
+            return StepResult("waiting", sleep, aid, "downloaded, install not allowed yet")
         if st.files:
             for b, f in zip(st.bundles, st.files, strict=True):
                 b["source"] = f

@@ -61,6 +61,18 @@ class DownloadOptions:
     client_key: str | None = None
     max_redirects: int = 5
     headers: tuple[tuple[str, str], ...] = ()
+    # Credentials (the DDI TargetToken/GatewayToken) go only to this origin
+    # ("https://host:port"): a redirect to a CDN or any other host never sees them.
+    auth_header: tuple[str, str] | None = None
+    auth_origin: str | None = None
+
+
+def origin(url: str) -> str:
+    """scheme://host:port with the default port spelled out, for same-origin checks."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def check_scheme(url: str) -> None:
@@ -188,8 +200,13 @@ class HttpStream(io.RawIOBase):
             cert = ((self.opts.client_cert, self.opts.client_key) if self.opts.client_key
                     else self.opts.client_cert)
         for _ in range(self.opts.max_redirects + 1):
+            hop = dict(headers)
+            auth = self.opts.auth_header
+            if auth is not None and self.opts.auth_origin is not None \
+                    and origin(url) == origin(self.opts.auth_origin):
+                hop[auth[0]] = auth[1]
             resp = self.session.get(
-                url, headers=headers, stream=True, allow_redirects=False, verify=verify,
+                url, headers=hop, stream=True, allow_redirects=False, verify=verify,
                 cert=cert, timeout=(self.opts.connect_timeout, self.opts.stall_timeout),
             )
             if resp.is_redirect:

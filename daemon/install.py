@@ -123,6 +123,11 @@ def download_options(config: Config) -> DownloadOptions:
     from ferry.daemon.download import DownloadOptions
 
     b = config.backend
+    auth: tuple[str, str] | None = None
+    if b.url and b.target_token:
+        auth = ("Authorization", f"TargetToken {b.target_token}")
+    elif b.url and b.gateway_token:
+        auth = ("Authorization", f"GatewayToken {b.gateway_token}")
     return DownloadOptions(
         stall_timeout=config.install.download_stall_timeout,
         retries=config.install.download_retries,
@@ -130,6 +135,8 @@ def download_options(config: Config) -> DownloadOptions:
         ca_file=str(b.ca_file) if b.ca_file else None,
         client_cert=str(b.client_cert) if b.client_cert else None,
         client_key=str(b.client_key) if b.client_key else None,
+        # the backend's artifact links want the device's token; only its origin gets it
+        auth_header=auth, auth_origin=b.url if auth else None,
     )
 
 
@@ -213,7 +220,7 @@ def run(ctx: Context, dep_id: int) -> None:
 
     dep = ctx.journal.get(dep_id)
     if dep.state in PRE_ACTIVATION:
-        _guarded(ctx, dep_id, _prepare)
+        _guarded(ctx, dep_id, _prepare_or_restart)
         dep = ctx.journal.get(dep_id)
         if dep.result is not None:
             return
@@ -237,6 +244,34 @@ def run(ctx: Context, dep_id: int) -> None:
         return
     if dep.state in ("checking", "rolling-back", "committed", "proxy"):
         after_boot(ctx, dep_id)
+
+
+def _prepare_or_restart(ctx: Context, dep_id: int) -> None:
+    """``_prepare``; if it resumed from a slot prefix and the image's hash then failed,
+    once more from byte 0.
+
+    A hash mismatch after a resume most likely means the slot prefix did not survive
+    the power cut as the journal believed (a disk that lied about its flush): the bytes
+    on the server are still good, so starting over is the repair, not a failure.
+    """
+    from ferry.packaging.errors import HashMismatch
+
+    if _resume_point(ctx.journal.get(dep_id)) is None:
+        _prepare(ctx, dep_id)
+        return
+    try:
+        _prepare(ctx, dep_id)
+    except HashMismatch as err:
+        log.warning("deployment %d: resumed download failed its hash (%s); starting over "
+                    "from byte 0", dep_id, err)
+        steps = ctx.journal.steps(dep_id)
+        if steps and steps[-1].status == "started":
+            ctx.journal.end_step(dep_id, steps[-1].name, "failed",
+                                 f"{err}; the resumed slot prefix is not trusted, "
+                                 "starting over")
+        _drop_resume_point(ctx, dep_id)
+        ctx.journal.set_info(dep_id, resume_failed=str(err))
+        _prepare(ctx, dep_id)
 
 
 def _guarded(ctx: Context, dep_id: int, fn: Callable[[Context, int], None]) -> None:

@@ -40,9 +40,14 @@ class FakeGateway:
     def installed_version(self):
         return self.version
 
+    auth = None  # what the pipeline's download_options would send to the backend
+
     def _read(self, source):
         if "://" in source:
-            return requests.get(source, timeout=10).content
+            headers = {"Authorization": self.auth} if self.auth else {}
+            resp = requests.get(source, timeout=10, headers=headers)
+            resp.raise_for_status()
+            return resp.content
         return Path(source).read_bytes()
 
     def install(self, source, *, action_id, progress):
@@ -292,9 +297,12 @@ def test_server_down_mid_action_is_retried(server, tmp_path):
     assert server.actions[aid].result == "success"
 
 
-def test_target_token_downloads_go_through_the_client(server, tmp_path):
+def test_target_token_bundles_stream_from_their_url(server, tmp_path):
+    """With a token the runner still hands the pipeline the artifact URL (its
+    downloader carries the token, see test_ddi_pipeline); nothing is fetched first."""
     server.target_token = "tok-123"
     gw = FakeGateway()
+    gw.auth = "TargetToken tok-123"
     aid = server.assign([("os", "gateway", "2.0", {"gw.swu": b"G" * 2000})])
     r = runner(server, gw, tmp_path, target_token="tok-123")
     run_until(r, "finished")
@@ -302,6 +310,7 @@ def test_target_token_downloads_go_through_the_client(server, tmp_path):
     assert gw.installed_bytes["gw.swu"] == b"G" * 2000
     assert set(server.auth_headers) == {"TargetToken tok-123"}
     assert any("/artifacts/" in p for m, p in server.requests)
+    assert not (tmp_path / "data" / "ddi-downloads").exists()
 
 
 def test_ferryd_backend_thread_resumes_then_polls(server, tmp_path, monkeypatch):

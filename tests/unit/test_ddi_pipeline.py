@@ -42,7 +42,8 @@ def mcu():
 
 
 @pytest.fixture
-def rig(server, mcu, tmp_path, monkeypatch):
+def rig(request, server, mcu, tmp_path, monkeypatch):
+    token = getattr(request, "param", None)  # a TargetToken the server insists on
     pki = write_dev_pki(tmp_path / "pki")
     root = tmp_path / "gw"
 
@@ -54,6 +55,11 @@ def rig(server, mcu, tmp_path, monkeypatch):
                     targets=[TargetEntry("mcu0", "smp-serial", mcu.port, baud=115200)],
                     on_boot=on_boot, health_window=2.0).create("1.0.0")
     monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id_path))
+    if token:
+        server.target_token = token
+        text = gw.config_path.read_text()
+        gw.config_path.write_text(text.replace("[backend]\n",
+                                               f'[backend]\ntarget_token = "{token}"\n'))
     cfg = load_config(gw.config_path)
     pg = PipelineGateway(cfg, reboot=gw.reboot, boot_id=gw.boot_id, immediate_reboot=True,
                          inspect=transport_inspect, system=("running", ()))
@@ -107,6 +113,19 @@ def test_gateway_chunk_then_target_chunk_one_action(server, rig):
     assert (h.gateway.booted_slot, h.gateway.version) == ("B", "2.0.0")
     assert h.targets[0].version.startswith("1.4.0")
     assert server.config_data["target.mcu0.result"] == "success"
+
+
+@pytest.mark.parametrize("rig", ["tok-42"], indirect=True)
+def test_token_protected_artifacts_stream_into_the_slot(server, rig, tmp_path):
+    """The pipeline's own downloader carries the TargetToken to the backend, so the
+    bundle streams into the slot: no copy in ddi-downloads first."""
+    r, pg, bundle = rig
+    server.assign([("os", "gateway", "2.0.0", {"gw.swu": bundle("gw", "2.0.0")})])
+    assert finish(r).detail == "success"
+    assert pg.health().gateway.version == "2.0.0"
+    assert pg.journal.latest().source.startswith("http://")  # installed from the URL
+    assert not (tmp_path / "gw" / "data" / "ddi-downloads").exists()
+    assert set(server.auth_headers) == {"TargetToken tok-42"}  # every request had it
 
 
 def test_maintenance_window_with_the_real_pipeline(server, rig):

@@ -148,6 +148,36 @@ def test_redirect_within_http_is_followed(payload: Path) -> None:
         assert _read_all(s) == payload.read_bytes()
 
 
+def test_token_goes_to_the_backend_origin_only(payload: Path) -> None:
+    """The DDI token rides along to the backend's own host (and on every hop that stays
+    there), never to another origin: not on a redirect to a CDN, not on a plain URL."""
+    import dataclasses
+
+    with Server(payload) as backend, Server(payload) as cdn:
+        base = backend.url.rsplit("/", 1)[0]
+        opts = dataclasses.replace(FAST, auth_header=("Authorization", "TargetToken t0k"),
+                                   auth_origin=base + "/DEFAULT")
+        assert _read_all(HttpStream(backend.url, opts, sleep=_no_sleep)) == \
+            payload.read_bytes()
+        backend.script = [f"redirect:{cdn.url}"]
+        assert _read_all(HttpStream(backend.url, opts, sleep=_no_sleep)) == \
+            payload.read_bytes()
+        _read_all(HttpStream(cdn.url, opts, sleep=_no_sleep))
+    sent = [h.get("Authorization") for _, h in backend.requests]
+    assert sent == ["TargetToken t0k", "TargetToken t0k"]
+    assert [h.get("Authorization") for _, h in cdn.requests] == [None, None]
+
+
+def test_origin_compares_scheme_host_and_port() -> None:
+    from ferry.daemon.download import origin
+
+    assert origin("https://HAWKBIT.example/DEFAULT/x") == "https://hawkbit.example:443"
+    assert origin("https://hawkbit.example:443/") == origin("https://hawkbit.example/a")
+    assert origin("http://hawkbit.example/") != origin("https://hawkbit.example/")
+    assert origin("https://hawkbit.example:8443/") != origin("https://hawkbit.example/")
+    assert origin("https://hawkbit.example.evil.com/") != origin("https://hawkbit.example/")
+
+
 def test_only_http_and_https() -> None:
     with pytest.raises(BadScheme, match="only http and https"):
         HttpStream("ftp://127.0.0.1/x.swu", FAST)

@@ -94,7 +94,8 @@ def test_changed_bundle_on_the_server_starts_over(gw: Gateway, tmp_path: Path) -
     assert gw.slot_path("B").read_bytes()[:IMAGE] == image
 
 
-def test_torn_slot_prefix_is_caught_by_the_hash(gw: Gateway, tmp_path: Path) -> None:
+def test_torn_slot_prefix_is_caught_by_the_hash_and_started_over(gw: Gateway,
+                                                                  tmp_path: Path) -> None:
     image = make_image("1.1.0", IMAGE)
     bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image)
     with Server(bundle) as srv:
@@ -102,6 +103,29 @@ def test_torn_slot_prefix_is_caught_by_the_hash(gw: Gateway, tmp_path: Path) -> 
         with open(gw.slot_path("B"), "r+b") as f:  # what a lost write-back would leave
             f.seek(4096)
             f.write(b"\0" * 4096)
+        srv.requests.clear()
+        j = Journal.open(gw.data_dir)
+        resume(make_context(gw.config, journal=j))
+        dep = j.latest()
+        assert dep is not None and dep.state == "rebooting", dep.error
+        assert "does not match" in dep.info["resume_failed"]
+        writes = [(s.name, s.status) for s in j.steps(dep.id) if s.name == "write"]
+        assert writes[-2:] == [("write", "failed"), ("write", "done")]
+        ranges = [h.get("Range") for _, h in srv.requests]
+        assert ranges[0] is not None and ranges[-1] is None  # resumed, then from byte 0
+    assert gw.slot_path("B").read_bytes()[:IMAGE] == image
+    assert gw.boot() == "B"
+
+
+def test_a_bad_bundle_still_fails_after_starting_over(gw: Gateway, tmp_path: Path) -> None:
+    """Starting over happens once: a bundle whose image really is bad still fails."""
+    image = make_image("1.1.0", IMAGE)
+    bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image)
+    with Server(bundle) as srv:
+        crash_during_write(gw, srv.url, syncs=2)
+        data = bytearray(bundle.read_bytes())
+        data[-(1 << 20)] ^= 0xFF  # late in the image, past the resume point
+        bundle.write_bytes(bytes(data))  # same ETag: the server claims it is unchanged
         j = Journal.open(gw.data_dir)
         from ferry.packaging.errors import HashMismatch
 
