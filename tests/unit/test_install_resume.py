@@ -79,6 +79,31 @@ def test_restart_resumes_with_range(gw: Gateway, tmp_path: Path) -> None:
     assert gw.boot() == "B"
 
 
+def test_resume_needs_only_what_was_fsynced(gw: Gateway, tmp_path: Path) -> None:
+    """A real power cut also loses what was written after the last fsync (the kill -9
+    above leaves it in the page cache). Zero the slot past the resume point, and past
+    it only: the resumed install must not care, it takes the prefix and nothing more."""
+    image = make_image("1.1.0", IMAGE)
+    bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image)
+    with Server(bundle) as srv:
+        crash_during_write(gw, srv.url, syncs=2)
+        j = Journal.open(gw.data_dir)
+        dep = j.pending()
+        assert dep is not None
+        synced = dep.info["resume"]["synced"]
+        with open(gw.slot_path("B"), "r+b") as f:
+            f.seek(synced)
+            f.write(b"\0" * (IMAGE - synced))
+        srv.requests.clear()
+        resume(make_context(gw.config, journal=j))
+        assert j.get(dep.id).state == "rebooting", j.get(dep.id).error
+        assert j.get(dep.id).info.get("resume_failed") is None  # no start-over needed
+        assert [h.get("Range") for _, h in srv.requests] == [
+            f"bytes={dep.info['resume']['data_start'] + synced}-"]
+    assert gw.slot_path("B").read_bytes()[:IMAGE] == image
+    assert gw.boot() == "B"
+
+
 def test_changed_bundle_on_the_server_starts_over(gw: Gateway, tmp_path: Path) -> None:
     image = make_image("1.1.0", IMAGE)
     bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image)
