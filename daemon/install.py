@@ -254,6 +254,7 @@ def _prepare_or_restart(ctx: Context, dep_id: int) -> None:
     the power cut as the journal believed (a disk that lied about its flush): the bytes
     on the server are still good, so starting over is the repair, not a failure.
     """
+    from ferry.daemon.slotwriter import SlotHashMismatch
     from ferry.packaging.errors import HashMismatch
 
     if _resume_point(ctx.journal.get(dep_id)) is None:
@@ -261,7 +262,7 @@ def _prepare_or_restart(ctx: Context, dep_id: int) -> None:
         return
     try:
         _prepare(ctx, dep_id)
-    except HashMismatch as err:
+    except (HashMismatch, SlotHashMismatch) as err:
         log.warning("deployment %d: resumed download failed its hash (%s); starting over "
                     "from byte 0", dep_id, err)
         steps = ctx.journal.steps(dep_id)
@@ -374,21 +375,26 @@ def _prepare(ctx: Context, dep_id: int) -> None:
 
         total = src.size or 0
         staged: list[dict[str, Any]] = []
-        for index, (entry, stream) in enumerate(reader.images()):
+        skip = point.stored if point is not None and point.compressed else 0
+        for index, (entry, stream) in enumerate(reader.images(skip_first=skip)):
             if entry.role == "rootfs":
                 j.begin_step(dep_id, "write", state="writing",
                              detail=f"{entry.filename} -> {inactive.device}")
                 size = entry.decompressed_size or (entry.size if not entry.compressed else 0)
                 prog = _Throttle(ctx, dep_id, "write", size or entry.size)
                 on_synced = None
-                if tap is not None and index == 0 and not entry.compressed:
-                    on_synced = _keep_resume_point(ctx, dep_id, tap, reader.offset,
-                                                   inactive.device, point)
+                resumable = not entry.compressed or (
+                    entry.compressed == "zstd" and entry.decompressed_sha256 is not None)
+                if tap is not None and index == 0 and resumable:
+                    on_synced = _keep_resume_point(ctx, dep_id, tap, reader.offset - skip,
+                                                   inactive.device, point,
+                                                   compressed=entry.compressed is not None)
                 res = write_slot(
                     stream, inactive.device, compressed=entry.compressed,
                     expected_size=entry.decompressed_size if entry.compressed else entry.size,
                     expected_sha256=entry.decompressed_sha256 if entry.compressed else None,
                     progress=prog, on_synced=on_synced,
+                    start=point.synced if skip and point is not None else 0,
                 )
                 record_slot_version(cfg, inactive.name, desc.version)
                 j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
@@ -476,11 +482,13 @@ def _resume_point(dep: Deployment) -> Any:
         return None
     return ResumePoint(head=Path(r["head"]), data_start=int(r["data_start"]),
                        slot=Path(r["slot"]), synced=int(r["synced"]),
-                       validator=dep.dl_validator)
+                       validator=dep.dl_validator, stored=int(r.get("stored", -1)),
+                       compressed=bool(r.get("compressed", False)))
 
 
 def _keep_resume_point(ctx: Context, dep_id: int, tap: _HeadTap, data_start: int,
-                       slot: Path, point: Any) -> Callable[[int], None] | None:
+                       slot: Path, point: Any, *,
+                       compressed: bool) -> Callable[[int, int], None] | None:
     """Save the bundle head once; then every fsync of the slot moves the resume point."""
     head = tap.head
     tap.head = None
@@ -498,11 +506,16 @@ def _keep_resume_point(ctx: Context, dep_id: int, tap: _HeadTap, data_start: int
             os.fsync(f.fileno())
     else:
         path = point.head
-    base = {"head": str(path), "data_start": data_start, "slot": str(slot)}
-    ctx.journal.set_info(dep_id, resume={**base, "synced": point.synced if point else 0})
+    base = {"head": str(path), "data_start": data_start, "slot": str(slot),
+            "compressed": compressed}
+    # a resumed zstd write reports stored offsets from where this download started
+    stored_base = point.stored if point is not None and point.compressed else 0
+    if point is None:
+        ctx.journal.set_info(dep_id, resume={**base, "synced": 0, "stored": 0})
 
-    def on_synced(n: int) -> None:
-        ctx.journal.set_info(dep_id, resume={**base, "synced": n})
+    def on_synced(stored: int, synced: int) -> None:
+        ctx.journal.set_info(dep_id, resume={**base, "synced": synced,
+                                             "stored": stored_base + stored})
 
     return on_synced
 

@@ -143,12 +143,21 @@ def write_slot(
     capacity: int | None = None,
     progress: Callable[[int], None] | None = None,
     decompress: Callable[[str | None, BinaryIO], BinaryIO] | None = None,
-    on_synced: Callable[[int], None] | None = None,
+    on_synced: Callable[[int, int], None] | None = None,
+    start: int = 0,
 ) -> WriteResult:
     """Write the (decompressed) image from ``src`` to the start of ``device``.
 
     ``expected_size``/``expected_sha256`` describe the bytes that land in the slot; the
     stored bytes are checked by the stream itself (BundleReader raises at EOF).
+
+    ``on_synced(stored, slot)``: after an fsync, the newest place to resume from: the
+    first ``slot`` bytes of the slot are durable and ``src`` can continue at its byte
+    ``stored`` (for a stored image both are the same; for zstd, a frame boundary).
+
+    ``start``: resume an earlier write: the slot's first ``start`` bytes are already
+    there and ``src`` begins where they end (a frame start). They are read back into
+    the sha256, so a prefix that did not survive shows up as a hash mismatch.
     """
     if capacity is None:
         capacity = slot_capacity(device)
@@ -212,8 +221,12 @@ def write_slot(
     except OSError as exc:
         raise SlotWriteError(f"cannot open slot {device}: {exc.strerror}") from exc
 
-    written = 0
-    next_sync = SYNC_EVERY
+    written = start
+    next_sync = start + SYNC_EVERY
+    # (stored, slot) places a later process could resume from, oldest first; the
+    # syncer reports the newest one its fsync covered
+    marks: list[tuple[int, int]] = []
+    marks_lock = threading.Lock()
     # fsync every SYNC_EVERY bytes in a thread of its own, so the writer never waits
     # for it. It starts the writeback early (otherwise the kernel holds the dirty pages
     # until the final fsync, which then writes all of them while nothing else runs:
@@ -235,8 +248,17 @@ def write_slot(
                 os.fsync(fd)
             except OSError:
                 return  # the final fsync reports it
-            if on_synced is not None:
-                on_synced(upto)
+            if on_synced is None:
+                continue
+            if compressed is None:
+                point: tuple[int, int] | None = (upto - start, upto)
+            else:
+                with marks_lock:
+                    done = [m for m in marks if m[1] <= upto]
+                    del marks[:len(done)]
+                point = done[-1] if done else None
+            if point is not None:
+                on_synced(*point)
                 killpoint("slot.synced")
 
     t_sync = threading.Thread(target=syncer, name="slot-sync", daemon=True)
@@ -278,14 +300,24 @@ def write_slot(
     t_write = threading.Thread(target=writer, name="slot-write", daemon=True)
     t_prod.start()
     t_write.start()
-    total = 0
+    total = start
     try:
+        if hasher is not None and start:
+            _hash_prefix(device, start, hasher)
         stream: BinaryIO | None = None
         if compressed is not None:
             from ferry.packaging.compression import decompress_stream
 
-            dec = decompress or decompress_stream
-            stream = dec(compressed, _QueueReader(raw_q, pool.put))  # type: ignore[arg-type]
+            queued = _QueueReader(raw_q, pool.put)
+            if decompress is not None:
+                stream = decompress(compressed, queued)  # type: ignore[arg-type]
+            else:
+                def frame_end(stored: int, produced: int) -> None:
+                    with marks_lock:
+                        marks.append((stored, start + produced))
+
+                stream = decompress_stream(compressed, queued,  # type: ignore[arg-type]
+                                           on_frame=frame_end if on_synced else None)
         while not stop.is_set():
             if stream is None:
                 # stored image: the producer's buffers go straight to the writer
@@ -351,6 +383,21 @@ def write_slot(
             f"slot {device} content sha256 {digest} does not match {expected_sha256}; "
             "the slot stays unbootable")
     return WriteResult(size=total, sha256=digest)
+
+
+def _hash_prefix(device: str | Path, n: int, hasher: hashlib._Hash) -> None:
+    """Feed the slot's first ``n`` bytes (an earlier, resumed write) to ``hasher``."""
+    with open(device, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        left = n
+        while left:
+            got = f.readinto(view[: min(CHUNK, left)])
+            if not got:
+                raise SlotWriteError(f"slot {device} is shorter than the {n} bytes an "
+                                     "earlier write left; cannot resume")
+            hasher.update(view[:got])
+            left -= got
 
 
 def _drain(q: queue.Queue[object], pool: queue.Queue[bytearray]) -> None:

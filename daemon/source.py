@@ -61,13 +61,19 @@ class _CountingFile(io.RawIOBase):
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where an interrupted download of a stored rootfs can pick up after a restart.
+    """Where an interrupted download of the rootfs can pick up after a restart.
 
     The bundle's first ``data_start`` bytes (cpio headers, sw-description, signature,
-    the rootfs header) were kept in ``head``; the first ``synced`` bytes of the rootfs
-    are already in the slot, fsynced. Replaying both and fetching the rest with Range
-    gives the reader the whole bundle again, so every byte is verified as before: a
-    slot prefix that did not survive shows up as a hash mismatch, never as a bad slot.
+    the rootfs header) were kept in ``head``; the first ``synced`` bytes of the slot are
+    durable (fsynced) and the rootfs continues at its stored byte ``stored``.
+
+    A stored (uncompressed) rootfs: ``stored == synced``; head + slot prefix + Range
+    for the rest gives the reader the whole bundle again, so every byte is verified as
+    before. A zstd rootfs (``compressed``): ``stored`` is the end of the last frame that
+    reached the slot; head + Range from there, the reader skips the stored bytes it
+    never sees and the slot writer checks the signed decompressed-sha256 over the slot
+    prefix read back plus the rest. Either way a slot prefix that did not survive shows
+    up as a hash mismatch, never as a bootable slot.
     """
 
     head: Path
@@ -75,10 +81,12 @@ class ResumePoint:
     slot: Path
     synced: int
     validator: str | None
+    stored: int = -1  # -1: same as synced (a stored rootfs)
+    compressed: bool = False
 
     @property
     def offset(self) -> int:
-        return self.data_start + self.synced
+        return self.data_start + (self.synced if self.stored < 0 else self.stored)
 
 
 class _Segments(io.RawIOBase):
@@ -148,11 +156,10 @@ def open_source(
         if resume is not None:
             http = HttpStream(source, options, on_offset=on_offset,
                               start_offset=resume.offset, validator=resume.validator)
-            raw: io.RawIOBase = _Segments([
-                _FileRange(resume.head, resume.data_start),
-                _FileRange(resume.slot, resume.synced),
-                http,
-            ])
+            parts: list[io.RawIOBase] = [_FileRange(resume.head, resume.data_start)]
+            if not resume.compressed:  # the slot holds the stored bytes themselves
+                parts.append(_FileRange(resume.slot, resume.synced))
+            raw: io.RawIOBase = _Segments([*parts, http])
         else:
             http = HttpStream(source, options, on_offset=on_offset)
             raw = http

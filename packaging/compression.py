@@ -9,16 +9,19 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from typing import BinaryIO, cast
+from collections.abc import Callable
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
 from ferry.packaging.errors import BundleError
+from ferry.packaging.zstdframes import FrameError, FrameSplitter
 
 CHUNK = 1 << 20
 # what the zstd reader asks of the bundle stream per call; small, it is held per install
 READ_SIZE = 256 << 10
 MAX_WINDOW_LOG = 21  # zstd windows of bundles ferry writes: 2 MiB
+FRAME_SIZE = 32 << 20  # input bytes per zstd frame ferry writes: resume points
 # The CLI says gzip (what the file is); sw-description says zlib (SWUpdate's name for it).
 CLI_TO_DESCRIPTION = {"zstd": "zstd", "gzip": "zlib", "none": None}
 
@@ -49,9 +52,17 @@ class _Guarded(io.RawIOBase):
             raise DecompressError(f"{self._kind} data is corrupt: {err}") from None
 
     def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+        ri = getattr(self._inner, "readinto", None)
+        if ri is None:
+            data = self.read(len(buf))
+            buf[: len(data)] = data
+            return len(data)
+        try:
+            return int(ri(buf) or 0)
+        except BundleError:
+            raise
+        except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError, OSError) as err:
+            raise DecompressError(f"{self._kind} data is corrupt: {err}") from None
 
     def readall(self) -> bytes:
         parts = []
@@ -60,15 +71,59 @@ class _Guarded(io.RawIOBase):
         return b"".join(parts)
 
 
-def decompress_stream(kind: str | None, raw: BinaryIO) -> BinaryIO:
-    """A readable stream of the decompressed bytes of ``raw`` (read from it lazily)."""
+class _ZstdFrames(io.RawIOBase):
+    """zstd decoded one frame at a time, so each frame's end is known.
+
+    ``on_frame(compressed, decompressed)`` is called at every frame end with the bytes
+    consumed and produced so far: a place a later process can resume from, since a
+    frame decodes without anything before it.
+    """
+
+    def __init__(self, raw: BinaryIO,
+                 on_frame: Callable[[int, int], None] | None = None) -> None:
+        super().__init__()
+        self._split = FrameSplitter(raw)
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame: BinaryIO | None = None
+        self._reader: Any = None
+        self._on_frame = on_frame
+        self.produced = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+        while True:
+            if self._reader is None:
+                self._frame = self._split.next_frame()
+                if self._frame is None:
+                    return 0
+                self._reader = self._dctx.stream_reader(
+                    self._frame, read_size=READ_SIZE, read_across_frames=False, closefd=False)
+            n = int(self._reader.readinto(buf) or 0)
+            if n:
+                self.produced += n
+                return n
+            self._reader.close()
+            self._reader = None
+            assert self._frame is not None
+            if self._frame.read(1):  # the decoder ended the frame before its last byte
+                raise FrameError(f"zstd frame ending at byte {self._split.consumed} has "
+                                 "bytes after its end; corrupt image")
+            if self._on_frame is not None:
+                self._on_frame(self._split.consumed, self.produced)
+
+
+def decompress_stream(kind: str | None, raw: BinaryIO, *,
+                      on_frame: Callable[[int, int], None] | None = None) -> BinaryIO:
+    """A readable stream of the decompressed bytes of ``raw`` (read from it lazily).
+
+    ``on_frame``: zstd only, see ``_ZstdFrames``.
+    """
     if kind is None:
         return raw
     if kind == "zstd":
-        inner = zstandard.ZstdDecompressor().stream_reader(
-            raw, read_size=READ_SIZE, read_across_frames=True
-        )
-        return cast(BinaryIO, _Guarded(cast(BinaryIO, inner), "zstd"))
+        return cast(BinaryIO, _Guarded(cast(BinaryIO, _ZstdFrames(raw, on_frame)), "zstd"))
     if kind in ("zlib", "gzip"):
         return cast(BinaryIO, _Guarded(cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")), kind))
     raise BundleError(f"unknown compression {kind!r}; expected zstd, zlib (gzip) or none")
@@ -85,7 +140,21 @@ def compress_file(kind: str, src: BinaryIO, dst: BinaryIO, *, level: int | None 
             level or 10, window_log=min(params.window_log, MAX_WINDOW_LOG),
             write_checksum=True)
         cctx = zstandard.ZstdCompressor(compression_params=params)
-        cctx.copy_stream(src, dst, read_size=CHUNK, write_size=CHUNK)
+        # One frame per FRAME_SIZE bytes of input: the places an interrupted install
+        # can resume from (any zstd decoder reads concatenated frames as one stream).
+        writer = cctx.stream_writer(dst, write_size=CHUNK, closefd=False)
+        in_frame = 0
+        while chunk := src.read(CHUNK):
+            view = memoryview(chunk)
+            while view:
+                if in_frame == FRAME_SIZE:
+                    writer.flush(zstandard.FLUSH_FRAME)
+                    in_frame = 0
+                take = view[: FRAME_SIZE - in_frame]
+                writer.write(take)
+                in_frame += len(take)
+                view = view[len(take):]
+        writer.close()  # ends the last frame
         return
     if kind in ("zlib", "gzip"):
         # mtime=0 and no file name: identical inputs give identical bundles.

@@ -278,6 +278,16 @@ class CpioStreamReader:
             self._sum = bytesum(data)
         return data
 
+    def skip_absent(self, n: int) -> None:
+        """The current member's first ``n`` data bytes are not in the stream at all: a
+        resumed download starts after them. Its checksum can no longer be checked."""
+        if self._current is None or n > self._remaining:
+            raise BadHeader(f"cannot skip {n} bytes of member "
+                            f"{self._current.name if self._current else None!r}")
+        self._remaining -= n
+        self.offset += n
+        self._check_crc = False
+
     @property
     def remaining(self) -> int:
         return self._remaining

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from ferry.packaging.cpio import CpioStreamReader
 from ferry.packaging.description import (
@@ -42,12 +42,17 @@ CHUNK = 1 << 20
 class ImageStream(io.RawIOBase):
     """The stored bytes of one image, checked against sw-description at their end."""
 
-    def __init__(self, cpio: CpioStreamReader, entry: ImageEntry) -> None:
+    def __init__(self, cpio: CpioStreamReader, entry: ImageEntry, absent: int = 0) -> None:
         self._cpio = cpio
         self.entry = entry
-        self._hash = hashlib.sha256()
+        # A resumed download leaves out the first ``absent`` stored bytes: the stored
+        # sha256 cannot be computed then, and the decompressed-sha256 the slot writer
+        # checks over the whole slot is what verifies the image (see images()).
+        self._hash: Any = hashlib.sha256() if not absent else None
         self._done = False
-        self.bytes_read = 0
+        self.bytes_read = absent
+        if absent:
+            cpio.skip_absent(absent)
         if entry.size == 0:  # nothing to read: check the empty image's hash right away
             self._done = True
             self._check()
@@ -65,7 +70,8 @@ class ImageStream(io.RawIOBase):
         if self._done or size == 0:
             return b""
         chunk = self._cpio.read_data(size)
-        self._hash.update(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
         self.bytes_read += len(chunk)
         if self._cpio.remaining == 0:
             self._done = True
@@ -83,7 +89,8 @@ class ImageStream(io.RawIOBase):
             return 0
         view = memoryview(buf).cast("B")
         n = self._cpio.readinto_data(view)
-        self._hash.update(view[:n])
+        if self._hash is not None:
+            self._hash.update(view[:n])
         self.bytes_read += n
         if self._cpio.remaining == 0:
             self._done = True
@@ -98,7 +105,7 @@ class ImageStream(io.RawIOBase):
 
     def _check(self) -> None:
         entry = self.entry
-        got = self._hash.hexdigest()
+        got = self._hash.hexdigest() if self._hash is not None else entry.sha256
         if got != entry.sha256:
             raise HashMismatch(
                 f"image {entry.filename!r}: sha256 {got[:16]}... does not match "
@@ -155,8 +162,15 @@ class BundleReader:
         """Bytes consumed from the stream so far (for progress reporting)."""
         return self._cpio.offset
 
-    def images(self) -> Iterator[tuple[ImageEntry, BinaryIO]]:
-        """Yield (entry, stream) in sw-description order; read each stream to its end."""
+    def images(self, *, skip_first: int = 0) -> Iterator[tuple[ImageEntry, BinaryIO]]:
+        """Yield (entry, stream) in sw-description order; read each stream to its end.
+
+        ``skip_first``: the stream holds the bundle's head and then the first image's
+        stored bytes from this offset on (a download resumed after a restart). Its
+        stored sha256 cannot be checked then, so this is allowed only for a compressed
+        image with a signed decompressed-sha256, which the caller must check over all
+        of its output (the slot writer does).
+        """
         if self._started:
             raise BundleError("BundleReader.images() can be iterated only once")
         self._started = True
@@ -188,7 +202,12 @@ class BundleReader:
                     f"image {entry.filename!r} is {header.size} bytes in the archive but "
                     f"{entry.size} in sw-description"
                 )
-            stream = ImageStream(self._cpio, entry)
+            absent = skip_first if index == 0 else 0
+            if absent and not (entry.compressed and entry.decompressed_sha256):
+                raise BundleError(
+                    f"cannot resume image {entry.filename!r} in the middle: it has no "
+                    "decompressed-sha256 to check it by")
+            stream = ImageStream(self._cpio, entry, absent)
             previous = stream
             yield entry, cast(BinaryIO, stream)
         if previous is not None and not previous.finished:

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from install_gateway import Gateway, make_bundle, make_gateway, make_image
+from install_gateway import HEADER, MAGIC, Gateway, make_bundle, make_gateway, make_image
 from install_http import Server
 
 from ferry.daemon import killpoint, slotwriter
 from ferry.daemon.install import install, make_context, resume
 from ferry.daemon.journal import Journal
+from ferry.packaging import compression
 
 IMAGE = 3 << 20
 
@@ -158,3 +159,70 @@ def test_a_bad_bundle_still_fails_after_starting_over(gw: Gateway, tmp_path: Pat
             resume(make_context(gw.config, journal=j))
         assert j.latest().result == "failure"  # type: ignore[union-attr]
     assert gw.boot() == "A"
+
+
+def random_image(version: str, size: int) -> bytes:
+    """A bootable test image that zstd cannot shrink much: many frames, real data."""
+    import hashlib
+
+    payload = os.urandom(size // 2) + bytes(size - HEADER.size - size // 2)
+    return HEADER.pack(MAGIC, version.encode().ljust(16, b"\0"), len(payload),
+                       hashlib.sha256(payload).digest()) + payload
+
+
+@pytest.fixture
+def zstd_bundle(gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> tuple[bytes, Path]:
+    monkeypatch.setattr(compression, "FRAME_SIZE", 256 << 10)  # 12 frames
+    image = random_image("1.1.0", IMAGE)
+    return image, make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image,
+                              compress="zstd")
+
+
+def test_zstd_rootfs_resumes_at_a_frame_boundary(gw: Gateway, zstd_bundle: tuple[bytes, Path]
+                                                 ) -> None:
+    """A compressed rootfs resumes too: at the end of the last zstd frame whose output
+    was fsynced; the stored bytes before it are never fetched again and the signed
+    decompressed-sha256 covers the slot prefix read back plus the rest."""
+    image, bundle = zstd_bundle
+    with Server(bundle) as srv:
+        crash_during_write(gw, srv.url, syncs=2)
+        j = Journal.open(gw.data_dir)
+        dep = j.pending()
+        assert dep is not None and dep.state == "writing"
+        point = dep.info["resume"]
+        assert point["compressed"] is True
+        assert point["synced"] % (256 << 10) == 0 and point["synced"] >= 256 << 10
+        assert 0 < point["stored"] < bundle.stat().st_size
+        with open(gw.slot_path("B"), "r+b") as f:  # a power cut loses the unsynced rest
+            f.seek(point["synced"])
+            f.write(bytes(IMAGE - point["synced"]))
+        srv.requests.clear()
+        resume(make_context(gw.config, journal=j))
+        dep = j.get(dep.id)
+        assert dep.state == "rebooting", dep.error
+        assert dep.info.get("resume_failed") is None
+        assert [h.get("Range") for _, h in srv.requests] == [
+            f"bytes={point['data_start'] + point['stored']}-"]
+    assert gw.slot_path("B").read_bytes()[:IMAGE] == image
+    assert gw.boot() == "B"
+
+
+def test_zstd_torn_prefix_fails_the_decompressed_hash_then_starts_over(
+        gw: Gateway, zstd_bundle: tuple[bytes, Path]) -> None:
+    image, bundle = zstd_bundle
+    with Server(bundle) as srv:
+        crash_during_write(gw, srv.url, syncs=2)
+        with open(gw.slot_path("B"), "r+b") as f:  # a prefix the disk did not keep
+            f.seek(1000)
+            f.write(b"\xff" * 100)
+        srv.requests.clear()
+        j = Journal.open(gw.data_dir)
+        resume(make_context(gw.config, journal=j))
+        dep = j.latest()
+        assert dep is not None and dep.state == "rebooting", dep.error
+        assert "sha256" in dep.info["resume_failed"]
+        ranges = [h.get("Range") for _, h in srv.requests]
+        assert ranges[0] is not None and ranges[-1] is None  # resumed, then from byte 0
+    assert gw.slot_path("B").read_bytes()[:IMAGE] == image
+    assert gw.boot() == "B"

@@ -167,8 +167,10 @@ def test_writeback_starts_early_without_resume_points(tmp_path: Path,
     assert src.waited is True  # an fsync came while the image was still arriving
     assert len(calls) >= 2  # that one, and the final one
     assert slot.read_bytes()[: len(data)] == data
-    synced_at: list[int] = []
+    points: list[tuple[int, int]] = []
     write_slot(Trickle(data), slot, expected_size=len(data),  # type: ignore[arg-type]
-               on_synced=synced_at.append)
+               on_synced=lambda stored, synced: points.append((stored, synced)))
+    assert points and all(st == sl for st, sl in points)  # stored image: same offsets
+    synced_at = [sl for _, sl in points]
     assert synced_at == sorted(synced_at) and synced_at[0] >= 1 << 20
     assert synced_at[-1] <= len(data)
