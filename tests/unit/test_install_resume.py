@@ -78,11 +78,12 @@ def zstd_bundle(gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @contextlib.contextmanager
-def after_crash(gw: Gateway, bundle: Path) -> Iterator[tuple[Server, Journal, Deployment]]:
-    """The install SIGKILLed after two resume points: the server (its request log
-    emptied) and the journal as the restarted process finds them."""
+def after_crash(gw: Gateway, bundle: Path, syncs: int = 2
+                ) -> Iterator[tuple[Server, Journal, Deployment]]:
+    """The install SIGKILLed after ``syncs`` resume points: the server (its request
+    log emptied) and the journal as the restarted process finds them."""
     with Server(bundle) as srv:
-        crash_during_write(gw, srv.url, syncs=2)
+        crash_during_write(gw, srv.url, syncs=syncs)
         j = Journal.open(gw.data_dir)
         dep = j.pending()
         assert dep is not None and dep.state == "writing" and dep.dl_validator == '"v1"'
@@ -207,4 +208,29 @@ def test_zstd_torn_prefix_fails_the_decompressed_hash_then_starts_over(
         overwrite_slot(gw, 1000, b"\xff" * 100)
         assert "sha256" in resume_to_reboot(gw, j).info["resume_failed"]
         assert ranges(srv)[0] is not None and ranges(srv)[-1] is None  # resumed, then 0
+    assert_boots_new(gw, image)
+
+
+@pytest.mark.parametrize("syncs", [1, 4, 7, 10])
+@pytest.mark.parametrize("kind", ["raw", "zstd"])
+def test_power_cut_at_any_resume_point(gw: Gateway, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, kind: str,
+                                       syncs: int) -> None:
+    """Cut at early, middle and late resume points of both kinds of rootfs, losing
+    everything the slot got after the last fsync: each resumes where its journal says,
+    fetches only the rest, and ends with the whole image in the slot."""
+    if kind == "zstd":
+        monkeypatch.setattr(compression, "FRAME_SIZE", 256 << 10)
+        image = random_image("1.1.0", IMAGE)
+    else:
+        image = make_image("1.1.0", IMAGE)
+    bundle = make_bundle(gw, tmp_path / "www" / "b.swu", version="1.1.0", image=image,
+                         compress=None if kind == "raw" else "zstd")
+    with after_crash(gw, bundle, syncs=syncs) as (srv, j, dep):
+        point = dep.info["resume"]
+        assert point["synced"] >= syncs * (256 << 10)
+        overwrite_slot(gw, point["synced"], bytes(IMAGE - point["synced"]))
+        assert resume_to_reboot(gw, j).info.get("resume_failed") is None
+        at = point["stored"] if kind == "zstd" else point["synced"]
+        assert ranges(srv) == [f"bytes={point['data_start'] + at}-"]
     assert_boots_new(gw, image)
