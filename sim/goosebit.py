@@ -172,6 +172,9 @@ class Goosebit:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=15)
+        # whatever uvicorn started in its session (and could hold the port) goes too
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
 
     # -- management API ---------------------------------------------------------------

@@ -137,14 +137,25 @@ def test_demo_keep_leaves_it_running_and_says_how_to_explore(tmp_path):
         assert proc.poll() is None  # still running
     finally:
         os.killpg(proc.pid, signal.SIGINT)
+        hung = False
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            hung = True
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         t.join(timeout=10)
+    assert not hung, "ferry demo did not stop within 60 s of Ctrl-C:\n" + "".join(lines[-30:])
+    assert "stopping" in "".join(lines), "".join(lines[-30:])  # its Ctrl-C path ran
     port = int(ui.rsplit(":", 1)[1])
-    with pytest.raises(ConnectionRefusedError):
+    deadline = time.monotonic() + 20  # goosebit's shutdown may outlast ferry's exit a bit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except ConnectionRefusedError:
+            break
+        time.sleep(0.5)
+    with pytest.raises(ConnectionRefusedError):  # Ctrl-C stopped goosebit too
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
