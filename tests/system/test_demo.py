@@ -105,9 +105,13 @@ def test_demo_keep_leaves_it_running_and_says_how_to_explore(tmp_path):
 
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("FERRY_BOOT_ID_PATH", None)
+    # Ctrl-C must reach it as in a terminal: a job started in the background by a
+    # non-interactive shell (how CI may run us) inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt
     proc = subprocess.Popen([*ferry(), "demo", "--keep", "--dir", str(tmp_path / "demo")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     ready = threading.Event()
 
