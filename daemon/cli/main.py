@@ -35,7 +35,14 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or with ``only`` just that command's part of it.
+
+    A command's parser is all one invocation needs; importing and building the other
+    nine (``demo`` alone imports ~20 ms of modules) would be paid by every
+    ``ferry install`` and ``ferry status``. ``ferry --help`` and unknown commands get
+    the whole parser.
+    """
     parser = argparse.ArgumentParser(
         prog="ferry",
         description="ferry: update the whole gateway, its A/B rootfs and every device behind it.",
@@ -51,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f"ferry.daemon.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -75,8 +82,22 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
                 _add_json(child)
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command word in ``argv`` if it names one of ours, past the global options."""
+    it = iter(argv)
+    for token in it:
+        if token == "--config":
+            next(it, None)
+        elif token == "--":
+            return None
+        elif not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

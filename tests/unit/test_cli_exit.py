@@ -40,3 +40,23 @@ def test_main_still_returns_in_process() -> None:
 
 def test_memory_release_runs_on_this_libc() -> None:
     assert memory.release() is True
+
+
+def test_one_command_builds_only_its_parser() -> None:
+    """`ferry install ...` imports and builds the install command only (demo alone
+    imports ~20 ms of modules); --help and unknown commands still see every command."""
+    from ferry.daemon.cli.main import _command
+
+    assert _command(["--config", "x.toml", "--json", "install", "URL"]) == "install"
+    assert _command(["--config", "install"]) is None  # "install" is the config's path
+    assert _command(["nosuch", "install"]) is None
+    assert _command(["--help"]) is None and _command([]) is None
+    probe = ("import sys\nfrom ferry.daemon.cli.main import main\n"
+             "try:\n    main(['--config', 'x', 'status', '--help'])\nexcept SystemExit:\n"
+             "    pass\nprint('ferry.daemon.cli.demo' in sys.modules, "
+             "'ferry.daemon.cli.status' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-2:] == ["False", "True"]
+    everything = subprocess.run([str(FERRY), "--help"], capture_output=True, text=True).stdout
+    assert all(name in everything for name in ("status", "install", "demo", "sim", "flash"))
