@@ -168,8 +168,8 @@ class FerryInterface(ServiceInterface):
             except Exception as err:  # a bug must still end the operation
                 log.exception("%s crashed", operation)
                 error, code = f"internal error: {err}", RESULT_FAILED
-            memory.release()  # the next operation starts from the idle footprint
             self._from_thread(self._finish, code, error, result, done)
+            memory.release()  # after Completed is on its way: the caller does not wait
 
         self._worker = threading.Thread(target=run, name=f"ferryd-{operation}", daemon=True)
         self._worker.start()
