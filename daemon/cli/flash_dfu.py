@@ -7,12 +7,7 @@ parsing and a progress bar, so what works here works in a deployment.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
-
-from ferry.daemon.cli import exitcodes
 
 
 def transport_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -32,36 +27,24 @@ def transport_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferry.daemon.cli.progress import ProgressBar
+    from ferry.daemon.cli.flashrun import flash_image
     from ferry.proxy.dfu.transport import create
     from ferry.proxy.transport import Target
 
-    path = Path(args.image)
-    if not path.is_file():
-        print(f"ferry: image {path} does not exist", file=sys.stderr)
-        return exitcodes.FAILED
     target = Target(name="cli", transport="dfu", address=args.device,
                     options={"path": args.path} if args.path else {})
-    as_json = bool(getattr(args, "json", False))  # set by "ferry --json" or "--json" here
-    transport = create(transport_options(args))
-    bar = None if as_json else ProgressBar("dfu", path.stat().st_size)
     phase = {"name": ""}
 
-    def progress(done: int, total: int, message: str) -> None:
-        if bar is None:
-            return
+    def step(bar: Any, done: int, total: int, message: str) -> None:
+        # DfuSe erases page by page before it downloads: the bar restarts per phase
         if message != phase["name"]:
             phase["name"] = message
             bar.total = total if message != "erase" else bar.total
         bar.update(done if message != "erase" else 0, message)
 
-    with path.open("rb") as image:
-        result = transport.flash(target, image, progress=progress)
-    if as_json:
-        print(json.dumps({"ok": result.ok, "message": result.message, "detail": result.detail}))
-    elif bar is not None:
-        bar.finish(("done: " if result.ok else "FAILED: ") + result.message)
-    return exitcodes.OK if result.ok else exitcodes.FAILED
+    # --json is set by "ferry --json" or "--json" after the command
+    return flash_image(create(transport_options(args)), target, args.image, label="dfu",
+                       as_json=bool(getattr(args, "json", False)), step=step)
 
 
 def register(sub: Any) -> None:

@@ -9,12 +9,7 @@ each node's uplinks, and the broadcast is bound by the sub-band's duty cycle.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
-
-from ferry.daemon.cli import exitcodes
 
 OPTION_FLAGS = ("devices", "keys_file", "application_id", "mqtt_host", "mqtt_port",
                 "mqtt_username", "mqtt_password", "api_url", "api_token_file", "dr",
@@ -28,38 +23,22 @@ def transport_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferry.daemon.cli.progress import ProgressBar
+    from ferry.daemon.cli.flashrun import flash_image
     from ferry.proxy.lora.transport import create
     from ferry.proxy.transport import Target
 
-    path = Path(args.image)
-    if not path.is_file():
-        print(f"ferry: image {path} does not exist", file=sys.stderr)
-        return exitcodes.FAILED
-    opts = transport_options(args)
     target_opts = {"force": "1"} if args.force else {}
     if args.version:
         target_opts["spec_version"] = args.version
     target = Target(name="cli", transport="lora", address=args.group, options=target_opts)
-    transport = create(opts)
-    quiet = getattr(args, "json", False)
-    bar = None if quiet else ProgressBar("lora", path.stat().st_size)
 
-    def progress(done: int, total: int, message: str) -> None:
-        if bar is not None:
-            bar.update(done, message)
-
-    with path.open("rb") as image:
-        result = transport.flash(target, image, progress=progress)
-    if quiet:
-        print(json.dumps({"ok": result.ok, "skipped": result.skipped,
-                          "message": result.message, "detail": result.detail}))
-    elif bar is not None:
-        bar.finish(("done: " if result.ok else "FAILED: ") + result.message)
+    def nodes(result: Any) -> None:
         for key, value in sorted(result.detail.items()):
             if key.startswith("node."):
                 print(f"  {key[5:]}: {value}")
-    return exitcodes.OK if result.ok else exitcodes.FAILED
+
+    return flash_image(create(transport_options(args)), target, args.image, label="lora",
+                       as_json=bool(getattr(args, "json", False)), after=nodes)
 
 
 def register(sub: Any) -> None:

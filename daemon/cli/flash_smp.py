@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
-
-from ferry.daemon.cli import exitcodes
-from ferry.errors import FerryError
 
 
 def register(sub: Any) -> None:
@@ -38,7 +33,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferry.daemon.cli.progress import ProgressBar
+    from ferry.daemon.cli.flashrun import flash_image
     from ferry.proxy.registry import get_transport
     from ferry.proxy.transport import Target
 
@@ -47,36 +42,9 @@ def run(args: argparse.Namespace) -> int:
                "test_only": "1" if args.test_only else ""}
     target = Target(name=args.port, transport="smp-serial", address=args.port,
                     options={k: v for k, v in options.items() if v})
-    transport = get_transport("smp-serial", {})
-    bar: ProgressBar | None = None
-    quiet = bool(getattr(args, "json", False))
 
-    def progress(done: int, total: int, message: str) -> None:
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None:
-            bar = ProgressBar("upload", total)
+    def step(bar: Any, done: int, total: int, message: str) -> None:
         bar.update(done, "" if message == "upload" else message)
 
-    try:
-        with open(args.image, "rb") as stream:
-            result = transport.flash(target, stream, progress=progress)
-    except FerryError as err:
-        if bar is not None:  # end the bar's line with the reason, not a half-drawn bar
-            bar.finish(f"FAILED: {err}")
-            return err.exit_code
-        raise
-    except OSError as err:
-        raise FerryError(f"cannot read {args.image}: {err.strerror}") from err
-    if quiet:
-        print(json.dumps({"ok": result.ok, "version": result.version, "message": result.message,
-                          "skipped": result.skipped, "rolled_back": result.rolled_back,
-                          "detail": result.detail}))
-    else:
-        line = ("OK: " if result.ok else "FAILED: ") + result.message
-        if bar is not None:
-            bar.finish(line)
-        else:
-            print(line, file=sys.stderr)
-    return exitcodes.OK if result.ok else exitcodes.FAILED
+    return flash_image(get_transport("smp-serial", {}), target, args.image, label="upload",
+                       as_json=bool(getattr(args, "json", False)), step=step)

@@ -8,12 +8,7 @@ transport "zigbee" in the gateway config (``--config``).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
-
-from ferry.daemon.cli import exitcodes
 
 
 def _config_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,35 +38,18 @@ def transport_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferry.daemon.cli.progress import ProgressBar
+    from ferry.daemon.cli.flashrun import flash_image
     from ferry.proxy.transport import Target
     from ferry.proxy.zigbee.transport import create
 
-    path = Path(args.image)
-    if not path.is_file():
-        print(f"ferry: image {path} does not exist", file=sys.stderr)
-        return exitcodes.FAILED
     options = {"force": "1"} if args.force else {}
     if args.manufacturer:
         options["spec_manufacturer"] = args.manufacturer
     if args.image_type:
         options["spec_image_type"] = args.image_type
     target = Target(name=args.node, transport="zigbee", address=args.node, options=options)
-    transport = create(transport_options(args))
-    bar = None if args.json else ProgressBar("zigbee", path.stat().st_size)
-
-    def progress(done: int, total: int, message: str) -> None:
-        if bar is not None:
-            bar.update(done, message)
-
-    with path.open("rb") as image:
-        result = transport.flash(target, image, progress=progress)
-    if args.json:
-        print(json.dumps({"ok": result.ok, "skipped": result.skipped, "version": result.version,
-                          "message": result.message, "detail": result.detail}))
-    elif bar is not None:
-        bar.finish(("done: " if result.ok else "FAILED: ") + result.message)
-    return exitcodes.OK if result.ok else exitcodes.FAILED
+    return flash_image(create(transport_options(args)), target, args.image, label="zigbee",
+                       as_json=bool(getattr(args, "json", False)))
 
 
 def register(sub: Any) -> None:

@@ -22,7 +22,7 @@ def test_flash_prints_progress_and_a_clear_final_line(tmp_path: Path,
         err = capsys.readouterr().err
         assert rc == 0
         assert "upload [" in err and "B/s" in err and "ETA" in err
-        assert err.rstrip().splitlines()[-1] == "OK: " + sim.port + " runs 1.1.0, confirmed"
+        assert err.rstrip().splitlines()[-1] == "done: " + sim.port + " runs 1.1.0, confirmed"
         assert running_version(sim) == "1.1.0"
 
 
