@@ -325,21 +325,22 @@ class Prefetch(io.RawIOBase):
         import queue
         import threading
 
+        from ferry.daemon.bufqueue import QueueReader
+
         self._raw = raw
-        self._full: queue.Queue[Any] = queue.Queue()
+        self._full: queue.Queue[object] = queue.Queue()
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(depth + 1):
             self._free.put(bytearray(chunk))
+        self._reader = QueueReader(self._full, self._free.put)
         self._stop = threading.Event()
-        self._cur: bytearray | None = None
-        self._n = 0
-        self._pos = 0
-        self._eof = False
         self._thread = threading.Thread(target=self._run, name="download", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         import queue
+
+        from ferry.daemon.bufqueue import EOF
 
         try:
             while not self._stop.is_set():
@@ -349,7 +350,7 @@ class Prefetch(io.RawIOBase):
                     continue
                 n = self._raw.readinto(buf) or 0
                 if n == 0:
-                    self._full.put(None)
+                    self._full.put(EOF)
                     return
                 self._full.put((buf, n))
         except BaseException as exc:  # handed to the consumer, in order
@@ -359,26 +360,7 @@ class Prefetch(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        if self._cur is None:
-            if self._eof:
-                return 0
-            item = self._full.get()
-            if item is None:
-                self._eof = True
-                return 0
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            self._cur, self._n = item
-            self._pos = 0
-        assert self._cur is not None
-        k = min(len(b), self._n - self._pos)
-        b[:k] = memoryview(self._cur)[self._pos:self._pos + k]
-        self._pos += k
-        if self._pos >= self._n:
-            self._free.put(self._cur)
-            self._cur = None
-        return k
+        return self._reader.readinto(b)
 
     def close(self) -> None:
         self._stop.set()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import queue
 import stat
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ferry.daemon.bufqueue import EOF, QueueReader
 from ferry.daemon.killpoint import killpoint
 from ferry.errors import FerryError
 
@@ -67,48 +67,6 @@ def slot_capacity(device: str | Path) -> int | None:
         finally:
             os.close(fd)
     return st.st_size or None
-
-
-_EOF = object()
-
-
-class _QueueReader(io.RawIOBase):
-    """The consumer end of the producer thread, as a raw stream for the decompressor."""
-
-    def __init__(self, q: queue.Queue[object], give_back: Callable[[bytearray], None]) -> None:
-        self._q = q
-        self._give_back = give_back
-        self._cur: memoryview | None = None
-        self._buf: bytearray | None = None
-        self._pos = 0
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
-        while self._cur is None or self._pos >= len(self._cur):
-            if self._buf is not None:
-                self._give_back(self._buf)
-                self._buf = None
-                self._cur = None
-            if self._eof:
-                return 0
-            item = self._q.get()
-            if item is _EOF:
-                self._eof = True
-                return 0
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            assert isinstance(item, tuple)
-            self._buf, n = item
-            self._cur = memoryview(self._buf)[:n]
-            self._pos = 0
-        n = min(len(b), len(self._cur) - self._pos)
-        b[:n] = self._cur[self._pos:self._pos + n]
-        self._pos += n
-        return n
 
 
 def _readinto(src: BinaryIO, view: memoryview) -> int:
@@ -198,7 +156,7 @@ def write_slot(
                 return raw_q.get(timeout=0.2)
             except queue.Empty:
                 continue
-        return _EOF
+        return EOF
 
     def producer() -> None:
         try:
@@ -211,7 +169,7 @@ def write_slot(
                     pool.put(buf)
                     break
                 raw_q.put((buf, n))
-            raw_q.put(_EOF)
+            raw_q.put(EOF)
         except BaseException as exc:
             raw_q.put(exc)
 
@@ -269,7 +227,7 @@ def write_slot(
         try:
             while True:
                 item = write_q.get()
-                if item is _EOF:
+                if item is EOF:
                     return
                 assert isinstance(item, tuple)
                 buf, n = item
@@ -290,7 +248,7 @@ def write_slot(
             stop.set()
             while True:  # drain so the main thread never blocks on a full pool
                 item = write_q.get()
-                if item is _EOF:
+                if item is EOF:
                     return
                 if isinstance(item, tuple):
                     out_pool.put(item[0])
@@ -308,7 +266,7 @@ def write_slot(
         if compressed is not None:
             from ferry.packaging.compression import decompress_stream
 
-            queued = _QueueReader(raw_q, pool.put)
+            queued = QueueReader(raw_q, pool.put)
             if decompress is not None:
                 stream = decompress(compressed, queued)  # type: ignore[arg-type]
             else:
@@ -322,7 +280,7 @@ def write_slot(
             if stream is None:
                 # stored image: the producer's buffers go straight to the writer
                 item = next_raw()
-                if item is _EOF:
+                if item is EOF:
                     break
                 if isinstance(item, BaseException):
                     raise item
@@ -350,7 +308,7 @@ def write_slot(
         stop.set()
         raise
     finally:
-        write_q.put(_EOF)
+        write_q.put(EOF)
         t_write.join()
         sync_req.put(None)
         t_sync.join()
