@@ -11,8 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ferry.proxy.lora.errors import FrameError
-from ferry.proxy.lora.package import CID_PACKAGE_VERSION, PackageVersionAns
+from ferry.proxy.lora.package import PackageVersionAns, parse_commands
 
 PORT = 202
 PACKAGE_IDENTIFIER = 1
@@ -70,25 +69,16 @@ def force_device_resync_req(nb_transmissions: int = 1) -> bytes:
     return bytes([CID_FORCE_DEVICE_RESYNC, nb_transmissions])
 
 
+def _app_time_req(p: bytes, i: int) -> tuple[AppTimeReq, int]:
+    t, param = struct.unpack_from("<IB", p, i + 1)
+    return AppTimeReq(t, param & 0x0F, bool(param & 0x10)), 6
+
+
+def _periodicity_ans(p: bytes, i: int) -> tuple[PeriodicityAns, int]:
+    status, t = struct.unpack_from("<BI", p, i + 1)
+    return PeriodicityAns(bool(status & 1), t), 6
+
+
 def parse_uplink(payload: bytes) -> list[Uplink]:
-    out: list[Uplink] = []
-    i = 0
-    try:
-        while i < len(payload):
-            cid = payload[i]
-            if cid == CID_APP_TIME:
-                t, param = struct.unpack_from("<IB", payload, i + 1)
-                out.append(AppTimeReq(t, param & 0x0F, bool(param & 0x10)))
-                i += 6
-            elif cid == CID_DEVICE_APP_TIME_PERIODICITY:
-                status, t = struct.unpack_from("<BI", payload, i + 1)
-                out.append(PeriodicityAns(bool(status & 1), t))
-                i += 6
-            elif cid == CID_PACKAGE_VERSION:
-                out.append(PackageVersionAns(payload[i + 1], payload[i + 2]))
-                i += 3
-            else:
-                raise FrameError(f"unknown TS003 uplink CID 0x{cid:02x} in {payload.hex()}")
-    except (IndexError, struct.error):
-        raise FrameError(f"truncated TS003 uplink: {payload.hex()}") from None
-    return out
+    return parse_commands(payload, {CID_APP_TIME: _app_time_req,
+                                    CID_DEVICE_APP_TIME_PERIODICITY: _periodicity_ans}, "TS003")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ferry.proxy.lora.errors import FrameError, ImageTooLarge
-from ferry.proxy.lora.package import CID_PACKAGE_VERSION, PackageVersionAns
+from ferry.proxy.lora.errors import ImageTooLarge
+from ferry.proxy.lora.package import PackageVersionAns, parse_commands
 
 PORT = 201
 PACKAGE_IDENTIFIER = 3
@@ -181,33 +181,22 @@ class FragSessionDeleteAns:
 Answer = PackageVersionAns | FragSessionSetupAns | FragSessionStatusAns | FragSessionDeleteAns
 
 
+def _status_ans(p: bytes, i: int) -> tuple[FragSessionStatusAns, int]:
+    (ri,) = struct.unpack_from("<H", p, i + 1)
+    return FragSessionStatusAns(ri >> 14, ri & 0x3FFF, p[i + 3], bool(p[i + 4] & 1)), 5
+
+
+def _setup_ans(p: bytes, i: int) -> tuple[FragSessionSetupAns, int]:
+    b = p[i + 1]
+    return FragSessionSetupAns(b >> 6, bool(b & 1), bool(b & 2), bool(b & 4), bool(b & 8)), 2
+
+
+def _delete_ans(p: bytes, i: int) -> tuple[FragSessionDeleteAns, int]:
+    return FragSessionDeleteAns(p[i + 1] & 3, bool(p[i + 1] & 4)), 2
+
+
 def parse_uplink(payload: bytes) -> list[Answer]:
     """Every answer in one port-201 uplink (commands are concatenated CID + payload)."""
-    out: list[Answer] = []
-    i = 0
-    try:
-        while i < len(payload):
-            cid = payload[i]
-            if cid == CID_PACKAGE_VERSION:
-                out.append(PackageVersionAns(payload[i + 1], payload[i + 2]))
-                i += 3
-            elif cid == CID_FRAG_SESSION_STATUS:
-                (ri,) = struct.unpack_from("<H", payload, i + 1)
-                missing, status = payload[i + 3], payload[i + 4]
-                out.append(FragSessionStatusAns(ri >> 14, ri & 0x3FFF, missing,
-                                                bool(status & 1)))
-                i += 5
-            elif cid == CID_FRAG_SESSION_SETUP:
-                b = payload[i + 1]
-                out.append(FragSessionSetupAns(b >> 6, bool(b & 1), bool(b & 2), bool(b & 4),
-                                               bool(b & 8)))
-                i += 2
-            elif cid == CID_FRAG_SESSION_DELETE:
-                b = payload[i + 1]
-                out.append(FragSessionDeleteAns(b & 3, bool(b & 4)))
-                i += 2
-            else:
-                raise FrameError(f"unknown TS004 answer CID 0x{cid:02x} in {payload.hex()}")
-    except (IndexError, struct.error):
-        raise FrameError(f"truncated TS004 answer: {payload.hex()}") from None
-    return out
+    return parse_commands(payload, {CID_FRAG_SESSION_STATUS: _status_ans,
+                                    CID_FRAG_SESSION_SETUP: _setup_ans,
+                                    CID_FRAG_SESSION_DELETE: _delete_ans}, "TS004")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ferry.proxy.lora.errors import FrameError
-from ferry.proxy.lora.package import CID_PACKAGE_VERSION, PackageVersionAns
+from ferry.proxy.lora.package import PackageVersionAns, Parser, parse_commands
 
 PORT = 200
 PACKAGE_IDENTIFIER = 2
@@ -154,36 +154,23 @@ class McClassCSessionAns:
 Answer = PackageVersionAns | McGroupSetupAns | McGroupDeleteAns | McClassCSessionAns
 
 
+def _group_ans(kind: type[McGroupSetupAns] | type[McGroupDeleteAns]) -> Parser:
+    def parse(p: bytes, i: int) -> tuple[Any, int]:
+        return kind(p[i + 1] & 3, bool(p[i + 1] & 4)), 2
+    return parse
+
+
+def _class_c_ans(p: bytes, i: int) -> tuple[McClassCSessionAns, int]:
+    b = p[i + 1]
+    if b & 0x1C:  # an error: no time to start
+        return McClassCSessionAns(b & 3, bool(b & 4), bool(b & 8), bool(b & 16), None), 2
+    if i + 5 > len(p):
+        raise IndexError
+    tts = int.from_bytes(p[i + 2:i + 5], "little")
+    return McClassCSessionAns(b & 3, bool(b & 4), bool(b & 8), bool(b & 16), tts), 5
+
+
 def parse_uplink(payload: bytes) -> list[Answer]:
-    out: list[Answer] = []
-    i = 0
-    try:
-        while i < len(payload):
-            cid = payload[i]
-            if cid == CID_PACKAGE_VERSION:
-                out.append(PackageVersionAns(payload[i + 1], payload[i + 2]))
-                i += 3
-            elif cid == CID_MC_GROUP_SETUP:
-                b = payload[i + 1]
-                out.append(McGroupSetupAns(b & 3, bool(b & 4)))
-                i += 2
-            elif cid == CID_MC_GROUP_DELETE:
-                b = payload[i + 1]
-                out.append(McGroupDeleteAns(b & 3, bool(b & 4)))
-                i += 2
-            elif cid == CID_MC_CLASS_C_SESSION:
-                b = payload[i + 1]
-                err = bool(b & 0x1C)
-                tts = None
-                if not err:
-                    if i + 5 > len(payload):
-                        raise IndexError
-                    tts = int.from_bytes(payload[i + 2 : i + 5], "little")
-                out.append(McClassCSessionAns(b & 3, bool(b & 4), bool(b & 8), bool(b & 16),
-                                              tts))
-                i += 2 if err else 5
-            else:
-                raise FrameError(f"unknown TS005 answer CID 0x{cid:02x} in {payload.hex()}")
-    except IndexError:
-        raise FrameError(f"truncated TS005 answer: {payload.hex()}") from None
-    return out
+    return parse_commands(payload, {CID_MC_GROUP_SETUP: _group_ans(McGroupSetupAns),
+                                    CID_MC_GROUP_DELETE: _group_ans(McGroupDeleteAns),
+                                    CID_MC_CLASS_C_SESSION: _class_c_ans}, "TS005")
