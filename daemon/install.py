@@ -320,11 +320,10 @@ def _prepare(ctx: Context, dep_id: int) -> None:
 
     j.begin_step(dep_id, "verify", state="verifying", detail=dep.source)
 
-    def on_offset(offset: int, validator: str | None) -> None:
-        if validator != j.get(dep_id).dl_validator:  # after a reconnect: kept for good
-            j.update(dep_id, dl_offset=offset, dl_validator=validator)
-        else:
-            j.note_offset(dep_id, offset)
+    def on_offset(offset: int, _validator: str | None) -> None:
+        # the validator cannot change within a download (a changed resource fails the
+        # If-Range resume); it is journalled once, right after the connection opens
+        j.note_offset(dep_id, offset)
 
     point = _resume_point(dep)
     src = None
