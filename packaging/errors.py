@@ -26,6 +26,14 @@ class UntrustedSigner(BundleError):
     """The signer's certificate does not chain to the keyring (or may not sign)."""
 
 
+class WeakCertificate(UntrustedSigner):
+    """A certificate on the signing path is signed with SHA-1, MD5 or an unknown digest."""
+
+
+class UnknownCriticalExtension(UntrustedSigner):
+    """A certificate on the signing path has a critical extension ferry does not process."""
+
+
 class ExpiredSigner(BundleError):
     """A certificate in the signer's chain is outside its validity period."""
 
@@ -80,3 +88,10 @@ class KeyringError(BundleError):
 
 class BundleCreateError(BundleError):
     """``ferry bundle create`` cannot build the bundle from its inputs."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a message about untrusted input:
+    repr keeps it on one line, the cut keeps a hostile 64 KiB name from flooding a log."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from ferry.packaging.certpolicy import check_certificate, describe
 from ferry.packaging.errors import BadSignature, BundleError, ExpiredSigner, UntrustedSigner
 from ferry.packaging.keyring import Keyring
 
@@ -155,7 +156,7 @@ def _find_signer(sid: cms.SignerIdentifier, certs: Sequence[x509.Certificate]) -
 def _check_validity(cert: x509.Certificate, now: dt.datetime, role: str) -> None:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise ExpiredSigner(
-            f"{role} certificate {cert.subject.rfc4514_string()!r} is valid only from "
+            f"{role} certificate {describe(cert)} is valid only from "
             f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}; "
             "check the clock or re-sign the bundle"
         )
@@ -168,32 +169,32 @@ def _ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.Extensio
         return None
     except ValueError:
         raise UntrustedSigner(
-            f"certificate {cert.subject.rfc4514_string()!r} has malformed extensions"
+            f"certificate {describe(cert)} has malformed extensions"
         ) from None
 
 
 def _check_ca(cert: x509.Certificate, below: int) -> None:
     """``below``: number of CA certificates between this one and the signer."""
-    name = cert.subject.rfc4514_string()
+    name = describe(cert)
     bc = _ext(cert, x509.BasicConstraints)
     if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
-        raise UntrustedSigner(f"issuer {name!r} is not a CA (basicConstraints CA:TRUE missing)")
+        raise UntrustedSigner(f"issuer {name} is not a CA (basicConstraints CA:TRUE missing)")
     if bc.path_length is not None and below > bc.path_length:
-        raise UntrustedSigner(f"issuer {name!r} path length {bc.path_length} exceeded")
+        raise UntrustedSigner(f"issuer {name} path length {bc.path_length} exceeded")
     ku = _ext(cert, x509.KeyUsage)
     if isinstance(ku, x509.KeyUsage) and not ku.key_cert_sign:
-        raise UntrustedSigner(f"issuer {name!r} may not sign certificates (keyUsage)")
+        raise UntrustedSigner(f"issuer {name} may not sign certificates (keyUsage)")
 
 
 def _check_leaf(cert: x509.Certificate) -> None:
-    name = cert.subject.rfc4514_string()
+    name = describe(cert)
     ku = _ext(cert, x509.KeyUsage)
     if isinstance(ku, x509.KeyUsage) and not (ku.digital_signature or ku.content_commitment):
-        raise UntrustedSigner(f"signer {name!r} keyUsage does not allow digitalSignature")
+        raise UntrustedSigner(f"signer {name} keyUsage does not allow digitalSignature")
     eku = _ext(cert, x509.ExtendedKeyUsage)
     if isinstance(eku, x509.ExtendedKeyUsage) and not _SIGNER_EKUS & set(eku):
         raise UntrustedSigner(
-            f"signer {name!r} extendedKeyUsage allows neither emailProtection nor codeSigning"
+            f"signer {name} extendedKeyUsage allows neither emailProtection nor codeSigning"
         )
 
 
@@ -213,7 +214,13 @@ def verify_chain(
     keyring: Keyring,
     now: dt.datetime,
 ) -> None:
-    """An X.509 path from ``signer`` through ``pool`` (intermediates) to a keyring anchor."""
+    """An X.509 path from ``signer`` through ``pool`` (intermediates) to a keyring anchor.
+
+    Every certificate on it must pass ``certpolicy`` (no SHA-1/MD5 signature, no critical
+    extension ferry does not process); a candidate issuer that fails is passed over, and
+    its reason is what the refusal says when no other candidate completes the path.
+    """
+    check_certificate(signer, "signer")
     _check_leaf(signer)
     _check_validity(signer, now, "signer")
     anchors_der = {a.public_bytes(serialization.Encoding.DER) for a in keyring.anchors}
@@ -221,28 +228,39 @@ def verify_chain(
         return  # the signer itself is pinned in the keyring
     current = signer
     seen = {signer.fingerprint(hashes.SHA256())}
+    refused: UntrustedSigner | None = None
     for depth in range(MAX_CHAIN):
         for anchor in keyring.anchors:
             if _issued_by(current, anchor):
+                try:
+                    check_certificate(anchor, "CA")
+                except UntrustedSigner as err:
+                    refused = refused or err
+                    continue
                 _check_ca(anchor, depth)
                 _check_validity(anchor, now, "CA")
                 return
-        issuer = next(
-            (
-                c
-                for c in pool
-                if c.fingerprint(hashes.SHA256()) not in seen and _issued_by(current, c)
-            ),
-            None,
-        )
+        issuer = None
+        for cand in pool:
+            if cand.fingerprint(hashes.SHA256()) in seen or not _issued_by(current, cand):
+                continue
+            try:
+                check_certificate(cand, "intermediate CA")
+            except UntrustedSigner as err:
+                refused = refused or err
+                continue
+            issuer = cand
+            break
         if issuer is None:
             break
         _check_ca(issuer, depth)
         _check_validity(issuer, now, "intermediate CA")
         seen.add(issuer.fingerprint(hashes.SHA256()))
         current = issuer
+    if refused is not None:
+        raise refused
     raise UntrustedSigner(
-        f"signer {signer.subject.rfc4514_string()!r} does not chain to the keyring "
+        f"signer {describe(signer)} does not chain to the keyring "
         f"{keyring.source}; sign with a certificate issued by a trusted CA"
     )
 
