@@ -20,6 +20,7 @@ from ferry.packaging.errors import (
     OverLimit,
     TrailingJunk,
     TruncatedBundle,
+    shown,
 )
 from ferry.packaging.limits import NEWC_MAX_SIZE, Limits
 
@@ -58,11 +59,11 @@ def check_name(name: str, limits: Limits | None = None) -> None:
     """Refuse names that could leave a directory or confuse SWUpdate's flat namespace."""
     max_len = (limits or Limits()).max_name_length
     if not name or name in (".", "..") or "/" in name or ".." in name:
-        raise BadMemberName(f"member name {name!r} contains '/' or '..' or is empty")
+        raise BadMemberName(f"member name {shown(name)} contains '/' or '..' or is empty")
     if "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise BadMemberName(f"member name {name!r} contains a backslash or control character")
+        raise BadMemberName(f"member name {shown(name)} contains a backslash or control character")
     if len(name.encode()) > max_len:
-        raise OverLimit(f"member name {name[:40]!r}... is longer than {max_len} bytes")
+        raise OverLimit(f"member name {shown(name, 40)} is longer than {max_len} bytes")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ class CpioHeader:
 def encode_header(name: str, size: int, check: int, *, ino: int, mtime: int = 0) -> bytes:
     """Header plus NUL-terminated name plus padding to a 4-byte boundary."""
     if size > NEWC_MAX_SIZE:
-        raise OverLimit(f"member {name!r} is {size} bytes; newc allows at most {NEWC_MAX_SIZE}")
+        raise OverLimit(
+            f"member {shown(name)} is {size} bytes; newc allows at most {NEWC_MAX_SIZE}"
+        )
     raw_name = name.encode() + b"\0"
     mode = S_IFREG | 0o644 if name != TRAILER else 0
     nlink = 1

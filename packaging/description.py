@@ -16,7 +16,7 @@ from typing import Any
 
 from ferry.packaging import libconfig
 from ferry.packaging.cpio import check_name
-from ferry.packaging.errors import BadDescription, BundleError
+from ferry.packaging.errors import BadDescription, BundleError, shown
 from ferry.packaging.limits import NEWC_MAX_SIZE
 
 DESCRIPTION_NAME = "sw-description"
@@ -110,7 +110,7 @@ def _compression(entry: dict[str, Any], where: str) -> str | None:
         return "zlib"
     if value not in COMPRESSIONS:
         raise BadDescription(
-            f"sw-description: {where}.compressed = {value!r}; ferry reads 'zstd' or 'zlib'"
+            f"sw-description: {where}.compressed = {shown(value)}; ferry reads 'zstd' or 'zlib'"
         )
     return str(value)
 
@@ -127,7 +127,7 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
     except BundleError as err:
         raise BadDescription(f"sw-description: {where}: {err}") from None
     if filename in (DESCRIPTION_NAME, SIGNATURE_NAME):
-        raise BadDescription(f"sw-description: {where} uses the reserved name {filename!r}")
+        raise BadDescription(f"sw-description: {where} uses the reserved name {shown(filename)}")
     size = _size(entry, "size", where, required=True)
     sha = _sha(entry, "sha256", where, required=True)
     assert size is not None and sha is not None
@@ -136,7 +136,8 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
         fmt = _str(entry, "format", where)
         if fmt not in FORMATS:
             raise BadDescription(
-                f"sw-description: {where}.format = {fmt!r}; expected one of {', '.join(FORMATS)}"
+                f"sw-description: {where}.format = {shown(fmt)}; "
+                f"expected one of {', '.join(FORMATS)}"
             )
         selector = entry.get("selector", {})
         if not isinstance(selector, dict) or not all(isinstance(v, str) for v in selector.values()):
@@ -203,7 +204,7 @@ def parse_description(data: bytes) -> Description:
     seen: set[str] = set()
     for image in images:
         if image.filename in seen:
-            raise BadDescription(f"sw-description lists {image.filename!r} twice")
+            raise BadDescription(f"sw-description lists {shown(image.filename)} twice")
         seen.add(image.filename)
     if not images:
         raise BadDescription("sw-description lists no images")

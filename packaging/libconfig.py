@@ -39,8 +39,29 @@ _TOKEN = re.compile(
 )
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t", "f": "\f"}
 
+# Bounds on what a document may ask of the parser. sw-description is read before its
+# signature is trusted (``ferry bundle inspect`` without a keyring), so a hostile one
+# must end in a BadDescription, never a RecursionError, a ValueError from int() or a
+# parser that holds a token list many times the size of the text. Real descriptions
+# nest about six deep, carry 64-hex-digit hashes and a few hundred settings.
+MAX_DEPTH = 32  # nested groups, lists and arrays
+MAX_STRING = 64 * 1024  # characters of one string value (adjacent literals joined)
+MAX_NUMBER_LENGTH = 64  # characters of one numeric literal
+MAX_ELEMENTS = 100_000  # settings plus list/array elements in the whole document
+# libconfig's integers: 64-bit signed in decimal; hex is read as unsigned 64-bit
+_INT_RANGE = {10: (-(2**63), 2**63 - 1), 16: (0, 2**64 - 1)}
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """``text`` quoted for a one-line message, cut so a hostile value cannot flood it."""
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
+
 
 def _unescape(body: str, line: int) -> str:
+    if "\\" not in body:
+        return body
     out: list[str] = []
     i = 0
     while i < len(body):
@@ -57,46 +78,90 @@ def _unescape(body: str, line: int) -> str:
             out.append(chr(int(body[i + 2 : i + 4], 16)))
             i += 4
         else:
-            raise BadDescription(f"sw-description line {line}: bad escape \\{nxt} in a string")
+            raise BadDescription(
+                f"sw-description line {line}: bad escape {_show(chr(92) + nxt)} in a string"
+            )
     return "".join(out)
 
 
+def _integer(value: str, base: int, line: int) -> int:
+    digits = value.rstrip("L")
+    if len(digits) > MAX_NUMBER_LENGTH:
+        raise BadDescription(
+            f"sw-description line {line}: integer of {len(digits)} characters; "
+            "libconfig integers have 64 bits"
+        )
+    number = int(digits, base)
+    low, high = _INT_RANGE[base]
+    if not low <= number <= high:
+        raise BadDescription(
+            f"sw-description line {line}: integer {_show(digits)} does not fit in 64 bits"
+        )
+    return number
+
+
 class _Parser:
+    """Recursive descent over tokens made one at a time (never a list of all of them)."""
+
     def __init__(self, text: str) -> None:
-        self.tokens: list[tuple[str, str, int]] = []
-        pos = 0
-        line = 1
-        while pos < len(text):
+        self.text = text
+        self.offset = 0  # where the next token starts
+        self.line = 1
+        self.ahead: tuple[str, str, int] | None = None
+        self.depth = 0
+        self.elements = 0
+
+    def _scan(self) -> tuple[str, str, int]:
+        text = self.text
+        while self.offset < len(text):
+            pos = self.offset
+            line = self.line
+            if text.startswith("@include", pos):
+                raise BadDescription(f"sw-description line {line}: @include is not allowed")
             m = _TOKEN.match(text, pos)
             if m is None:
                 raise BadDescription(
-                    f"sw-description line {line}: unexpected {text[pos : pos + 10]!r}"
+                    f"sw-description line {line}: unexpected {_show(text[pos : pos + 10])}"
                 )
             kind = m.lastgroup or ""
             value = m.group()
-            if text.startswith("@include", pos):
-                raise BadDescription(f"sw-description line {line}: @include is not allowed")
+            self.line += value.count("\n")
+            self.offset = m.end()
             if kind not in ("ws", "comment"):
-                self.tokens.append((kind, value, line))
-            line += value.count("\n")
-            pos = m.end()
-        self.pos = 0
+                return (kind, value, line)
+        return ("eof", "", self.line)
 
     def peek(self) -> tuple[str, str, int]:
-        if self.pos < len(self.tokens):
-            return self.tokens[self.pos]
-        last = self.tokens[-1][2] if self.tokens else 1
-        return ("eof", "", last)
+        if self.ahead is None:
+            self.ahead = self._scan()
+        return self.ahead
 
     def take(self) -> tuple[str, str, int]:
         tok = self.peek()
-        self.pos += 1
+        if tok[0] != "eof":
+            self.ahead = None
         return tok
 
     def expect(self, value: str) -> None:
         kind, got, line = self.take()
         if got != value or kind != "punct":
-            raise BadDescription(f"sw-description line {line}: expected {value!r}, got {got!r}")
+            raise BadDescription(
+                f"sw-description line {line}: expected {value!r}, got {_show(got)}"
+            )
+
+    def count(self, line: int) -> None:
+        self.elements += 1
+        if self.elements > MAX_ELEMENTS:
+            raise BadDescription(
+                f"sw-description line {line}: more than {MAX_ELEMENTS} settings and elements"
+            )
+
+    def enter(self, line: int) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise BadDescription(
+                f"sw-description line {line}: nested more than {MAX_DEPTH} levels deep"
+            )
 
     def settings(self, end: str) -> dict[str, Any]:
         group: dict[str, Any] = {}
@@ -107,12 +172,15 @@ class _Parser:
             if kind not in ("name", "bool"):
                 raise BadDescription(f"sw-description line {line}: expected a setting name")
             self.take()
+            self.count(line)
             if value in group:
-                raise BadDescription(f"sw-description line {line}: duplicate setting {value!r}")
+                raise BadDescription(
+                    f"sw-description line {line}: duplicate setting {_show(value)}"
+                )
             sep = self.take()
             if sep[1] not in ("=", ":") or sep[0] != "punct":
                 raise BadDescription(
-                    f"sw-description line {sep[2]}: expected '=' or ':' after {value!r}"
+                    f"sw-description line {sep[2]}: expected '=' or ':' after {_show(value)}"
                 )
             group[value] = self.value()
             kind, nxt, _ = self.peek()
@@ -123,47 +191,64 @@ class _Parser:
         kind, value, line = self.take()
         if kind == "string":
             parts = [_unescape(value[1:-1], line)]
-            while self.peek()[0] == "string":
+            size = len(parts[0])
+            while self.peek()[0] == "string" and size <= MAX_STRING:
                 _, more, more_line = self.take()
                 parts.append(_unescape(more[1:-1], more_line))
+                size += len(parts[-1])
+            if size > MAX_STRING:
+                raise BadDescription(
+                    f"sw-description line {line}: string longer than {MAX_STRING} characters"
+                )
             return "".join(parts)
         if kind == "int":
-            return int(value.rstrip("L"), 10)
+            return _integer(value, 10, line)
         if kind == "hex":
-            return int(value.rstrip("L"), 16)
+            return _integer(value[2:], 16, line)
         if kind == "float":
+            if len(value) > MAX_NUMBER_LENGTH:
+                raise BadDescription(
+                    f"sw-description line {line}: number of {len(value)} characters"
+                )
             return float(value)
         if kind == "bool":
             return value.lower() == "true"
         if kind == "punct" and value == "{":
+            self.enter(line)
             group = self.settings("}")
             self.expect("}")
+            self.depth -= 1
             return group
         if kind == "punct" and value in "([":
+            self.enter(line)
             close = ")" if value == "(" else "]"
             items: list[Any] = Array() if value == "[" else []
             while True:
                 if self.peek()[1] == close and self.peek()[0] == "punct":
                     self.take()
+                    self.depth -= 1
                     return items
+                self.count(self.peek()[2])
                 items.append(self.value())
                 k, nxt, ln = self.peek()
                 if k == "punct" and nxt == ",":
                     self.take()
                 elif not (k == "punct" and nxt == close):
                     raise BadDescription(
-                        f"sw-description line {ln}: expected ',' or {close!r}, got {nxt!r}"
+                        f"sw-description line {ln}: expected ',' or {close!r}, got {_show(nxt)}"
                     )
-        raise BadDescription(f"sw-description line {line}: expected a value, got {value!r}")
+        got = _show(value) if value else "the end"
+        raise BadDescription(f"sw-description line {line}: expected a value, got {got}")
 
 
 def loads(text: str) -> dict[str, Any]:
-    """Parse a libconfig document into a dict; raises BadDescription on any syntax error."""
+    """Parse a libconfig document into a dict; raises BadDescription on any syntax error
+    and on a document past the bounds above (nesting, literal sizes, element count)."""
     parser = _Parser(text)
     root = parser.settings("eof")
     kind, value, line = parser.peek()
     if kind != "eof":
-        raise BadDescription(f"sw-description line {line}: unexpected {value!r}")
+        raise BadDescription(f"sw-description line {line}: unexpected {_show(value)}")
     return root
 
 
