@@ -29,6 +29,7 @@ IN = 0xA1
 
 DFU_CLASS, DFU_SUBCLASS, PROTO_RUNTIME, PROTO_DFU = 0xFE, 0x01, 0x01, 0x02
 BCD_DFUSE = 0x011A
+ERR_UNKNOWN = 0x0E
 
 
 class State(IntEnum):
@@ -60,6 +61,19 @@ STATUS_TEXT = {
 
 def status_text(code: int) -> str:
     return STATUS_TEXT.get(code, f"status 0x{code:02x}")
+
+
+def block_number(index: int) -> int:
+    """wValue of the ``index``-th DNLOAD of a download (0-based), as it goes on the wire.
+
+    DFU 1.1 §6.1.1: wBlockNum "increments each time a block is transferred, wrapping to
+    zero from 65,535". The zero-length DNLOAD that ends the download is a block like any
+    other, so after N data blocks it carries ``block_number(N)``, not 0: U-Boot's
+    ``dfu_write()`` (drivers/dfu/dfu.c) compares every wValue, the final one included,
+    with its own ``(i_blk_seq_num + 1) & 0xffff`` counter and drops the whole transfer on
+    a mismatch ("Wrong sequence number!"); dfu-util sends the same numbers (dfu_load.c).
+    """
+    return index & 0xFFFF
 
 
 @dataclass(frozen=True)
@@ -235,26 +249,57 @@ class DfuDevice:
         with contextlib.suppress(DfuError):
             self.ensure_idle()
 
-    def download(self, data: bytes, progress: Progress = no_progress) -> None:
-        """The plain DFU 1.1 download loop, without the final zero-length block."""
+    def download(self, data: bytes, progress: Progress = no_progress) -> int:
+        """The plain DFU 1.1 download loop, without the final zero-length block.
+
+        Returns the block number the final zero-length DNLOAD must carry.
+        """
         size = self.func.transfer_size
         total = len(data)
-        for block, offset in enumerate(range(0, total, size)):
+        count = 0
+        for count, offset in enumerate(range(0, total, size), start=1):
             chunk = data[offset:offset + size]
-            self.dnload(block, chunk)
-            self.wait_ready(f"DNLOAD block {block}")
+            if count == 1:
+                self._first_block(chunk)
+            else:
+                self.dnload(block_number(count - 1), chunk)
+                self.wait_ready(f"DNLOAD block {block_number(count - 1)}")
             progress(offset + len(chunk), total, "download")
+        return block_number(count)
 
-    def manifest(self, *, timeout_s: float = 30.0) -> State:
-        """Zero-length DNLOAD, then wait; returns dfuIDLE or dfuMANIFEST-WAIT-RESET.
+    def _first_block(self, chunk: bytes) -> None:
+        """Block 0, sent a second time when the device's block counter was stale.
+
+        U-Boot keeps its counter (``dfu->i_blk_seq_num``) across a DFU_ABORT, so after an
+        aborted download or a partial UPLOAD (our read-back stops at the image's length)
+        it expects block N, not 0, and answers errUNKNOWN. That same error path resets
+        the counter (``dfu_transaction_cleanup``), so block 0 then goes through; nothing
+        was written, so sending it again is safe.
+        """
+        try:
+            self.dnload(0, chunk)
+            self.wait_ready("DNLOAD block 0")
+        except DeviceErrorState as err:
+            if err.status != ERR_UNKNOWN:
+                raise
+            self.clear_status()
+            self.dnload(0, chunk)
+            self.wait_ready("DNLOAD block 0")
+
+    def manifest(self, block: int, *, timeout_s: float = 30.0) -> State:
+        """Zero-length DNLOAD numbered ``block``, then wait; returns dfuIDLE or WAIT-RESET.
 
         A device that is not manifestation tolerant may drop off the bus while it
         manifests; that is success, not an error, so it is reported as WAIT_RESET.
+        dfuDNBUSY counts as busy too: Zephyr's usb_dfu answers the zero-length DNLOAD
+        with dfuDNBUSY while its work queue flushes the last page, and only then
+        enters dfuMANIFEST-SYNC.
         """
-        self.dnload(0, b"")
+        self.dnload(block, b"")
         try:
             st = self.wait_ready("manifestation", timeout_s=timeout_s,
-                                 busy=(State.MANIFEST_SYNC, State.MANIFEST))
+                                 busy=(State.DNLOAD_SYNC, State.DNBUSY,
+                                       State.MANIFEST_SYNC, State.MANIFEST))
         except (DeviceGone, Stalled):
             if self.func.manifestation_tolerant:
                 raise

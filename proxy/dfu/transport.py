@@ -74,6 +74,7 @@ class DfuOptions:
     format: str = ""  # force "raw", "dfu" or "dfuse"
     verify: bool = True
     reset: bool = True
+    detach_before_reset: bool = False  # U-Boot: DFU_DETACH, then the reset reboots the board
     reenumerate_timeout_s: float = 10.0
     manifest_timeout_s: float = 30.0
     busy_timeout_s: float = 60.0
@@ -92,7 +93,7 @@ class DfuOptions:
                 out.address = int(str(value), 0)
             elif key in ("format", "spec_format"):
                 out.format = "" if value in ("dfu", "") and key == "spec_format" else str(value)
-            elif key in ("verify", "reset"):
+            elif key in ("verify", "reset", "detach_before_reset"):
                 setattr(out, key, _bool(value))
             elif key in ("reenumerate_timeout_s", "manifest_timeout_s", "busy_timeout_s"):
                 setattr(out, key, float(value))
@@ -254,16 +255,28 @@ class _Session:
             verified = self._dfuse_verify(dfuse, address, fw.payload, progress)
             self._leave(dfuse, address)
             return verified
-        self.dfu.download(fw.payload, progress)
+        last = self.dfu.download(fw.payload, progress)
         progress(len(fw.payload), len(fw.payload), "manifest")
-        state = self.dfu.manifest(timeout_s=self.opts.manifest_timeout_s)
+        state = self.dfu.manifest(last, timeout_s=self.opts.manifest_timeout_s)
         verified = False
         if state == State.IDLE and self.cand.func.can_upload and self.opts.verify:
             back = self.dfu.read_back(len(fw.payload), progress)
             _compare(back, fw.payload, 0)
             verified = True
+        if state == State.IDLE and self.opts.detach_before_reset and self.opts.reset:
+            self._detach_in_dfu_mode()
         self._reset(progress, len(fw.payload))
         return verified
+
+    def _detach_in_dfu_mode(self) -> None:
+        """DFU_DETACH from dfuIDLE, as ``dfu-util -R`` sends it before its USB reset.
+
+        U-Boot's f_dfu takes it as "leave the dfu command"; only then does the USB reset
+        reset the board (common/dfu.c). Other stacks may stall it (DFU 1.1 allows DETACH
+        only in appIDLE), which is harmless here because the reset follows at once.
+        """
+        with contextlib.suppress(DfuError):
+            self.dfu.detach(1000)
 
     def _dfuse_file(self, fw: FirmwareImage, progress: Progress) -> bool:
         if not self.cand.func.dfuse:

@@ -119,6 +119,10 @@ class DeviceSpec:
     detach_timeout_ms: int = 1000
     start_in_runtime: bool = True
     has_runtime: bool = True  # False: a DFU-only bootloader (e.g. an STM32 ROM)
+    # Which firmware's DFU code answers (see ferry.sim.dfu.stacks): "generic" is this
+    # module; "u-boot" and "zephyr" follow those projects' sources, quirks included.
+    stack: str = "generic"
+    poll_ms: int = 0  # a fixed bwPollTimeout, for stacks that report one (U-Boot, Zephyr)
 
     @property
     def attributes(self) -> int:
@@ -315,12 +319,16 @@ class SimDfuDevice:
                 try:
                     out = self._dfu(request, value, data, length)
                 except Stall:
-                    if self.mode == "dfu":
-                        self.state = State.ERROR
-                        self.status = Status.STALLEDPKT
+                    self._stalled()
                     raise
                 return out[:length]
             raise Stall()
+
+    def _stalled(self) -> None:
+        """DFU 1.1 §6.1.4: a request invalid in this state is stalled, → dfuERROR."""
+        if self.mode == "dfu":
+            self.state = State.ERROR
+            self.status = Status.STALLEDPKT
 
     def _standard(self, request_type: int, request: int, value: int, index: int,
                   length: int) -> bytes:
@@ -400,6 +408,21 @@ class SimDfuDevice:
             self._staging = bytearray()
         n = self._blocks
         self._blocks += 1
+        failing = self._data_block_faults(n)
+        self._dirty = True
+        if failing is not None:
+            self._pending = failing
+        elif self.spec.dfuse:
+            address = (block - 2) * self.spec.transfer_size + self._pointer
+            self._pending = self._dfuse_write(region, address, bytes(data))
+        else:
+            self._pending = self._plain_write(region, bytes(data))
+        self._busy_ms = self.timing.program_ms_per_block
+        self.state = State.DNLOAD_SYNC
+        return b""
+
+    def _data_block_faults(self, n: int) -> Callable[[], None] | None:
+        """The one-shot faults for data block ``n``: raise, or return a failing step."""
         if self.faults.stall_at_block == n:
             self.faults.stall_at_block = None
             self.log.append(f"fault: stall at block {n}")
@@ -410,19 +433,11 @@ class SimDfuDevice:
             self.log.append(f"fault: disconnect at block {n}")
             self.unplug()
             raise Gone()
-        self._dirty = True
         if self.faults.err_write_at_block == n:
             self.faults.err_write_at_block = None
             self.log.append(f"fault: errWRITE at block {n}")
-            self._pending = self._fail(Status.WRITE)
-        elif self.spec.dfuse:
-            address = (block - 2) * self.spec.transfer_size + self._pointer
-            self._pending = self._dfuse_write(region, address, bytes(data))
-        else:
-            self._pending = self._plain_write(region, bytes(data))
-        self._busy_ms = self.timing.program_ms_per_block
-        self.state = State.DNLOAD_SYNC
-        return b""
+            return self._fail(Status.WRITE)
+        return None
 
     def _fail(self, status: Status) -> Callable[[], None]:
         def run() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ferry.sim.dfu.device import DeviceSpec, Faults, SimDfuDevice, Timing, dfuse_alts
+from ferry.sim.dfu.memory import Region, Segment
 from ferry.sim.dfu.pyusb_backend import SimBackend, SimBus
+from ferry.sim.dfu.stacks import build
 
 
 @dataclass
@@ -45,6 +47,39 @@ def dfuse_spec(**changes: object) -> DeviceSpec:
     return spec
 
 
+def uboot_spec(**changes: object) -> DeviceSpec:
+    """A board in U-Boot's ``dfu`` command (f_dfu): DFU mode only, one raw partition.
+
+    bmAttributes 0x0F and wTransferSize 4096 as f_dfu.c declares them; the ids are a
+    board's CONFIG_USB_GADGET_VENDOR_NUM/PRODUCT_NUM (here the Linux gadget ones).
+    """
+    spec = DeviceSpec(vid=0x0525, runtime_pid=0xA4A5, dfu_pid=0xA4A5, stack="u-boot",
+                      alts=(Region("mcu", 0, (Segment(128, 4096),)),), transfer_size=4096,
+                      manifestation_tolerant=True, will_detach=True, detach_timeout_ms=0,
+                      start_in_runtime=False, has_runtime=False, serial="UBOOT0001",
+                      manufacturer="U-Boot", product="USB download gadget")
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def zephyr_spec(**changes: object) -> DeviceSpec:
+    """A Zephyr application with the USB DFU class and MCUboot's two slots.
+
+    Kconfig defaults: will-detach (wDetachTimeOut 100 ms), upload off, manifestation
+    tolerant (no CONFIG_USB_DFU_REBOOT), bwPollTimeout 8 ms; downloads go to ``image_1``.
+    """
+    slot = (Segment(64, 1024),)
+    spec = DeviceSpec(vid=0x2FE3, runtime_pid=0x0100, dfu_pid=0xFFFF, stack="zephyr",
+                      alts=(Region("image_0", 0, slot), Region("image_1", 0, slot)),
+                      transfer_size=1024, can_upload=False, manifestation_tolerant=True,
+                      will_detach=True, detach_timeout_ms=100, poll_ms=8,
+                      serial="ZEPHYR0001", manufacturer="ZEPHYR", product="USB-DEV")
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    return spec
+
+
 @dataclass
 class SimSetup:
     bus: SimBus
@@ -54,7 +89,8 @@ class SimSetup:
     def add(self, spec: DeviceSpec | None = None, *, faults: Faults | None = None,
             timing: Timing | None = None) -> SimDfuDevice:
         kwargs = {"clock": self.clock} if self.clock is not None else {}
-        return self.bus.plug(SimDfuDevice(spec, faults=faults, timing=timing, **kwargs))
+        return self.bus.plug(build(spec or DeviceSpec(), faults=faults, timing=timing,
+                                   **kwargs))
 
     def host_options(self) -> dict[str, object]:
         """Options for ``ferry.proxy.dfu.transport.create`` that reach this bus."""
