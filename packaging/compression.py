@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from ferry.packaging.errors import BundleError
+from ferry.packaging.errors import BundleError, OverLimit
 from ferry.packaging.zstdframes import FrameError, FrameSplitter
 
 CHUNK = 1 << 20
@@ -28,6 +28,78 @@ CLI_TO_DESCRIPTION = {"zstd": "zstd", "gzip": "zlib", "none": None}
 
 class DecompressError(BundleError):
     """An image's compressed data is corrupt."""
+
+
+class DecompressedOverLimit(OverLimit):
+    """An image decompresses to more bytes than its cap (a zstd/gzip bomb, or a lie about
+    ``decompressed-size``): refused before the excess reaches the disk."""
+
+
+class _Capped(io.RawIOBase):
+    """At most ``limit`` bytes of ``inner``; the first byte past it raises.
+
+    It asks ``inner`` for one byte more than the room left, so an image of exactly
+    ``limit`` bytes passes and one byte more is caught on the read that carries it.
+    Like ImageStream, a ``readinto`` that raises may have written into the caller's
+    buffer: the caller must not use the buffer after an exception.
+    """
+
+    def __init__(self, inner: BinaryIO, limit: int, what: str) -> None:
+        super().__init__()
+        self._inner = inner
+        self._limit = limit
+        self._what = what
+        self.produced = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _count(self, n: int) -> int:
+        self.produced += n
+        if self.produced > self._limit:
+            raise DecompressedOverLimit(
+                f"{self._what} decompresses to more than {self._limit} bytes; refusing it "
+                "(a corrupt or hostile image, or a decompressed-size that is wrong)"
+            )
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        data = self._inner.read(min(size, self._limit - self.produced + 1))
+        self._count(len(data))
+        return data
+
+    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buf).cast("B")
+        view = view[: self._limit - self.produced + 1]
+        ri = getattr(self._inner, "readinto", None)
+        if ri is None:
+            data = self._inner.read(len(view))
+            view[: len(data)] = data
+            return self._count(len(data))
+        return self._count(int(ri(view) or 0))
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+def output_limit(declared: int | None, cap: int | None) -> int | None:
+    """The most bytes one image may decompress to: what its signed ``decompressed-size``
+    declares when it declares one (so it cannot produce more than it promised), else the
+    configured ``cap`` (``Limits.max_decompressed_size``; None or 0: no cap). A declared
+    size over the cap is refused at once, before a byte is written."""
+    cap = cap or None
+    if declared is None:
+        return cap
+    if cap is not None and declared > cap:
+        raise DecompressedOverLimit(
+            f"image declares {declared} bytes after decompression, over the limit of {cap}"
+        )
+    return declared
 
 
 class _Guarded(io.RawIOBase):
@@ -115,18 +187,28 @@ class _ZstdFrames(io.RawIOBase):
 
 
 def decompress_stream(kind: str | None, raw: BinaryIO, *,
-                      on_frame: Callable[[int, int], None] | None = None) -> BinaryIO:
+                      on_frame: Callable[[int, int], None] | None = None,
+                      max_output: int | None = None, what: str = "image") -> BinaryIO:
     """A readable stream of the decompressed bytes of ``raw`` (read from it lazily).
 
     ``on_frame``: zstd only, see ``_ZstdFrames``.
+    ``max_output``: the stream raises DecompressedOverLimit (an OverLimit, a BundleError)
+    on the read that would pass this many bytes; None: no cap. Use ``output_limit`` to
+    pick it. ``what`` names the image in that message.
     """
+    stream: BinaryIO
     if kind is None:
-        return raw
-    if kind == "zstd":
-        return cast(BinaryIO, _Guarded(cast(BinaryIO, _ZstdFrames(raw, on_frame)), "zstd"))
-    if kind in ("zlib", "gzip"):
-        return cast(BinaryIO, _Guarded(cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")), kind))
-    raise BundleError(f"unknown compression {kind!r}; expected zstd, zlib (gzip) or none")
+        stream = raw
+    elif kind == "zstd":
+        stream = cast(BinaryIO, _Guarded(cast(BinaryIO, _ZstdFrames(raw, on_frame)), "zstd"))
+    elif kind in ("zlib", "gzip"):
+        stream = cast(BinaryIO, _Guarded(
+            cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")), kind))
+    else:
+        raise BundleError(f"unknown compression {kind!r}; expected zstd, zlib (gzip) or none")
+    if max_output is not None:
+        stream = cast(BinaryIO, _Capped(stream, max_output, what))
+    return stream
 
 
 def compress_file(kind: str, src: BinaryIO, dst: BinaryIO, *, level: int | None = None) -> None:

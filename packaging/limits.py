@@ -25,3 +25,7 @@ class Limits:
     # The cpio byte sum of image members is redundant with their sha256 and costs more CPU
     # than the hash itself in Python; sw-description and its signature are always summed.
     check_image_crc: bool = False
+    # Most bytes an image without a signed decompressed-size may decompress to (None or 0:
+    # no cap). The reader does not decompress; consumers pass this to
+    # compression.output_limit(), which prefers the image's own declared size.
+    max_decompressed_size: int | None = None
