@@ -200,6 +200,12 @@ class SmpClient:
         return str(body.get("r", ""))
 
     def read_params(self) -> Params:
+        """``buf_size``/``buf_count``, or Zephyr's defaults for a target without them.
+
+        Without ``CONFIG_MCUMGR_GRP_OS_MCUMGR_PARAMS`` the command has no handler and the
+        target answers ``MGMT_ERR_ENOTSUP`` (``smp_handle_single_payload``); the defaults
+        (384-byte buffer, one in flight) fit any Zephyr build.
+        """
         try:
             body = self.request(Op.READ, PARAMS, {}, "MCUmgr params", retries=1)
             params = Params(int(body["buf_size"]), max(1, int(body["buf_count"])), True)
@@ -208,8 +214,10 @@ class SmpClient:
         self.params = params
         return params
 
-    def image_state(self) -> list[SlotState]:
-        body = self.request(Op.READ, IMAGE_STATE, {}, "image state read")
+    def image_state(self, *, timeout: float | None = None, retries: int = 2
+                    ) -> list[SlotState]:
+        body = self.request(Op.READ, IMAGE_STATE, {}, "image state read", timeout=timeout,
+                            retries=retries)
         return [SlotState.from_cbor(e) for e in body.get("images", []) if isinstance(e, dict)]
 
     def set_state(self, image_hash: bytes | None, confirm: bool) -> list[SlotState]:
@@ -220,10 +228,19 @@ class SmpClient:
         body = self.request(Op.WRITE, IMAGE_STATE, req, what)
         return [SlotState.from_cbor(e) for e in body.get("images", []) if isinstance(e, dict)]
 
-    def reset(self) -> None:
-        """Ask for a reset; a target that resets before answering is fine too."""
-        with contextlib.suppress(TargetTimeout):
+    def reset(self) -> bool:
+        """Ask for a reset once; True when the target acknowledged it.
+
+        Never resent: a second request could land on the freshly booted test image and
+        reset it too, which makes MCUboot revert it. A target that resets (or whose USB
+        port vanishes) before its answer arrives is fine; an SMP error is not (a reset
+        hook refused it).
+        """
+        try:
             self.request(Op.WRITE, RESET, {}, "reset", retries=0)
+        except (TargetTimeout, LinkError):
+            return False
+        return True
 
     # -- upload --------------------------------------------------------------------------
     def chunk_size(self, total: int, first: bool, image: int = 0) -> int:

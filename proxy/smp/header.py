@@ -29,23 +29,6 @@ IMAGE_STATE = (Group.IMAGE, 0)
 IMAGE_UPLOAD = (Group.IMAGE, 1)
 IMAGE_ERASE = (Group.IMAGE, 5)
 
-MGMT_ERR = {
-    0: "EOK",
-    1: "EUNKNOWN",
-    2: "ENOMEM",
-    3: "EINVAL",
-    4: "ETIMEOUT",
-    5: "ENOENT",
-    6: "EBADSTATE",
-    7: "EMSGSIZE",
-    8: "ENOTSUP",
-    9: "ECORRUPT",
-    10: "EBUSY",
-    11: "EACCESSDENIED",
-    12: "UNSUPPORTED_TOO_OLD",
-    13: "UNSUPPORTED_TOO_NEW",
-}
-
 
 @dataclass(frozen=True)
 class Header:

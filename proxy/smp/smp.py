@@ -1,4 +1,5 @@
-"""SMP packets: a header plus a CBOR map, and the error shapes of SMP v1 and v2."""
+"""SMP packets: a header plus a CBOR map, and the error shapes of SMP v1 and v2
+(see ``errors`` for both shapes and where they come from in Zephyr)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferry.errors import FerryError
-from ferry.proxy.smp import cbor
-from ferry.proxy.smp.header import HEADER, MGMT_ERR, Header, Op
+from ferry.proxy.smp import cbor, errors
+from ferry.proxy.smp.header import HEADER, Header, Op
 
 
 class SmpError(FerryError):
     """The target answered with an SMP error code."""
 
     def __init__(self, message: str, rc: int, group: int | None = None) -> None:
+        """``group`` is set for an SMP v2 group error, None for a v1 ``MGMT_ERR`` code."""
         super().__init__(message)
         self.rc = rc
         self.group = group
@@ -46,17 +48,24 @@ def parse(data: bytes) -> Packet:
 
 
 def check(packet: Packet, what: str) -> dict[str, Any]:
-    """The body of a successful response, or SmpError naming the code."""
+    """The body of a successful response, or SmpError naming the code.
+
+    SMP v2 puts a group error in ``err: {group, rc}`` beside (or instead of) the normal
+    fields; v1, and generic failures in v2, use a top-level ``rc`` (0 = success, which
+    servers built with ``CONFIG_MCUMGR_SMP_LEGACY_RC_BEHAVIOUR`` send on success too).
+    """
     body = packet.body
     err = body.get("err")
-    if isinstance(err, dict) and err.get("rc", 0):
-        rc = int(err["rc"])
-        group = int(err.get("group", packet.header.group))
-        raise SmpError(f"{what}: target answered error {rc} in group {group}", rc, group)
+    if isinstance(err, dict):
+        rc = err.get("rc", 0)
+        group = err.get("group", packet.header.group)
+        if isinstance(rc, int) and rc != 0:
+            group = group if isinstance(group, int) else packet.header.group
+            raise SmpError(f"{what}: target answered {errors.describe_v2(group, rc)}", rc,
+                           group)
     rc = body.get("rc", 0)
     if isinstance(rc, int) and rc != 0:
-        name = MGMT_ERR.get(rc, "unknown")
         rsn = body.get("rsn")
-        extra = f" ({rsn})" if isinstance(rsn, str) and rsn else ""
-        raise SmpError(f"{what}: target answered {name} (rc {rc}){extra}", rc)
+        text = errors.describe_v1(rc, rsn if isinstance(rsn, str) else "")
+        raise SmpError(f"{what}: target answered {text}", rc)
     return body

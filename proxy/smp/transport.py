@@ -7,13 +7,15 @@ the new one is confirmed, and MCUboot reverts an unconfirmed test image on reset
    is not older than what runs (unless forced);
 2. read buffer parameters and the image list; skip the upload if the device already
    holds the image (by MCUboot hash), else upload with resume;
-3. mark it for a test boot, reset, wait for the target to answer again;
-4. read the image list: new hash active in slot 0 means it booted (test mode); the old
-   hash means MCUboot rolled back, which we report as ``rolled_back``;
+3. mark it for a test boot (the answer must show it ``pending``), reset once;
+4. wait for a state the device cannot have produced before it reset (``reboot``): the
+   old image keeps answering for ``reset_delay`` or longer, so "new image pending, old
+   active" means "not reset yet", never "rolled back";
 5. confirm (unless test-only) and read back that it is confirmed.
 
-Link failures (timeouts, a vanished port) are retried ``retries`` times by reopening the
-port; the upload resumes at the offset the device reports.
+Link failures (timeouts, a vanished port) before the reset are retried ``retries`` times
+by reopening the port; the upload resumes at the offset the device reports. Failures
+after the reset are final and each has its own message (``reboot``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, BinaryIO
 from ferry.errors import FerryError
 from ferry.proxy import mcuboot
 from ferry.proxy.smp.client import LinkError, SlotState, SmpClient, TargetTimeout
+from ferry.proxy.smp.reboot import Verdict, find, wait_after_reset
 from ferry.proxy.transport import FlashResult, Progress, Target, TargetState, no_progress
 
 NAME = "smp-serial"
@@ -49,6 +52,7 @@ class Settings:
     window: int | None = None  # upload requests in flight; None = from buf_count
     buf_size: int | None = None  # override a target that advertises nothing (or wrongly)
     image: int = 0  # MCUboot image number (multi-image targets)
+    reset_delay: float = 0.25  # the target's CONFIG_MCUMGR_GRP_OS_RESET_MS, in seconds
 
     @classmethod
     def from_options(cls, *layers: dict[str, Any]) -> Settings:
@@ -69,7 +73,27 @@ class Settings:
             s.buf_size = int(merged["buf_size"])
         if "image" in merged:
             s.image = int(merged["image"])
+        if "reset_delay" in merged:
+            s.reset_delay = seconds(merged["reset_delay"], "reset_delay")
         return s
+
+
+def seconds(value: object, key: str) -> float:
+    """``0.25``, ``0.25s`` or ``250ms``; a clear error for anything else."""
+    text = str(value).strip().lower()
+    scale = 1.0
+    if text.endswith("ms"):
+        text, scale = text[:-2], 0.001
+    elif text.endswith("s"):
+        text = text[:-1]
+    try:
+        number = float(text) * scale
+    except ValueError:
+        raise FerryError(f"smp-serial option {key} = {value!r} is not a time "
+                         "(seconds, or e.g. 250ms)") from None
+    if number < 0:
+        raise FerryError(f"smp-serial option {key} = {value!r} is negative")
+    return number
 
 
 class SmpSerialTransport:
@@ -139,7 +163,6 @@ class SmpSerialTransport:
                 client.params = type(params)(s.buf_size, params.buf_count, params.advertised)
             slots = client.image_state()
             running = _slot(slots, s.image, 0)
-            old_hash = running.hash if running else b""
             if running and running.hash == new_hash:
                 if not running.confirmed and not test_only:
                     client.set_state(None, confirm=True)
@@ -166,22 +189,37 @@ class SmpSerialTransport:
                     raise FerryError(f"{target.name}: after upload the device does not list "
                                      "the image in slot 1 (it rejected it as unbootable?)")
             progress(len(data), len(data), "test")
-            client.set_state(new_hash, confirm=False)
+            marked = client.set_state(new_hash, confirm=False)
+            staged = _slot(marked, s.image, 1)
+            if staged is None or staged.hash != new_hash or not staged.pending:
+                raise FerryError(f"{target.name}: the device did not mark {parsed.version} "
+                                 "pending after the test request; nothing was reset")
             progress(len(data), len(data), "reset")
-            client.reset()
-        time.sleep(0.2)
+            acknowledged = client.reset()
         progress(len(data), len(data), "waiting for target")
-        slots = _wait_for_target(target.address, s)
-        running = _slot(slots, s.image, 0)
-        detail = {"hash": new_hash.hex(), "resumed_at": str(resumed)}
-        if running is None or running.hash != new_hash:
-            back = running.version if running else "?"
-            rolled = running is not None and running.hash == old_hash
+        outcome = wait_after_reset(target.address, baud=s.baud, timeout=s.timeout,
+                                   reset_delay=s.reset_delay, boot_timeout=s.boot_timeout,
+                                   image=s.image, new_hash=new_hash, name=target.name)
+        running = _slot(outcome.slots, s.image, 0)
+        back = running.version if running else "?"
+        detail = {"hash": new_hash.hex(), "resumed_at": str(resumed),
+                  "reset_acknowledged": str(acknowledged).lower(),
+                  "old_image_answers": str(outcome.old_answers),
+                  "port_vanished": str(outcome.vanished).lower()}
+        if outcome.verdict is Verdict.ROLLED_BACK:
             return FlashResult(
-                ok=False, version=back, rolled_back=rolled, detail=detail,
-                message=(f"{target.name} came back on its old image {back}: the new image "
-                         f"{parsed.version} did not boot and MCUboot rolled back")
-                if rolled else f"{target.name} runs an unexpected image {back}")
+                ok=False, version=back, rolled_back=True, detail=detail,
+                message=f"{target.name} came back on its old image {back}: the new image "
+                        f"{parsed.version} did not boot and MCUboot rolled back")
+        if outcome.verdict is Verdict.REFUSED:
+            return FlashResult(
+                ok=False, version=back, rolled_back=True, detail=detail,
+                message=f"{target.name} came back on its old image {back}: MCUboot refused "
+                        f"the new image {parsed.version} at boot (hash or signature check) "
+                        "and erased it")
+        if outcome.verdict is not Verdict.BOOTED or running is None:
+            return FlashResult(ok=False, version=back, detail=detail,
+                               message=f"{target.name} runs an unexpected image {back}")
         if test_only:
             return FlashResult(ok=True, version=running.version, detail=detail,
                                message=f"{target.name} runs {parsed.version} in test mode "
@@ -201,11 +239,7 @@ class SmpSerialTransport:
                            message=f"{target.name} runs {parsed.version}, confirmed")
 
 
-def _slot(slots: list[SlotState], image: int, slot: int) -> SlotState | None:
-    for s in slots:
-        if s.image == image and s.slot == slot:
-            return s
-    return None
+_slot = find
 
 
 def _state_of(slots: list[SlotState], image: int) -> TargetState:
@@ -249,26 +283,6 @@ def _wait_for_port(port: str, timeout: float) -> None:
             raise LinkError(f"serial port {port} did not come back within {timeout:.0f} s; "
                             "check the USB-serial adapter")
         time.sleep(0.2)
-
-
-def _wait_for_target(port: str, s: Settings) -> list[SlotState]:
-    """Reopen the port until the rebooted target answers an image-state read."""
-    deadline = time.monotonic() + s.boot_timeout
-    last: FerryError | None = None
-    while time.monotonic() < deadline:
-        if not os.path.exists(port):
-            time.sleep(0.2)
-            continue
-        client = SmpClient(port, baud=s.baud, timeout=min(s.timeout, 1.0))
-        try:
-            with client:
-                client.echo(timeout=min(s.timeout, 1.0), retries=0)
-                return client.image_state()
-        except FerryError as err:
-            last = err
-            time.sleep(0.2)
-    raise TargetTimeout(f"target on {port} did not answer within {s.boot_timeout:.0f} s after "
-                        f"reset ({last}); it may be stuck in the bootloader")
 
 
 def create(options: dict[str, Any]) -> SmpSerialTransport:

@@ -6,6 +6,26 @@ image_ok unset -> TEST swap; with image_ok set -> PERM swap; primary in test mod
 (copy_done set, image_ok unset) at the next reset -> REVERT. An image that "fails to
 boot" (config) crashes before it can confirm itself, the watchdog resets, and MCUboot
 reverts: the device comes back on its old image.
+
+The SMP side follows Zephyr's mcumgr (paths in zephyrproject-rtos/zephyr):
+
+- image state read/write: ``subsys/mgmt/mcumgr/grp/img_mgmt/src/img_mgmt_state.c``
+  (``img_mgmt_state_read``: the active slot is ``confirmed`` unless the next boot
+  reverts; the other slot is ``pending`` for a test, ``pending``+``permanent`` for a
+  permanent swap, ``confirmed`` while a test image runs; ``img_mgmt_set_next_boot_slot``:
+  testing the active slot, or changing anything while a test is pending, is refused);
+- upload and erase: ``.../img_mgmt/src/img_mgmt.c`` and ``zephyr_img_mgmt.c``
+  (``img_mgmt_upload_inspect``: no upload into a slot that is pending or holds the
+  image to revert to, ``IMG_MGMT_ERR_NO_FREE_SLOT``; resume by ``sha``);
+- reset: ``.../grp/os_mgmt/src/os_mgmt.c`` (``os_mgmt_reset`` answers at once and starts
+  a timer of ``CONFIG_MCUMGR_GRP_OS_RESET_MS``, default 250 ms; the running image keeps
+  answering until it fires); ``os_mgmt_mcumgr_params`` exists only with
+  ``CONFIG_MCUMGR_GRP_OS_MCUMGR_PARAMS``, otherwise the command is ``MGMT_ERR_ENOTSUP``;
+- error shapes: ``subsys/mgmt/mcumgr/smp/src/smp.c``: group errors go into the response
+  as ``err: {group, rc}`` (``smp_add_cmd_err``) for SMP v2 requests; for v1 requests
+  (and servers older than Zephyr 3.3, ``smp_v2=False``) they become a top-level ``rc``
+  through ``img_mgmt_translate_error_code``; failures of the framework itself (unknown
+  command, undecodable request) are a top-level ``rc`` in both versions.
 """
 
 from __future__ import annotations
@@ -21,8 +41,31 @@ import cbor2
 
 from ferry.sim.mcu import image as img
 
-# MGMT_ERR codes
+# MGMT_ERR codes (include/zephyr/mgmt/mcumgr/mgmt/mgmt_defines.h, enum mcumgr_err_t)
 EOK, EUNKNOWN, ENOMEM, EINVAL, ETIMEOUT, ENOENT, EBADSTATE, EMSGSIZE, ENOTSUP = range(9)
+
+GROUP_IMAGE = 1
+# enum img_mgmt_err_code_t (include/zephyr/mgmt/mcumgr/grp/img_mgmt/img_mgmt.h)
+IMG_HASH_NOT_FOUND = 8
+IMG_NO_FREE_SLOT = 9
+IMG_INVALID_HASH = 24
+IMG_CURRENT_VERSION_IS_NEWER = 27
+IMG_IMAGE_ALREADY_PENDING = 28
+IMG_INVALID_IMAGE_TOO_LARGE = 30
+IMG_INVALID_IMAGE_DATA_OVERRUN = 31
+IMG_SETTING_TEST_TO_ACTIVE_DENIED = 33
+
+# img_mgmt_translate_error_code() in img_mgmt.c: what a v1 request (or an old server) sees
+_IMG_TO_MGMT = {3: ENOENT, 4: ENOENT, 9: EBADSTATE, 27: EBADSTATE, 28: EBADSTATE,
+                15: ENOMEM, 14: EINVAL, 19: EINVAL, 20: EINVAL, 21: EINVAL, 22: EINVAL,
+                24: EINVAL, 25: EINVAL}
+
+
+def translate_v1(group: int, rc: int) -> int:
+    """``smp_translate_error_code``: a group code as the MGMT_ERR a v1 client gets."""
+    if group == GROUP_IMAGE:
+        return _IMG_TO_MGMT.get(rc, EUNKNOWN)
+    return EUNKNOWN
 
 
 @dataclass
@@ -38,7 +81,11 @@ class McuConfig:
     fails_to_boot: bool = False  # new (test) images crash before confirming
     public_key_pem: bytes | None = None  # boot check verifies signatures when set
     banner: bool = True  # console text at boot, as Zephyr prints
-    supports_params: bool = True
+    supports_params: bool = True  # CONFIG_MCUMGR_GRP_OS_MCUMGR_PARAMS
+    reset_delay: float = 0.25  # CONFIG_MCUMGR_GRP_OS_RESET_MS: old image answers meanwhile
+    reenumerate: bool = False  # USB CDC-ACM: the port vanishes at reset and comes back
+    reenumerate_seconds: float = 1.0  # how long the port is gone (host enumeration)
+    smp_v2: bool = True  # Zephyr >= 3.3: v2 requests get ``err: {group, rc}``
 
 
 @dataclass
@@ -75,6 +122,10 @@ class Faults:
     bad_crc: int = 0  # corrupt the CRC of the next N responses
     cut: int = 0  # cut the next N responses short
     error_rc: dict[tuple[int, int], int] = field(default_factory=dict)  # (group, cmd) -> rc
+    group_error: dict[tuple[int, int], int] = field(default_factory=dict)  # -> group rc
+    ignore_reset: bool = False  # answers reset but never resets (a refusing reset hook)
+    hold_reset_requests: int = 0  # the old image serves this many requests before it resets
+    stuck_in_bootloader: bool = False  # after a reset it never answers again
 
 
 class McuDevice:
@@ -138,11 +189,19 @@ class McuDevice:
         return "none"
 
     # -- SMP ------------------------------------------------------------------------------
-    def handle(self, op: int, group: int, cmd: int, body: Any) -> tuple[dict[str, Any], bool]:
-        """Response body, and whether the device resets after sending it."""
+    def handle(self, op: int, group: int, cmd: int, body: Any, version: int = 1
+               ) -> tuple[dict[str, Any], bool]:
+        """Response body, and whether the device schedules a reset after sending it.
+
+        ``version`` is the request header's SMP version (0 = v1, 1 = v2); it decides the
+        shape of group errors, as ``smp_handle_single_req`` does.
+        """
         rc = self.faults.error_rc.get((group, cmd))
         if rc:
             return {"rc": rc}, False
+        grc = self.faults.group_error.get((group, cmd))
+        if grc:
+            return self._group_error(version, group, grc), False
         if not isinstance(body, dict):
             return {"rc": EINVAL}, False
         write = op == 2
@@ -154,56 +213,111 @@ class McuDevice:
             return {"buf_size": self.config.buf_size, "buf_count": self.config.buf_count}, False
         if group == 1 and cmd == 0:
             if write:
-                rc = self._state_write(body)
-                if rc:
-                    return {"rc": rc}, False
+                grc = self._state_write(body)
+                if grc:
+                    return self._group_error(version, GROUP_IMAGE, grc), False
             return {"images": self._images(), "splitStatus": 0}, False
         if group == 1 and cmd == 1 and write:
-            return self._upload(body), False
+            rsp = self._upload(body, version)
+            if self.config.smp_v2 and rsp.get("rc") == EOK:
+                del rsp["rc"]  # "rc": 0 on success only with CONFIG_MCUMGR_SMP_LEGACY_RC_BEHAVIOUR
+            return rsp, False
         if group == 1 and cmd == 5 and write:
-            if self.secondary.magic:
-                return {"rc": EBADSTATE}, False
+            if self._slot_in_use(1):
+                return self._group_error(version, GROUP_IMAGE, IMG_NO_FREE_SLOT), False
             self.secondary.erase()
             self.upload = None
             return {}, False
         return {"rc": ENOTSUP}, False
 
+    def _group_error(self, version: int, group: int, rc: int) -> dict[str, Any]:
+        if self.config.smp_v2 and version >= 1:
+            return {"err": {"group": group, "rc": rc}}
+        return {"rc": translate_v1(group, rc)}
+
+    def _next_boot(self) -> tuple[int, str]:
+        """(slot booted next, type) as ``img_mgmt_get_next_boot_slot``: normal/test/revert."""
+        swap = self._swap_type()
+        if swap == "test":
+            return 1, "test"
+        if swap == "perm":
+            return 1, "normal"
+        if swap == "revert":
+            return 1, "revert"
+        return 0, "normal"
+
+    def _slot_in_use(self, slot: int) -> bool:
+        """``img_mgmt_slot_in_use``: a slot that is pending, or holds the revert image."""
+        nbs, kind = self._next_boot()
+        if slot == nbs and kind in ("revert", "test"):
+            return True
+        if nbs != 0 and kind == "normal":
+            return True
+        return slot == 0
+
     def _images(self) -> list[dict[str, Any]]:
+        """``img_mgmt_state_read`` for a single-image build (no ``image`` key)."""
         out = []
         key = self.config.public_key_pem
+        nbs, kind = self._next_boot()
+        flags = {0: {"active": True, "confirmed": kind != "revert"}, 1: {}}
+        if nbs != 0:
+            flags[1] = {"normal": {"pending": True, "permanent": True},
+                        "revert": {"confirmed": True}, "test": {"pending": True}}[kind]
         for n, slot in ((0, self.primary), (1, self.secondary)):
             info = slot.info(key)
             if info is None:
                 continue
-            entry: dict[str, Any] = {"image": 0, "slot": n, "version": info.version_text,
-                                     "hash": info.hash, "bootable": not info.non_bootable}
-            if n == 0:
-                entry["active"] = True
-                entry["confirmed"] = slot.image_ok or not slot.copy_done
-            else:
-                entry["pending"] = slot.magic
-                entry["permanent"] = slot.magic and slot.image_ok
-            out.append(entry)
+            f = flags[n]
+            out.append({"slot": n, "version": info.version_text, "hash": info.hash,
+                        "bootable": not info.non_bootable,
+                        "pending": f.get("pending", False),
+                        "confirmed": f.get("confirmed", False),
+                        "active": f.get("active", False),
+                        "permanent": f.get("permanent", False)})
         return out
 
     def _state_write(self, body: dict[str, Any]) -> int:
+        """``img_mgmt_state_write`` + ``img_mgmt_set_next_boot_slot``; an img_mgmt rc."""
         want = body.get("hash")
         confirm = bool(body.get("confirm", False))
         key = self.config.public_key_pem
-        prim, sec = self.primary.info(key), self.secondary.info(key)
-        if want is None or (prim is not None and want == prim.hash):
+        if want is None or want == b"":
             if not confirm:
-                return EINVAL if want is None else EOK  # testing the running image: no-op
-            self.primary.image_ok = True
+                return IMG_INVALID_HASH  # a test without a hash
+            slot = 0
+        elif not isinstance(want, bytes) or len(want) != 32:
+            return IMG_INVALID_HASH
+        else:
+            found = [n for n, s in ((0, self.primary), (1, self.secondary))
+                     if (i := s.info(key)) is not None and i.hash == want]
+            if not found:
+                return IMG_HASH_NOT_FOUND
+            slot = found[0]
+        nbs, kind = self._next_boot()
+        if not confirm and slot == 0:
+            return IMG_SETTING_TEST_TO_ACTIVE_DENIED
+        if kind == "test":
+            return EOK if (not confirm and slot == nbs) else IMG_IMAGE_ALREADY_PENDING
+        if kind == "normal":
+            if confirm and slot == nbs:
+                return EOK
+            if (slot == 0 and nbs != 0) or (not confirm and slot != 0 and slot == nbs):
+                return IMG_IMAGE_ALREADY_PENDING
+        if kind == "revert":
+            if confirm and slot == nbs:
+                return EOK
+            if not confirm:
+                return IMG_IMAGE_ALREADY_PENDING
+        if slot == 0:
+            self.primary.image_ok = True  # boot_set_confirmed
             return EOK
-        if sec is None or want != sec.hash:
-            return ENOENT
-        # Like Zephyr, the app does not check signatures here: MCUboot does, at boot.
+        # boot_set_pending; like Zephyr, the app does not check signatures: MCUboot does
         self.secondary.magic = True
         self.secondary.image_ok = self.secondary.image_ok or confirm  # flash bits only clear
         return EOK
 
-    def _upload(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _upload(self, body: dict[str, Any], version: int = 1) -> dict[str, Any]:
         off, data = body.get("off"), body.get("data")
         if not isinstance(off, int) or not isinstance(data, bytes):
             return {"rc": EINVAL}
@@ -214,16 +328,16 @@ class McuDevice:
             sha = body.get("sha", b"") or b""
             if not isinstance(length, int) or length <= 0:
                 return {"rc": EINVAL}
+            if self._slot_in_use(1):
+                return self._group_error(version, GROUP_IMAGE, IMG_NO_FREE_SLOT)
             if length > cfg.slot_size:
-                return {"rc": EINVAL, "rsn": "image larger than the slot"}
-            if self.secondary.magic:
-                return {"rc": EBADSTATE, "rsn": "secondary slot is pending"}
+                return self._group_error(version, GROUP_IMAGE, IMG_INVALID_IMAGE_TOO_LARGE)
             if (up is not None and sha and up.sha == sha and up.length == length
                     and 0 < up.off < length):
                 self.log.append(f"upload: resume at {up.off}")
                 return {"rc": EOK, "off": up.off}
             if body.get("upgrade") and not self._newer(data):
-                return {"rc": EBADSTATE, "rsn": "not newer than the running image"}
+                return self._group_error(version, GROUP_IMAGE, IMG_CURRENT_VERSION_IS_NEWER)
             self.secondary.erase()
             up = self.upload = Upload(length=length, sha=sha, image=int(body.get("image", 0)))
         if up is None:  # e.g. the MCU reset mid-upload: Zephyr answers "start at 0"
@@ -231,7 +345,7 @@ class McuDevice:
         if off != up.off:
             return {"rc": EOK, "off": up.off}
         if up.off + len(data) > up.length:
-            return {"rc": EINVAL, "rsn": "data past the announced length"}
+            return self._group_error(version, GROUP_IMAGE, IMG_INVALID_IMAGE_DATA_OVERRUN)
         self._flash_time(up, up.off, len(data))
         up.buf += data
         up.off += len(data)

@@ -6,6 +6,16 @@ byte "arrives" no earlier than the previous one plus its bit time. Received fram
 one of ``buf_count`` buffers (one stays reserved for building the response, as in
 Zephyr's shared netbuf pool); a frame that finds none free is dropped, as a real UART
 driver without flow control would drop it.
+
+A reset is what Zephyr's ``os_mgmt_reset`` (``subsys/mgmt/mcumgr/grp/os_mgmt/src/
+os_mgmt.c``) does: the answer goes out at once, a ``k_timer`` of
+``CONFIG_MCUMGR_GRP_OS_RESET_MS`` (``McuConfig.reset_delay``, 250 ms by default) starts,
+and until it fires the old image keeps serving every request (a second reset request
+restarts the timer, as ``k_timer_start`` does). Then the line goes quiet while MCUboot
+runs (``boot_seconds``). With ``reenumerate`` the port behaves as a USB CDC-ACM one:
+the pty is closed and its path (the ``link`` symlink, standing for
+``/dev/serial/by-id/...``) removed, and a new pty appears under the same link
+``reenumerate_seconds`` later, as the host re-enumerates the device.
 """
 
 from __future__ import annotations
@@ -70,6 +80,13 @@ class SimMcu:
         self._tx_idle = threading.Event()
         self._tx_idle.set()
         self._booting = threading.Event()
+        self._shutdown = threading.Event()
+        self._reset_lock = threading.Lock()
+        self._reset_timer: threading.Timer | None = None
+        self._served_since_reset = 0
+        self.resets_scheduled = 0  # reset requests answered
+        self.served_while_resetting = 0  # requests the old image answered after a reset
+        self.reenumerations = 0
         self.dropped_frames = 0
         self.frames_in = 0
         self.rx_bytes = 0
@@ -89,25 +106,21 @@ class SimMcu:
 
             self.device.primary.data = image.build((1, 0, 0, 0), os.urandom(1024))
             self.device.primary.magic = self.device.primary.image_ok = True
+        if self.config.reenumerate and self.link is None:
+            raise ValueError("a re-enumerating port needs a link path that can follow it")
         self.device.boot()
+        self._shutdown.clear()
         self._open_pty()
-        self._stop.clear()
-        self._threads = [
-            threading.Thread(target=self._rx_loop, name="sim-mcu-rx", daemon=True),
-            threading.Thread(target=self._worker, name="sim-mcu-cpu", daemon=True),
-            threading.Thread(target=self._tx_loop, name="sim-mcu-tx", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        self._start_threads()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._requests.put(None)
-        self._tx.put(None)
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads = []
+        self._shutdown.set()
+        with self._reset_lock:
+            if self._reset_timer is not None:
+                self._reset_timer.cancel()
+                self._reset_timer = None
+        self._halt_threads()
         self._close_pty()
 
     def __enter__(self) -> SimMcu:
@@ -118,22 +131,39 @@ class SimMcu:
 
     def unplug(self) -> None:
         """The USB-serial adapter disappears: the port closes and its path vanishes."""
-        self.stop()
+        self._halt_threads()
+        self._close_pty()
 
     def replug(self) -> None:
         """The adapter comes back (a new pty; the link path, if any, follows it)."""
+        if self._shutdown.is_set():
+            return
+        self._open_pty()
+        self._start_threads()
+
+    def _start_threads(self) -> None:
         self._requests = queue.Queue()
         self._tx = queue.Queue()
-        self._held = 0
-        self._open_pty()
+        self._tx_idle.set()
+        with self._held_lock:
+            self._held = 0
         self._stop.clear()
         self._threads = [
-            threading.Thread(target=self._rx_loop, daemon=True),
-            threading.Thread(target=self._worker, daemon=True),
-            threading.Thread(target=self._tx_loop, daemon=True),
+            threading.Thread(target=self._rx_loop, name="sim-mcu-rx", daemon=True),
+            threading.Thread(target=self._worker, name="sim-mcu-cpu", daemon=True),
+            threading.Thread(target=self._tx_loop, name="sim-mcu-tx", daemon=True),
         ]
         for t in self._threads:
             t.start()
+
+    def _halt_threads(self) -> None:
+        self._stop.set()
+        self._requests.put(None)
+        self._tx.put(None)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+        self._threads = []
 
     def _open_pty(self) -> None:
         self._master, self._slave = os.openpty()
@@ -215,7 +245,10 @@ class SimMcu:
         except Exception:
             body = None
         with dev.lock:
-            rsp, reset = dev.handle(op, group, cmd, body)
+            rsp, reset = dev.handle(op, group, cmd, body, version)
+            if self._reset_timer is not None:
+                self._served_since_reset += 1
+                self.served_while_resetting += 1
             f = dev.faults
             up = dev.upload
             if (f.silent_from_offset is not None and group == 1 and cmd == 1 and up is not None
@@ -224,6 +257,9 @@ class SimMcu:
                 f.silent_from_offset = None
                 return
         payload = encode_body(rsp)
+        # smp_make_rsp_hdr answers with the request's version (at most 2); servers older
+        # than Zephyr 3.3 know no version field and answer 0
+        version = min(version, 2) if self.config.smp_v2 else 0
         head = bytes([(version << 3) | (op + 1), 0]) + len(payload).to_bytes(2, "big") \
             + group.to_bytes(2, "big") + bytes([seq, cmd])
         corrupt = f.bad_crc > 0
@@ -236,16 +272,60 @@ class SimMcu:
             frame = b"[00:00:01.%03d] <inf> app: tick\r\n" % random.randrange(1000) + frame
         self._send(frame)
         if reset:
-            self._tx_flush()
-            self._reboot()
+            self._schedule_reset()
+
+    def _schedule_reset(self) -> None:
+        """``os_mgmt_reset``: (re)start the reset timer; the old image keeps serving."""
+        self.resets_scheduled += 1
+        if self.device.faults.ignore_reset:
+            self.device.log.append("reset: answered, but the application never resets")
+            return
+        with self._reset_lock:
+            if self._reset_timer is not None:
+                self._reset_timer.cancel()
+            self._served_since_reset = 0
+            self._arm(self.config.reset_delay)
+
+    def _arm(self, delay: float) -> None:
+        self._reset_timer = threading.Timer(delay, self._reset_fire)
+        self._reset_timer.daemon = True
+        self._reset_timer.start()
+
+    def _reset_fire(self) -> None:
+        with self._reset_lock:
+            if self._shutdown.is_set():
+                return
+            if self._served_since_reset < self.device.faults.hold_reset_requests:
+                self._arm(0.01)  # a longer CONFIG_MCUMGR_GRP_OS_RESET_MS than assumed
+                return
+            self._reset_timer = None
+        self._tx_flush()
+        self._reboot()
 
     def _reboot(self) -> None:
         self._booting.set()
-        time.sleep(self.config.boot_seconds)
+        cfg = self.config
+        if cfg.reenumerate:
+            self.unplug()  # USB detaches with the MCU: /dev/ttyACMx goes away
+            self.reenumerations += 1
+        self.device.log.append("reset")
+        if self.device.faults.stuck_in_bootloader:
+            self.device.log.append("boot: stuck in the bootloader, never answers again")
+            return
+        if self._shutdown.wait(cfg.boot_seconds):
+            return
         with self.device.lock:
             self.device.upload = None
             self.device.boot()
             banner = self.device.banner()
+        if cfg.reenumerate:
+            if self._shutdown.wait(cfg.reenumerate_seconds):
+                return
+            self._booting.clear()
+            self.replug()
+            if banner:
+                self._send(banner)
+            return
         # drop requests that arrived during the reset (RAM is gone)
         while True:
             try:

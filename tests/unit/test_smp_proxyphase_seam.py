@@ -6,7 +6,7 @@ import pytest
 from smp_helpers import NEW, running_sim, running_version
 
 from ferry.daemon.config import TargetConfig
-from ferry.daemon.proxyphase import make_target
+from ferry.daemon.install.proxyphase import make_target
 from ferry.proxy.registry import get_transport
 from ferry.proxy.smp.transport import RefusedImage
 
