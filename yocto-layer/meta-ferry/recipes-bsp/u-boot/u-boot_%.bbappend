@@ -20,14 +20,19 @@ SRC_URI:append:df-ferry = " \
     file://fw_env.config \
 "
 
+# Where do_unpack put the file:// entries above. Scarthgap unpacks into WORKDIR and has no
+# UNPACKDIR at all (a literal "${UNPACKDIR}" would stay in the shell and become "/..."),
+# whinlatter and later unpack into UNPACKDIR; d.getVar() sees whichever this release has.
+FERRY_UBOOT_FILES:df-ferry = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
+
 # nooelint: oelint.func.specific - df-ferry comes from oe-core's distrooverrides class (layer.conf)
 do_compile:append:df-ferry() {
     uboot-mkimage -A ${UBOOT_ARCH} -O linux -T script -C none -n "ferry ${FERRY_BOOT_SCHEME}" \
-        -d ${UNPACKDIR}/boot-${FERRY_BOOT_SCHEME}.cmd ${B}/boot.scr
+        -d ${FERRY_UBOOT_FILES}/boot-${FERRY_BOOT_SCHEME}.cmd ${B}/boot.scr
 }
 
 # nooelint: oelint.func.specific - df-ferry comes from oe-core's distrooverrides class (layer.conf)
 do_deploy:append:df-ferry() {
     install -m 0644 ${B}/boot.scr ${DEPLOYDIR}/boot.scr
-    install -m 0644 ${UNPACKDIR}/fw_env.config ${DEPLOYDIR}/fw_env.config.ferry
+    install -m 0644 ${FERRY_UBOOT_FILES}/fw_env.config ${DEPLOYDIR}/fw_env.config.ferry
 }

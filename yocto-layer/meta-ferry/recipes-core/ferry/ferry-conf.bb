@@ -13,14 +13,14 @@ LICENSE = "Apache-2.0"
 # nooelint: oelint.var.licenseremotefile - only layer-written config files; no upstream source
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
 
+# subdir=${BP} unpacks the files where bitbake.conf's default S points on every release
+# (scarthgap: ${WORKDIR}/${BP}, whinlatter and later: ${UNPACKDIR}/${BP}), so S is not
+# set: an S naming WORKDIR is an error from whinlatter on, and scarthgap has no UNPACKDIR.
 SRC_URI = "\
-    file://example-ca.cert.pem \
-    file://ferry.toml \
-    file://fw_env.config \
+    file://example-ca.cert.pem;subdir=${BP} \
+    file://ferry.toml;subdir=${BP} \
+    file://fw_env.config;subdir=${BP} \
 "
-
-UNPACKDIR ??= "${WORKDIR}"
-S = "${UNPACKDIR}"
 
 # Product settings; override in your distro, machine or local.conf.
 FERRY_COMPATIBLE ??= "${MACHINE}"

@@ -1,10 +1,23 @@
 require ferry.inc
 
+# ferry-native runs `ferry bundle create` for ferry-bundle.bbclass, which imports
+# packaging/: these are the third-party modules it imports (cryptography, asn1crypto,
+# zstandard). tests/unit/test_yocto_layer.py fails when packaging/'s imports and this
+# list disagree.
+DEPENDS:append:class-native = " \
+    python3-asn1crypto-native \
+    python3-cryptography-native \
+    python3-zstandard-native \
+"
+
+# The release pin: a fixed commit of ferry's main branch, and PV in the "<release>+git"
+# form oe-core uses for recipes built from a git commit (scarthgap's bitbake.conf sets
+# SRCPV = "": PV no longer carries the revision). A fixed SRCREV also keeps every bitbake
+# call off the network: "${AUTOREV}" runs git ls-remote while parsing and stops the
+# whole build under BB_NO_NETWORK = "1". To follow main on purpose, see
+# yocto-layer/README.md ("Following main").
 PV = "0.1.0+git"
-# ferry has no tagged release yet, so the recipe follows main. For a reproducible
-# product build pin it: SRCREV:pn-ferry = "<commit>" (and :pn-ferry-native) in your distro.
-# nooelint: oelint.vars.autorev - no release tag exists yet to pin; see the comment above
-SRCREV = "${AUTOREV}"
+SRCREV = "d30dfd12cbdd386691ca2069a2ae65c619d9a191"
 
 inherit systemd useradd
 
@@ -14,6 +27,8 @@ PACKAGECONFIG[smp-serial] = ",,,python3-pyserial python3-cbor2"
 PACKAGECONFIG[dfu] = ",,,python3-pyusb libusb1"
 PACKAGECONFIG[zigbee] = ",,,python3-paho-mqtt"
 PACKAGECONFIG[lora] = ",,,python3-paho-mqtt"
+# ferry-native only writes bundles: no transport.
+PACKAGECONFIG:class-native = ""
 
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system ferry"
@@ -63,5 +78,4 @@ RDEPENDS:${PN}:append:class-target = " \
     virtual-ferry-conf \
 "
 
-# ferry-native provides `ferry bundle create` for ferry-bundle.bbclass.
 BBCLASSEXTEND = "native"

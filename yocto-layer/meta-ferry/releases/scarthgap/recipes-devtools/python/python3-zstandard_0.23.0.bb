@@ -1,6 +1,9 @@
-# meta-python has python3-zstandard only from whinlatter on; scarthgap lacks it. This
-# recipe fills that gap. Its version is below meta-python's (0.25.0), so where
-# meta-python has the recipe, bitbake prefers that one.
+# Scarthgap only: its meta-python has no python3-zstandard, which ferry (target) and
+# ferry-native (`ferry bundle create`) import. conf/layer.conf adds releases/scarthgap/ to
+# BBFILES only when LAYERSERIES_CORENAMES names scarthgap. On whinlatter and later this
+# file is never parsed: meta-python's newer zstandard is the only provider there. Being
+# parsed next to it would not be enough to lose: bitbake ranks layer priority (6 here,
+# 5 for meta-python) before versions (bitbake lib/bb/providers.py, sortPriorities).
 SUMMARY = "Python bindings to the Zstandard (zstd) compression library"
 DESCRIPTION = "zstandard is a Python binding to the zstd C library; ferry uses it to \
                stream zstd-compressed rootfs images into the inactive slot."
