@@ -30,6 +30,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--duty-cycle", type=float, default=0.1)
     parser.add_argument("--loss-estimate", type=float, default=0.1,
                         help="loss the first redundancy is planned for")
+    parser.add_argument("--ts004", choices=("1", "2", "mixed"), default="1",
+                        help="the nodes' TS004 build: v1 (LoRaMac-node), v2 (STM32CubeWL "
+                        "LORAWAN_PACKAGES_VERSION 2), or mixed")
+    parser.add_argument("--stock-limits", action="store_true",
+                        help="nodes built with LoRaMac-node's stock FragDecoder limits "
+                        "(21 fragments of <= 50 B, 5 lost recoverable); ferry plans for them")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     parser.set_defaults(func=_run_lazily)

@@ -1,11 +1,19 @@
 """How many fragments, how big, and when: the FUOTA session plan and the duty cycle.
 
 - Fragment size: the largest DataFragment the multicast DR carries (N max − 3).
-- Redundancy: enough parity that a node losing a fraction p of the fragments still gets
-  M independent ones with high probability: M·p/(1−p) + 3·sqrt(M·p) + a few (the rule
-  of thumb in the reference notes, from Monte-Carlo runs of the reference code).
-- Top-up: after a FragSessionStatus round, send what the worst node says it still
-  needs, scaled by 1/(1−p) for the loss it will see again.
+- Node limits: a node's decoder is built for at most FRAG_MAX_NB fragments of at most
+  FRAG_MAX_SIZE bytes and recovers at most FRAG_MAX_REDUNDANCY lost data fragments
+  (LoRaMac-node ``FragDecoder.h``; the stock build is 21 / 50 / 5). A session over the
+  first two is refused ("not enough memory"), so the plan stays inside the limits the
+  target's options give, or refuses with the numbers before anything is sent.
+- Redundancy: enough parity that a node losing a fraction p of the fragments rebuilds
+  the block from the first broadcast in 95 % of cases. For M > SMALL_M the rule of thumb
+  M·p/(1−p) + 3·sqrt(M·p) + 2 holds that; for small blocks the reference code's
+  parity lines (floor(M/2) draws, so one or two columns at M = 5) recover far worse than
+  an ideal code, so the 95th percentile of what the code itself needs is measured by a
+  seeded Monte-Carlo run of ``redundancy.needed_p95`` instead.
+- Top-up: after a FragSessionStatus round, send what the worst node is estimated to
+  still need, scaled by 1/(1−p) for the loss it will see again.
 - Duty cycle: after a frame of airtime t a sub-band with duty cycle d stays silent for
   t·(1/d − 1) (ETSI EN 300 220 "Toff"), so at 10 % a 394 ms DR5 frame costs 3.9 s.
 """
@@ -19,8 +27,21 @@ from ferry.proxy.lora.airtime import DATA_FRAGMENT_OVERHEAD, downlink_airtime, m
 from ferry.proxy.lora.errors import ImageTooLarge
 from ferry.proxy.lora.fragmentation import MAX_N
 from ferry.proxy.lora.netserver import Clock
+from ferry.proxy.lora.redundancy import SMALL_M, needed_p95
 
 MAX_LOSS = 0.9
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """A node build's FragDecoder limits (None: not known, not enforced by ferry)."""
+
+    max_frag_size: int | None = None  # FRAG_MAX_SIZE
+    max_nb_frag: int | None = None  # FRAG_MAX_NB
+    max_redundancy: int | None = None  # FRAG_MAX_REDUNDANCY: lost data fragments it recovers
+
+
+STOCK_LIMITS = NodeLimits(50, 21, 5)  # LoRaMac-node FragDecoder.h as shipped
 
 
 @dataclass(frozen=True)
@@ -43,26 +64,38 @@ def _clamp(p: float) -> float:
 
 def redundancy_for(m: int, loss: float) -> int:
     p = _clamp(loss)
+    if m <= SMALL_M:
+        return needed_p95(m, round(p, 3))
     return math.ceil(m * p / (1 - p) + 3 * math.sqrt(m * p) + 2)
 
 
 def top_up_for(missing: int, loss: float) -> int:
-    """Parity fragments to send when the worst node still needs `missing` more."""
+    """Parity fragments to send when the worst node is estimated to need `missing` more."""
     if missing <= 0:
         return 0
     p = _clamp(loss)
     return math.ceil(missing / (1 - p) + 2 * math.sqrt(missing) + 1)
 
 
-def plan(image_len: int, dr: int, loss: float, *, frag_size: int | None = None) -> Plan:
+def plan(image_len: int, dr: int, loss: float, *, frag_size: int | None = None,
+         limits: NodeLimits | None = None) -> Plan:
+    lim = limits or NodeLimits()
     size = frag_size or max_fragment_size(dr)
     size = min(size, max_fragment_size(dr))
+    if lim.max_frag_size is not None:
+        size = min(size, lim.max_frag_size)
     m = -(-image_len // size)
     if m == 1 and image_len >= 2:
         # The reference parity generator draws floor(M/2) = 0 columns for M = 1, so a
         # one-fragment block has no usable parity; two half-size fragments do.
         size = -(-image_len // 2)
         m = 2
+    if lim.max_nb_frag is not None and m > lim.max_nb_frag:
+        raise ImageTooLarge(
+            f"{image_len} bytes need {m} fragments of {size} B, more than the nodes' "
+            f"frag_max_nb = {lim.max_nb_frag} (FRAG_MAX_NB x FRAG_MAX_SIZE = "
+            f"{lim.max_nb_frag * size} B per session); the node firmware needs a build with "
+            "larger FragDecoder limits, or a smaller image")
     red = redundancy_for(m, loss)
     if m + red > MAX_N:
         raise ImageTooLarge(
@@ -73,11 +106,13 @@ def plan(image_len: int, dr: int, loss: float, *, frag_size: int | None = None) 
     return Plan(dr, size, m, m * size - image_len, red, airtime)
 
 
-def loss_from_status(sent: int, received: int) -> float:
-    """Loss a node saw, from NbFragReceived over the fragments sent so far."""
-    if sent <= 0:
+def loss_from_status(m: int, last_index: int, missing: int) -> float:
+    """Loss a node saw on the data fragments: MissingFrag over the data fragments up to
+    the last index it heard (NbFragReceived is an index, not a count)."""
+    seen = min(last_index, m)
+    if seen <= 0:
         return 0.0
-    return _clamp(1 - min(received, sent) / sent)
+    return _clamp(min(missing, seen) / seen)
 
 
 class DutyCycle:

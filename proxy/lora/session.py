@@ -5,7 +5,22 @@ The steps follow TS005's class C flow: (1) clock sync (TS003), (2) McGroupSetup,
 node's answer (class A downlinks ride on uplinks, so waits are long in the field);
 (5) at SessionTime the fragments go to the group, paced by the duty cycle; (6) status
 rounds (FragSessionStatusReq to the group) and parity top-ups until every node has
-rebuilt the block or the class C window closes.
+rebuilt the block or the class C window closes. Before (3) each node's TS004 version
+is read (PackageVersionReq): v2 nodes get the v2 FragSessionSetupReq (SessionCnt, MIC,
+AckReception) and say themselves when the block is rebuilt (FragDataBlockReceivedReq).
+
+When is a node done? A reference node (LoRaMac-node ``LmhpFragmentation.c`` +
+``FragDecoder.c``) answers FragSessionStatusReq with NbFragReceived = the index N of the
+last fragment it processed, and MissingFrag = the data fragments it lost, a number parity
+recovery never lowers. So a v1 node that lost one data fragment answers MissingFrag 1
+forever, rebuilt or not. What does change: once its decoder has finished it stops
+processing fragments, so its N stops moving while ferry keeps sending. ferry counts a
+v1 node done when its N is at least ``gap`` below the last fragment sent (all of those
+lost has probability p^gap <= 1e-3 at the node's measured loss), and it has heard at
+least MissingFrag parity fragments. MatrixError (lost more data fragments than its
+decoder's FRAG_MAX_REDUNDANCY: the reference then calls the session finished) is a
+failure, never "done". v2 nodes are done only on their FragDataBlockReceivedReq, and
+failed if it says the MIC did not match.
 
 A node that fails a setup step is dropped from the campaign and reported; the others
 carry on, so one dead node does not cost the whole group its update.
@@ -18,15 +33,30 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ferry.proxy.lora import clocksync, fragmentation, multicast
+from ferry.proxy.lora import clocksync, fragmentation, multicast, package
 from ferry.proxy.lora.airtime import EU868_RX2_DUTY_CYCLE, EU868_RX2_FREQUENCY, downlink_airtime
 from ferry.proxy.lora.errors import FrameError, LoraError
 from ferry.proxy.lora.netserver import Clock, MulticastGroup, NetworkServer, UplinkLike
-from ferry.proxy.lora.scheduler import DutyCycle, Plan, loss_from_status, plan, top_up_for
+from ferry.proxy.lora.scheduler import (
+    DutyCycle,
+    NodeLimits,
+    Plan,
+    loss_from_status,
+    plan,
+    top_up_for,
+)
 
 Log = Callable[[str], None]
 TOP_UP_MAX_LOSS = 0.5
 STATUS_ASKS = 3
+FALSE_DONE = 1e-3  # accepted chance that a v1 node's silent tail was loss, not completion
+MIN_LOSS_FOR_GAP = 0.05
+
+
+def done_gap(loss: float) -> int:
+    """Fragments after a v1 node's last index that must go unheard to call it finished."""
+    p = min(max(loss, MIN_LOSS_FOR_GAP), 0.9)
+    return max(2, math.ceil(math.log(FALSE_DONE) / math.log(p)))
 
 
 @dataclass(frozen=True)
@@ -54,6 +84,10 @@ class Options:
     mc_addr: int | None = None
     mc_key: bytes | None = None
     block_ack_delay: int = 0
+    limits: NodeLimits = field(default_factory=NodeLimits)
+    ts004_version: int | None = None  # None: ask each node (PackageVersionReq)
+    session_cnt: int = 1  # v2 SessionCnt: above the last one the nodes accepted
+    done_gap: int | None = None  # None: from each node's loss (done_gap())
 
 
 @dataclass
@@ -61,10 +95,11 @@ class NodeResult:
     dev_eui: str
     state: str = "pending"  # complete | incomplete | failed
     message: str = ""
-    nb_received: int = 0
-    missing: int = -1
-    loss: float = 0.0  # over the fragments sent since its previous status answer
-    sent_seen: int = 0  # fragments sent at its previous answer
+    version: int = 1  # TS004 version from PackageVersionAns
+    last_index: int = 0  # NbFragReceived: N of the last fragment it processed
+    missing: int = -1  # MissingFrag: data fragments it lost (parity does not lower it)
+    loss: float = 0.0  # data fragments lost / data fragments up to its last index
+    sent_seen: int = 0  # fragments sent when it last answered
 
 
 @dataclass
@@ -77,6 +112,7 @@ class Report:
     broadcast_started: float = 0.0  # SessionTime: the first fragment
     finished: float = 0.0
     nodes: dict[str, NodeResult] = field(default_factory=dict)
+    session_cnt: int = 0  # the v2 SessionCnt this campaign used
 
     @property
     def ok(self) -> bool:
@@ -103,6 +139,7 @@ class Campaign:
         self.progress = progress or (lambda _d, _t, _m: None)
         self.answers: dict[str, list[object]] = {e: [] for e in self.devices}
         self.synced: set[str] = set()
+        self._last_version: dict[str, int] = {}
         self.duty = DutyCycle(opts.duty_cycle, clock)
 
     # -- uplinks ------------------------------------------------------------------
@@ -124,7 +161,18 @@ class Campaign:
             elif up.fport == multicast.PORT:
                 self.answers[eui].extend(multicast.parse_uplink(up.payload))
             elif up.fport == fragmentation.PORT:
-                self.answers[eui].extend(fragmentation.parse_uplink(up.payload))
+                for ans in fragmentation.parse_uplink(up.payload):
+                    if isinstance(ans, fragmentation.FragDataBlockReceivedReq):
+                        # the node resends until it hears this (STM32CubeWL: every 1.5 s)
+                        self.ns.send_unicast(eui, fragmentation.PORT,
+                                             fragmentation.frag_data_block_received_ans(
+                                                 ans.frag_index))
+                        self._block_received(eui, ans)
+                        continue
+                    if isinstance(ans, package.PackageVersionAns) and \
+                            ans.package_identifier == fragmentation.PACKAGE_IDENTIFIER:
+                        self._last_version[eui] = ans.package_version
+                    self.answers[eui].append(ans)
         except FrameError as err:
             self.log(f"{eui}: {err}")
 
@@ -143,9 +191,22 @@ class Campaign:
                 return self.answers[eui].pop(i)
         return None
 
+    def _block_received(self, eui: str, msg: fragmentation.FragDataBlockReceivedReq) -> None:
+        report: Report | None = getattr(self, "report", None)
+        node = report.nodes.get(eui) if report else None
+        if node is None or node.state != "pending" or msg.frag_index != self.opts.frag_index:
+            return
+        if msg.mic_error:
+            self._fail(eui, "rebuilt a block whose MIC does not match "
+                       "(FragDataBlockReceivedReq): the block is corrupt, do not boot it")
+        else:
+            node.state = "complete"
+            node.message = "FragDataBlockReceivedReq: block rebuilt, MIC verified"
+
     def _unicast_step(self, active: list[str], what: str, port: int,
                       frame: Callable[[str], bytes], kind: type,
-                      ok: Callable[[object], bool]) -> list[str]:
+                      ok: Callable[[object], bool],
+                      refusal: Callable[[object], str] | None = None) -> list[str]:
         """Send one request to every node and wait for answers; return the nodes that agreed."""
         pending = set(active)
         good: list[str] = []
@@ -165,7 +226,8 @@ class Campaign:
                     if ok(ans):
                         good.append(eui)
                     else:
-                        self._fail(eui, f"{what} refused: {ans}")
+                        why = refusal(ans) if refusal else str(ans)
+                        self._fail(eui, f"{what} refused: {why}")
                 return not pending
 
             self._pump_until(deadline, collect)
@@ -182,8 +244,8 @@ class Campaign:
 
     def run(self, image: bytes) -> Report:
         o = self.opts
-        p = plan(len(image), o.dr, o.loss_estimate, frag_size=o.frag_size)
-        self.report = Report(plan=p, started=self.clock.now())
+        p = plan(len(image), o.dr, o.loss_estimate, frag_size=o.frag_size, limits=o.limits)
+        self.report = Report(plan=p, started=self.clock.now(), session_cnt=o.session_cnt)
         self.report.nodes = {e: NodeResult(e) for e in self.devices}
         enc = fragmentation.Encoder(image, p.frag_size)
         active = sorted(self.devices)
@@ -206,18 +268,18 @@ class Campaign:
             return multicast.mc_group_setup_req(multicast.McGroupSetup(
                 o.mc_group_index, mc_addr, multicast.encrypt_mc_key(ke, mc_key), 0, 0xFFFFFFFF))
 
+        # TS004 version per node: the setup frame and the completion signal depend on it
+        active = self._versions(active)
         self.progress(0, len(image), "multicast setup")
         active = self._unicast_step(
             active, "McGroupSetupReq", multicast.PORT, setup_frame, multicast.McGroupSetupAns,
             lambda a: isinstance(a, multicast.McGroupSetupAns) and not a.id_error)
         # (3) fragmentation session
-        frag_req = fragmentation.frag_session_setup_req(fragmentation.FragSessionSetup(
-            o.frag_index, p.m, p.frag_size, p.padding, o.descriptor, 1 << o.mc_group_index,
-            fragmentation.FRAG_ALGO_XOR, o.block_ack_delay))
         active = self._unicast_step(
-            active, "FragSessionSetupReq", fragmentation.PORT, lambda _e: frag_req,
-            fragmentation.FragSessionSetupAns,
-            lambda a: isinstance(a, fragmentation.FragSessionSetupAns) and a.ok)
+            active, "FragSessionSetupReq", fragmentation.PORT,
+            lambda e: self._frag_setup_frame(e, image, p), fragmentation.FragSessionSetupAns,
+            lambda a: isinstance(a, fragmentation.FragSessionSetupAns) and a.ok,
+            lambda a: self._setup_refusal(a, p))
         # (4) class C window: long enough for the planned fragments, their duty-cycle
         # pauses and a few status rounds, as a power of two seconds.
         per_frame = p.airtime / o.duty_cycle
@@ -242,6 +304,55 @@ class Campaign:
         # (6) status rounds and top-ups
         self._rounds(enc, active, p, len(image), end_unix)
         return self._finish("")
+
+    def _versions(self, active: list[str]) -> list[str]:
+        o = self.opts
+        if o.ts004_version is not None:
+            for eui in active:
+                self.report.nodes[eui].version = o.ts004_version
+            return active
+        def ok(a: object) -> bool:
+            return (isinstance(a, package.PackageVersionAns)
+                    and a.package_identifier == fragmentation.PACKAGE_IDENTIFIER
+                    and a.package_version in fragmentation.SUPPORTED_VERSIONS)
+
+        def refusal(a: object) -> str:
+            if isinstance(a, package.PackageVersionAns):
+                return (f"package {a.package_identifier} version {a.package_version}; ferry "
+                        f"speaks TS004 (package 3) versions 1 and 2")
+            return str(a)
+
+        active = self._unicast_step(active, "PackageVersionReq (TS004)", fragmentation.PORT,
+                                    lambda _e: package.package_version_req(),
+                                    package.PackageVersionAns, ok, refusal)
+        for eui in active:
+            self.report.nodes[eui].version = self._last_version.get(eui, 1)
+            self.log(f"{eui}: TS004 v{self.report.nodes[eui].version}")
+        return active
+
+    def _frag_setup_frame(self, eui: str, image: bytes, p: Plan) -> bytes:
+        o = self.opts
+        version = self.report.nodes[eui].version
+        mic = 0
+        if version == 2:
+            mic = fragmentation.data_block_mic(self.devices[eui].root_key, image,
+                                               o.session_cnt, o.frag_index, o.descriptor)
+        return fragmentation.frag_session_setup_req(fragmentation.FragSessionSetup(
+            o.frag_index, p.m, p.frag_size, p.padding, o.descriptor, 1 << o.mc_group_index,
+            fragmentation.FRAG_ALGO_XOR, o.block_ack_delay, version, o.session_cnt, mic))
+
+    def _setup_refusal(self, a: object, p: Plan) -> str:
+        if not isinstance(a, fragmentation.FragSessionSetupAns):
+            return str(a)
+        why = "; ".join(a.problems())
+        if a.not_enough_memory:
+            why += (f". ferry asked for {p.m} fragments of {p.frag_size} B "
+                    f"({p.m * p.frag_size} B): set the target options frag_max_nb / "
+                    "frag_max_size to the node build's FRAG_MAX_NB / FRAG_MAX_SIZE (stock "
+                    "LoRaMac-node: 21 / 50) so ferry plans within them")
+        if a.session_cnt_replay:
+            why += f" (ferry sent SessionCnt {self.opts.session_cnt}; raise option session_cnt)"
+        return why
 
     def _sync(self, active: list[str]) -> list[str]:
         # Two transmissions: the second AppTimeReq, sent after the first answer, shows
@@ -305,7 +416,8 @@ class Campaign:
                     a = self._take(eui, fragmentation.FragSessionStatusAns)
                     if isinstance(a, fragmentation.FragSessionStatusAns):
                         answered[eui] = a
-                return len(answered) == len(waiting)
+                return all(e in answered or self.report.nodes[e].state != "pending"
+                           for e in waiting)
 
             # A status request is a multicast frame and can be lost like any other; ask
             # again (2 bytes, cheap) before topping up blind for a silent node.
@@ -314,39 +426,74 @@ class Campaign:
                     break
                 self.report.status_rounds += 1
                 self._pump_until(self.clock.now() + o.status_timeout, collect)
-                if len(answered) == len(waiting):
+                if collect():
                     break
             sent = self.report.fragments_sent
-            worst = 0
+            worst, confirm = 0, 0
             for eui in waiting:
                 node = self.report.nodes[eui]
+                if node.state != "pending":
+                    continue  # a v2 node's FragDataBlockReceivedReq came in meanwhile
                 a = answered.get(eui)
                 if a is None:
                     worst = max(worst, node.missing if node.missing > 0 else p.m // 10 + 1)
                     continue
-                # Loss over the last interval, so a node that joined late or came
-                # out of a fade is judged on what it hears now.
-                node.loss = loss_from_status(sent - node.sent_seen,
-                                             a.nb_received - node.nb_received)
-                node.nb_received, node.missing, node.sent_seen = a.nb_received, a.missing, sent
-                if a.memory_error:
-                    self._fail(eui, "node reports a memory error in the fragmentation session")
-                elif a.missing == 0:
-                    node.state = "complete"
-                else:
-                    worst = max(worst, a.missing)
+                need, gap_short = self._judge(node, a, sent, p.m)
+                if node.state == "pending":
+                    worst = max(worst, need)
+                    confirm = max(confirm, gap_short)
                     # a node losing more than half gets its rest in the next round
                     loss = max(loss, min(node.loss, TOP_UP_MAX_LOSS))
-            if worst == 0:
+            if worst == 0 and confirm == 0:
+                if any(self.report.nodes[e].state == "pending" for e in waiting):
+                    # v2 nodes that look finished: their FragDataBlockReceivedReq decides
+                    self._pump_until(self.clock.now() + o.status_timeout,
+                                     lambda w=waiting: all(  # type: ignore[misc]
+                                         self.report.nodes[e].state != "pending" for e in w))
                 continue
             if round_no == o.max_rounds:
                 break  # that status round only confirmed the last top-up
-            extra = top_up_for(worst, loss)
-            self.log(f"top-up: worst node needs {worst}, sending {extra} parity (loss {loss:.2f})")
+            extra = max(top_up_for(worst, loss), confirm)
+            self.log(f"top-up: worst node needs ~{worst}, {confirm} more to confirm a "
+                     f"finished v1 node; sending {extra} parity (loss {loss:.2f})")
             first = self.report.fragments_sent + 1
             last = min(first + extra - 1, fragmentation.MAX_N)
             if first > last or self._broadcast(enc, first, last, total, end_unix) == 0:
                 break
+
+    def _judge(self, node: NodeResult, a: fragmentation.FragSessionStatusAns, sent: int,
+               m: int) -> tuple[int, int]:
+        """Read one FragSessionStatusAns; return (parity still needed, frames to confirm)."""
+        node.last_index, node.missing, node.sent_seen = a.last_index, a.missing, sent
+        node.loss = loss_from_status(m, a.last_index, a.missing)
+        if a.matrix_error:
+            limit = self.opts.limits.max_redundancy
+            self._fail(node.dev_eui, (
+                f"MatrixError: lost {a.missing} data fragments, more than its decoder can "
+                "recover" + (f" (frag_max_redundancy {limit})" if limit is not None else
+                             " (FRAG_MAX_REDUNDANCY)") + "; the reference calls that session "
+                "finished, but the block is not rebuilt"))
+            return 0, 0
+        # fragments after its last index it never heard: data ones count as lost too
+        tail_data = max(0, min(sent, m) - a.last_index)
+        lost = a.missing + tail_data
+        p_hat = max(node.loss, MIN_LOSS_FOR_GAP)
+        gap_needed = self.opts.done_gap or done_gap(p_hat)
+        gap = sent - a.last_index
+        parity_heard_max = max(0, a.last_index - m)
+        frozen = a.last_index > m and gap >= gap_needed and parity_heard_max >= a.missing
+        if frozen and node.version == 1:
+            node.state = "complete"
+            node.message = (f"rebuilt (NbFragReceived stopped at {a.last_index} while "
+                            f"fragments ran to {sent}; lost {a.missing} data fragments)")
+            return 0, 0
+        if frozen:
+            return 0, 0  # v2: wait for its FragDataBlockReceivedReq
+        need = max(0, math.ceil(lost - parity_heard_max * (1 - p_hat)))
+        confirm = max(0, gap_needed - gap) if node.version == 1 else 0
+        if need == 0 and confirm == 0:
+            need = 1
+        return need, confirm
 
     def _finish(self, message: str) -> Report:
         self.report.finished = self.clock.now()
@@ -354,6 +501,7 @@ class Campaign:
             if node.state == "pending":
                 node.state = "incomplete"
                 node.message = message or (
-                    f"still missing {node.missing} fragments" if node.missing > 0
-                    else "never answered FragSessionStatusReq")
+                    "never answered FragSessionStatusReq" if node.missing < 0 else
+                    f"no sign it rebuilt the block: last fragment heard N={node.last_index}, "
+                    f"lost {node.missing} data fragments")
         return self.report

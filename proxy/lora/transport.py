@@ -12,6 +12,12 @@ sent to each node encrypted under a key derived from its own GenAppKey/AppKey:
 - ``dr`` (5), ``frequency`` (869525000), ``duty_cycle`` (0.1), ``loss_estimate`` (0.1),
   ``answer_timeout`` (600 s), ``start_margin`` (660 s), ``status_timeout`` (40 s),
   ``max_rounds`` (8);
+- the nodes' FragDecoder build limits, so ferry plans sessions they accept:
+  ``frag_max_size`` (FRAG_MAX_SIZE), ``frag_max_nb`` (FRAG_MAX_NB),
+  ``frag_max_redundancy`` (FRAG_MAX_REDUNDANCY), or ``node_limits = "stock"`` for
+  LoRaMac-node's shipped 50 / 21 / 5;
+- ``ts004_version`` (ask each node), ``session_cnt`` (v2; default: last + 1 from
+  state_dir, else 1), ``done_gap`` (v1 completion rule; default from each node's loss);
 - ``state_dir``: where the last campaign's result per group is kept, for ``inspect``,
   to skip a group that already has this version (unless forced), and to plan the next
   campaign's first redundancy for the loss its nodes reported (FragSessionStatusAns).
@@ -31,6 +37,7 @@ from typing import Any, BinaryIO
 
 from ferry.proxy.lora.errors import LoraError
 from ferry.proxy.lora.netserver import Clock, NetworkServer, SystemClock
+from ferry.proxy.lora.scheduler import STOCK_LIMITS, NodeLimits
 from ferry.proxy.lora.session import Campaign, Device, Options, Report
 from ferry.proxy.transport import FlashResult, Progress, Target, TargetState
 
@@ -79,7 +86,39 @@ def campaign_options(opts: dict[str, str]) -> Options:
         o.mc_addr = int(opts["mc_addr"], 16)
     if opts.get("descriptor"):
         o.descriptor = int(opts["descriptor"], 0)
+    o.limits = node_limits(opts)
+    if opts.get("ts004_version"):
+        o.ts004_version = int(_num(opts, "ts004_version", 1))
+        if o.ts004_version not in (1, 2):
+            raise LoraError(f"lora option ts004_version={opts['ts004_version']!r}: use 1 or 2")
+    if opts.get("session_cnt"):
+        o.session_cnt = int(_num(opts, "session_cnt", 1))
+        if not 0 <= o.session_cnt <= 0xFFFF:
+            raise LoraError("lora option session_cnt is 16 bits (0..65535)")
+    if opts.get("done_gap"):
+        o.done_gap = max(1, int(_num(opts, "done_gap", 3)))
     return o
+
+
+def node_limits(opts: dict[str, str]) -> NodeLimits:
+    """FragDecoder limits of the nodes' build, from the target's options."""
+    base = STOCK_LIMITS if opts.get("node_limits") == "stock" else NodeLimits()
+    if opts.get("node_limits") not in (None, "", "stock"):
+        raise LoraError(f"lora option node_limits={opts['node_limits']!r}: only 'stock' "
+                        "(LoRaMac-node's FRAG_MAX_SIZE 50, FRAG_MAX_NB 21, "
+                        "FRAG_MAX_REDUNDANCY 5) is known; give frag_max_* instead")
+
+    def pick(key: str, default: int | None, top: int) -> int | None:
+        if not opts.get(key):
+            return default
+        v = int(_num(opts, key, 0))
+        if not 1 <= v <= top:
+            raise LoraError(f"lora option {key}={opts[key]!r} must be 1..{top}")
+        return v
+
+    return NodeLimits(pick("frag_max_size", base.max_frag_size, 255),
+                      pick("frag_max_nb", base.max_nb_frag, 16383),
+                      pick("frag_max_redundancy", base.max_redundancy, 16383))
 
 
 def load_devices(opts: dict[str, str]) -> list[Device]:
@@ -167,9 +206,13 @@ class LoraTransport:
             # plan the first redundancy for the loss the nodes reported last time
             opts["loss_estimate"] = str(min(max(float(state["loss"]), 0.02), 0.5))
         data = image.read()
+        copts = campaign_options(opts)
+        if not opts.get("session_cnt") and state.get("session_cnt") is not None:
+            # v2 nodes refuse a SessionCnt they have seen (replay): count on from the last
+            copts.session_cnt = (int(state["session_cnt"]) + 1) & 0xFFFF
         ns = self.network_factory(opts)
         try:
-            campaign = Campaign(ns, self.clock, target.address, devices, campaign_options(opts),
+            campaign = Campaign(ns, self.clock, target.address, devices, copts,
                                 log=self.log, progress=progress)
             report = campaign.run(data)
         finally:
@@ -200,10 +243,11 @@ class LoraTransport:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        seen = [1 - n.nb_received / n.sent_seen for n in report.nodes.values()
+        seen = [n.loss for n in report.nodes.values()
                 if n.state == "complete" and n.sent_seen > 0]
         tmp.write_text(json.dumps({
             "version": version, "ok": report.ok, "finished": report.finished,
+            "session_cnt": report.session_cnt,
             "loss": round(max(seen), 3) if seen else None,
             "nodes": {e: {"state": n.state, "message": n.message, "loss": round(n.loss, 3)}
                       for e, n in report.nodes.items()},

@@ -1,16 +1,34 @@
-"""TS004 FragAlgo 0 decoder, as a node runs it (Annex A.2: incremental GF(2) elimination).
+"""TS004 FragAlgo 0 decoder as LoRaMac-node's ``FragDecoder.c`` runs it, quirks included.
 
-Each received fragment becomes an equation "XOR of the blocks in row = payload". Rows
-are kept in echelon form keyed by their highest column; a new row is reduced against
-them until it is zero (nothing new) or has a fresh highest column (rank + 1). When the
-rank reaches M, back-substitution from the lowest column up yields the blocks.
+Written from LoRaMac-node ``src/apps/LoRaMac/common/LmHandler/packages/FragDecoder.c``
+and ``FragDecoder.h`` (not from ferry's encoder):
+
+- ``FragNbRx`` is set to the index N of every fragment processed (an index, not a count).
+- A fragment with N below ``FragNbLastRx`` is dropped as out of order; after the first
+  parity fragment ``FragNbLastRx`` is M + 1, so late data fragments are dropped.
+- ``FragNbLost`` counts DATA fragments (N <= M) skipped over, when a later one arrives
+  (``FragFindMissingFrags``); recovering them from parity never lowers it.
+- On a parity fragment: if ``FragNbLost > FRAG_MAX_REDUNDANCY`` the decoder sets
+  ``MatrixError`` and returns FRAG_SESSION_FINISHED (0), block not rebuilt. If nothing
+  was lost it returns finished at once. Otherwise the line (``FragGetParityMatrixRow``:
+  seed 1 + 1001·n, floor(M/2) PRBS-23 draws, ``(x >> 1) + (fb << 22)``) is reduced by
+  the data it has and by the stored rows of the lost-fragment matrix (pivot = first lost
+  ordinal set); a line that reduces to zero carries no information. When the stored rows
+  number ``FragNbLost`` the lost fragments are solved and the session is finished.
+- Once finished, ``LmhpFragmentation.c`` stops calling the decoder, so ``FragNbRx``
+  freezes: that is what a server can see of completion in TS004 v1.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+ONGOING = -1
+FINISHED = 0
+
 
 def matrix_row(idx: int, m: int) -> int:
-    """Columns of coded fragment number `idx` (N - M, from 1) as a bit set, per Annex A."""
+    """Columns of parity line `idx` (N - M, from 1) as a bit set (bit c = fragment c + 1)."""
     power_of_two = m > 0 and (m & (m - 1)) == 0
     modulus = m + (1 if power_of_two else 0)
     state = 1 + 1001 * idx
@@ -27,56 +45,99 @@ def matrix_row(idx: int, m: int) -> int:
     return row
 
 
-class BlockDecoder:
-    def __init__(self, nb_frag: int, frag_size: int, padding: int) -> None:
+@dataclass(frozen=True)
+class Limits:
+    """FragDecoder.h build limits (None: no limit in this build)."""
+
+    max_nb: int | None = None  # FRAG_MAX_NB
+    max_size: int | None = None  # FRAG_MAX_SIZE
+    max_redundancy: int | None = None  # FRAG_MAX_REDUNDANCY
+
+
+STOCK = Limits(21, 50, 5)  # FragDecoder.h as LoRaMac-node ships it
+
+
+class RefDecoder:
+    """One session's FragDecoder state."""
+
+    def __init__(self, nb_frag: int, frag_size: int, padding: int, limits: Limits) -> None:
         self.m = nb_frag
         self.size = frag_size
         self.padding = padding
-        self.rows: dict[int, tuple[int, int]] = {}  # highest column -> (row, data)
-        self.received: set[int] = set()
+        self.max_red = limits.max_redundancy
+        self.nb_rx = 0  # FragNbRx
+        self.last_rx = 0  # FragNbLastRx
+        self.lost = 0  # FragNbLost
+        self.matrix_error = False
+        self.data: list[int | None] = [None] * nb_frag
+        self.lost_cols: list[int] = []  # 0-based data index of lost ordinal k
+        self.rows: dict[int, tuple[int, int]] = {}  # pivot ordinal -> (ordinal bits, data)
+        self.rebuilt = False
 
-    @property
-    def rank(self) -> int:
-        return len(self.rows)
+    def _find_missing(self, counter: int) -> None:
+        i = self.last_rx
+        while i < counter - 1:
+            if i < self.m:
+                self.lost += 1
+                self.lost_cols.append(i)
+            i += 1
+        self.last_rx = counter if i < self.m else self.m + 1
 
-    @property
-    def missing(self) -> int:
-        return self.m - self.rank
-
-    @property
-    def complete(self) -> bool:
-        return self.rank == self.m
-
-    def add(self, n: int, payload: bytes) -> bool:
-        """Take fragment N; True if it raised the rank."""
-        if n < 1 or len(payload) != self.size or n in self.received:
-            return False
-        self.received.add(n)
-        if self.complete:
-            return False
-        row = (1 << (n - 1)) if n <= self.m else matrix_row(n - self.m, self.m)
-        data = int.from_bytes(payload, "big")
-        while row:
-            top = row.bit_length() - 1
-            have = self.rows.get(top)
+    def process(self, n: int, payload: bytes) -> int:
+        """FragDecoderProcess: ONGOING, or >= 0 when the session is finished."""
+        self.nb_rx = n
+        if n < self.last_rx:
+            return ONGOING  # "Drop frame out of order"
+        value = int.from_bytes(payload, "big")
+        if n <= self.m:
+            self.data[n - 1] = value
+            self._find_missing(n)
+            return ONGOING
+        if self.max_red is not None and self.lost > self.max_red:
+            self.matrix_error = True
+            return FINISHED
+        self._find_missing(n)
+        if self.lost == 0:
+            self.rebuilt = True
+            return FINISHED
+        line = matrix_row(n - self.m, self.m)
+        ordinal = {c: k for k, c in enumerate(self.lost_cols)}
+        bits = 0
+        while line:
+            low = line & -line
+            col = low.bit_length() - 1
+            line ^= low
+            if col in ordinal:
+                bits |= 1 << ordinal[col]
+            else:
+                value ^= self.data[col] or 0
+        while bits:
+            pivot = (bits & -bits).bit_length() - 1
+            have = self.rows.get(pivot)
             if have is None:
-                self.rows[top] = (row, data)
-                return True
-            row ^= have[0]
-            data ^= have[1]
-        return False
+                self.rows[pivot] = (bits, value)
+                break
+            bits ^= have[0]
+            value ^= have[1]
+        if len(self.rows) == self.lost:
+            self._solve()
+            self.rebuilt = True
+            return self.lost
+        return ONGOING
 
-    def block(self) -> bytes:
-        if not self.complete:
-            raise ValueError(f"block not complete: {self.missing} fragments missing")
-        solved: list[int] = [0] * self.m
-        for col in range(self.m):
-            row, data = self.rows[col]
-            rest = row & ~(1 << col)
+    def _solve(self) -> None:
+        solved: dict[int, int] = {}
+        for pivot in sorted(self.rows, reverse=True):
+            bits, value = self.rows[pivot]
+            rest = bits & ~(1 << pivot)
             while rest:
                 low = rest & -rest
-                data ^= solved[low.bit_length() - 1]
+                value ^= solved[low.bit_length() - 1]
                 rest ^= low
-            solved[col] = data
-        out = b"".join(v.to_bytes(self.size, "big") for v in solved)
+            solved[pivot] = value
+        for k, col in enumerate(self.lost_cols):
+            self.data[col] = solved[k]
+
+    def block(self) -> bytes:
+        out = b"".join((v or 0).to_bytes(self.size, "big") for v in self.data)
         return out[: len(out) - self.padding] if self.padding else out

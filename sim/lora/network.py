@@ -76,6 +76,13 @@ class SimUplink:
     fport: int
     payload: bytes
     received_at: float
+    node: Node | None = None  # set on a node's repeated FragDataBlockReceivedReq
+
+    def wanted(self) -> bool:
+        """A resend the node has stopped (its FragDataBlockReceivedAns arrived) never goes."""
+        if self.node is None:
+            return True
+        return self.node.block_req_wanted(self.payload[1] & 3)
 
 
 @dataclass
@@ -129,7 +136,8 @@ class SimNetwork:
     def _deliver(self, node: Node, port: int, payload: bytes, at: float) -> None:
         for delay, uport, up in node.downlink(port, payload, at):
             t = at + delay
-            self._at(t, SimUplink(node.dev_eui.lower(), uport, up, t))
+            repeat = node if uport == 201 and up[:1] == b"\x04" else None
+            self._at(t, SimUplink(node.dev_eui.lower(), uport, up, t, repeat))
 
     # -- the NetworkServer methods --------------------------------------------------
 
@@ -177,6 +185,8 @@ class SimNetwork:
             t, _seq, item = heapq.heappop(self._queue)
             self.clock.t = max(self.clock.t, t)
             if isinstance(item, SimUplink):
+                if not item.wanted():
+                    continue
                 self.stats.uplinks += 1
                 return item
             self._deliver(item.node, item.port, item.payload, t)

@@ -4,6 +4,29 @@ It parses the downlinks itself (byte layouts from the TS003/TS004/TS005 tables),
 derives its multicast keys with its own AES calls, keeps its own clock (offset from
 the network's until TS003 corrects it) and rebuilds the image with its own decoder.
 The node never reads a clock: every event carries the simulated time it happens at.
+
+The fragmentation package answers as the reference node stack does, from
+LoRaMac-node ``src/apps/LoRaMac/common/LmHandler/packages/LmhpFragmentation.c`` (v1)
+and STM32CubeWL's ``LmhpFragmentation.c``, derived from it (v1 and v2, chosen at build
+time by LORAWAN_PACKAGES_VERSION; ``ts004_version`` here):
+
+- PackageVersionAns says package 3 version ``ts004_version``.
+- FragSessionSetupReq: 10 bytes after the CID in v1, 16 in v2 (SessionCnt u16, MIC u32;
+  Control bit 6 AckReception). Status bit 0 FragAlgo != 0; bit 1 "not enough memory" when
+  NbFrag > FRAG_MAX_NB, FragSize > FRAG_MAX_SIZE or NbFrag·FragSize > their product
+  (``limits``; ``decoder.STOCK`` is the shipped 21 / 50 / 5); bits 7:6 FragIndex; v2 bit 4
+  when SessionCnt is not above the one of the last session that received data.
+  Wrong Descriptor (bit 3) is never set: the reference has it commented out.
+- FragSessionStatusReq: answered only if Participants = 1 or FragNbLost > 0, after
+  ``3 s + rand(0..1)·2^(BlockAckDelay+4) s``, as ``01 | FragNbRx & 0xFF |
+  FragIndex << 6 | FragNbRx >> 8 & 0x3F | FragNbLost (u16 written into one byte) |
+  MatrixError`` (the same layout in v2). FragNbRx is the last index processed.
+- DataFragment: fed to ``decoder.RefDecoder`` (FragDecoder.c) while the session is
+  ongoing; once finished the decoder is not called again, so FragNbRx freezes.
+- v2 with AckReception: on finishing, FragDataBlockReceivedReq ``04 | FragIndex | 0x04 if
+  the MIC (AES-CMAC with DataBlockIntKey = aes128(AppKey, 0x30|0…), B0 = 0x49 |
+  SessionCnt | FragIndex | Descriptor | 0 | size) does not match``, resent every 1.5 s
+  (``block_req_period``) until FragDataBlockReceivedAns (``04 | FragIndex``) arrives.
 """
 
 from __future__ import annotations
@@ -12,9 +35,10 @@ import random
 import struct
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ferry.sim.lora.decoder import BlockDecoder
+from ferry.sim.lora.decoder import FINISHED, ONGOING, Limits, RefDecoder
 
 GPS_OFFSET = 315964800 - 18  # unix - GPS_OFFSET = GPS seconds
 
@@ -42,6 +66,22 @@ class ClassC:
 
 
 @dataclass
+class FragSession:
+    mask: int
+    nb: int
+    size: int
+    padding: int
+    block_ack_delay: int
+    descriptor: int
+    dec: RefDecoder
+    session_cnt: int = 0
+    mic: int = 0
+    ack_reception: bool = False
+    status: int = ONGOING  # FragDecoderProcessStatus
+    active: bool = True
+
+
+@dataclass
 class Node:
     dev_eui: str
     gen_app_key: bytes
@@ -52,7 +92,12 @@ class Node:
     rng: random.Random = field(default_factory=random.Random)
     groups: dict[int, McGroup] = field(default_factory=dict)
     sessions: dict[int, ClassC] = field(default_factory=dict)
-    frag: dict[int, tuple[int, BlockDecoder]] = field(default_factory=dict)  # idx -> (mask, dec)
+    frag: dict[int, FragSession] = field(default_factory=dict)  # FragIndex -> session
+    ts004_version: int = 1  # LORAWAN_PACKAGES_VERSION of the build
+    limits: Limits = field(default_factory=Limits)
+    block_req_period: float = 1.5  # STM32CubeWL resends FragDataBlockReceivedReq this often
+    block_req_pending: int | None = None  # FragIndex awaiting FragDataBlockReceivedAns
+    session_cnt_prev: dict[int, int] = field(default_factory=dict)
     image: bytes | None = None
     log: list[str] = field(default_factory=list)
     synced: bool = False
@@ -119,7 +164,7 @@ class Node:
         while i < len(p):
             cid = p[i]
             if cid == 0x00:
-                out.append((0.0, 200, bytes([0x00, 2, 1])))
+                out.append((0.0, 200, bytes([0x00, 2, self.ts004_version])))
                 i += 1
             elif cid == 0x02 and i + 30 <= len(p):
                 gid = p[i + 1] & 3
@@ -163,55 +208,92 @@ class Node:
         return out
 
     def _frag(self, p: bytes, at: float) -> list[tuple[float, int, bytes]]:
-        if p and p[0] == 0x08:
-            self._fragment(p, at)
-            return []
         out: list[tuple[float, int, bytes]] = []
         i = 0
+        v2 = self.ts004_version == 2
         while i < len(p):
             cid = p[i]
+            if cid == 0x08:  # DataFragment: alone in its message
+                return out + self._fragment(p[i:], at)
             if cid == 0x00:
-                out.append((0.0, 201, bytes([0x00, 3, 1])))
+                out.append((3.0, 201, bytes([0x00, 3, self.ts004_version])))
                 i += 1
-            elif cid == 0x02 and i + 11 <= len(p):
-                sess = p[i + 1]
-                idx = (sess >> 4) & 3
-                nb = int.from_bytes(p[i + 2 : i + 4], "little")
-                size = p[i + 4]
-                algo = (p[i + 5] >> 3) & 7
-                pad = p[i + 6]
-                status = idx << 6
-                if algo != 0:
-                    status |= 1
-                if nb == 0 or size == 0 or pad >= size:
-                    status |= 8
-                if status & 0x0F == 0:
-                    self.frag[idx] = (sess & 0x0F, BlockDecoder(nb, size, pad))
-                    self.image = None
-                out.append((0.0, 201, bytes([0x02, status])))
-                i += 11
-            elif cid == 0x01:
+            elif cid == 0x02 and i + (17 if v2 else 11) <= len(p):
+                out.append((3.0, 201, bytes([0x02, self._setup(p[i + 1:i + (17 if v2 else 11)])])))
+                i += 17 if v2 else 11
+            elif cid == 0x01 and i + 2 <= len(p):
                 b = p[i + 1]
                 idx = (b >> 1) & 3
                 everyone = bool(b & 1)
-                entry = self.frag.get(idx)
-                if entry is not None:
-                    dec = entry[1]
-                    if everyone or dec.missing > 0:
-                        delay = self.rng.uniform(0, self.ack_spread)
-                        ri = (idx << 14) | min(len(dec.received), 0x3FFF)
-                        out.append((delay, 201, bytes([0x01]) + ri.to_bytes(2, "little")
-                                    + bytes([min(dec.missing, 255), 0])))
+                s = self.frag.get(idx)
+                dec = s.dec if s else None
+                lost = dec.lost if dec else 0
+                if everyone or lost > 0:
+                    rx = dec.nb_rx if dec else 0
+                    bad = s.block_ack_delay if s else 0
+                    delay = 3.0 + self.rng.randint(0, 1000) / 1000 * (1 << (bad + 4))
+                    out.append((delay, 201, bytes([
+                        0x01, rx & 0xFF, ((idx << 6) | ((rx >> 8) & 0x3F)) & 0xFF,
+                        lost & 0xFF, int(dec.matrix_error) if dec else 0])))
                 i += 2
-            elif cid == 0x03:
+            elif cid == 0x03 and i + 2 <= len(p):
                 idx = p[i + 1] & 3
-                gone = self.frag.pop(idx, None) is None
-                out.append((0.0, 201, bytes([0x03, idx | (4 if gone else 0)])))
+                s = self.frag.get(idx)
+                gone = s is None or not s.active
+                if s is not None:
+                    s.active = False
+                out.append((3.0, 201, bytes([0x03, idx | (4 if gone else 0)])))
+                i += 2
+            elif cid == 0x04 and v2 and i + 2 <= len(p):  # FragDataBlockReceivedAns
+                if self.block_req_pending == (p[i + 1] & 3):
+                    self.block_req_pending = None
                 i += 2
             else:
                 self.log.append(f"TS004 bad command {p[i:].hex()}")
                 break
         return out
+
+    def _setup(self, b: bytes) -> int:
+        sess = b[0]
+        idx = (sess >> 4) & 3
+        nb = int.from_bytes(b[1:3], "little")
+        size = b[3]
+        control = b[4]
+        pad = b[5]
+        descriptor = int.from_bytes(b[6:10], "little")
+        status = (idx << 6) & 0xC0
+        if (control >> 3) & 7:
+            status |= 0x01  # encoding unsupported
+        lim = self.limits
+        if ((lim.max_nb is not None and nb > lim.max_nb)
+                or (lim.max_size is not None and size > lim.max_size)
+                or (lim.max_nb is not None and lim.max_size is not None
+                    and nb * size > lim.max_nb * lim.max_size)):
+            status |= 0x02  # not enough memory
+        cnt, mic = 0, 0
+        if self.ts004_version == 2:
+            cnt = int.from_bytes(b[10:12], "little")
+            mic = int.from_bytes(b[12:16], "little")
+            if self.session_cnt_prev.get(idx, -1) >= cnt:
+                status |= 0x10  # SessionCnt replay
+        if status & (0x1F if self.ts004_version == 2 else 0x0F) == 0:
+            self.frag[idx] = FragSession(sess & 0x0F, nb, size, pad, control & 7, descriptor,
+                                         RefDecoder(nb, size, pad, lim), cnt, mic,
+                                         self.ts004_version == 2 and bool(control & 0x40))
+            self.image = None
+        return status
+
+    def _mic_ok(self, s: FragSession, idx: int, block: bytes) -> bool:
+        key = _aes(self.gen_app_key, bytes([0x30]) + bytes(15))
+        b0 = (bytes([0x49]) + s.session_cnt.to_bytes(2, "little") + bytes([idx])
+              + s.descriptor.to_bytes(4, "little") + bytes(4) + len(block).to_bytes(4, "little"))
+        c = cmac.CMAC(algorithms.AES(key))
+        c.update(b0 + block)
+        return int.from_bytes(c.finalize()[:4], "little") == s.mic
+
+    def block_req_wanted(self, idx: int) -> bool:
+        """The network asks before delivering a resend: still unanswered?"""
+        return self.block_req_pending == idx
 
     def listening(self, group_id: int, at: float) -> bool:
         s = self.sessions.get(group_id)
@@ -220,14 +302,26 @@ class Node:
         now = self.gps(at)
         return s.start_gps + self.join_delay <= now < s.start_gps + s.timeout_s
 
-    def _fragment(self, p: bytes, at: float) -> None:
+    def _fragment(self, p: bytes, at: float) -> list[tuple[float, int, bytes]]:
         if len(p) < 3:
-            return
+            return []
         word = int.from_bytes(p[1:3], "little")
         idx, n = word >> 14, word & 0x3FFF
-        entry = self.frag.get(idx)
-        if entry is None:
-            return
-        dec = entry[1]
-        if dec.add(n, p[3:]) and dec.complete:
-            self.image = dec.block()
+        s = self.frag.get(idx)
+        if s is None or not s.active or s.status != ONGOING:
+            return []
+        s.status = s.dec.process(n, p[3:3 + s.size])
+        if self.ts004_version == 2:
+            self.session_cnt_prev[idx] = s.session_cnt
+        if s.status < FINISHED:
+            return []
+        block = s.dec.block()
+        if s.dec.rebuilt:
+            self.image = block
+        if not s.ack_reception:
+            return []
+        status = idx | (0 if s.dec.rebuilt and self._mic_ok(s, idx, block) else 0x04)
+        self.block_req_pending = idx
+        req = bytes([0x04, status])
+        first = 3.0 + self.rng.randint(0, 1000) / 1000 * (1 << (s.block_ack_delay + 4))
+        return [(first + k * self.block_req_period, 201, req) for k in range(200)]

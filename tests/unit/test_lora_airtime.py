@@ -59,5 +59,8 @@ def test_duty_cycle_off_time():
 def test_top_up_and_loss():
     assert scheduler.top_up_for(0, 0.2) == 0
     assert scheduler.top_up_for(10, 0.2) >= 13
-    assert scheduler.loss_from_status(100, 80) == pytest.approx(0.2)
-    assert scheduler.loss_from_status(0, 0) == 0.0
+    # M = 100; last fragment heard N = 150 (an index), 20 data fragments lost
+    assert scheduler.loss_from_status(100, 150, 20) == pytest.approx(0.2)
+    # only up to N = 50 heard so far: 10 of those 50 lost
+    assert scheduler.loss_from_status(100, 50, 10) == pytest.approx(0.2)
+    assert scheduler.loss_from_status(100, 0, 0) == 0.0
