@@ -8,10 +8,14 @@ is the coordinator-agnostic OTA server for adapters that hand ferry a raw ZCL li
 Policy before anything is sent: the image's manufacturer code and image type must
 match what the target expects (bundle selector or ``hardware_id`` "MFR:TYPE"), and the
 image must be newer than the node's file version unless the deployment is forced.
+
+A forced deployment's index entry is forced only while its update runs (see
+``overrideindex``): the ``finally`` below makes it ordinary again whatever happens.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, BinaryIO
 
 from ferry.proxy.transport import FlashResult, Progress, Target, TargetState
@@ -22,6 +26,10 @@ from ferry.proxy.zigbee.z2m import Z2MOptions, Zigbee2Mqtt
 
 def version_str(v: int | None) -> str:
     return "" if v is None else f"0x{v:08X}"
+
+
+def hw_str(v: int | None) -> str:
+    return "" if v is None else f"0x{v:04X}"
 
 
 def _int(text: str | None) -> int | None:
@@ -63,6 +71,8 @@ class ZigbeeTransport:
         self.adapter = adapter
 
     def discover(self) -> list[Target]:
+        with contextlib.suppress(AdapterError, OSError):
+            self.adapter.index.sweep()  # a forced entry a killed ferry left behind
         out = []
         for d in self.adapter.devices():
             if not d.supports_ota:
@@ -70,16 +80,20 @@ class ZigbeeTransport:
             out.append(Target(
                 name=d.friendly_name or d.ieee, transport=self.name, address=d.ieee,
                 options={"file_version": version_str(d.installed_version), "model": d.model,
-                         "vendor": d.vendor, "software_build_id": d.software_build_id}))
+                         "vendor": d.vendor, "software_build_id": d.software_build_id,
+                         "hw_basic": hw_str(d.hw_basic), "hw_query": hw_str(d.hw_query)}))
         return out
 
     def inspect(self, target: Target) -> TargetState:
         try:
-            available, installed = self.adapter.check(target.address)
-        except AdapterError as err:
+            self.adapter.index.ensure_exists()
+            res = self.adapter.check(target.address)
+        except (AdapterError, OSError) as err:
             return TargetState(reachable=False, detail={"error": str(err)})
-        return TargetState(reachable=True, version=version_str(installed),
-                           detail={"update_available": str(available).lower()})
+        detail = {"update_available": str(res.available).lower()}
+        if res.hw_query is not None:
+            detail["hw_query"] = hw_str(res.hw_query)
+        return TargetState(reachable=True, version=version_str(res.installed), detail=detail)
 
     def flash(self, target: Target, image: BinaryIO, *, progress: Progress) -> FlashResult:
         try:
@@ -94,20 +108,34 @@ class ZigbeeTransport:
         new = version_str(hdr.file_version)
         progress(0, len(raw), "check")
         try:
-            _, installed = self.adapter.check(target.address)
-        except AdapterError as err:
+            problem = self.adapter.configuration_problem()
+            if problem:
+                return FlashResult(ok=False, message=f"{target.name}: {problem}")
+            self.adapter.index.ensure_exists()
+            installed = self.adapter.check(target.address).installed
+        except (AdapterError, OSError) as err:
             return FlashResult(ok=False, message=f"{target.name}: {err}")
         if installed is not None and installed >= hdr.file_version and not force:
             return FlashResult(ok=True, skipped=True, version=version_str(installed),
                                message=f"{target.name} already runs {version_str(installed)}"
                                        f" (image {new}); not forced",
                                detail={f"node.{target.address}": "skipped"})
+        index = self.adapter.index
         try:
-            self.adapter.stage(raw, hdr, force=force)
-            outcome = self.adapter.update(
-                target.address,
-                lambda pct: progress(int(len(raw) * min(pct, 100.0) / 100), len(raw), "upload"))
-        except AdapterError as err:
+            # A forced entry is offered to every node of this type: it may exist only
+            # while this update runs, so forced updates of one type take turns.
+            with index.type_lock(hdr.manufacturer_code, hdr.image_type, exclusive=force,
+                                 timeout_s=self.adapter.opts.update_timeout_s):
+                entry = index.stage(raw, hdr, force=force)
+                try:
+                    outcome = self.adapter.update(
+                        target.address,
+                        lambda pct: progress(int(len(raw) * min(pct, 100.0) / 100), len(raw),
+                                             "upload"))
+                finally:
+                    if force:
+                        index.unforce(entry)
+        except (AdapterError, OSError) as err:
             return FlashResult(ok=False, message=f"{target.name}: {err}")
         if not outcome.ok:
             return FlashResult(ok=False, version=version_str(installed),

@@ -1,32 +1,37 @@
 """The Zigbee2MQTT adapter: ferry hands the image to Zigbee2MQTT, which serves the
 blocks from its own coordinator.
 
-Steps, following Zigbee2MQTT's documented interface (guide/usage/ota_updates):
-1. the OTA file is written (atomically) under Z2M's data directory, and an entry for it
-   is merged into the local override index that Z2M's
-   ``ota.zigbee_ota_override_index_location`` names (Z2M re-reads that index on every
-   check, so no restart is needed); entries ferry did not write are left alone;
+Steps, following Zigbee2MQTT's interface (``lib/extension/otaUpdate.ts`` of 2.2.1 and
+2.14.1; guide/usage/ota_updates):
+1. the OTA file and its entry go into the local override index that Z2M's
+   ``ota.zigbee_ota_override_index_location`` names (``overrideindex``; Z2M re-reads it
+   on every check, but reads the SETTING only at start: ``requiresRestart`` in its
+   settings schema);
 2. ``<base>/bridge/request/device/ota_update/update`` is published with
    ``{"id": <ieee or friendly name>, "transaction": ...}``;
 3. progress comes from the device's state topic (``update.progress``), the result from
    ``<base>/bridge/response/device/ota_update/update`` (``status`` ok / error).
+
+Z2M's answers are relayed with what to do about them (``explain``): above all
+"fetch failed", which is how Z2M 2.2.x fails every check and update on a gateway
+without internet (it fetches the online index before reading the override index).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferry.proxy.zigbee import z2mdata
 from ferry.proxy.zigbee.errors import AdapterError
 from ferry.proxy.zigbee.mqtt import Message, MqttSession
-from ferry.proxy.zigbee.otafile import OtaHeader
+from ferry.proxy.zigbee.overrideindex import OverrideIndex
+from ferry.proxy.zigbee.z2mdata import BridgeInfo
 
 
 @dataclass
@@ -70,6 +75,15 @@ class Z2MDevice:
     supports_ota: bool = False
     software_build_id: str = ""
     installed_version: int | None = None  # OTA file version, when Z2M has reported it
+    hw_basic: int | None = None  # Basic-cluster HWVersion (what Z2M 2.2 matches)
+    hw_query: int | None = None  # from the node's Query Next Image Request (Z2M 2.14)
+
+
+@dataclass
+class CheckResult:
+    available: bool
+    installed: int | None
+    hw_query: int | None = None
 
 
 @dataclass
@@ -80,77 +94,73 @@ class UpdateOutcome:
     detail: dict[str, str] = field(default_factory=dict)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+OFFLINE_HINT = ("Zigbee2MQTT {version}fetches its online OTA index before it reads the "
+                "override index, and could not reach it (\"fetch failed\"). Give the "
+                "gateway access to raw.githubusercontent.com, or upgrade Zigbee2MQTT to "
+                "2.14 or later, which falls back to the override index when offline")
+
+
+def explain(error: str, info: BridgeInfo) -> str:
+    """Z2M's error text plus what to do about it, where ferry knows."""
+    if "fetch failed" in error:
+        version = f"{info.version} " if info.version else ""
+        return f"{error}: {OFFLINE_HINT.format(version=version)}"
+    if "No image currently available" in error or "No new image available" in error:
+        return (f"{error}: Zigbee2MQTT found no matching entry; check "
+                "ota.zigbee_ota_override_index_location (needs a Z2M restart when "
+                "changed) and the node's hardware version against the image's range "
+                "(Z2M 2.2 uses the Basic-cluster value, 2.14 the one in the node's query)")
+    return error
 
 
 class Zigbee2Mqtt:
     def __init__(self, opts: Z2MOptions) -> None:
         self.opts = opts
         self.base = opts.base_topic.rstrip("/")
+        self.index = OverrideIndex(opts.data_dir, opts.index_file, opts.image_dir)
+        self._info: BridgeInfo | None = None
 
     def _session(self) -> MqttSession:
         return MqttSession(self.opts.host, self.opts.port, username=self.opts.username,
                            password=self.opts.password)
 
-    # ---- staging -------------------------------------------------------------------
-
-    def stage(self, raw: bytes, header: OtaHeader, *, force: bool) -> dict[str, Any]:
-        """Put the file where Z2M looks and point its override index at it."""
-        name = (f"{header.manufacturer_code:04x}-{header.image_type:04x}-"
-                f"{header.file_version:08x}.ota")
-        rel = f"{self.opts.image_dir}/{name}"
-        _atomic_write(self.opts.data_dir / rel, raw)
-        entry: dict[str, Any] = {
-            "url": rel,
-            "fileName": name,
-            "manufacturerCode": header.manufacturer_code,
-            "imageType": header.image_type,
-            "fileVersion": header.file_version,
-            "fileSize": len(raw),
-            "sha512": hashlib.sha512(raw).hexdigest(),
-            "otaHeaderString": header.header_string.decode("utf-8", "replace"),
-        }
-        if header.min_hardware_version is not None:
-            entry["hardwareVersionMin"] = header.min_hardware_version
-            entry["hardwareVersionMax"] = header.max_hardware_version
-        if force:
-            entry["force"] = True
-        index_path = self.opts.data_dir / self.opts.index_file
-        entries: list[dict[str, Any]] = []
-        if index_path.exists():
-            try:
-                loaded = json.loads(index_path.read_text() or "[]")
-            except json.JSONDecodeError as exc:
-                raise AdapterError(f"{index_path} is not valid JSON ({exc}); fix or remove "
-                                   "it, Zigbee2MQTT cannot read it either") from exc
-            if not isinstance(loaded, list):
-                raise AdapterError(f"{index_path} must hold a JSON list of image entries")
-            entries = loaded
-        prefix = f"{self.opts.image_dir}/"
-        kept = [e for e in entries if not (
-            str(e.get("url", "")).startswith(prefix)
-            and e.get("manufacturerCode") == header.manufacturer_code
-            and e.get("imageType") == header.image_type)]
-        # Override entries come first in Z2M's lookup; ours first within the override.
-        _atomic_write(index_path, (json.dumps([entry, *kept], indent=2) + "\n").encode())
-        return entry
-
     # ---- bridge --------------------------------------------------------------------
+
+    def bridge_info(self, s: MqttSession | None = None) -> BridgeInfo:
+        """Z2M's retained ``bridge/info`` (version and settings); empty when absent."""
+        if self._info is not None:
+            return self._info
+        own = s is None
+        s = s or self._session()
+        try:
+            topic = f"{self.base}/bridge/info"
+            s.subscribe(topic)
+            msg = s.wait_for(lambda m: m.topic == topic, 2.0)
+            self._info = BridgeInfo.parse(msg.payload) if msg is not None else BridgeInfo()
+            return self._info
+        finally:
+            if own:
+                s.close()
+
+    def configuration_problem(self) -> str:
+        """Why Z2M would not read ferry's index, from its published settings; "" if
+        it would or if Z2M does not say."""
+        info = self.bridge_info()
+        loc = info.override_index
+        if info.version and loc is None:
+            return (f"Zigbee2MQTT has no ota.zigbee_ota_override_index_location; set it to "
+                    f"{self.opts.index_file} in configuration.yaml and restart Zigbee2MQTT "
+                    "(the setting is read only at start)")
+        if loc is not None and Path(loc) != Path(self.opts.index_file) \
+                and Path(loc) != self.index.path:
+            return (f"Zigbee2MQTT reads the override index {loc!r}, ferry writes "
+                    f"{self.opts.index_file!r}; make them the same (index_file option, or "
+                    "Z2M's ota.zigbee_ota_override_index_location and a Z2M restart)")
+        return ""
 
     def devices(self, settle_s: float = 1.0) -> list[Z2MDevice]:
         """Devices from the retained ``bridge/devices`` list, plus any retained state
-        that already tells their installed OTA file version."""
+        that already tells their installed OTA file version and hardware version."""
         s = self._session()
         try:
             s.subscribe(f"{self.base}/bridge/devices")
@@ -172,27 +182,26 @@ class Zigbee2Mqtt:
                     supports_ota=bool(definition.get("supports_ota", False)),
                     software_build_id=str(d.get("software_build_id") or ""),
                 ))
+            basic = z2mdata.basic_hardware_versions(self.opts.data_dir)
             for dev in out:  # Z2M's cache of last states (advanced.cache_state)
-                dev.installed_version = self._cached_version(dev.ieee)
+                dev.installed_version = z2mdata.cached_installed_version(
+                    self.opts.data_dir, dev.ieee)
+                dev.hw_basic = basic.get(dev.ieee)
             by_name = {d.friendly_name: d for d in out}
             s.subscribe(f"{self.base}/+")
+            s.subscribe(f"{self.base}/bridge/logging")
             for m in s.drain(settle_s):  # retained states (device option retain: true)
+                if m.topic == f"{self.base}/bridge/logging":
+                    for dev in out:
+                        dev.hw_query = _query_hw(m, dev.ieee) or dev.hw_query
+                    continue
                 known = by_name.get(m.topic[len(self.base) + 1:])
                 if known is not None:
                     known.installed_version = _installed(m) or known.installed_version
+                    known.hw_basic = _device_info_hw(m) or known.hw_basic
             return out
         finally:
             s.close()
-
-    def _cached_version(self, ieee: str) -> int | None:
-        path = self.opts.data_dir / "state.json"
-        try:
-            states = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        upd = (states.get(ieee) or {}).get("update") or {} if isinstance(states, dict) else {}
-        v = upd.get("installed_version") if isinstance(upd, dict) else None
-        return v if isinstance(v, int) else None
 
     def _request(self, s: MqttSession, kind: str, device: str, timeout: float,
                  on_other: Callable[[Message], None] | None = None) -> dict[str, Any]:
@@ -220,48 +229,70 @@ class Zigbee2Mqtt:
         body: dict[str, Any] = json.loads(msg.payload)
         return body
 
-    def _state_topic(self, s: MqttSession, device: str) -> str:
-        """Z2M publishes a device's state under its friendly name, not its IEEE address."""
+    def _state_topic(self, s: MqttSession, device: str) -> tuple[str, str]:
+        """(state topic, IEEE address): Z2M publishes a device's state under its
+        friendly name and logs it under its IEEE address."""
         topic = f"{self.base}/bridge/devices"
         s.subscribe(topic)
         msg = s.wait_for(lambda m: m.topic == topic, 5.0)
-        name = device
+        name = ieee = device
         if msg is not None:
             try:
                 for d in json.loads(msg.payload or b"[]"):
                     if device in (d.get("ieee_address"), d.get("friendly_name")):
                         name = str(d.get("friendly_name") or device)
+                        ieee = str(d.get("ieee_address") or device)
             except (json.JSONDecodeError, AttributeError, TypeError):
                 pass
-        return f"{self.base}/{name}"
+        return f"{self.base}/{name}", ieee
 
-    def check(self, device: str) -> tuple[bool, int | None]:
-        """(update available, installed file version) as Z2M reports them."""
+    def check(self, device: str) -> CheckResult:
+        """Whether Z2M would offer an update, and the installed file version."""
         s = self._session()
         try:
-            state_topic = self._state_topic(s, device)
+            info = self.bridge_info(s)
+            state_topic, ieee = self._state_topic(s, device)
+            log_topic = f"{self.base}/bridge/logging"
             s.subscribe(state_topic)
-            seen: dict[str, int | None] = {"v": None}
+            s.subscribe(log_topic)
+            seen: dict[str, int | None] = {"v": None, "hw": None}
 
-            def state(m: Message) -> None:
+            def other(m: Message) -> None:
                 if m.topic == state_topic:
                     seen["v"] = _installed(m) or seen["v"]
+                elif m.topic == log_topic:
+                    seen["hw"] = _query_hw(m, ieee) or seen["hw"]
 
-            body = self._request(s, "check", device, self.opts.request_timeout_s, state)
+            body = self._request(s, "check", device, self.opts.request_timeout_s, other)
             for m in s.drain(0.3):
-                state(m)
+                other(m)
             if body.get("status") != "ok":
-                raise AdapterError(str(body.get("error") or f"check of {device} failed"))
+                raise AdapterError(explain(str(body.get("error")
+                                               or f"check of {device} failed"), info))
             data = body.get("data") or {}
             avail = data.get("update_available", data.get("updateAvailable", False))
-            return bool(avail), seen["v"]
+            return CheckResult(bool(avail), seen["v"], seen["hw"])
+        finally:
+            s.close()
+
+    def abort(self, device: str) -> bool:
+        """Ask Z2M to stop a running update (2.12 and later only; see BridgeInfo)."""
+        if not self.bridge_info().can_abort:
+            return False
+        s = self._session()
+        try:
+            s.publish(f"{self.base}/bridge/request/device/ota_update/update/abort",
+                      json.dumps({"id": device}))
+            return True
         finally:
             s.close()
 
     def update(self, device: str, progress: Callable[[float], None]) -> UpdateOutcome:
         s = self._session()
+        requested = finished = False
         try:
-            state_topic = self._state_topic(s, device)
+            info = self.bridge_info(s)
+            state_topic, _ = self._state_topic(s, device)
             s.subscribe(state_topic)
             last: dict[str, int | None] = {"v": None}
 
@@ -276,17 +307,26 @@ class Zigbee2Mqtt:
                     progress(float(upd["progress"]))
                 last["v"] = _installed(m) or last["v"]
 
+            requested = True
             body = self._request(s, "update", device, self.opts.update_timeout_s, on_state)
+            finished = True
             for m in s.drain(0.3):
                 on_state(m)
             if body.get("status") != "ok":
-                return UpdateOutcome(False, str(body.get("error") or "update failed"))
+                return UpdateOutcome(False, explain(str(body.get("error") or "update failed"),
+                                                    info))
             data = body.get("data") or {}
             detail = {f"{k}_{kk}": str(vv) for k in ("from", "to")
                       for kk, vv in (data.get(k) or {}).items()}
+            to_version = (data.get("to") or {}).get("file_version")
+            if last["v"] is None and isinstance(to_version, int):
+                last["v"] = to_version  # 2.14 answers with the file version itself
             return UpdateOutcome(True, "updated by Zigbee2MQTT", last["v"], detail)
         finally:
             s.close()
+            if requested and not finished:  # timed out, cancelled or interrupted: stop Z2M too
+                with contextlib.suppress(AdapterError):
+                    self.abort(device)
 
 
 def _installed(m: Message) -> int | None:
@@ -296,3 +336,22 @@ def _installed(m: Message) -> int | None:
         return None
     v = upd.get("installed_version")
     return int(v) if isinstance(v, int) else None
+
+
+def _device_info_hw(m: Message) -> int | None:
+    """``device.hardwareVersion`` of a state published with
+    ``mqtt.include_device_information: true`` (Z2M ``controller.ts``)."""
+    try:
+        dev = json.loads(m.payload).get("device") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    v = dev.get("hardwareVersion") if isinstance(dev, dict) else None
+    return v if isinstance(v, int) else None
+
+
+def _query_hw(m: Message, ieee: str) -> int | None:
+    try:
+        line = json.loads(m.payload).get("message")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return z2mdata.query_hardware_version(line, ieee) if isinstance(line, str) else None
