@@ -23,6 +23,8 @@ def transport_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["format"] = args.format
     opts["verify"] = not args.no_verify
     opts["reset"] = not args.no_reset
+    if args.detach_before_reset:
+        opts["detach_before_reset"] = True
     return opts
 
 
@@ -69,6 +71,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--no-verify", action="store_true", help="skip the read-back")
     parser.add_argument("--no-reset", action="store_true",
                         help="leave the device in DFU mode afterwards")
+    parser.add_argument("--detach-before-reset", action="store_true",
+                        help="send DFU_DETACH before the final USB reset, as dfu-util -R "
+                        "does: U-Boot then leaves its dfu command and resets the board")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the result as JSON (same as ferry --json)")
     parser.set_defaults(func=run)

@@ -10,7 +10,7 @@ import pytest
 from ferry.daemon.cli import flash_dfu
 from ferry.daemon.cli.main import main
 from ferry.proxy.dfu.files import add_suffix
-from ferry.sim.dfu.harness import setup
+from ferry.sim.dfu.harness import setup, uboot_spec
 
 
 @pytest.fixture
@@ -64,3 +64,14 @@ def test_flash_command_works_without_the_top_level_parser(sim, tmp_path):
     args = parser.parse_args(["dfu", "1209:5a01", str(path)])
     assert args.func(args) == 0
     assert dev.firmware() == b"\x44" * 100
+
+
+def test_detach_before_reset_restarts_a_uboot_board(sim, tmp_path):
+    dev = sim.add(uboot_spec())
+    path = tmp_path / "fw.bin"
+    path.write_bytes(b"\x55" * 5000)
+    assert main(["flash", "dfu", "0525:a4a5", str(path)]) == 0
+    assert dev.present  # a USB reset alone leaves U-Boot in its dfu command
+    assert main(["flash", "dfu", "0525:a4a5", str(path), "--detach-before-reset"]) == 0
+    assert not dev.present and "detach: dfu command ends, board resets" in dev.log
+    assert dev.firmware() == b"\x55" * 5000
