@@ -134,10 +134,10 @@ def ferry_bundles(d: Path, image: Path, comp: Path) -> tuple[Path, Path, Path]:
 
 
 def ferry_gateway(d: Path, slot: Path, ca: Path, name: str = "gw") -> Path:
-    from ferry.daemon.bootchooser import default_env
-    from ferry.daemon.bootloader import CANARY_VAR
+    from ferry.daemon.boot.bootchooser import default_env
+    from ferry.daemon.boot.bootloader import CANARY_VAR
+    from ferry.daemon.boot.ubootenv import EnvStore
     from ferry.daemon.config import load_config
-    from ferry.daemon.ubootenv import EnvStore
 
     gw = d / name
     gw.mkdir(exist_ok=True)

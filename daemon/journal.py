@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ferry.daemon.killpoint import killpoint
+from ferry.daemon.testhooks.killpoint import killpoint
 from ferry.errors import FerryError
 
 log = logging.getLogger(__name__)

@@ -69,7 +69,7 @@ def read_rootfs(path: str | Path) -> dict[str, str]:
 
 
 # -- the factory env ---------------------------------------------------------------------
-# Written apart from ferry.daemon.ubootenv on purpose (sim/ shares no codec with ferry):
+# Written apart from ferry.daemon.boot.ubootenv on purpose (sim/ shares no codec with ferry):
 # a redundant env file (two copies, "incremental" flag byte, as libubootenv writes on
 # plain files). Boots go through ferry.sim.bootsim, the simulated U-Boot running
 # ferry's boot script.

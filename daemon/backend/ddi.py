@@ -3,7 +3,7 @@
 Plain blocking functions over ``requests``: the service edge calls them from a thread.
 The client knows the wire format only; what to do with a deployment (download now,
 install when the maintenance window opens, refuse a late cancel) is decided by
-``ferry.daemon.backend``. Everything the server sends is parsed into frozen dataclasses
+``ferry.daemon.backend.runner``. Everything the server sends is parsed into frozen dataclasses
 here, so the rest of the daemon never touches raw JSON and a server that sends
 something odd fails with one readable :class:`DdiError`.
 

@@ -1,7 +1,7 @@
 """The real gateway behind the deployment runner's seam: the install pipeline.
 
-:class:`ferry.daemon.backend.DeploymentRunner` speaks DDI; this adapter turns its
-requests into install pipeline deployments (``ferry.daemon.install``) tagged with the
+:class:`ferry.daemon.backend.runner.DeploymentRunner` speaks DDI; this adapter turns its
+requests into install pipeline deployments (``ferry.daemon.install.pipeline``) tagged with the
 DDI action id (``origin="ddi"``, ``external_id``), and reads their outcome back from
 the journal. The pipeline does the real work and keeps its own power-cut safety.
 
@@ -17,14 +17,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ferry.daemon import health as health_mod
-from ferry.daemon.backend import InstallReport, Outcome, TargetOutcome
+from ferry.daemon.backend import health as health_mod
+from ferry.daemon.backend.runner import InstallReport, Outcome, TargetOutcome
 from ferry.daemon.config import Config
 from ferry.daemon.journal import Deployment, Journal
 
 if TYPE_CHECKING:
-    from ferry.daemon.backend import DeploymentRunner
-    from ferry.daemon.install import Context
+    from ferry.daemon.backend.runner import DeploymentRunner
+    from ferry.daemon.install.pipeline import Context
 
 log = logging.getLogger("ferry.backend")
 
@@ -43,7 +43,7 @@ class PipelineGateway:
                  system: tuple[str, tuple[str, ...]] | None = None,
                  uptime: Callable[[], float] | None = None, ctx: Context | None = None
                  ) -> None:
-        from ferry.daemon.install import make_context
+        from ferry.daemon.install.pipeline import make_context
 
         self.config = config
         if ctx is not None:  # ferryd shares its engine's context (one journal, one env)
@@ -74,7 +74,7 @@ class PipelineGateway:
 
     def install(self, source: str, *, action_id: str,
                 progress: Callable[[str, int, int], None]) -> InstallReport:
-        from ferry.daemon.install import install
+        from ferry.daemon.install.pipeline import install
 
         def both(phase: str, done: int, total: int) -> None:
             progress(phase, done, total)
@@ -93,7 +93,7 @@ class PipelineGateway:
         return InstallReport(dep.version or "", True)
 
     def resume(self, action_id: str) -> Outcome | None:
-        from ferry.daemon.install import resume
+        from ferry.daemon.install.pipeline import resume
 
         for _ in range(3 if self.immediate_reboot else 1):
             pending = self.journal.pending()
@@ -119,8 +119,8 @@ class PipelineGateway:
         return Outcome(result, dep.error or "", version, targets)
 
     def abort(self, action_id: str) -> None:
-        from ferry.daemon import staging
-        from ferry.daemon.install import PRE_ACTIVATION
+        from ferry.daemon.install import staging
+        from ferry.daemon.install.pipeline import PRE_ACTIVATION
 
         dep = self.journal.pending()
         if dep is not None and dep.external_id == action_id and dep.state in PRE_ACTIVATION:
@@ -163,8 +163,8 @@ def make_runner(config: Config, *, ctx: Context | None = None) -> DeploymentRunn
     """The DDI runner ferryd runs when ``[backend] url`` is set; None otherwise."""
     if not config.backend.url:
         return None
-    from ferry.daemon import ddi
-    from ferry.daemon.backend import DeploymentRunner
+    from ferry.daemon.backend import ddi
+    from ferry.daemon.backend.runner import DeploymentRunner
 
     client = ddi.DdiClient(ddi.DdiSettings.from_config(config.backend))
     gateway = PipelineGateway(config, ctx=ctx)

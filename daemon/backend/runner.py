@@ -31,14 +31,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ferry.daemon.ddi import (
+from ferry.daemon.backend.ddi import (
     Artifact,
     CancelRequest,
     DdiClient,
     DdiError,
     Deployment,
 )
-from ferry.daemon.health import Health, to_config_data
+from ferry.daemon.backend.health import Health, to_config_data
 from ferry.errors import FerryError
 
 # Phases of one action, in order; persisted before each side effect.
@@ -103,7 +103,7 @@ class InstallReport:
 
 class GatewaySide(Protocol):
     """What the runner needs from the gateway: the install pipeline behind one seam
-    (ferry.daemon.pipeline_gateway in ferryd and ``ferry demo``; a fake in unit tests)."""
+    (ferry.daemon.backend.pipeline_adapter in ferryd and ``ferry demo``; a fake in unit tests)."""
 
     def installed_version(self) -> str: ...
 

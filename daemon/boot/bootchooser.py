@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ferry.daemon.bootloader import CANARY_VAR, BootState, EnvBootloader, SlotBootState
+from ferry.daemon.boot.envscheme import CANARY_VAR, EnvBootloader
+from ferry.daemon.boot.state import BootState, SlotBootState
 from ferry.daemon.config import Config
 
 # What the boot script assumes when a variable is missing.

@@ -17,13 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ferry.daemon.bootloader import (
-    CANARY_VAR,
-    BootloaderError,
-    BootState,
-    EnvBootloader,
-    SlotBootState,
-)
+from ferry.daemon.boot.envscheme import CANARY_VAR, EnvBootloader
+from ferry.daemon.boot.state import BootloaderError, BootState, SlotBootState
 from ferry.daemon.config import Config, SlotConfig
 
 PREV_VAR = "ferry_prev_part"

@@ -17,7 +17,7 @@ from ferry.daemon.config import Config, SlotConfig
 from ferry.errors import FerryError
 
 if TYPE_CHECKING:
-    from ferry.daemon.bootloader import Bootloader
+    from ferry.daemon.boot.state import Bootloader
 
 # A slot as configured: name ("rootfs.0"), bootname ("A"), device, bootpart.
 Slot = SlotConfig

@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferry.daemon import client
+    from ferry.daemon.cli import dbus_client as client
 
     cancelling = client.cancel()
     if args.json:

@@ -17,8 +17,8 @@ from dbus_next import BusType, Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 from dbus_next.errors import DBusError
 
-from ferry.daemon import dbus_api
 from ferry.daemon.cli import exitcodes
+from ferry.daemon.service import dbus_api
 from ferry.errors import FerryError
 
 STANDALONE_HINT = ("without ferryd, 'ferry --config /etc/ferry/ferry.toml status' and "

@@ -152,12 +152,12 @@ class Demo:
                      "baud, running firmware 1.0.0")
 
     def _start_gateway(self) -> None:
-        from ferry.daemon import ddi
-        from ferry.daemon.backend import DeploymentRunner
-        from ferry.daemon.bootloader import make_bootloader
+        from ferry.daemon.backend import ddi
+        from ferry.daemon.backend.health import transport_inspect
+        from ferry.daemon.backend.pipeline_adapter import PipelineGateway
+        from ferry.daemon.backend.runner import DeploymentRunner
+        from ferry.daemon.boot.bootloader import make_bootloader
         from ferry.daemon.config import load_config
-        from ferry.daemon.health import transport_inspect
-        from ferry.daemon.pipeline_gateway import PipelineGateway
         from ferry.packaging.devpki import write_dev_pki
         from ferry.sim.gateway import SimGateway, TargetEntry
 
@@ -189,7 +189,7 @@ class Demo:
         gw.create(OLD_VERSION)
         os.environ["FERRY_BOOT_ID_PATH"] = str(gw.boot_id_path)
         config = load_config(gw.config_path)
-        from ferry.daemon.slots import record_slot_version
+        from ferry.daemon.boot.slots import record_slot_version
 
         record_slot_version(config, "rootfs.0", OLD_VERSION)  # as factory provisioning does
 
@@ -293,7 +293,7 @@ class Demo:
         return last
 
     def _ending(self, last: Any) -> bool:
-        from ferry.daemon.health import render_text
+        from ferry.daemon.backend.health import render_text
 
         self.ui.step(7, "the outcome: ferry status (combined health) beside goosebit's view")
         health = self.pipeline.health()

@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 def _standalone(config_path: str, discover: bool) -> list[dict[str, Any]]:
     from ferry.daemon.config import load_config
     from ferry.daemon.journal import Journal
-    from ferry.daemon.status import targets
+    from ferry.daemon.service.status import targets
 
     config = load_config(config_path)
     journal = Journal.open(config.gateway.data_dir)
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         rows = _standalone(args.config, args.discover)
     else:
-        from ferry.daemon import client
+        from ferry.daemon.cli import dbus_client as client
 
         rows = client.list_targets()
     if args.json:

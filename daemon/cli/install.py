@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ferry.daemon.config import DEFAULT_PATH, load_config
-    from ferry.daemon.install import install, make_context, resume
+    from ferry.daemon.install.pipeline import install, make_context, resume
 
     if not args.source and not args.resume:
         print("ferry install: give a bundle path or URL, or --resume", file=sys.stderr)
@@ -83,7 +83,7 @@ def run_via_ferryd(args: argparse.Namespace) -> int:
     """Hand the install to ferryd and follow its Progress; Ctrl-C detaches only."""
     import os
 
-    from ferry.daemon import client
+    from ferry.daemon.cli import dbus_client as client
 
     source = args.source
     if "://" not in source:

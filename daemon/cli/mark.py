@@ -36,9 +36,9 @@ def register(sub: Any) -> None:
 
 def mark_standalone(config_path: str, state: str, which: str) -> tuple[str, str]:
     """Mark without ferryd; returns (slot name, message)."""
-    from ferry.daemon.bootloader import make_bootloader
+    from ferry.daemon.boot.bootloader import make_bootloader
+    from ferry.daemon.boot.slots import mark
     from ferry.daemon.config import load_config
-    from ferry.daemon.slots import mark
 
     config = load_config(config_path)
     return mark(config, make_bootloader(config), state, which)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         name, message = mark_standalone(args.config, args.state, args.slot)
     else:
-        from ferry.daemon import client
+        from ferry.daemon.cli import dbus_client as client
 
         try:
             name, message = client.mark(args.state, args.slot)

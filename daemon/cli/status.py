@@ -2,7 +2,7 @@
 
 The status is a dict of sections (``slots``/``bootloader``, ``install``, ``targets``,
 ``health``, ...). ferryd and the standalone path (``--config``) build the same dict
-(ferry.daemon.status); here each section has a text renderer in ``RENDERERS``, so a
+(ferry.daemon.service.status); here each section has a text renderer in ``RENDERERS``, so a
 new section only needs a renderer added there (unknown sections print as key: value).
 """
 
@@ -31,9 +31,9 @@ def register(sub: Any) -> None:
 
 def collect_standalone(config_path: str) -> dict[str, Any]:
     """The status without ferryd: the same dict ferryd's GetStatus returns."""
-    from ferry.daemon.bootloader import make_bootloader
+    from ferry.daemon.boot.bootloader import make_bootloader
     from ferry.daemon.config import load_config
-    from ferry.daemon.status import slots
+    from ferry.daemon.service.status import slots
 
     config = load_config(config_path)
     bl = make_bootloader(config, warn=False)
@@ -44,7 +44,7 @@ def collect_standalone(config_path: str) -> dict[str, Any]:
     }
     try:
         from ferry.daemon.journal import Journal
-        from ferry.daemon.status import collect
+        from ferry.daemon.service.status import collect
 
         if (config.gateway.data_dir / "journal.db").exists():
             status = collect(config, journal=Journal.open(config.gateway.data_dir),
@@ -115,7 +115,7 @@ def render_generic(name: str, value: Any) -> list[str]:
 
 def render_health(section: dict[str, Any]) -> list[str]:
     """Combined health (gateway + targets, overall ok/degraded/failed): daemon/health.py."""
-    from ferry.daemon.health import render_section
+    from ferry.daemon.backend.health import render_section
 
     return render_section(section)
 
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         status = collect_standalone(args.config)
     else:
-        from ferry.daemon import client
+        from ferry.daemon.cli import dbus_client as client
 
         try:
             status = client.get_status()

@@ -1,6 +1,6 @@
 """After the reboot: did the new slot come up, and is it healthy? Commit or roll back.
 
-Called by :func:`ferry.daemon.install.run` whenever the pending deployment is past
+Called by :func:`ferry.daemon.install.pipeline.run` whenever the pending deployment is past
 "rebooting" in a new boot. The decision is recorded before it is acted on:
 
 - booted the old slot instead of the new one: U-Boot's attempt counter fell back (the
@@ -24,7 +24,7 @@ from ferry.daemon.config import HealthConfig
 from ferry.errors import FerryError
 
 if TYPE_CHECKING:
-    from ferry.daemon.install import Context
+    from ferry.daemon.install.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def run_health(cfg: HealthConfig, *, use_systemd: bool = True, poll: float = 1.0
 
 
 def after_boot(ctx: Context, dep_id: int, *, use_systemd: bool | None = None) -> None:
-    from ferry.daemon.proxyphase import run as proxy_run
+    from ferry.daemon.install.proxyphase import run as proxy_run
 
     j = ctx.journal
     dep = j.get(dep_id)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ferry.errors import FerryError
 
 if TYPE_CHECKING:
-    from ferry.daemon.download import DownloadOptions
+    from ferry.daemon.install.download import DownloadOptions
 
 
 # Small on purpose: a BufferedReader copies reads no larger than its buffer through it,
@@ -150,7 +150,7 @@ def open_source(
 ) -> OpenedSource:
     if is_url(source):
         # requests is imported only for URLs: a USB-stick install starts faster
-        from ferry.daemon.download import HttpStream, Prefetch, check_scheme
+        from ferry.daemon.install.download import HttpStream, Prefetch, check_scheme
 
         check_scheme(source)
         if resume is not None:

@@ -325,7 +325,7 @@ class Prefetch(io.RawIOBase):
         import queue
         import threading
 
-        from ferry.daemon.bufqueue import QueueReader
+        from ferry.daemon.install.bufqueue import QueueReader
 
         self._raw = raw
         self._full: queue.Queue[object] = queue.Queue()
@@ -340,7 +340,7 @@ class Prefetch(io.RawIOBase):
     def _run(self) -> None:
         import queue
 
-        from ferry.daemon.bufqueue import EOF
+        from ferry.daemon.install.bufqueue import EOF
 
         try:
             while not self._stop.is_set():

@@ -15,7 +15,7 @@ Every step is recorded before its side effect and is idempotent, so :func:`resum
 after a crash just repeats the interrupted step: a deployment that had not yet
 activated the new slot is run again from the start (the slot is scratch until then);
 one that was activating repeats the env write; one that was rebooting reboots, or, if
-the machine did reboot, goes on to the boot check (ferry.daemon.bootcheck).
+the machine did reboot, goes on to the boot check (ferry.daemon.install.bootcheck).
 """
 
 from __future__ import annotations
@@ -26,25 +26,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from ferry.daemon import staging
-from ferry.daemon.bootloader import Bootloader
 from ferry.daemon.config import Config
-from ferry.daemon.journal import Deployment, Journal
-from ferry.daemon.killpoint import killpoint
-from ferry.daemon.slotwriter import SlotTooSmall, slot_capacity, write_slot
-from ferry.daemon.source import open_source
+from ferry.daemon.install import staging
+from ferry.daemon.install.bundlesource import open_source
+from ferry.daemon.install.context import Context as Context
+from ferry.daemon.install.context import ProgressFn as ProgressFn
+from ferry.daemon.install.context import current_boot_id as current_boot_id
+from ferry.daemon.install.context import make_context as make_context
+from ferry.daemon.install.slotwriter import SlotTooSmall, slot_capacity, write_slot
+from ferry.daemon.journal import Deployment
+from ferry.daemon.testhooks.killpoint import killpoint
 
 if TYPE_CHECKING:
-    from ferry.daemon.download import DownloadOptions
+    from ferry.daemon.install.download import DownloadOptions
 from ferry.daemon.versions import parse_version
 from ferry.errors import FerryError
 
 log = logging.getLogger(__name__)
-
-# progress(phase, done, total): phase is "download", "write", "stage", "activate", ...
-ProgressFn = Callable[[str, int, int], None]
 
 PRE_ACTIVATION = ("accepted", "verifying", "invalidating", "writing", "written", "staging",
                   "staged")
@@ -73,54 +73,8 @@ class SlotInfo:
     device: Path
 
 
-@dataclass
-class Context:
-    """Everything a pipeline step touches, so tests can swap any part."""
-
-    config: Config
-    journal: Journal
-    bootloader: Bootloader
-    reboot: Callable[[], None]
-    progress: ProgressFn | None = None
-    boot_id: Callable[[], str] | None = None
-
-    def report(self, phase: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(phase, done, total)
-
-
-def current_boot_id() -> str:
-    """The kernel's id of this boot; FERRY_BOOT_ID_PATH lets tests and the simulator
-    stand in a file for /proc, since they "reboot" without a kernel."""
-    import os
-
-    path = os.environ.get("FERRY_BOOT_ID_PATH", "/proc/sys/kernel/random/boot_id")
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
-def make_context(config: Config, *, progress: ProgressFn | None = None,
-                 journal: Journal | None = None) -> Context:
-    from ferry.daemon.bootloader import make_bootloader
-    from ferry.daemon.reboot import reboot
-
-    def do_reboot() -> None:
-        reboot(config.install.reboot_command)
-
-    return Context(
-        config=config,
-        journal=journal or Journal.open(config.gateway.data_dir),
-        bootloader=cast(Bootloader, make_bootloader(config)),
-        reboot=do_reboot,
-        progress=progress,
-        boot_id=current_boot_id,
-    )
-
-
 def download_options(config: Config) -> DownloadOptions:
-    from ferry.daemon.download import DownloadOptions
+    from ferry.daemon.install.download import DownloadOptions
 
     b = config.backend
     auth: tuple[str, str] | None = None
@@ -142,7 +96,7 @@ def download_options(config: Config) -> DownloadOptions:
 
 def target_slot(ctx: Context) -> tuple[SlotInfo, SlotInfo]:
     """(booted, inactive) slots; the inactive one is what we may overwrite."""
-    from ferry.daemon.slots import inactive_slot
+    from ferry.daemon.boot.slots import inactive_slot
 
     inactive = inactive_slot(ctx.config, ctx.bootloader)
     booted_name = ctx.bootloader.booted()
@@ -216,7 +170,7 @@ def resume(ctx: Context) -> Deployment | None:
 
 def run(ctx: Context, dep_id: int) -> None:
     """Drive deployment ``dep_id`` from its recorded state as far as this boot allows."""
-    from ferry.daemon.bootcheck import after_boot
+    from ferry.daemon.install.bootcheck import after_boot
 
     dep = ctx.journal.get(dep_id)
     if dep.state in PRE_ACTIVATION:
@@ -254,7 +208,7 @@ def _prepare_or_restart(ctx: Context, dep_id: int) -> None:
     the power cut as the journal believed (a disk that lied about its flush): the bytes
     on the server are still good, so starting over is the repair, not a failure.
     """
-    from ferry.daemon.slotwriter import SlotHashMismatch
+    from ferry.daemon.install.slotwriter import SlotHashMismatch
     from ferry.packaging.errors import HashMismatch
 
     if _resume_point(ctx.journal.get(dep_id)) is None:
@@ -308,7 +262,7 @@ class _Throttle:
 
 
 def _prepare(ctx: Context, dep_id: int) -> None:
-    from ferry.daemon.slots import record_slot_version
+    from ferry.daemon.boot.slots import record_slot_version
     from ferry.packaging.keyring import load_keyring
     from ferry.packaging.limits import Limits
     from ferry.packaging.reader import BundleReader
@@ -472,7 +426,7 @@ def _resume_dir(ctx: Context) -> Path:
 
 
 def _resume_point(dep: Deployment) -> Any:
-    from ferry.daemon.source import ResumePoint, is_url
+    from ferry.daemon.install.bundlesource import ResumePoint, is_url
 
     r = dep.info.get("resume")
     if not r or not is_url(dep.source) or not r.get("synced") or not dep.dl_validator:

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ferry.daemon.config import TargetConfig
-from ferry.daemon.staging import StagedImage, check_staged
+from ferry.daemon.install.staging import StagedImage, check_staged
 from ferry.errors import FerryError
 from ferry.proxy.transport import FlashResult, Target
 
 if TYPE_CHECKING:
-    from ferry.daemon.install import Context
+    from ferry.daemon.install.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
     else:
         j.end_step(dep_id, "proxy", detail=f"{len(records)} target(s) ok", state="done")
         j.finish(dep_id, "success")
-    from ferry.daemon.staging import clean
+    from ferry.daemon.install.staging import clean
 
     clean(ctx.config.gateway.data_dir, keep_deployment=None)
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ferry.daemon.bufqueue import EOF, QueueReader
-from ferry.daemon.killpoint import killpoint
+from ferry.daemon.install.bufqueue import EOF, QueueReader
+from ferry.daemon.testhooks.killpoint import killpoint
 from ferry.errors import FerryError
 
 CHUNK = 512 << 10

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ferry.daemon.killpoint import killpoint
+from ferry.daemon.testhooks.killpoint import killpoint
 from ferry.errors import FerryError
 
 CHUNK = 1 << 20

@@ -27,7 +27,7 @@ from dbus_next.aio import MessageBus
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
-from ferry.daemon import dbus_api, memory
+from ferry.daemon.service import dbus_api, memory
 from ferry.errors import FerryError
 
 log = logging.getLogger("ferry.dbus")

@@ -20,15 +20,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ferry import __version__
-from ferry.daemon import logsetup, notify
+from ferry.daemon.service import logsetup
+from ferry.daemon.service import sdnotify as notify
 from ferry.errors import FerryError
 
 if TYPE_CHECKING:  # heavy imports stay out of `ferryd --check-health`
     from dbus_next.aio import MessageBus
 
     from ferry.daemon.config import Config
-    from ferry.daemon.dbus_service import FerryInterface
-    from ferry.daemon.engine import GatewayEngine
+    from ferry.daemon.service.dbus_object import FerryInterface
+    from ferry.daemon.service.operations import GatewayEngine
 
 log = logging.getLogger("ferryd")
 
@@ -55,7 +56,7 @@ def _load(path: str | None) -> Config:
 
 
 def check_health(config_path: str | None) -> int:
-    from ferry.daemon.bootcheck import run_health
+    from ferry.daemon.install.bootcheck import run_health
 
     config = _load(config_path)
     result = run_health(config.health)
@@ -75,7 +76,7 @@ async def _bus(which: str) -> MessageBus:
 
 
 def _resume(engine: GatewayEngine) -> None:
-    from ferry.daemon.install import resume
+    from ferry.daemon.install.pipeline import resume
 
     try:
         dep = resume(engine.ctx)
@@ -108,13 +109,13 @@ async def _watchdog(iface: FerryInterface, interval: float | None) -> None:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from ferry.daemon.dbus_service import export
-    from ferry.daemon.engine import GatewayEngine
+    from ferry.daemon.service.dbus_object import export
+    from ferry.daemon.service.operations import GatewayEngine
 
     config = _load(args.config)
     engine = GatewayEngine(config)
     backend_stop = threading.Event()
-    from ferry.daemon.pipeline_gateway import resume_then_poll
+    from ferry.daemon.backend.pipeline_adapter import resume_then_poll
 
     def resume() -> None:
         if not args.no_resume:

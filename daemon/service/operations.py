@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ferry.daemon.config import Config, TargetConfig
-from ferry.daemon.install import PRE_ACTIVATION, Context, make_context
-from ferry.daemon.install import install as run_install
+from ferry.daemon.install.pipeline import PRE_ACTIVATION, Context, make_context
+from ferry.daemon.install.pipeline import install as run_install
 from ferry.errors import FerryError
 
 # pipeline phases (Context.report) after which the new slot may be active
@@ -73,19 +73,19 @@ class GatewayEngine:
 
     # mark -----------------------------------------------------------------------
     def mark(self, state: str, slot: str) -> tuple[str, str]:
-        from ferry.daemon.slots import mark
+        from ferry.daemon.boot.slots import mark
 
         with self._lock:
             return mark(self.config, self.ctx.bootloader, state, slot)
 
     # status ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        from ferry.daemon.status import collect
+        from ferry.daemon.service.status import collect
 
         return collect(self.config, journal=self.ctx.journal, bootloader=self.ctx.bootloader)
 
     def targets(self) -> list[dict[str, Any]]:
-        from ferry.daemon.status import targets
+        from ferry.daemon.service.status import targets
 
         return targets(self.config, self.ctx.journal)
 
@@ -98,7 +98,7 @@ class GatewayEngine:
         raise UnknownTarget(f"no target named {name!r} in the config (known: {known})")
 
     def flash(self, target: str, image: str, *, progress: Any) -> dict[str, Any]:
-        from ferry.daemon.proxyphase import make_target
+        from ferry.daemon.install.proxyphase import make_target
         from ferry.proxy.registry import get_transport
 
         tc = self._target(target)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ferry.daemon.bootloader import Bootloader
+from ferry.daemon.boot.bootloader import Bootloader
 from ferry.daemon.config import Config
 from ferry.daemon.journal import Journal, TargetRecord
 from ferry.errors import FerryError
@@ -29,7 +29,7 @@ def latest_target_records(journal: Journal, limit: int = 20) -> dict[str, Target
 
 def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
     """Each configured target, followed by its radio nodes (rows with a ``group``)."""
-    from ferry.daemon.health import latest_nodes
+    from ferry.daemon.backend.health import latest_nodes
 
     latest = latest_target_records(journal)
     nodes = latest_nodes(journal, 20)
@@ -68,7 +68,7 @@ def configured_nodes(tc: Any) -> list[str]:
 
 
 def slots(config: Config, bootloader: Bootloader) -> dict[str, Any]:
-    from ferry.daemon.slots import slot_versions
+    from ferry.daemon.boot.slots import slot_versions
 
     versions = slot_versions(config)
     try:
@@ -115,7 +115,7 @@ def install(journal: Journal) -> dict[str, Any]:
 
 
 def collect(config: Config, *, journal: Journal, bootloader: Bootloader) -> dict[str, Any]:
-    from ferry.daemon import health as health_mod
+    from ferry.daemon.backend import health as health_mod
 
     try:
         version = config.gateway.running_version()

@@ -17,11 +17,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from install_gateway import make_gateway
 
-from ferry.daemon import health as health_mod
-from ferry.daemon.install import make_context
+from ferry.daemon.backend import health as health_mod
+from ferry.daemon.backend.pipeline_adapter import PipelineGateway
+from ferry.daemon.install.pipeline import make_context
+from ferry.daemon.install.proxyphase import run
 from ferry.daemon.journal import Journal
-from ferry.daemon.pipeline_gateway import PipelineGateway
-from ferry.daemon.proxyphase import run
 from ferry.proxy.registry import get_transport
 from ferry.proxy.transport import FlashResult, Progress, Target
 from ferry.proxy.zigbee import otafile

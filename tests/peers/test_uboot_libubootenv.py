@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ferry.daemon.ubootenv import EnvStore
+from ferry.daemon.boot.ubootenv import EnvStore
 
 SIZE = 0x4000
 
@@ -119,7 +119,7 @@ def test_fw_printenv_rejects_what_ferry_rejects(tmp_path):
     out = subprocess.run([tool("fw_printenv"), "-c", str(cfg)], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode != 0
-    from ferry.daemon.ubootenv import NoValidEnvError
+    from ferry.daemon.boot.ubootenv import NoValidEnvError
 
     with pytest.raises(NoValidEnvError):
         store.read()

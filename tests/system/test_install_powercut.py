@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from install_gateway import Gateway, image_version, make_bundle, make_gateway, make_image
 
 # imported once here so the forked children do not each pay for the imports
-import ferry.daemon.bootcheck
-import ferry.daemon.install
-import ferry.daemon.proxyphase  # noqa: F401
-from ferry.daemon.bootchooser import choose
+import ferry.daemon.install.bootcheck
+import ferry.daemon.install.pipeline
+import ferry.daemon.install.proxyphase  # noqa: F401
+from ferry.daemon.boot.bootchooser import choose
 from ferry.daemon.cli.main import build_parser
 from ferry.daemon.journal import Journal
 from ferry.packaging.description import TargetSpec
@@ -65,8 +65,10 @@ class _FakeTransport:
 
 def _child(root: Path, argv: list[str], env: dict[str, str]) -> None:
     """Runs in the forked child: test hooks, then the real CLI."""
-    from ferry.daemon import killpoint, proxyphase, slotwriter, staging, ubootenv
+    from ferry.daemon.boot import ubootenv
     from ferry.daemon.cli.main import main
+    from ferry.daemon.install import proxyphase, slotwriter, staging
+    from ferry.daemon.testhooks import killpoint
 
     os.environ.update(env)
     killpoint._parsed = False

@@ -9,7 +9,7 @@ from pathlib import Path
 from dbus_fixtures import private_bus, running_ferryd
 from install_gateway import make_gateway
 
-from ferry.daemon import dbus_api
+from ferry.daemon.service import dbus_api
 
 
 def _shape(xml: str) -> set[tuple[str, str, tuple[str, ...]]]:

@@ -17,7 +17,7 @@ from dbus_fixtures import (
 )
 from install_gateway import make_bundle, make_gateway, make_image
 
-from ferry.daemon import client
+from ferry.daemon.cli import dbus_client as client
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_sd_notify_ready_status_watchdog_and_hang(gateway, tmp_path):
 
 
 def test_notify_is_silent_without_systemd(monkeypatch):
-    from ferry.daemon import notify
+    from ferry.daemon.service import sdnotify as notify
 
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert notify.notify("READY=1") is False

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from ferry.daemon import bootchooser, bootcount
-from ferry.daemon.bootloader import CANARY_VAR, CanaryError, EnvBootloader, make_bootloader
+from ferry.daemon.boot import bootchooser, bootcount
+from ferry.daemon.boot.bootloader import CANARY_VAR, CanaryError, EnvBootloader, make_bootloader
+from ferry.daemon.boot.ubootenv import NoValidEnvError, _Sink, select_copy
 from ferry.daemon.config import load_config
-from ferry.daemon.ubootenv import NoValidEnvError, _Sink, select_copy
 from ferry.sim import bootsim
 
 pytestmark = pytest.mark.system
@@ -543,7 +543,7 @@ def test_torn_ferry_write_single_copy_is_the_default_env(tmp_path):
 _WRITER = """
 import sys
 from ferry.daemon.config import load_config
-from ferry.daemon.bootloader import make_bootloader
+from ferry.daemon.boot.bootloader import make_bootloader
 bl = make_bootloader(load_config(sys.argv[1]), warn=False)
 print("ready", flush=True)
 i = 0

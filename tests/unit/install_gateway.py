@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.daemon.bootchooser import choose, default_env, left_var
-from ferry.daemon.bootloader import CANARY_VAR
+from ferry.daemon.boot.bootchooser import choose, default_env, left_var
+from ferry.daemon.boot.bootloader import CANARY_VAR
+from ferry.daemon.boot.ubootenv import EnvStore
 from ferry.daemon.config import Config, load_config
-from ferry.daemon.ubootenv import EnvStore
 from ferry.packaging.description import TargetSpec
 from ferry.packaging.devpki import write_dev_pki
 from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key

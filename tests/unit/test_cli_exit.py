@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ferry.daemon import memory
 from ferry.daemon.cli import exitcodes
 from ferry.daemon.cli.main import main
+from ferry.daemon.service import memory
 
 FERRY = Path(sys.executable).parent / "ferry"
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from ferry.daemon import backend, ddi
-from ferry.daemon.health import GatewayHealth, Health, TargetHealth
+from ferry.daemon.backend import ddi
+from ferry.daemon.backend import runner as backend
+from ferry.daemon.backend.health import GatewayHealth, Health, TargetHealth
 from ferry.errors import FerryError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -316,8 +317,8 @@ def test_target_token_bundles_stream_from_their_url(server, tmp_path):
 def test_ferryd_backend_thread_resumes_then_polls(server, tmp_path, monkeypatch):
     import threading
 
+    from ferry.daemon.backend.pipeline_adapter import make_runner, resume_then_poll
     from ferry.daemon.config import load_config
-    from ferry.daemon.pipeline_gateway import make_runner, resume_then_poll
     from ferry.sim.gateway import SimGateway
 
     gw = SimGateway(tmp_path / "gw", backend_url=server.url, controller_id="gw1").create()

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from ferry.daemon import ddi
+from ferry.daemon.backend import ddi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddi_server import DdiFixture, validate, validate_exchange

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 
-from ferry.daemon import health
-from ferry.daemon.health import GatewayHealth, Health, TargetHealth
+from ferry.daemon.backend import health
+from ferry.daemon.backend.health import GatewayHealth, Health, TargetHealth
 
 GW = GatewayHealth(booted_slot="B", committed=True, version="2.0", compatible="acme-gw",
                    uptime_s=3725, system_state="running", failed_units=(),

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ferry.daemon import backend, ddi
-from ferry.daemon.bootloader import make_bootloader
+from ferry.daemon.backend import ddi
+from ferry.daemon.backend import runner as backend
+from ferry.daemon.backend.health import transport_inspect
+from ferry.daemon.backend.pipeline_adapter import PipelineGateway
+from ferry.daemon.boot.bootloader import make_bootloader
 from ferry.daemon.config import load_config
-from ferry.daemon.health import transport_inspect
-from ferry.daemon.pipeline_gateway import PipelineGateway
 from ferry.packaging.description import TargetSpec
 from ferry.packaging.devpki import write_dev_pki
 from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ferry.daemon import ddi
+from ferry.daemon.backend import ddi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddi_server import DdiFixture, validate_exchange

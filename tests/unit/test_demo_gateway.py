@@ -6,7 +6,7 @@ boot logic does what RAUC's bootchooser script does.
 
 from __future__ import annotations
 
-from ferry.daemon.bootloader import make_bootloader
+from ferry.daemon.boot.bootloader import make_bootloader
 from ferry.daemon.config import load_config
 from ferry.sim import gateway as simgw
 from ferry.sim.gateway import SimGateway, read_env, rootfs_image, write_env

@@ -12,6 +12,8 @@ import struct
 import pytest
 
 from ferry.sim.dfu.device import SimDfuDevice
+from ferry.sim.dfu.harness import uboot_spec
+from ferry.sim.dfu.stacks import build
 from ferry.sim.dfu.usbredir import UsbredirServer
 
 
@@ -100,13 +102,46 @@ def test_hello_announcement_and_enumeration(served):
     assert any("hello from 'qemu usb-redir guest test'" in t for t in server.trace)
 
 
+def test_uboot_stack_over_usbredir_checks_the_final_block_number():
+    device = build(uboot_spec())
+    server = UsbredirServer(device).start()
+    guest = Guest(server.port)
+    try:
+        guest.recv(ids64=False)
+        guest.send(0, b"qemu usb-redir guest test".ljust(64, b"\0") + struct.pack("<I", 0xFF),
+                   hello=True)
+        for _ in range(3):
+            guest.recv()
+        image = bytes(range(256)) * 20  # 5120 bytes: blocks 0 and 1, then the end as 2
+        for attempt, last in (("old", 0), ("new", 2)):
+            for block, offset in enumerate((0, 4096)):
+                chunk = image[offset:offset + 4096]
+                assert guest.control(0x21, 1, block, 0, len(chunk), chunk)[0] == 0
+                assert guest.control(0xA1, 3, 0, 0, 6)[1][4] == 5  # dfuDNLOAD-IDLE
+            assert guest.control(0x21, 1, last, 0, 0)[0] == 0
+            reply = guest.control(0xA1, 3, 0, 0, 6)[1]
+            if attempt == "old":
+                assert (reply[0], reply[4]) == (0x0E, 10)  # errUNKNOWN, dfuERROR
+                assert guest.control(0x21, 4, 0, 0, 0)[0] == 0  # CLRSTATUS
+                assert device.firmware() == b""
+            else:
+                assert reply[4] == 7  # dfuMANIFEST
+                assert guest.control(0xA1, 3, 0, 0, 6)[1][4] == 2  # dfuIDLE
+        assert device.firmware() == image
+        assert "dfu_write: Wrong sequence number! [2] [0]" in device.log
+    finally:
+        guest.sock.close()
+        server.stop()
+
+
 def test_simulator_never_loads_ferry_proxy():
     # The far end of the wire must not share the host's code (DESIGN.md, "sim").
     import subprocess
     import sys
 
     code = ("import sys, ferry.sim.dfu.device, ferry.sim.dfu.pyusb_backend, "
-            "ferry.sim.dfu.usbredir, ferry.sim.dfu.harness; "
+            "ferry.sim.dfu.usbredir, ferry.sim.dfu.harness, ferry.sim.dfu.stacks, "
+            "ferry.sim.dfu.uboot, ferry.sim.dfu.zephyr; "
             "print(sorted(m for m in sys.modules if m.startswith('ferry.proxy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()

@@ -13,9 +13,9 @@ import pytest
 from dbus_next.aio import MessageBus
 from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method
 
-from ferry.daemon.bootcheck import run_health
 from ferry.daemon.config import HealthConfig
-from ferry.daemon.reboot import RebootError, reboot
+from ferry.daemon.install.bootcheck import run_health
+from ferry.daemon.install.reboot import RebootError, reboot
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">

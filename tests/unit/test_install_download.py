@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from install_http import Server
 
-from ferry.daemon.download import (
+from ferry.daemon.install.download import (
     BadScheme,
     DownloadError,
     DownloadOptions,
@@ -169,7 +169,7 @@ def test_token_goes_to_the_backend_origin_only(payload: Path) -> None:
 
 
 def test_origin_compares_scheme_host_and_port() -> None:
-    from ferry.daemon.download import origin
+    from ferry.daemon.install.download import origin
 
     assert origin("https://HAWKBIT.example/DEFAULT/x") == "https://hawkbit.example:443"
     assert origin("https://hawkbit.example:443/") == origin("https://hawkbit.example/a")

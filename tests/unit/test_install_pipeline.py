@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from install_gateway import Gateway, image_version, make_bundle, make_gateway, make_image
 
-from ferry.daemon.install import (
+from ferry.daemon.install.pipeline import (
     IncompatibleBundle,
     VersionRefused,
     install,
     make_context,
     resume,
 )
+from ferry.daemon.install.slotwriter import SlotTooSmall
 from ferry.daemon.journal import Journal
-from ferry.daemon.slotwriter import SlotTooSmall
 from ferry.packaging.devpki import write_dev_pki
 from ferry.packaging.errors import BundleError, HashMismatch, TruncatedBundle, UntrustedSigner
 
@@ -197,7 +197,7 @@ def test_image_larger_than_slot(gw: Gateway, tmp_path: Path) -> None:
 
 
 def test_missing_bundle_is_a_clear_error(gw: Gateway, tmp_path: Path) -> None:
-    from ferry.daemon.source import SourceError
+    from ferry.daemon.install.bundlesource import SourceError
 
     _refused(gw, tmp_path / "nope.swu", SourceError, "not found")
 
@@ -221,7 +221,7 @@ def test_image_is_intact_helper() -> None:
 
 def test_failed_reboot_keeps_the_deployment_pending(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from ferry.daemon.reboot import RebootError
+    from ferry.daemon.install.reboot import RebootError
 
     gw = make_gateway(tmp_path / "gw")
     monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id))

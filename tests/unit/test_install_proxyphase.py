@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, ClassVar
 import pytest
 from install_gateway import make_bundle, make_gateway
 
-from ferry.daemon.install import install, make_context
+from ferry.daemon.install.pipeline import install, make_context
 from ferry.daemon.journal import Journal
 from ferry.packaging.description import TargetSpec
 from ferry.proxy.transport import FlashResult, Progress, Target, TargetState
@@ -79,7 +79,7 @@ def test_targets_only_bundle_flashes_each_matching_target(
         made.append((name, options))
         return FakeTransport(name)
 
-    monkeypatch.setattr("ferry.daemon.proxyphase._default_factory", factory)
+    monkeypatch.setattr("ferry.daemon.install.proxyphase._default_factory", factory)
     mcu = TargetSpec(transport="smp-serial", name="mcu-left", format="bin", version="2.1.0")
     mcu2 = TargetSpec(transport="smp-serial", name="mcu-right", format="bin", version="2.1.0")
     radio = TargetSpec(transport="dfu", name="radio-fw", format="dfu", version="7",
@@ -113,13 +113,13 @@ def test_targets_only_bundle_flashes_each_matching_target(
 
 def test_resumed_phase_skips_targets_already_done(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from ferry.daemon.proxyphase import run
+    from ferry.daemon.install.proxyphase import run
 
     gw = make_gateway(tmp_path / "gw", extra=TARGETS)
     monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id))
     FakeTransport.flashed = {}
     FakeTransport.barrier = None
-    monkeypatch.setattr("ferry.daemon.proxyphase._default_factory",
+    monkeypatch.setattr("ferry.daemon.install.proxyphase._default_factory",
                         lambda n, o: FakeTransport(n))
     staged = gw.data_dir / "staging" / "1-x.bin"
     staged.parent.mkdir(parents=True)

@@ -15,9 +15,10 @@ import pytest
 from install_gateway import HEADER, MAGIC, Gateway, make_bundle, make_gateway, make_image
 from install_http import Server
 
-from ferry.daemon import killpoint, slotwriter
-from ferry.daemon.install import install, make_context, resume
+from ferry.daemon.install import slotwriter
+from ferry.daemon.install.pipeline import install, make_context, resume
 from ferry.daemon.journal import Deployment, Journal
+from ferry.daemon.testhooks import killpoint
 from ferry.packaging import compression
 
 IMAGE = 3 << 20

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from ferry.daemon.slotwriter import (
+from ferry.daemon.install.slotwriter import (
     SlotHashMismatch,
     SlotTooSmall,
     SlotWriteError,
@@ -134,7 +134,7 @@ def test_writeback_starts_early_without_resume_points(tmp_path: Path,
     resume points, and once more at the end."""
     import threading
 
-    from ferry.daemon import slotwriter
+    from ferry.daemon.install import slotwriter
 
     monkeypatch.setattr(slotwriter, "SYNC_EVERY", 1 << 20)
     slot = make_slot(tmp_path)

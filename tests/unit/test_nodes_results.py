@@ -13,13 +13,13 @@ from typing import Any, BinaryIO
 import pytest
 from install_gateway import make_gateway
 
-from ferry.daemon import health as health_mod
+from ferry.daemon.backend import health as health_mod
+from ferry.daemon.backend.pipeline_adapter import PipelineGateway, node_outcomes
 from ferry.daemon.cli.main import main
 from ferry.daemon.cli.status import collect_standalone, render
-from ferry.daemon.install import make_context
+from ferry.daemon.install.pipeline import make_context
+from ferry.daemon.install.proxyphase import node_rows, run
 from ferry.daemon.journal import SCHEMA_VERSION, Journal
-from ferry.daemon.pipeline_gateway import PipelineGateway, node_outcomes
-from ferry.daemon.proxyphase import node_rows, run
 from ferry.proxy.transport import FlashResult, Progress, Target, TargetState
 
 EUIS = ["70b3d57ed0050001", "70b3d57ed0050002", "70b3d57ed0050003"]

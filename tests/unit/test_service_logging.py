@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from ferry.daemon import logsetup
+from ferry.daemon.service import logsetup
 
 
 @pytest.fixture(autouse=True)

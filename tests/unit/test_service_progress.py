@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ferry.daemon.dbus_service import FerryInterface
+from ferry.daemon.service.dbus_object import FerryInterface
 
 
 class Loop:
@@ -26,7 +26,7 @@ class Engine:
 
 def test_per_chunk_progress_becomes_few_signals(monkeypatch) -> None:
     clock = [100.0]
-    monkeypatch.setattr("ferry.daemon.dbus_service.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("ferry.daemon.service.dbus_object.time.monotonic", lambda: clock[0])
     loop = Loop()
     iface = FerryInterface(Engine(), loop)  # type: ignore[arg-type]
     progress = iface._progress_fn(1)
@@ -40,7 +40,7 @@ def test_per_chunk_progress_becomes_few_signals(monkeypatch) -> None:
 
 
 def test_a_new_phase_goes_out_at_once(monkeypatch) -> None:
-    monkeypatch.setattr("ferry.daemon.dbus_service.time.monotonic", lambda: 5.0)
+    monkeypatch.setattr("ferry.daemon.service.dbus_object.time.monotonic", lambda: 5.0)
     loop = Loop()
     iface = FerryInterface(Engine(), loop)  # type: ignore[arg-type]
     progress = iface._progress_fn(1)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ferry.daemon import bootchooser, bootcount
-from ferry.daemon.bootloader import make_bootloader
+from ferry.daemon.boot import bootchooser, bootcount
+from ferry.daemon.boot.bootloader import make_bootloader
 from ferry.daemon.config import load_config
 from ferry.sim import bootsim
 

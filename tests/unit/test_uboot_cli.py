@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ferry.daemon import bootchooser
-from ferry.daemon.bootloader import CANARY_VAR, make_bootloader
+from ferry.daemon.boot import bootchooser
+from ferry.daemon.boot.bootloader import CANARY_VAR, make_bootloader
+from ferry.daemon.boot.slots import record_slot_version
 from ferry.daemon.cli.main import main
 from ferry.daemon.config import load_config
-from ferry.daemon.slots import record_slot_version
 
 SIZE = 0x2000
 

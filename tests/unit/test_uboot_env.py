@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ferry.daemon.ubootenv import (
+from ferry.daemon.boot.ubootenv import (
     Copy,
     EnvError,
     EnvStore,

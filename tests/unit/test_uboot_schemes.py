@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ferry.daemon import bootchooser, bootcount
-from ferry.daemon.bootloader import CANARY_VAR, BootloaderError, CanaryError, make_bootloader
+from ferry.daemon.boot import bootchooser, bootcount
+from ferry.daemon.boot.bootloader import CANARY_VAR, BootloaderError, CanaryError, make_bootloader
+from ferry.daemon.boot.ubootenv import _Sink
 from ferry.daemon.config import load_config
-from ferry.daemon.ubootenv import _Sink
 
 SIZE = 0x2000
 

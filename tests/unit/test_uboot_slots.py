@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ferry.daemon.config import SlotConfig, config_from_dict
-from ferry.daemon.slots import (
+from ferry.daemon.boot.slots import (
     SlotError,
     booted_from_cmdline,
     booted_slot,
@@ -16,6 +15,7 @@ from ferry.daemon.slots import (
     record_slot_version,
     slot_versions,
 )
+from ferry.daemon.config import SlotConfig, config_from_dict
 
 SLOTS = (
     SlotConfig("rootfs.0", "A", Path("/dev/mmcblk0p2")),
