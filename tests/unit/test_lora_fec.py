@@ -20,7 +20,7 @@ from ferry.proxy.lora.scheduler import plan
 from ferry.sim.lora.decoder import Limits, RefDecoder, matrix_row
 
 
-def BlockDecoder(m: int, size: int, padding: int) -> RefDecoder:  # noqa: N802
+def BlockDecoder(m: int, size: int, padding: int) -> RefDecoder:
     """The node's FragDecoder.c model with no build limits."""
     return RefDecoder(m, size, padding, Limits())
 

@@ -40,7 +40,7 @@ def test_status_and_delete_req():
 
 
 def test_ts004_answers():
-    # FragSessionStatusAns: index 1, 300 received -> 0x412C LE 2C 41, missing 7, status 1
+    # FragSessionStatusAns: index 1, last N 300 -> 0x412C LE 2C 41, lost 7, MatrixError
     # FragSessionSetupAns: 0x44 -> index 1, FragIndex unsupported
     # FragSessionDeleteAns: 0x06 -> index 2, no such session; PackageVersionAns 3, 1
     got = fragmentation.parse_uplink(bytes([0x01, 0x2C, 0x41, 0x07, 0x01, 0x02, 0x44,
@@ -124,3 +124,47 @@ def test_multicast_keys_round_trip_through_node_side_encrypt():
     assert app == multicast.aes128_encrypt(mc_key, bytes([1, 4, 3, 2, 1]) + bytes(11))
     assert multicast.mc_net_s_key(mc_key, 0x01020304) == multicast.aes128_encrypt(
         mc_key, bytes([2, 4, 3, 2, 1]) + bytes(11))
+
+
+def test_ts004_v2_setup_carries_session_cnt_mic_and_ack_reception():
+    s = fragmentation.FragSessionSetup(1, 0x0102, 0x30, 5, 0x0A0B0C0D, 0b0001, 0, 3,
+                                       version=2, session_cnt=0x1234, mic=0xA1B2C3D4)
+    # CID, FragSession (index 1 << 4 | mask 1), NbFrag LE, FragSize, Control
+    # (AckReception 0x40 | algo 0 | BlockAckDelay 3), Padding, Descriptor LE,
+    # SessionCnt LE, MIC LE: 17 bytes as STM32CubeWL's v2 parser reads them
+    assert fragmentation.frag_session_setup_req(s) == bytes.fromhex(
+        "02 11 0201 30 43 05 0d0c0b0a 3412 d4c3b2a1")
+    v1 = fragmentation.FragSessionSetup(1, 0x0102, 0x30, 5, 0x0A0B0C0D, 0b0001, 0, 3)
+    assert fragmentation.frag_session_setup_req(v1) == bytes.fromhex(
+        "02 11 0201 30 03 05 0d0c0b0a")
+    with pytest.raises(ValueError):
+        fragmentation.frag_session_setup_req(
+            fragmentation.FragSessionSetup(0, 1, 1, 0, version=3))
+
+
+def test_ts004_v2_answers_and_block_received():
+    # SetupAns 0x52: index 1, replay (bit 4), not enough memory (bit 1)
+    # FragDataBlockReceivedReq 04 06: index 2, MIC error (bit 2)
+    got = fragmentation.parse_uplink(bytes([0x02, 0x52, 0x04, 0x06, 0x00, 0x03, 0x02]))
+    assert got == [
+        fragmentation.FragSessionSetupAns(1, False, True, False, False, True),
+        fragmentation.FragDataBlockReceivedReq(2, True),
+        fragmentation.PackageVersionAns(3, 2),
+    ]
+    ans = got[0]
+    assert isinstance(ans, fragmentation.FragSessionSetupAns)
+    assert not ans.ok and any("memory" in p for p in ans.problems())
+    assert any("SessionCnt" in p for p in ans.problems())
+    assert fragmentation.frag_data_block_received_ans(2) == bytes([0x04, 0x02])
+
+
+def test_data_block_mic_depends_on_every_b0_field():
+    key = bytes(range(16))
+    block = b"firmware" * 10
+    base = fragmentation.data_block_mic(key, block, 1, 0, 0)
+    assert 0 <= base < 2**32
+    assert base != fragmentation.data_block_mic(key, block, 2, 0, 0)
+    assert base != fragmentation.data_block_mic(key, block, 1, 1, 0)
+    assert base != fragmentation.data_block_mic(key, block, 1, 0, 7)
+    assert base != fragmentation.data_block_mic(key, block[:-1], 1, 0, 0)
+    assert base != fragmentation.data_block_mic(bytes(16), block, 1, 0, 0)
