@@ -91,9 +91,13 @@ def trailer_flags(data: bytes, slot_size: int) -> tuple[bool, bool]:
     return True, data[-24] == 0x01
 
 
-def build(version: tuple[int, int, int, int], payload: bytes, hdr_size: int = 0x200) -> bytes:
-    """An unsigned image with a SHA256 TLV: what a dev build without a key looks like."""
-    header = struct.pack("<IIHHIIBBHII", MAGIC, 0, hdr_size, 0, len(payload), 0, *version, 0)
+def build(version: tuple[int, int, int, int], payload: bytes, hdr_size: int = 0x200,
+          flags: int = 0) -> bytes:
+    """An unsigned image with a SHA256 TLV: what a dev build without a key looks like.
+
+    ``flags`` 0x10 is ``IMAGE_F_NON_BOOTABLE``: MCUboot refuses to boot such an image."""
+    header = struct.pack("<IIHHIIBBHII", MAGIC, 0, hdr_size, 0, len(payload), flags, *version,
+                         0)
     body = header.ljust(hdr_size, b"\0") + payload
     digest = hashlib.sha256(body).digest()
     tlv = struct.pack("<HH", 0x6907, 4 + 4 + 32) + struct.pack("<HH", 0x10, 32) + digest

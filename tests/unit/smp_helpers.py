@@ -12,9 +12,10 @@ from ferry.sim.mcu import McuConfig, SimMcu
 from ferry.sim.mcu import image as sim_image
 
 
-def mcu_image(version: tuple[int, int, int, int], size: int = 6000, seed: int = 0) -> bytes:
+def mcu_image(version: tuple[int, int, int, int], size: int = 6000, seed: int = 0,
+              flags: int = 0) -> bytes:
     payload = bytes((i * 7 + seed) & 0xFF for i in range(size))
-    return sim_image.build(version, payload)
+    return sim_image.build(version, payload, flags=flags)
 
 
 OLD = mcu_image((1, 0, 0, 0), 3000, seed=1)
