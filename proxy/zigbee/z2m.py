@@ -106,6 +106,9 @@ def explain(error: str, info: BridgeInfo) -> str:
         version = f"{info.version} " if info.version else ""
         return f"{error}: {OFFLINE_HINT.format(version=version)}"
     if "No image currently available" in error or "No new image available" in error:
+        if info.restart_required:
+            return (f"{error}: Zigbee2MQTT reports restart_required; restart it so that "
+                    "a changed ota.zigbee_ota_override_index_location takes effect")
         return (f"{error}: Zigbee2MQTT found no matching entry; check "
                 "ota.zigbee_ota_override_index_location (needs a Z2M restart when "
                 "changed) and the node's hardware version against the image's range "

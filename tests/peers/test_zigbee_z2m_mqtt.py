@@ -153,8 +153,9 @@ def test_forced_downgrade_and_failures_are_reported(z2m) -> None:  # type: ignor
     res = transport.flash(_target(B, force="1"), io.BytesIO(_image(0x00000900)),
                           progress=lambda *a: None)
     assert res.ok and res.version == "0x00000900", res.message
+    assert bridge.served[-1] == (B, 0x00000900, True)  # Z2M saw the entry forced...
     index = json.loads((Path(opts["z2m_data_dir"]) / "ferry-ota-index.json").read_text())
-    assert index[0]["force"] is True and len(index) == 1  # ferry's old entry replaced
+    assert "force" not in index[0] and len(index) == 1  # ...and it no longer is
     res = transport.flash(_target(BAD), io.BytesIO(_image(0x00020000)), progress=lambda *a: None)
     assert not res.ok and "didn't respond" in res.message
     assert bridge.devices[BAD].file_version == 0x00010000

@@ -133,9 +133,9 @@ def test_forced_updates_of_one_type_take_turns(tmp_path: Path) -> None:
         t.join()
     assert most == 1
     with idx.type_lock(0x1234, 1, exclusive=True, timeout_s=5):
-        with pytest.raises(AdapterError, match="another ferry update of manufacturer"):
-            with idx.type_lock(0x1234, 1, exclusive=False, timeout_s=0.2):
-                pass
+        with (pytest.raises(AdapterError, match="another ferry update of manufacturer"),
+              idx.type_lock(0x1234, 1, exclusive=False, timeout_s=0.2)):
+            pass
         with idx.type_lock(0x1234, 2, exclusive=True, timeout_s=0.2):
             pass  # another image type is independent
 
