@@ -122,14 +122,6 @@ def test_pipelined_upload_stays_within_buffer_count() -> None:
         assert sim.frames_in == 8 and sim.dropped_frames > 0
 
 
-def test_no_params_support_falls_back_to_small_frames() -> None:
-    with running_sim(supports_params=False) as sim, SmpClient(sim.port, timeout=1) as c:
-        params = c.read_params()
-        assert not params.advertised and params.buf_size == 384
-        c.upload(NEW)
-        assert sim.device.secondary.data == NEW
-
-
 def test_discover_probes_configured_ports(tmp_path: Path) -> None:
     with running_sim(tmp_path) as sim:
         found = get_transport("smp-serial", {"ports": f"{sim.port},{tmp_path}/nothing"}).discover()
