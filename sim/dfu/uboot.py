@@ -139,7 +139,8 @@ class UbootDfuDevice(SimDfuDevice):
             poll = self.spec.poll_ms
         if manifesting:
             self._blk_seq_num = 0  # set after handle_getstatus() in both states
-        self.poll_total_ms += poll
+        if self.state == State.MANIFEST:
+            self.poll_total_ms += poll  # the only state in which a host has to wait
         return bytes([self.status, poll & 0xFF, (poll >> 8) & 0xFF, (poll >> 16) & 0xFF,
                       self.state, 0])
 

@@ -170,6 +170,21 @@ def test_uboot_never_busy_and_reports_its_manifest_poll():
     assert dev.poll_total_ms == 25000  # DFU_MANIFEST_POLL_TIMEOUT; blocks report 0
 
 
+def test_uboot_board_poll_timeout_comes_every_2048th_block():
+    """DFU_DEFAULT_POLL_TIMEOUT (Exynos: 300 ms) on blocks where blk % (8 MiB / 4096) == 0."""
+    sim = setup()
+    dev = sim.add(uboot_spec(poll_ms=300, alts=(Region("mcu", 0, (Segment(2050, 4096),)),)))
+    dev.control(0x00, 9, 1, 0, b"", 0)
+    polls = []
+    for block in range(2050):
+        dev.control(0x21, DNLOAD, block, 0, b"\0" * 4096, 4096)
+        reply = dev.control(0xA1, GETSTATUS, 0, 0, b"", 6)
+        assert reply[4] == State.DNLOAD_IDLE  # never dfuDNBUSY
+        polls.append(reply[1] | reply[2] << 8)
+    assert [n for n, ms in enumerate(polls) if ms] == [0, 2048]
+    assert {polls[0], polls[2048]} == {300}
+
+
 # Zephyr --------------------------------------------------------------------------------
 def test_zephyr_refuses_alt_0_with_err_write_then_image_1_works():
     sim = setup()
