@@ -61,8 +61,22 @@ def _standalone(config_path: str, discover: bool) -> list[dict[str, Any]]:
                                  "version": tgt.options.get("version")
                                  or tgt.options.get("file_version", ""),
                                  "last_result": "discovered", "message": "",
-                                 "last_seen": None})
+                                 "last_seen": None, **_hardware(tgt.options)})
     return rows
+
+
+def _hardware(options: dict[str, str]) -> dict[str, str]:
+    """A Zigbee node's two hardware versions, where Zigbee2MQTT exposes them: the
+    Basic-cluster attribute (Z2M 2.2 matches OTA images on it) and the one in the
+    node's Query Next Image Request (Z2M 2.14 does); see docs/transport-zigbee.md."""
+    return {k: options[k] for k in ("hw_basic", "hw_query") if options.get(k)}
+
+
+def _hardware_line(r: dict[str, Any]) -> str:
+    if not (r.get("hw_basic") or r.get("hw_query")):
+        return ""
+    return (f"    hardware version: basic cluster {r.get('hw_basic') or '-'}, "
+            f"OTA query {r.get('hw_query') or '-'}")
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -78,6 +92,8 @@ def render(rows: list[dict[str, Any]]) -> str:
                 text = "  " + str(r.get("address") or text)
             cells.append((text[: width - 1] + "~" if len(text) > width else text).ljust(width))
         lines.append(" ".join(cells).rstrip())
+        if _hardware_line(r):
+            lines.append(_hardware_line(r))
         if r.get("last_result") in ("failure", "failed", "rolled-back") and r.get("message"):
             lines.append(f"{'    ' if r.get('group') else '  '}! {r['message'][:74]}")
     return "\n".join(lines)

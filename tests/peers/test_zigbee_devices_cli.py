@@ -20,7 +20,8 @@ def test_devices_discover_lists_zigbee_nodes_with_versions(broker: int, tmp_path
     data = tmp_path / "z2m-data"
     data.mkdir()
     bridge = FakeZigbee2Mqtt("127.0.0.1", broker, data, [
-        BridgeDevice("0x00124b0000aaaa01", "kitchen_sensor", 0x1234, 1, 0x00010002),
+        BridgeDevice("0x00124b0000aaaa01", "kitchen_sensor", 0x1234, 1, 0x00010002,
+                     hw_basic=2),
         BridgeDevice("0x00124b0000aaaa02", "hall_sensor", 0x1234, 1, 0x00010000),
     ])
     try:
@@ -45,3 +46,7 @@ request_timeout_s = "20"
     versions = {a: r["version"] for a, r in by_address.items()}
     assert versions["0x00124b0000aaaa01"] != versions["0x00124b0000aaaa02"]
     assert all(v for v in versions.values())
+    # the Basic-cluster hardware version, from herdsman's database.db (what Z2M 2.2
+    # matches an image's hardware range against)
+    assert by_address["0x00124b0000aaaa01"]["hw_basic"] == "0x0002"
+    assert "hw_basic" not in by_address["0x00124b0000aaaa02"]

@@ -53,3 +53,17 @@ def test_devices_without_ferryd_says_so(tmp_path: Path, capsys, monkeypatch) -> 
     monkeypatch.setenv("FERRY_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
     assert main(["devices"]) == 3
     assert "--config" in capsys.readouterr().err
+
+
+def test_discovered_zigbee_node_shows_both_hardware_versions() -> None:
+    from ferry.daemon.cli.devices import render
+
+    rows = [{"name": "lamp", "transport": "zigbee", "address": "0x00124b0000aaaa01",
+             "version": "0x00010000", "last_result": "discovered", "hw_basic": "0x0001",
+             "hw_query": "0x0003"},
+            {"name": "plug", "transport": "zigbee", "address": "0x00124b0000aaaa02",
+             "version": "0x00010000", "last_result": "discovered", "hw_basic": "0x0002"}]
+    lines = render(rows).splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[2] == "    hardware version: basic cluster 0x0001, OTA query 0x0003"
+    assert lines[4] == "    hardware version: basic cluster 0x0002, OTA query -"
