@@ -54,6 +54,10 @@ class ZephyrDfuDevice(SimDfuDevice):
         self._reboot_at: float | None = None
         self.upgrade_requested = False  # boot_request_upgrade() was called
 
+    def _enter(self, mode: str) -> None:
+        super()._enter(mode)
+        self._area = DOWNLOAD_ALT if len(self.regions) > DOWNLOAD_ALT else 0  # dfu_data init
+
     # time ------------------------------------------------------------------------
     def tick(self) -> None:
         """Run what the firmware does on its own: the scheduled reboot."""
