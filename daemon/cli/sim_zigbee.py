@@ -30,5 +30,12 @@ def register(sub: Any) -> None:
                    help="instead: act as Zigbee2MQTT on this MQTT broker, for ferry flash zigbee")
     p.add_argument("--z2m-data-dir", metavar="DIR", default="./z2m-data",
                    help="with --z2m: the data directory ferry stages images in")
+    p.add_argument("--z2m-version", choices=("2.14", "2.2"), default="2.14",
+                   help="with --z2m: whose OTA rules to follow (2.2: online index first, "
+                   "hardware version from the Basic cluster; 2.14: override index first, "
+                   "hardware version from the node's query, abort)")
+    p.add_argument("--online", action="store_true",
+                   help="with --z2m: the stand-in can reach the online OTA index (without "
+                   "it, Z2M 2.2 fails every check with 'fetch failed')")
     p.set_defaults(func=_run_lazily)
 

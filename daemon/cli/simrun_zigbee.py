@@ -140,10 +140,12 @@ def _run_bridge(args: argparse.Namespace) -> int:
     data.mkdir(parents=True, exist_ok=True)
     devices = [BridgeDevice(f"0x00124b00{0x100000 + i:08x}", f"sensor_{i}", 0x1234, 0x0001,
                             0x00010000) for i in range(args.nodes)]
-    bridge = FakeZigbee2Mqtt(host or "127.0.0.1", int(port), data, devices, step_delay_s=0.5)
-    print(f"simulated Zigbee2MQTT with {len(devices)} nodes (manufacturer 0x1234, image type "
-          f"0x0001, version 0x00010000) on {args.z2m}, data dir {data}; Ctrl-C stops",
-          flush=True)
+    bridge = FakeZigbee2Mqtt(host or "127.0.0.1", int(port), data, devices, step_delay_s=0.5,
+                             version=args.z2m_version, online=args.online)
+    print(f"simulated Zigbee2MQTT {bridge.release.version} "
+          f"({'online' if args.online else 'offline'}) with {len(devices)} nodes "
+          f"(manufacturer 0x1234, image type 0x0001, version 0x00010000) on {args.z2m}, "
+          f"data dir {data}; Ctrl-C stops", flush=True)
     try:
         while True:
             time.sleep(3600)

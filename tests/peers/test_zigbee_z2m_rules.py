@@ -240,3 +240,27 @@ def test_index_and_images_stay_readable_for_z2m(make_z2m: Make) -> None:
     assert (data / "ferry-ota-index.json").stat().st_mode & 0o777 == 0o640
     staged = data / _index(opts)[0]["url"]
     assert staged.stat().st_mode & 0o777 == 0o644
+
+
+def test_ferry_sim_zigbee_z2m_command_models_the_release(broker: int, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "z2m"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from ferry.daemon.cli.main import main; "
+         "sys.exit(main(sys.argv[1:]))", "sim", "zigbee", "--z2m", f"127.0.0.1:{broker}",
+         "--z2m-data-dir", str(data), "--nodes", "1", "--z2m-version", "2.2"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "Zigbee2MQTT 2.2.1 (offline)" in line, line
+        opts = {"mqtt_host": "127.0.0.1", "mqtt_port": str(broker), "z2m_data_dir": str(data),
+                "request_timeout_s": "30"}
+        res = get_transport("zigbee", opts).flash(
+            _target("sensor_0"), io.BytesIO(_image(0x00020000)), progress=lambda *a: None)
+        assert not res.ok and "fetch failed" in res.message
+    finally:
+        proc.terminate()
+        proc.wait(10)
