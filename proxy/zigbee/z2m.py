@@ -103,6 +103,10 @@ OFFLINE_HINT = ("Zigbee2MQTT {version}fetches its online OTA index before it rea
 def explain(error: str, info: BridgeInfo) -> str:
     """Z2M's error text plus what to do about it, where ferry knows."""
     if "fetch failed" in error:
+        if info.falls_back_offline:  # its own fallback covers the online index
+            return (f"{error}: Zigbee2MQTT {info.version} reads the override index without "
+                    "internet, so an http(s) URL it must fetch (the index location or an "
+                    "entry's url) is unreachable")
         version = f"{info.version} " if info.version else ""
         return f"{error}: {OFFLINE_HINT.format(version=version)}"
     if "No image currently available" in error or "No new image available" in error:

@@ -150,3 +150,33 @@ def test_bad_index_is_a_clear_error(tmp_path: Path) -> None:
     idx.path.write_text('{"a": 1}')
     with pytest.raises(AdapterError, match="JSON list"):
         idx.stage(raw, hdr, force=False)
+
+
+def test_fetch_failed_is_explained_per_release() -> None:
+    from ferry.proxy.zigbee.z2m import explain
+    from ferry.proxy.zigbee.z2mdata import BridgeInfo
+
+    err = "Update of 'lamp' failed (fetch failed)"
+    old = explain(err, BridgeInfo(version="2.2.1"))
+    assert old.startswith(err) and "upgrade Zigbee2MQTT to 2.14" in old
+    assert "give the gateway access" in old.lower()
+    unknown = explain(err, BridgeInfo())
+    assert "upgrade Zigbee2MQTT to 2.14" in unknown
+    new = explain(err, BridgeInfo(version="2.14.1"))
+    assert "upgrade" not in new and "http(s) URL" in new
+    assert BridgeInfo(version="2.14.1").can_abort
+    assert not BridgeInfo(version="2.2.1").can_abort and not BridgeInfo().can_abort
+
+
+def test_query_hardware_version_from_both_releases_debug_lines() -> None:
+    from ferry.proxy.zigbee.z2mdata import query_hardware_version
+
+    ieee = "0x00124b0000aaaa01"
+    herdsman = (f"Checking OTA {ieee} upgrade image availability, current="
+                '{"fieldControl":1,"manufacturerCode":4660,"imageType":1,'
+                '"fileVersion":65536,"hardwareVersion":3}')
+    converters = (f"[{ieee} | SIM-1] Checking latest image availability, current: "
+                  '{"fieldControl":0,"manufacturerCode":4660,"imageType":1,"fileVersion":1}')
+    assert query_hardware_version(herdsman, ieee) == 3
+    assert query_hardware_version(converters, ieee) is None  # no hardware version sent
+    assert query_hardware_version(herdsman, "0x00124b0000aaaa02") is None
