@@ -188,9 +188,12 @@ class SmpSerialTransport:
                 if staged is None or staged.hash != new_hash:
                     raise FerryError(f"{target.name}: after upload the device does not list "
                                      "the image in slot 1 (it rejected it as unbootable?)")
-            progress(len(data), len(data), "test")
-            marked = client.set_state(new_hash, confirm=False)
-            staged = _slot(marked, s.image, 1)
+            if not staged.pending:
+                # An image padded with imgtool --pad --confirm arrives pending-permanent
+                # already; Zephyr then refuses a test request for it with
+                # IMG_MGMT_ERR_IMAGE_ALREADY_PENDING (img_mgmt_set_next_boot_slot).
+                progress(len(data), len(data), "test")
+                staged = _slot(client.set_state(new_hash, confirm=False), s.image, 1)
             if staged is None or staged.hash != new_hash or not staged.pending:
                 raise FerryError(f"{target.name}: the device did not mark {parsed.version} "
                                  "pending after the test request; nothing was reset")

@@ -1,6 +1,11 @@
 """smp-serial against independent peers: imgtool (MCUboot images, ed25519 and ECDSA P-256),
 smpclient's MCUboot parser and SMP client, and the smpmgr CLI, all on a pty with the
-simulated MCU. Peers install from .ci/deps/smp.pip."""
+simulated MCU; the ``smp`` package's enums check ferry's error names, and smpclient's
+parser checks the simulator's SMP v1 and v2 error replies. Peers install from
+.ci/deps/smp.pip.
+
+The simulator resets as Zephyr does (250 ms after answering), so the peers, like ferry,
+poll the image state until it shows the reset happened instead of sleeping a fixed time."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -83,6 +89,29 @@ def start_sim(key: Path | None = None, **kw: object) -> SimMcu:
     sim.start()
     cfg.public_key_pem = key_pem
     return sim
+
+
+async def state_after_reset(port: str, new_hash: bytes, seconds: float = 20) -> object:
+    """smpclient's image state once it can only come from after the reset: slot 1 no
+    longer holds the new image pending (the old image reports it pending until then)."""
+    from smpclient import SMPClient
+    from smpclient.generics import success
+    from smpclient.requests.image_management import ImageStatesRead
+    from smpclient.transport.serial import SMPSerialTransport
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            async with SMPClient(SMPSerialTransport(), port, timeout_s=1) as client:
+                state = await client.request(ImageStatesRead())
+        except Exception:  # port away while the MCU reboots, or a timeout
+            await asyncio.sleep(0.1)
+            continue
+        assert success(state)
+        if not any(s.slot == 1 and s.hash == new_hash and s.pending for s in state.images):
+            return state
+        await asyncio.sleep(0.1)
+    raise AssertionError("the device never reset")
 
 
 def ferry_flash(port: str, data: bytes, **options: str) -> object:
@@ -174,11 +203,10 @@ async def smpclient_upgrade(port: str, data: bytes) -> None:
         assert any(s.pending for s in marked.images if s.slot == 1)
         reset = await client.request(ResetWrite())
         assert success(reset) or isinstance(reset, smperr.ErrorV1 | smperr.ErrorV2)
-    time.sleep(0.3)
+    assert info.hash is not None
+    after: Any = await state_after_reset(port, info.hash)
     async with SMPClient(SMPSerialTransport(), port, timeout_s=5) as client:
-        state = await client.request(ImageStatesRead())
-        assert success(state)
-        running = next(s for s in state.images if s.slot == 0)
+        running = next(s for s in after.images if s.slot == 0)
         assert running.hash == info.hash, "device came back on its old image"
         assert not running.confirmed
         confirmed = await client.request(ImageStatesWrite(confirm=True))
@@ -219,12 +247,67 @@ def test_smpmgr_cli_against_simulator_then_ferry_confirms(images: dict[str, Path
         r = run(smpmgr, "--port", sim.port, "--timeout", "5", "upgrade", "--slot", "1",
                 str(images["ec"]))
         assert r.returncode == 0 and "Upgrade complete" in r.stdout, r.stdout + r.stderr
-        time.sleep(0.3)
+        deadline = time.monotonic() + 20  # smpmgr returns before the reset timer fires
+        while sim.device.primary.info(None).version_text != "1.2.3.4":  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "smpmgr's reset never happened"
+            time.sleep(0.1)
         r = run(smpmgr, "--port", sim.port, "--timeout", "5", "image", "state-read")
         assert r.returncode == 0 and "1.2.3.4" in r.stdout, r.stdout + r.stderr
         assert not sim.device.primary.image_ok  # smpmgr left it in test mode
         result = ferry_flash(sim.port, images["ec"].read_bytes())
         assert result.ok and result.skipped  # type: ignore[attr-defined]
         assert sim.device.primary.image_ok  # ferry confirmed the running image
+    finally:
+        sim.stop()
+
+
+def test_error_names_match_the_smp_package() -> None:
+    from smp.error import MGMT_ERR
+    from smp.image_management import IMG_MGMT_ERR
+    from smp.os_management import OS_MGMT_RET_RC
+
+    from ferry.proxy.smp import errors
+
+    for theirs, ours, prefix in ((MGMT_ERR, errors.MGMT_ERR, "MGMT_ERR_"),
+                                 (IMG_MGMT_ERR, errors.IMG_MGMT_ERR, "IMG_MGMT_ERR_"),
+                                 (OS_MGMT_RET_RC, errors.OS_MGMT_ERR, "OS_MGMT_ERR_")):
+        checked = [m for m in theirs if m.value < 256]
+        assert len(checked) >= 6
+        for member in checked:
+            assert ours[member.value] == prefix + member.name, member
+
+
+@pytest.mark.parametrize("smp_v2", [True, False], ids=["v2", "v1"])
+def test_smpclient_parses_the_simulators_error_replies(smp_v2: bool) -> None:
+    """Confirming while a test is pending: Zephyr answers IMG_MGMT_ERR_IMAGE_ALREADY_PENDING
+    in v2 form, MGMT_ERR_EBADSTATE (translated) in v1 form."""
+    from smp import error as smperr
+    from smp.image_management import IMG_MGMT_ERR
+    from smpclient import SMPClient
+    from smpclient.requests.image_management import ImageStatesWrite
+    from smpclient.transport.serial import SMPSerialTransport
+
+    from ferry.proxy.smp.client import SmpClient
+
+    sim = start_sim(smp_v2=smp_v2)
+    new = sim_image.build((1, 1, 0, 0), b"\x22" * 3000)
+    try:
+        with SmpClient(sim.port, timeout=2) as c:
+            c.upload(new)
+            c.set_state(mcuboot.parse(new).hash, confirm=False)
+
+        async def confirm() -> object:
+            async with SMPClient(SMPSerialTransport(), sim.port, timeout_s=5) as client:
+                return await client.request(ImageStatesWrite(confirm=True))
+
+        answer = asyncio.run(confirm())
+        if smp_v2:
+            assert isinstance(answer, smperr.ErrorV2), answer
+            assert answer.err.group == 1
+            assert answer.err.rc == IMG_MGMT_ERR.IMAGE_ALREADY_PENDING
+        else:
+            assert isinstance(answer, smperr.ErrorV1), answer
+            assert answer.rc == smperr.MGMT_ERR.EBADSTATE
+        assert sim.device.secondary.magic and not sim.device.config.fails_to_boot
     finally:
         sim.stop()
