@@ -29,6 +29,10 @@ def register(sub: Any) -> None:
                         help="seconds to wait for each answer (default 5)")
     parser.add_argument("--boot-timeout", type=float, default=60.0,
                         help="seconds to wait for the MCU after reset (default 60)")
+    parser.add_argument("--reset-delay", metavar="S", default="0.25",
+                        help="how long the MCU keeps running its old image after "
+                        "answering reset: Zephyr's CONFIG_MCUMGR_GRP_OS_RESET_MS "
+                        "(default 0.25; e.g. 1.5 or 1500ms)")
     parser.set_defaults(func=run, test_only=False)
 
 
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ferry.proxy.transport import Target
 
     options = {"baud": str(args.baud), "timeout": str(args.timeout),
-               "boot_timeout": str(args.boot_timeout), "force": "1" if args.force else "",
+               "boot_timeout": str(args.boot_timeout), "reset_delay": str(args.reset_delay),
+               "force": "1" if args.force else "",
                "test_only": "1" if args.test_only else ""}
     target = Target(name=args.port, transport="smp-serial", address=args.port,
                     options={k: v for k, v in options.items() if v})

@@ -28,14 +28,31 @@ def register(sub: Any) -> None:
     parser.add_argument("--key", metavar="PEM", help="public key the boot check verifies")
     parser.add_argument("--fails-to-boot", action="store_true",
                         help="new images crash before confirming, so MCUboot reverts them")
+    parser.add_argument("--reset-delay", type=float, default=0.25, metavar="S",
+                        help="seconds the old image keeps answering after a reset request "
+                        "(Zephyr's CONFIG_MCUMGR_GRP_OS_RESET_MS; default 0.25)")
+    parser.add_argument("--usb", type=float, nargs="?", const=1.0, default=None,
+                        metavar="S", help="behave as a USB CDC-ACM port: at reset the port "
+                        "vanishes and comes back S seconds later (default 1; needs --port)")
+    parser.add_argument("--smp-v1", action="store_true",
+                        help="answer errors in SMP v1 form only, as mcumgr before Zephyr 3.3")
+    parser.add_argument("--no-params", action="store_true",
+                        help="no MCUmgr params command (answers MGMT_ERR_ENOTSUP)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ferry.sim.mcu import McuConfig, SimMcu
 
+    if args.usb is not None and not args.port:
+        print("ferry sim mcu: --usb needs --port PATH (the name that follows the device)",
+              file=sys.stderr)
+        return 2
     config = McuConfig(baud=args.baud or None, buf_size=args.buf_size,
-                       buf_count=args.buf_count, fails_to_boot=args.fails_to_boot)
+                       buf_count=args.buf_count, fails_to_boot=args.fails_to_boot,
+                       reset_delay=args.reset_delay, reenumerate=args.usb is not None,
+                       reenumerate_seconds=args.usb or 1.0, smp_v2=not args.smp_v1,
+                       supports_params=not args.no_params)
     if args.key:
         with open(args.key, "rb") as f:
             config.public_key_pem = f.read()

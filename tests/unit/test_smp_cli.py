@@ -38,10 +38,13 @@ def test_refused_downgrade_exits_nonzero_with_reason(tmp_path: Path,
         assert running_version(sim) == "1.0.0"
 
 
-def test_sim_mcu_command_serves_a_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize("quirks", [[], ["--usb", "0.3", "--smp-v1", "--no-params",
+                                          "--reset-delay", "0.5"]],
+                         ids=["zephyr-defaults", "usb-v1-no-params"])
+def test_sim_mcu_command_serves_a_port(tmp_path: Path, quirks: list[str]) -> None:
     link = tmp_path / "ttyMCU"
     proc = subprocess.Popen([sys.executable, "-m", "ferry.daemon.cli.main", "sim", "mcu",
-                             "--baud", "0", "--port", str(link)],
+                             "--baud", "0", "--port", str(link), *quirks],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -49,7 +52,8 @@ def test_sim_mcu_command_serves_a_port(tmp_path: Path) -> None:
         image = tmp_path / "app.bin"
         image.write_bytes(NEW)
         out = subprocess.run([sys.executable, "-m", "ferry.daemon.cli.main", "flash",
-                              "smp-serial", str(link), str(image), "--test-only"],
+                              "smp-serial", str(link), str(image), "--test-only",
+                              "--reset-delay", "100ms", "--boot-timeout", "30"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "test mode" in out.stderr.splitlines()[-1]
@@ -60,3 +64,8 @@ def test_sim_mcu_command_serves_a_port(tmp_path: Path) -> None:
     while link.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not link.exists()  # the port goes away with the simulator
+
+
+def test_sim_mcu_usb_needs_a_port(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "mcu", "--usb"]) == 2
+    assert "--port" in capsys.readouterr().err
