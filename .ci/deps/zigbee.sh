@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# zigbee-herdsman (npm), the OTA code of Zigbee2MQTT 2.14.1, for tests/peers/test_zigbee_herdsman.py:
-# ferry's override index and .ota files are read by herdsman's own getOtaIndex/checkOta/
-# getOtaFirmware. Installed with --ignore-scripts (no serial-port build; only the OTA helpers
-# and the Device model are loaded). Node and npm come from Debian when the machine has none.
-# Idempotent: does nothing when the pinned version is already there.
+# Zigbee2MQTT's OTA code from npm, for tests/peers/test_zigbee_herdsman.py, which runs it in Node
+# on the override index and .ota files ferry writes:
+#   zigbee-herdsman 10.9.2             - what zigbee2mqtt 2.14.1 depends on (helpers/ota, Device)
+#   zigbee-herdsman-converters 23.20.1 - what zigbee2mqtt 2.2.1 depends on (lib/ota)
+# (npm view zigbee2mqtt@<version> dependencies). Installed with --ignore-scripts: no serial-port
+# build, only the OTA modules are loaded. Node and npm come from Debian when the machine has none.
+# Idempotent: does nothing when the pinned versions are already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-VERSION=10.9.2  # what zigbee2mqtt 2.14.1 depends on (npm view zigbee2mqtt@2.14.1 dependencies)
-DEST=.cache/zigbee-herdsman-$VERSION
-if [ -f "$DEST/node_modules/zigbee-herdsman/package.json" ] \
-   && grep -q "\"version\": \"$VERSION\"" "$DEST/node_modules/zigbee-herdsman/package.json"; then
+
+have() {  # have NAME VERSION
+  local pkg=".cache/$1-$2/node_modules/$1/package.json"
+  [ -f "$pkg" ] && grep -q "\"version\": \"$2\"" "$pkg"
+}
+
+if have zigbee-herdsman 10.9.2 && have zigbee-herdsman-converters 23.20.1; then
   exit 0
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -21,6 +26,10 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=300 \
     --no-install-recommends nodejs npm >/dev/null
 fi
-mkdir -p "$DEST"
-npm install --silent --ignore-scripts --no-audit --no-fund --prefix "$DEST" "zigbee-herdsman@$VERSION"
-echo "setup: zigbee-herdsman $VERSION in $DEST"
+for spec in zigbee-herdsman@10.9.2 zigbee-herdsman-converters@23.20.1; do
+  name=${spec%@*} version=${spec#*@}
+  have "$name" "$version" && continue
+  mkdir -p ".cache/$name-$version"
+  npm install --silent --ignore-scripts --no-audit --no-fund --prefix ".cache/$name-$version" "$spec"
+  echo "setup: $spec in .cache/$name-$version"
+done

@@ -1,11 +1,13 @@
-"""ferry's override index and .ota files as zigbee-herdsman 10.9.2 (npm; the OTA code of
-Zigbee2MQTT 2.14.1) reads them: its own ``getOtaIndex``, ``Device.checkOta``/
-``findMatchingOtaImage`` and ``getOtaFirmware``/``parseOtaImage`` run in Node on the
-files ferry wrote. This checks against Z2M's real code what the stand-in models: a
-forced entry is offered to siblings on the same or a newer version while ferry's update
-runs, and to none of them once ferry has made it ordinary; the hardware range is matched
-on the query's hardware version; an unreachable online index falls back to the override
-index. Never skipped: .ci/deps/zigbee.sh installs herdsman into .cache/."""
+"""ferry's override index and .ota files as Zigbee2MQTT's own OTA code (npm) reads them,
+run in Node on the files ferry wrote: zigbee-herdsman 10.9.2 (Z2M 2.14.1: ``getOtaIndex``,
+``Device.checkOta``/``findMatchingOtaImage``, ``getOtaFirmware``/``parseOtaImage``) and
+zigbee-herdsman-converters 23.20.1 (Z2M 2.2.1: ``lib/ota`` ``isUpdateAvailable``). This
+checks against the real code what the stand-in models: a forced entry is offered to
+siblings on the same or a newer version while ferry's update runs, and to none of them
+once ferry has made it ordinary; 2.14 matches the hardware range on the query's hardware
+version and falls back to the override index offline; 2.2 matches on the Basic-cluster
+value and fails offline with "fetch failed". Never skipped: .ci/deps/zigbee.sh installs
+both packages into .cache/."""
 
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from ferry.proxy.zigbee.overrideindex import OverrideIndex
 from ferry.proxy.zigbee.z2mdata import query_hardware_version
 from ferry.sim.zigbee.z2m_bridge import BridgeDevice, FakeZigbee2Mqtt
 
-HERDSMAN = Path(__file__).resolve().parents[2] / ".cache" / "zigbee-herdsman-10.9.2"
+CACHE = Path(__file__).resolve().parents[2] / ".cache"
+HERDSMAN = CACHE / "zigbee-herdsman-10.9.2"  # Zigbee2MQTT 2.14.1
+CONVERTERS = CACHE / "zigbee-herdsman-converters-23.20.1"  # Zigbee2MQTT 2.2.1
 MFR, ITYPE = 0x1234, 0x0001
 A, B = "0x00124b0000cccc01", "0x00124b0000cccc02"
 
@@ -65,10 +69,44 @@ const device = {endpoints: [{supportsOutputCluster: () => true}], modelID: "SIM-
 """
 
 
-def _node() -> str:
+# zigbee-herdsman-converters 23.20.1 src/lib/ota.ts (Z2M 2.2.1): isUpdateAvailable with the
+# node's query; fetch is Node's own unless the job says offline/online, then a stand-in for
+# the network: offline rejects as undici does, online serves an empty main index.
+CHECK_22_JS = r"""
+const path = require("node:path");
+const job = JSON.parse(process.argv[1]);  // node -e CODE JOB
+const zhc = path.join(job.root, "node_modules", "zigbee-herdsman-converters", "dist", "lib");
+require(path.join(zhc, "logger.js")).setLogger(
+  {debug() {}, info() {}, warning() {}, error() {}});
+const ota = require(path.join(zhc, "ota.js"));
+globalThis.fetch = async (url) => {
+  if (!job.online) throw new TypeError("fetch failed");
+  return {ok: true, status: 200, body: {}, json: async () => []};
+};
+ota.setConfiguration({dataDir: job.dataDir,
+  overrideIndexLocation: path.join(job.dataDir, job.index)});
+(async () => {
+  const out = {checks: []};
+  for (const c of job.checks) {
+    const device = {ieeeAddr: "0x00124b0000cccc09", modelID: "SIM-1",
+      manufacturerName: "ferry-sim", hardwareVersion: c.basic ?? undefined, meta: {},
+      endpoints: [{supportsOutputCluster: () => true}]};
+    try {
+      const r = await ota.isUpdateAvailable(device, {}, c.query, false);
+      out.checks.push({available: r.available});
+    } catch (e) {
+      out.checks.push({error: String(e && e.message)});
+    }
+  }
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+def _node(root: Path = HERDSMAN) -> str:
     node = shutil.which("node")
-    if node is None or not (HERDSMAN / "node_modules" / "zigbee-herdsman").is_dir():
-        pytest.fail("node or zigbee-herdsman missing; run bash .ci/setup (.ci/deps/zigbee.sh)")
+    if node is None or not (root / "node_modules").is_dir():
+        pytest.fail(f"node or {root.name} missing; run bash .ci/setup (.ci/deps/zigbee.sh)")
     return node
 
 
@@ -162,3 +200,35 @@ def test_hardware_range_is_matched_on_the_query(tmp_path: Path) -> None:
     fw = result["firmware"][0]
     assert (fw["minimumHardwareVersion"], fw["maximumHardwareVersion"]) == (2, 4)
     assert fw["totalImageSize"] == len(raw)
+
+
+def converters(data_dir: Path, checks: list[dict[str, Any]], *, online: bool
+               ) -> list[dict[str, Any]]:
+    job = {"root": str(CONVERTERS), "dataDir": str(data_dir), "index": "ferry-ota-index.json",
+           "online": online, "checks": checks}
+    out = subprocess.run([_node(CONVERTERS), "-e", CHECK_22_JS, json.dumps(job)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result: list[dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1])["checks"]
+    return result
+
+
+def test_z2m_2_2_code_offline_force_and_basic_hardware_version(tmp_path: Path) -> None:
+    idx = OverrideIndex(tmp_path)
+    raw = _image(0x00020000, hw=(2, 4))
+    hdr = otafile.parse(raw).header
+    same = {"query": _query(0x00020000, hw=3), "basic": 3}
+    older_query_only = {"query": _query(0x00010000, hw=3), "basic": None}
+    older_basic = {"query": _query(0x00010000), "basic": 3}
+    checks = [same, older_query_only, older_basic]
+    with idx.type_lock(MFR, ITYPE, exclusive=True, timeout_s=5):
+        entry = idx.stage(raw, hdr, force=True)
+        # offline: the online index is fetched first, and nothing else happens
+        assert converters(tmp_path, checks, online=False) == [{"error": "fetch failed"}] * 3
+        during = converters(tmp_path, checks, online=True)
+        idx.unforce(entry)
+    # forced: the same version is offered; the hardware range is matched on the Basic
+    # value, so the node that reports it only in its query never matches
+    assert [c.get("available") for c in during] == [True, False, True]
+    after = converters(tmp_path, checks, online=True)
+    assert [c.get("available") for c in after] == [False, False, True]
