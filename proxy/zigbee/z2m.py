@@ -158,8 +158,9 @@ class Zigbee2Mqtt:
             return (f"Zigbee2MQTT has no ota.zigbee_ota_override_index_location; set it to "
                     f"{self.opts.index_file} in configuration.yaml and restart Zigbee2MQTT "
                     "(the setting is read only at start)")
-        if loc is not None and Path(loc) != Path(self.opts.index_file) \
-                and Path(loc) != self.index.path:
+        # Z2M resolves a relative location against its data directory (setOtaConfiguration)
+        if loc is not None and (Path(loc) if Path(loc).is_absolute()
+                                else self.opts.data_dir / loc) != self.index.path:
             return (f"Zigbee2MQTT reads the override index {loc!r}, ferry writes "
                     f"{self.opts.index_file!r}; make them the same (index_file option, or "
                     "Z2M's ota.zigbee_ota_override_index_location and a Z2M restart)")

@@ -180,3 +180,23 @@ def test_query_hardware_version_from_both_releases_debug_lines() -> None:
     assert query_hardware_version(herdsman, ieee) == 3
     assert query_hardware_version(converters, ieee) is None  # no hardware version sent
     assert query_hardware_version(herdsman, "0x00124b0000aaaa02") is None
+
+
+def test_z2m_setting_is_compared_as_z2m_resolves_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ferry.proxy.zigbee.z2m import Z2MOptions, Zigbee2Mqtt
+    from ferry.proxy.zigbee.z2mdata import BridgeInfo
+
+    def adapter(index_file: str, loc: str | None, version: str = "2.14.1") -> Zigbee2Mqtt:
+        a = Zigbee2Mqtt(Z2MOptions(tmp_path, index_file=index_file))
+        a._info = BridgeInfo(version=version, override_index=loc)
+        return a
+
+    absolute = str(tmp_path / "ferry-ota-index.json")
+    assert adapter("ferry-ota-index.json", "ferry-ota-index.json").configuration_problem() == ""
+    assert adapter(absolute, "ferry-ota-index.json").configuration_problem() == ""
+    assert adapter("ferry-ota-index.json", absolute).configuration_problem() == ""
+    other = adapter("ferry-ota-index.json", "index.json").configuration_problem()
+    assert "'index.json'" in other and "restart" in other
+    unset = adapter("ferry-ota-index.json", None).configuration_problem()
+    assert "restart Zigbee2MQTT" in unset
+    assert adapter("ferry-ota-index.json", None, version="").configuration_problem() == ""
