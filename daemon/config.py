@@ -67,8 +67,9 @@ class BootloaderConfig:
     attempts: int = 3
     cmdline: Path = Path("/proc/cmdline")
     boot_part_var: str = "ferry_boot_part"
-    # Shared with libubootenv's fw_setenv so ferry and the tools never write at once.
-    lock_file: Path = Path("/var/lock/fw_printenv.lock")
+    # ferry's own lock, in ferryd's RuntimeDirectory (root-only, never world-writable).
+    # libubootenv's fw_setenv locks /var/lock/fw_printenv.lock instead (docs/configuration.md).
+    lock_file: Path = Path("/run/ferry/fw_env.lock")
     # Refuse to activate a slot until U-Boot's boot script has saved
     # ferry_saveenv_canary=1 and ferry can read it back (as Mender's saveenv canary).
     canary: bool = True

@@ -25,8 +25,10 @@ not power-safe; see docs/bootloader.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -394,24 +396,66 @@ class EnvStore:
         if self.lock_file is None:
             yield
             return
-        try:
-            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            if not shared:
-                raise EnvError(
-                    f"cannot open env lock {self.lock_file}: {err.strerror}"
-                ) from err
+        fd = open_lock(self.lock_file, create=True, required=not shared)
+        if fd is None:
             # A reader that may not create the lock (ferry status as a user) reads
             # unlocked: writers only ever write the copy that is not current, so it
             # sees the old env or the new one.
-            try:
-                fd = os.open(self.lock_file, os.O_RDONLY)
-            except OSError:
-                yield
-                return
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
+
+
+_LOCK_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+
+def open_lock(path: Path, *, create: bool, required: bool) -> int | None:
+    """The env lock's fd, opened so that nobody else can choose what ferry opens.
+
+    Where the lock lives in a world-writable directory (``/var/lock`` is ``/run/lock``,
+    1777 on many systems), any user can plant a symlink there (root's ``O_CREAT`` would
+    then create or open a file of the user's choosing) or pre-create the file and hold
+    its lock forever. So: ``O_NOFOLLOW`` (a symlink is refused, its target never
+    created), and the file must be a regular file owned by root (or by the user running
+    ferry, for an unprivileged demo) and writable by nobody else. ``O_NONBLOCK`` keeps a
+    FIFO planted there from hanging the open. Returns None when the lock cannot be opened
+    and ``required`` is false (an unprivileged reader without access).
+    """
+    fd = None
+    try:
+        if create:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _LOCK_FLAGS, 0o644)
+        else:
+            fd = os.open(path, os.O_RDONLY | _LOCK_FLAGS)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise EnvError(f"refusing env lock {path}: it is a symbolic link (someone may "
+                           "have planted it); remove it, or set bootloader.lock_file to a "
+                           "path in a directory only root can write") from err
+        if create and not required:
+            return open_lock(path, create=False, required=False)
+        if required:
+            raise EnvError(f"cannot open env lock {path}: {err.strerror}") from err
+        return None
+    try:
+        _check_lock(path, os.fstat(fd))
+    except EnvError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_lock(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise EnvError(f"refusing env lock {path}: not a regular file; remove it")
+    if st.st_uid not in (0, os.geteuid()):
+        raise EnvError(f"refusing env lock {path}: owned by uid {st.st_uid}, not root; "
+                       "another user may have created it to block ferry: remove it")
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0):
+        raise EnvError(f"refusing env lock {path}: writable by other users (mode "
+                       f"{stat.S_IMODE(st.st_mode):04o}); remove it or chmod go-w")

@@ -142,7 +142,14 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# No access for "other" to anything ferryd creates (journal, staged firmware, resume
+# heads), group read at most; the same as UMask= in ferryd.service, so a start outside
+# systemd (tests, a technician's foreground run) is no looser.
+UMASK = 0o027
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(UMASK)
     args = _parse(argv)
     logsetup.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:

@@ -79,3 +79,42 @@ def test_dbus_policy_restricts_state_changes_to_root_and_ferry_group() -> None:
 def test_tmpfiles_and_sysusers() -> None:
     assert "g ferry" in (ROOT / "systemd" / "ferry.sysusers").read_text()
     assert "/var/lib/ferry" in (ROOT / "systemd" / "ferry.tmpfiles").read_text()
+
+
+def _directive(text: str, name: str) -> str:
+    found = re.findall(rf"^{name}=(.*)$", text, re.M)
+    assert len(found) == 1, (name, found)
+    return found[0].strip()
+
+
+def test_state_directory_mode_matches_tmpfiles_and_umask_is_027() -> None:
+    unit = (ROOT / "systemd" / "ferryd.service").read_text()
+    tmpfiles = (ROOT / "systemd" / "ferry.tmpfiles").read_text()
+    modes = {line.split()[1]: line.split()[2] for line in tmpfiles.splitlines()
+             if line.startswith("d ")}
+    assert _directive(unit, "StateDirectory") == "ferry"
+    assert _directive(unit, "StateDirectoryMode") == modes["/var/lib/ferry"] == "0750"
+    assert _directive(unit, "UMask") == "0027"
+
+
+def test_the_env_lock_lives_in_ferrys_runtime_directory() -> None:
+    from ferry.daemon.config import BootloaderConfig
+
+    unit = (ROOT / "systemd" / "ferryd.service").read_text()
+    tmpfiles = (ROOT / "systemd" / "ferry.tmpfiles").read_text()
+    lock_dir = BootloaderConfig().lock_file.parent
+    assert Path("/run") / _directive(unit, "RuntimeDirectory") == lock_dir
+    assert _directive(unit, "RuntimeDirectoryPreserve") == "yes"
+    assert f"d {lock_dir} 0755 root root -" in tmpfiles
+
+
+def test_ferryd_sets_umask_027_without_systemd(tmp_path: Path) -> None:
+    """A start outside systemd (no UMask=) must be as tight: main() sets it itself."""
+    script = ("import os, sys\n"
+              "os.umask(0o022)\n"
+              "from ferry.daemon.service import ferryd\n"
+              f"rc = ferryd.main(['--check-health', '--config', '{tmp_path}/missing.toml'])\n"
+              "print(oct(os.umask(0)), rc)\n")
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", script],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split()[0] == "0o27", (out.stdout, out.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -317,3 +319,59 @@ def test_reader_without_lock_access_still_reads(tmp_path):
     assert store.read() == {"a": "1"}
     with pytest.raises(EnvError, match="env lock"):
         store.update({"a": "2"})
+
+
+# --- the lock: nobody else chooses what ferry opens (issue #16) ----------------------
+
+
+def test_symlink_at_the_lock_path_is_refused_and_its_target_never_created(tmp_path):
+    store = make_env(tmp_path, redundant=True)
+    store.initialize({"a": "1"})
+    victim = tmp_path / "etc-shadow-like"
+    lock = tmp_path / "lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(victim)
+    for action in (store.read, lambda: store.update({"a": "2"})):
+        with pytest.raises(EnvError, match="symbolic link"):
+            action()
+    assert not victim.exists()
+    store.lock_file = tmp_path / "good-lock"
+    assert store.read() == {"a": "1"}  # nothing was written meanwhile
+
+
+def test_lock_owned_by_another_user_is_refused(tmp_path):
+    store = make_env(tmp_path, redundant=True)
+    store.initialize({"a": "1"})
+    lock = tmp_path / "lock"
+    os.chown(lock, 65534, 65534)  # as a user who pre-created it in /run/lock would
+    with pytest.raises(EnvError, match="owned by uid 65534"):
+        store.update({"a": "2"})
+    with pytest.raises(EnvError, match="owned by uid 65534"):
+        store.read()
+
+
+def test_world_writable_lock_is_refused_and_a_good_one_is_created_0644(tmp_path):
+    store = make_env(tmp_path, redundant=True)
+    store.lock_file = tmp_path / "run" / "ferry" / "fw_env.lock"
+    store.initialize({"a": "1"})
+    assert stat.S_IMODE(store.lock_file.stat().st_mode) == 0o644
+    store.lock_file.chmod(0o666)
+    with pytest.raises(EnvError, match="writable by other users"):
+        store.update({"a": "2"})
+    store.lock_file.chmod(0o644)
+    assert store.update({"a": "2"}) == {"a": "2"}
+
+
+def test_fifo_at_the_lock_path_is_refused_without_hanging(tmp_path):
+    store = make_env(tmp_path, redundant=True)
+    store.initialize({"a": "1"})
+    (tmp_path / "lock").unlink()
+    os.mkfifo(tmp_path / "lock")
+    with pytest.raises(EnvError, match="not a regular file"):
+        store.read()
+
+
+def test_the_default_lock_is_ferrys_own_under_run_ferry():
+    from ferry.daemon.config import BootloaderConfig
+
+    assert BootloaderConfig().lock_file == Path("/run/ferry/fw_env.lock")
