@@ -12,6 +12,7 @@ too).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -278,6 +279,10 @@ def _scalar(value: Any) -> str:
         # libconfig ints are 32-bit unless suffixed: SWUpdate's libconfig needs the L.
         return f"{value}L" if not -(2**31) <= value < 2**31 else str(value)
     if isinstance(value, float):
+        if math.isnan(value):
+            raise ValueError("cannot emit NaN as libconfig")
+        if math.isinf(value):  # what loads() makes of 1e999 (as C's strtod does)
+            return "1e999" if value > 0 else "-1e999"
         text = repr(value)
         return text if ("." in text or "e" in text) else text + ".0"
     if isinstance(value, str):

@@ -1,0 +1,73 @@
+"""Bounded fuzz run (CI) over the cpio reader and the whole bundle reader with zstd/gzip
+behind it: any input ends in success or a one-line FerryError, never another exception.
+
+The targets and strategies live in bench/fuzz.py (its longer campaign uses fresh seeds);
+here each runs a fixed number of derandomized examples, so CI is deterministic.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+
+from ferry.packaging.errors import BadHeader
+from ferry.packaging.reader import BundleReader
+
+
+def _campaign() -> ModuleType:
+    """bench/fuzz.py, which holds the targets, loaded once under a name of its own."""
+    name = "ferry_bench_fuzz"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "bench" / "fuzz.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+fuzz = _campaign()
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(fuzz.TARGETS["cpio"].strategy)
+def test_cpio_reader_ends_in_success_or_one_line_error(data):
+    fuzz.TARGETS["cpio"].run(data)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(fuzz.TARGETS["bundle"].strategy)
+def test_signed_bundle_broken_after_its_head(data):
+    fuzz.TARGETS["bundle"].run(data)
+
+
+def test_the_unbroken_fixture_bundle_reads_completely():
+    """The mutation base must itself be valid, or the bundle target tests nothing past
+    the signature."""
+    fx = fuzz.fixture()
+    fuzz.TARGETS["bundle"].run(fx.bundle)
+    reader = BundleReader(io.BytesIO(fx.bundle), fx.keyring)
+    names = [entry.filename for entry, stream in reader.images() if stream.read() is not None]
+    assert names == ["rootfs.img.zst", "mcu.bin.gz", "raw.bin"]
+
+
+def test_a_failure_outside_ferry_errors_is_caught_by_the_property():
+    """The property is not vacuous: a non-FerryError or a multi-line message fails it."""
+    def multi_line() -> None:
+        raise BadHeader("line one\nline two")
+
+    with pytest.raises(AssertionError, match="not one line"):
+        fuzz.expected(multi_line)
+    with pytest.raises(KeyError):
+        fuzz.expected(dict().__getitem__, "x")

@@ -1,0 +1,54 @@
+"""Bounded fuzz run (CI) over the libconfig parser and the sw-description model: any text
+ends in a document or a one-line BadDescription; a parsed document survives dumps/loads
+unchanged. Targets live in bench/fuzz.py; derandomized here so CI is deterministic.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from hypothesis import given, settings
+
+from ferry.packaging import libconfig
+
+
+def _campaign() -> ModuleType:
+    """bench/fuzz.py, which holds the targets, loaded once under a name of its own."""
+    name = "ferry_bench_fuzz"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "bench" / "fuzz.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+fuzz = _campaign()
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(fuzz.TARGETS["libconfig"].strategy)
+def test_libconfig_text_ends_in_a_document_or_one_line_error(text):
+    fuzz.TARGETS["libconfig"].run(text)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(fuzz.TARGETS["description"].strategy)
+def test_description_bytes_end_in_a_model_or_one_line_error(data):
+    fuzz.TARGETS["description"].run(data)
+
+
+def test_infinite_floats_round_trip():
+    """Found by the campaign: 1e999 parsed to inf, and dumps wrote 'inf', which no
+    libconfig reads back."""
+    doc = libconfig.loads("a = 1e999; b = [-1e999];")
+    assert libconfig.loads(libconfig.dumps(doc)) == doc
