@@ -20,6 +20,10 @@ class BadVersion(FerryError):
     pass
 
 
+class BelowFloor(FerryError):
+    """A version under ``[install] min_version``: nothing lifts the floor, not --force."""
+
+
 _RE = re.compile(
     r"^v?(?P<nums>\d+(?:\.\d+)*)(?:[-~](?P<pre>[0-9A-Za-z.-]+))?(?:\+(?P<build>[0-9A-Za-z.-]+))?$"
 )
@@ -76,3 +80,20 @@ def compare(a: str, b: str) -> int:
     """-1, 0 or 1 as a is older than, equal to or newer than b."""
     va, vb = parse_version(a), parse_version(b)
     return (va > vb) - (va < vb)
+
+
+def below_floor(version: str, floor: str | None) -> bool:
+    """True if ``version`` is older than ``floor`` (no floor: never)."""
+    return bool(floor) and parse_version(version) < parse_version(floor or "")
+
+
+def check_floor(version: str, floor: str | None, *, what: str, fix: str) -> None:
+    """Raise BelowFloor if ``version`` is under ``floor``.
+
+    There is deliberately no ``force`` parameter: the floor exists to keep known-bad
+    old releases off the gateway, so every activation path checks it the same way.
+    ``what`` names the thing ("slot B holds version"), ``fix`` says what to do.
+    """
+    if below_floor(version, floor):
+        raise BelowFloor(f"{what} {version}, below the minimum {floor} set in [install] "
+                         f"min_version; {fix}")

@@ -35,13 +35,18 @@ from ferry.daemon.install.context import Context as Context
 from ferry.daemon.install.context import ProgressFn as ProgressFn
 from ferry.daemon.install.context import current_boot_id as current_boot_id
 from ferry.daemon.install.context import make_context as make_context
-from ferry.daemon.install.slotwriter import SlotTooSmall, slot_capacity, write_slot
+from ferry.daemon.install.slotwriter import (
+    SlotTooSmall,
+    WriteResult,
+    slot_capacity,
+    write_slot,
+)
 from ferry.daemon.journal import Deployment
 from ferry.daemon.testhooks.killpoint import killpoint
 
 if TYPE_CHECKING:
     from ferry.daemon.install.download import DownloadOptions
-from ferry.daemon.versions import parse_version
+from ferry.daemon.versions import below_floor, parse_version
 from ferry.errors import FerryError
 
 log = logging.getLogger(__name__)
@@ -119,7 +124,7 @@ def check_policy(config: Config, version: str, compatible: tuple[str, ...], forc
             "use a bundle built for this hardware")
     new = parse_version(version)
     floor = config.install.min_version
-    if floor and new < parse_version(floor):
+    if below_floor(version, floor):
         raise VersionRefused(
             f"bundle version {version} is below the minimum {floor} set in [install]")
     running = config.gateway.running_version()
@@ -262,7 +267,7 @@ class _Throttle:
 
 
 def _prepare(ctx: Context, dep_id: int) -> None:
-    from ferry.daemon.boot.slots import record_slot_version
+    from ferry.daemon.boot.slotrecord import begin_write
     from ferry.packaging.keyring import load_keyring
     from ferry.packaging.limits import Limits
     from ferry.packaging.reader import BundleReader
@@ -321,9 +326,11 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         if rootfs is not None:
             # A slot that is being overwritten must not be bootable, not even as the
             # fallback: mark it bad first (one atomic env write).
+            # The verified record goes first (under its lock): a `mark active` that
+            # holds the lock finishes before it, and this mark_bad then undoes it.
             j.begin_step(dep_id, "invalidate", state="invalidating", detail=inactive.bootname)
+            begin_write(cfg, inactive.name)  # scratch until written and verified
             ctx.bootloader.mark_bad(inactive.bootname)
-            record_slot_version(cfg, inactive.name, "")  # scratch until written
             j.end_step(dep_id, "invalidate")
 
         total = src.size or 0
@@ -342,14 +349,10 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                     on_synced = _keep_resume_point(ctx, dep_id, tap, reader.offset - skip,
                                                    inactive.device, point,
                                                    compressed=entry.compressed is not None)
-                res = write_slot(
-                    stream, inactive.device, compressed=entry.compressed,
-                    expected_size=entry.decompressed_size if entry.compressed else entry.size,
-                    expected_sha256=entry.decompressed_sha256 if entry.compressed else None,
-                    progress=prog, on_synced=on_synced,
-                    start=point.synced if skip and point is not None else 0,
+                res = _write_rootfs(
+                    cfg, inactive, entry, stream, desc.version, progress=prog,
+                    on_synced=on_synced, start=point.synced if skip and point is not None else 0,
                 )
-                record_slot_version(cfg, inactive.name, desc.version)
                 j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
                 _drop_resume_point(ctx, dep_id)
             else:
@@ -481,12 +484,65 @@ def _drop_resume_point(ctx: Context, dep_id: int) -> None:
             old.unlink(missing_ok=True)
 
 
+def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version: str, *,
+                  progress: Callable[[int], None], on_synced: Callable[[int, int], None] | None,
+                  start: int) -> WriteResult:
+    """The rootfs into the slot, and the slot record that may let it boot.
+
+    The record is dropped before the slot is opened (``before_open``), and written only
+    after ``write_slot`` returned: every byte matched the signed sha256 and is fsynced.
+    Its digest is of the bytes in the slot: the signed decompressed-sha256 (checked by
+    the slot writer); for a stored image the signed sha256 (the bundle reader checked
+    every byte the writer got); for a compressed image without one, the writer's own
+    digest of the output of a verified stream.
+    """
+    from ferry.daemon.boot.slotrecord import begin_write, record_failed, record_verified
+    from ferry.daemon.install.slotwriter import SlotHashMismatch
+    from ferry.packaging.errors import HashMismatch
+
+    compressed = entry.compressed
+    try:
+        res = write_slot(
+            stream, slot.device, compressed=compressed,
+            expected_size=entry.decompressed_size if compressed else entry.size,
+            expected_sha256=entry.decompressed_sha256 if compressed else None,
+            progress=progress, on_synced=on_synced, start=start,
+            before_open=lambda: begin_write(cfg, slot.name),
+            digest=bool(compressed) and entry.decompressed_sha256 is None,
+        )
+    except (HashMismatch, SlotHashMismatch):
+        record_failed(cfg, slot.name, "failed its hash")
+        raise
+    except FerryError as err:
+        record_failed(cfg, slot.name, f"failed: {str(err)[:200]}")
+        raise
+    sha = (entry.decompressed_sha256 or res.sha256) if compressed else entry.sha256
+    assert sha is not None
+    record_verified(cfg, slot.name, sha256=sha, size=res.size, version=version)
+    return res
+
+
 def _activate(ctx: Context, dep_id: int) -> None:
+    """One env write makes the new slot the one to try, through the same gate as
+    ``ferry mark active`` (boot/slots.check_activatable) but without the re-hash: the
+    record was written by this deployment's own verified write. The floor is checked
+    again from the config as it is now (a resumed deployment may meet a raised one),
+    and the deployment's ``force`` plays no part in it."""
+    from ferry.daemon.boot.slotrecord import held
+    from ferry.daemon.boot.slots import SlotNotVerified, check_activatable
+
     dep = ctx.journal.get(dep_id)
     assert dep.to_slot is not None
     ctx.journal.begin_step(dep_id, "activate", detail=dep.to_slot)
     ctx.report("activate", 0, 1)
-    ctx.bootloader.activate(dep.to_slot)
+    slot = ctx.config.slot(dep.to_slot)
+    with held(ctx.config) as recs:
+        rec = check_activatable(ctx.config, slot, recs.get(slot.name), rehash=False)
+        if dep.version and rec.version != dep.version:
+            raise SlotNotVerified(
+                f"slot {slot.bootname} ({slot.name}) holds version {rec.version}, not "
+                f"{dep.version} of this deployment: install the bundle again")
+        ctx.bootloader.activate(dep.to_slot)
     boot_id = ctx.boot_id() if ctx.boot_id else ""
     ctx.journal.update(dep_id, boot_id=boot_id)
     ctx.journal.end_step(dep_id, "activate", state="rebooting")

@@ -7,7 +7,9 @@ release the GIL on large buffers). Peak memory is the pool, whatever the image s
 
 The slot must already be marked unbootable by the caller; this module only promises
 that it returns normally iff every byte arrived, matched its hash and is on stable
-storage.
+storage. ``before_open`` runs before the slot is opened for writing, ahead of the first
+byte: the pipeline drops the slot's verified record there (boot/slotrecord), so a slot
+whose content is changing never has one, whatever stops the write.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ def write_slot(
     decompress: Callable[[str | None, BinaryIO], BinaryIO] | None = None,
     on_synced: Callable[[int, int], None] | None = None,
     start: int = 0,
+    before_open: Callable[[], None] | None = None,
+    digest: bool = False,
 ) -> WriteResult:
     """Write the (decompressed) image from ``src`` to the start of ``device``.
 
@@ -116,6 +120,12 @@ def write_slot(
     ``start``: resume an earlier write: the slot's first ``start`` bytes are already
     there and ``src`` begins where they end (a frame start). They are read back into
     the sha256, so a prefix that did not survive shows up as a hash mismatch.
+
+    ``before_open()``: called once, before the slot is opened for writing.
+    ``digest``: return the sha256 of the bytes written even without ``expected_sha256``
+    (a compressed image whose signed description has no decompressed-sha256: the
+    stored stream is verified, and this digest of its output is what a later re-hash
+    compares against).
     """
     if capacity is None:
         capacity = slot_capacity(device)
@@ -173,6 +183,8 @@ def write_slot(
         except BaseException as exc:
             raw_q.put(exc)
 
+    if before_open is not None:
+        before_open()
     flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(device, flags | (0 if os.path.exists(device) else os.O_CREAT), 0o600)
@@ -253,7 +265,7 @@ def write_slot(
                 if isinstance(item, tuple):
                     out_pool.put(item[0])
 
-    hasher = hashlib.sha256() if expected_sha256 else None
+    hasher = hashlib.sha256() if expected_sha256 or digest else None
     t_prod = threading.Thread(target=producer, name="slot-read", daemon=True)
     t_write = threading.Thread(target=writer, name="slot-write", daemon=True)
     t_prod.start()
@@ -335,12 +347,12 @@ def write_slot(
         raise SlotWriteError(
             f"image produced {total} bytes, sw-description says {expected_size}; "
             "the bundle is inconsistent, rebuild it")
-    digest = hasher.hexdigest() if hasher else None
-    if expected_sha256 and digest != expected_sha256.lower():
+    actual = hasher.hexdigest() if hasher else None
+    if expected_sha256 and actual != expected_sha256.lower():
         raise SlotHashMismatch(
-            f"slot {device} content sha256 {digest} does not match {expected_sha256}; "
+            f"slot {device} content sha256 {actual} does not match {expected_sha256}; "
             "the slot stays unbootable")
-    return WriteResult(size=total, sha256=digest)
+    return WriteResult(size=total, sha256=actual)
 
 
 def _hash_prefix(device: str | Path, n: int, hasher: hashlib._Hash) -> None:

@@ -72,11 +72,18 @@ class GatewayEngine:
         return dep is None or dep.state in PRE_ACTIVATION
 
     # mark -----------------------------------------------------------------------
-    def mark(self, state: str, slot: str) -> tuple[str, str]:
+    def mark(self, state: str, slot: str, *, progress: Any = None) -> tuple[str, str]:
+        """The same gate as ``ferry mark``: activating the slot that is not running
+        needs its verified record, the version floor and a re-hash of the slot;
+        ``progress(phase, done, total)`` reports the re-hash as phase "verify-slot"."""
         from ferry.daemon.boot.slots import mark
 
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress("verify-slot", done, total)
+
         with self._lock:
-            return mark(self.config, self.ctx.bootloader, state, slot)
+            return mark(self.config, self.ctx.bootloader, state, slot, progress=report)
 
     # status ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

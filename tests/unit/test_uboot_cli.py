@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from ferry.daemon.boot import bootchooser
 from ferry.daemon.boot.bootloader import CANARY_VAR, make_bootloader
-from ferry.daemon.boot.slots import record_slot_version
+from ferry.daemon.boot.slotrecord import record_verified
 from ferry.daemon.cli.main import main
 from ferry.daemon.config import load_config
 
@@ -32,11 +33,11 @@ lock_file = "lock"
 [[slot]]
 name = "rootfs.0"
 bootname = "A"
-device = "/dev/vda2"
+device = "slotA.img"
 [[slot]]
 name = "rootfs.1"
 bootname = "B"
-device = "/dev/vda3"
+device = "slotB.img"
 """)
     config = load_config(cfg)
     env = bootchooser.default_env(config)
@@ -45,12 +46,23 @@ device = "/dev/vda3"
     return cfg
 
 
+def verified_slot(cfg: Path, name: str, version: str) -> None:
+    """What a verified install leaves: the image in the slot and its record."""
+    config = load_config(cfg)
+    image = (version.encode() * 1000)[:4000]
+    slot = config.slot(name)
+    Path(slot.device).write_bytes(image + b"\0" * 4096)
+    record_verified(config, name, sha256=hashlib.sha256(image).hexdigest(), size=len(image),
+                    version=version)
+
+
 def read_env(cfg: Path) -> dict[str, str]:
     return make_bootloader(load_config(cfg), warn=False).store.read()
 
 
 def test_mark_active_other_then_bad(tmp_path, capsys):
     cfg = gateway(tmp_path)
+    verified_slot(cfg, "rootfs.1", "1.1.0")
     assert main(["--config", str(cfg), "mark", "active", "other"]) == 0
     assert "rootfs.1 (B) active" in capsys.readouterr().out
     assert read_env(cfg)["BOOT_ORDER"] == "B A"
@@ -70,14 +82,15 @@ def test_mark_unknown_slot_fails_cleanly(tmp_path, capsys):
 
 def test_status_text_and_json(tmp_path, capsys):
     cfg = gateway(tmp_path)
-    record_slot_version(load_config(cfg), "rootfs.1", "1.1.0")
-    main(["--config", str(cfg), "mark", "active", "B"])
+    verified_slot(cfg, "rootfs.1", "1.1.0")
+    assert main(["--config", str(cfg), "mark", "active", "B"]) == 0
     capsys.readouterr()
     assert main(["--config", str(cfg), "status"]) == 0
     text = capsys.readouterr().out
     assert "bootchooser" in text and "B activated for the next boot" in text
     lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith("rootfs.")}
-    assert lines["rootfs.0"].split()[1:4] == ["A", "/dev/vda2", "booted"]
+    row = lines["rootfs.0"].split()
+    assert row[1] == "A" and row[2].endswith("slotA.img") and row[3] == "booted"
     assert "1.0.0" in lines["rootfs.0"]  # the running version for the booted slot
     assert "primary" in lines["rootfs.1"] and "1.1.0" in lines["rootfs.1"]
 
