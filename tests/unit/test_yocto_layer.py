@@ -434,6 +434,12 @@ SRCREV ??= "INVALID"
 AUTOREV = "${@bb.fetch2.get_autorev(d)}"
 DEPENDS = ""
 SRC_URI = ""
+sysconfdir = "/etc"
+datadir = "/usr/share"
+nonarch_libdir = "/usr/lib"
+systemd_system_unitdir = "/usr/lib/systemd/system"
+DISTRO_VERSION = "1.0"
+COMMON_LICENSE_DIR = "${TOPDIR}/licenses"
 """
 
 STANDIN_RELEASE = {
@@ -599,6 +605,11 @@ def test_bitbake_parses_every_recipe_offline(release: str, tmp_path: Path) -> No
             # what base.bbclass's fetcher_hashes_dummyfunc[vardepvalue] evaluates while
             # parsing: with ${AUTOREV} this runs git ls-remote and BB_NO_NETWORK stops it
             world.bb.fetch2.get_hashvalue(d)
+        for variant, d in variants.items():
+            for task in ("do_compile", "do_install", "do_deploy", "do_ferry_bundle"):
+                body = d.getVar(task) or ""
+                left = re.findall(r"\$\{[^}]+\}", body)
+                assert not left, f"{recipe} {variant} {task} on {release} keeps {left}"
     ferry = world.parse("ferry")
     assert set(ferry) == {"", "native"}
     srcrev = _assignment(FERRY_BB.read_text(), "SRCREV")
