@@ -9,6 +9,11 @@ is held to the published contract rather than to this file's reading of it.
 Single deviation from the document, on purpose: ``DdiPolling.sleep`` has the literal
 pattern "HH:MM:SS" in the document; we check ``^\\d\\d:\\d\\d:\\d\\d$`` as real
 servers (hawkBit, goosebit) send digits.
+
+A hostile or broken server is one switch away (tests/unit/test_ddi_security.py): any
+action id (hrefs carry it URL-quoted, as one path segment), any artifact link,
+artifact links or a redirect to another origin (:class:`ArtifactMirror`, which records
+the Authorization header it is sent), and a deploymentBase link on another origin.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import jsonschema
 
@@ -132,6 +138,12 @@ class DdiFixture:
         self.unavailable = False  # answer 503 to everything (server down for maintenance)
         self.scheme = "http"
         self.client_certs: list[Any] = []  # peer certificates seen (mTLS)
+        # hostile-server switches: artifact links under another base URL (another
+        # origin), a 302 from every artifact to another base, the deploymentBase link
+        # under another base
+        self.artifact_base: str | None = None
+        self.redirect_artifacts: str | None = None
+        self.deployment_link_base: str | None = None
         self._next = 1
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -146,10 +158,15 @@ class DdiFixture:
 
     def assign(self, chunks: list[tuple[str, str, str, dict[str, bytes]]], *,
                download: str = "forced", update: str = "forced",
-               window: str | None = None) -> str:
-        """chunks: (part, name, version, {filename: data}); returns the action id."""
+               window: str | None = None, aid: str | None = None,
+               links: dict[str, str] | None = None) -> str:
+        """chunks: (part, name, version, {filename: data}); returns the action id.
+
+        ``aid``: the id to send (any string, for a hostile server); ``links``: the
+        download link to send for some filenames instead of the server's own."""
         with self.lock:
-            aid = str(self._next)
+            if aid is None:
+                aid = str(self._next)
             self._next += 1
             dd = []
             for part, name, version, files in chunks:
@@ -163,15 +180,17 @@ class DdiFixture:
                         "size": len(data),
                         "_data": data,
                         "_sm": aid,
+                        "_href": (links or {}).get(fname),
                     })
                 dd.append({"part": part, "name": name, "version": version, "artifacts": arts})
             self.actions[aid] = Action(aid, dd, download, update, window)
             self.current = aid
             return aid
 
-    def request_cancel(self, stop_id: str) -> str:
+    def request_cancel(self, stop_id: str, *, cid: str | None = None) -> str:
         with self.lock:
-            cid = str(self._next)
+            if cid is None:
+                cid = str(self._next)
             self._next += 1
             self.cancel = Cancel(cid, stop_id)
             return cid
@@ -273,9 +292,11 @@ class DdiFixture:
         if method == "GET" and rest == "":
             links: dict[str, Any] = {}
             if self.cancel is not None and self.cancel.state == "open":
-                links["cancelAction"] = {"href": f"{base}/cancelAction/{self.cancel.id}"}
+                links["cancelAction"] = {"href": f"{base}/cancelAction/{_seg(self.cancel.id)}"}
             elif self.current and self.actions[self.current].state == "open":
-                links["deploymentBase"] = {"href": f"{base}/deploymentBase/{self.current}?c=7"}
+                dbase = self.deployment_link_base or base
+                links["deploymentBase"] = {
+                    "href": f"{dbase}/deploymentBase/{_seg(self.current)}?c=7"}
             if self.config_data_requested:
                 links["configData"] = {"href": f"{base}/configData"}
             done = [a for a in self.actions.values() if a.state == "closed"
@@ -285,12 +306,12 @@ class DdiFixture:
             return self._send(h, 200, {"config": {"polling": {"sleep": self.sleep}},
                                        "_links": links}, "DdiControllerBase")
         m = re.match(r"^/deploymentBase/([^/]+)$", rest)
-        if method == "GET" and m and m.group(1) in self.actions:
-            return self._send(h, 200, self._deployment_base(self.actions[m.group(1)]),
+        if method == "GET" and m and unquote(m.group(1)) in self.actions:
+            return self._send(h, 200, self._deployment_base(self.actions[unquote(m.group(1))]),
                               "DdiDeploymentBase")
         m = re.match(r"^/deploymentBase/([^/]+)/feedback$", rest)
-        if method == "POST" and m and m.group(1) in self.actions:
-            a = self.actions[m.group(1)]
+        if method == "POST" and m and unquote(m.group(1)) in self.actions:
+            a = self.actions[unquote(m.group(1))]
             if a.state != "open":
                 return self._send(h, 410, {"message": "action is not active"})
             a.feedback.append(body)
@@ -302,12 +323,13 @@ class DdiFixture:
                     self.config_data_requested = True
             return self._send(h, 200)
         m = re.match(r"^/cancelAction/([^/]+)$", rest)
-        if method == "GET" and m and self.cancel and self.cancel.id == m.group(1):
+        if method == "GET" and m and self.cancel and self.cancel.id == unquote(m.group(1)):
             return self._send(h, 200, {"id": self.cancel.id,
                                        "cancelAction": {"stopId": self.cancel.stop_id}},
                               "DdiCancel")
         m = re.match(r"^/cancelAction/([^/]+)/feedback$", rest)
-        if method == "POST" and m and self.cancel and self.cancel.id == m.group(1):
+        if method == "POST" and m and self.cancel and \
+                self.cancel.id == unquote(m.group(1)):
             c = self.cancel
             c.feedback.append(body)
             st = body["status"]
@@ -336,8 +358,14 @@ class DdiFixture:
             self.installed.append(dict(body))
             return self._send(h, 200)
         m = re.match(r"^/softwaremodules/([^/]+)/artifacts/([^/]+)$", rest)
+        if method == "GET" and m and self.redirect_artifacts:
+            h.send_response(302)
+            h.send_header("Location", f"{self.redirect_artifacts}{rest}")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return None
         if method == "GET" and m:
-            return self._artifact(h, m.group(1), m.group(2))
+            return self._artifact(h, unquote(m.group(1)), unquote(m.group(2)))
         return self._send(h, 404, {"message": f"no {method} {rest}"})
 
     def _deployment_base(self, a: Action) -> dict[str, Any]:
@@ -346,7 +374,9 @@ class DdiFixture:
         for c in a.chunks:
             arts = []
             for art in c["artifacts"]:
-                href = f"{base}/softwaremodules/{art['_sm']}/artifacts/{art['filename']}"
+                abase = self.artifact_base or base
+                href = art["_href"] or \
+                    f"{abase}/softwaremodules/{_seg(art['_sm'])}/artifacts/{art['filename']}"
                 arts.append({k: v for k, v in art.items() if not k.startswith("_")}
                             | {"_links": {"download-http": {"href": href}}})
             chunks.append({**c, "artifacts": arts})
@@ -393,3 +423,56 @@ class DdiFixture:
             h.connection.shutdown(2)
             return
         h.wfile.write(part)
+
+
+def _seg(text: str) -> str:
+    """An id as one URL path segment, as a server that quotes its ids would send it."""
+    return quote(text, safe="")
+
+
+class ArtifactMirror:
+    """Another origin (same host, another port) serving the fixture's artifacts at the
+    same paths: a CDN, or a hostile host a deployment points at. Records the
+    Authorization header of every request it gets."""
+
+    def __init__(self, fixture: DdiFixture) -> None:
+        self.fixture = fixture
+        self.requests: list[tuple[str, str]] = []  # (path, Authorization or "")
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                mirror.requests.append((self.path, self.headers.get("Authorization", "")))
+                m = re.search(r"/softwaremodules/([^/]+)/artifacts/([^/?]+)$",
+                              self.path.split("?", 1)[0])
+                if m is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                fixture._artifact(self, unquote(m.group(1)), unquote(m.group(2)))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base under which the artifact paths mirror the fixture's controller paths."""
+        f = self.fixture
+        return (f"http://127.0.0.1:{self.httpd.server_address[1]}"
+                f"/{f.tenant}/controller/v1/{f.controller_id}")
+
+    def start(self) -> ArtifactMirror:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -9,7 +9,18 @@ something odd fails with one readable :class:`DdiError`.
 
 Servers differ (see docs/backend.md): goosebit has no cancelAction, installedBase,
 several chunks or maintenance windows; hawkBit has them all. The client treats every
-link as optional and every action id as opaque.
+link as optional.
+
+The server is trusted to say what to install (the bundle's signature decides whether it
+may), never where ferry's files go or what it reads, nor where the token goes:
+
+- an action id is a plain integer (hawkBit's are int64), parsed once here; anything
+  else is refused (:class:`DeploymentRefused`, told to the server as feedback), so no
+  later use of an id as a file name or a URL path can walk anywhere;
+- an artifact link is an http(s) URL with a host, or the deployment is refused: never a
+  local path, ``file:`` or anything else the install pipeline would open as root;
+- the token goes only to the backend's origin (:class:`OriginAuth`, shared with the
+  install pipeline's downloader); API links to another origin are refused.
 """
 
 from __future__ import annotations
@@ -21,9 +32,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit
 
 import requests
 
+from ferry.daemon.install.download import (
+    DownloadError,
+    DownloadOptions,
+    OriginAuth,
+    get_following_redirects,
+    origin,
+)
 from ferry.errors import FerryError
 
 DEFAULT_SLEEP = 300.0  # seconds, when the server sends no polling.sleep
@@ -42,6 +61,69 @@ class DdiHttpError(DdiError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class DeploymentRefused(DdiError):
+    """The server sent an action ferry will not act on (a bad id, a link that is not
+    http(s)). The runner logs it and tells the server why; nothing is downloaded."""
+
+    def __init__(self, message: str, *, kind: str, raw_id: str,
+                 action_id: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # "deploymentBase" | "cancelAction": where the feedback goes
+        self.raw_id = raw_id  # the id as the server sent it (only ever URL-quoted)
+        self.action_id = action_id  # the parsed id, when the id itself was fine
+
+
+# hawkBit action ids are Java longs (JpaAction.id); DDI sends them as JSON strings in
+# deploymentBase/cancelAction and as numbers in some servers' answers.
+MAX_ACTION_ID = (1 << 63) - 1
+_ACTION_ID_RE = re.compile(r"[0-9]{1,19}")
+
+
+def parse_action_id(value: Any) -> str:
+    """The one place a server's action id becomes ferry's: a plain non-negative int64,
+    returned in canonical decimal (no sign, no leading zeros). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an action id")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and _ACTION_ID_RE.fullmatch(value):
+        n = int(value)
+    else:
+        raise ValueError(f"{_shown(value)} is not a plain integer")
+    if not 0 <= n <= MAX_ACTION_ID:
+        raise ValueError(f"{_shown(value)} is out of the int64 range")
+    return str(n)
+
+
+def is_action_id(text: str) -> bool:
+    """True for an id :func:`parse_action_id` returned (safe in a path or file name)."""
+    return bool(_ACTION_ID_RE.fullmatch(text)) and int(text) <= MAX_ACTION_ID \
+        and str(int(text)) == text
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A server-sent value for a message: repr'd (control characters escaped), cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def link_problem(url: str) -> str:
+    """Why ``url`` is not a usable artifact link, or "" when it is one: http(s), a
+    host, a valid port, no whitespace or control characters."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        return "contains whitespace or control characters"
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return "is not an http(s) URL"
+    if not parts.hostname:
+        return "has no host"
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "has an invalid port"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -136,14 +218,18 @@ class PollResult:
 
     @property
     def action_id(self) -> str:
-        """Action id of the pending deployment, cancel or "" (ids are opaque strings)."""
+        """Action id of the pending deployment or cancel, from its link; "" when there is
+        none or it is not a plain integer (the action is refused when it is fetched)."""
         href = self.deployment_href or self.cancel_href
         return _action_id_from_href(href) if href else ""
 
 
 def _action_id_from_href(href: str) -> str:
     path = href.split("?", 1)[0].rstrip("/")
-    return path.rsplit("/", 1)[-1]
+    try:
+        return parse_action_id(path.rsplit("/", 1)[-1])
+    except ValueError:
+        return ""
 
 
 def parse_sleep(text: str | None) -> float:
@@ -187,7 +273,15 @@ def parse_poll(body: Any) -> PollResult:
 
 
 def parse_deployment(body: Any) -> Deployment:
+    """A deploymentBase answer; :class:`DeploymentRefused` for a bad id or link."""
     try:
+        raw_id = body["id"]
+        try:
+            aid = parse_action_id(raw_id)
+        except ValueError as exc:
+            raise DeploymentRefused(
+                f"deployment id refused: {exc}; a DDI action id must be a plain integer",
+                kind="deploymentBase", raw_id=str(raw_id)) from None
         dep = body["deployment"]
         chunks = []
         for c in dep["chunks"]:
@@ -196,8 +290,13 @@ def parse_deployment(body: Any) -> Deployment:
                 hashes = a.get("hashes") or {}
                 links = a.get("_links") or {}
                 url = _link(links, "download") or _link(links, "download-http")
-                if not url:
-                    raise DdiError(f"artifact {a.get('filename')!r} has no download link")
+                why = link_problem(url) if url else "is missing"
+                if why:
+                    shown = f" {_shown(url, 80)}" if url else ""
+                    raise DeploymentRefused(
+                        f"artifact {_shown(a.get('filename'))}: download link{shown} {why}; "
+                        "ferry downloads artifacts over http(s) only",
+                        kind="deploymentBase", raw_id=aid, action_id=aid)
                 arts.append(
                     Artifact(
                         filename=str(a["filename"]),
@@ -226,7 +325,7 @@ def parse_deployment(body: Any) -> Deployment:
                                f"{', '.join(HANDLING)}")
         window = dep.get("maintenanceWindow")
         return Deployment(
-            action_id=str(body["id"]),
+            action_id=aid,
             download=download,
             update=update,
             chunks=tuple(chunks),
@@ -237,11 +336,25 @@ def parse_deployment(body: Any) -> Deployment:
 
 
 def parse_cancel(body: Any) -> CancelRequest:
+    """A cancelAction answer; :class:`DeploymentRefused` when either id is not a plain
+    integer (the cancel is rejected, the deployment it names is left alone)."""
     try:
-        return CancelRequest(action_id=str(body["id"]),
-                             stop_id=str(body["cancelAction"]["stopId"]))
+        raw_id, raw_stop = body["id"], body["cancelAction"]["stopId"]
     except (KeyError, TypeError) as exc:
         raise DdiError(f"server sent a cancelAction we cannot read ({exc!r})") from exc
+    try:
+        cid = parse_action_id(raw_id)
+    except ValueError as exc:
+        raise DeploymentRefused(
+            f"cancel action id refused: {exc}; a DDI action id must be a plain integer",
+            kind="cancelAction", raw_id=str(raw_id)) from None
+    try:
+        stop = parse_action_id(raw_stop)
+    except ValueError as exc:
+        raise DeploymentRefused(
+            f"cancel refused: stopId {exc}; a DDI action id must be a plain integer",
+            kind="cancelAction", raw_id=cid, action_id=cid) from None
+    return CancelRequest(action_id=cid, stop_id=stop)
 
 
 def feedback_body(
@@ -284,10 +397,18 @@ class DdiClient:
         self.session = session or requests.Session()
         self.on_exchange = on_exchange
         s = settings
+        token: tuple[str, str] | None = None
         if s.target_token:
-            self.session.headers["Authorization"] = f"TargetToken {s.target_token}"
+            token = ("Authorization", f"TargetToken {s.target_token}")
         elif s.gateway_token:
-            self.session.headers["Authorization"] = f"GatewayToken {s.gateway_token}"
+            token = ("Authorization", f"GatewayToken {s.gateway_token}")
+        # The token is never a session header (those go to every URL): the same
+        # OriginAuth as the install pipeline's downloader adds it per request, on the
+        # backend's origin only; redirects of downloads are followed hop by hop.
+        self.origin = origin(s.url)
+        self.auth: OriginAuth | None = DownloadOptions(
+            auth_header=token, auth_origin=s.url if token else None).auth
+        self.session.auth = self.auth
         if s.client_cert:
             self.session.cert = (s.client_cert, s.client_key) if s.client_key else s.client_cert
         # passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE
@@ -299,7 +420,13 @@ class DdiClient:
     # -- plumbing -----------------------------------------------------------------------
 
     def _url(self, href_or_path: str) -> str:
-        if href_or_path.startswith(("http://", "https://")):
+        if href_or_path.lower().startswith(("http://", "https://")):
+            if origin(href_or_path) != self.origin:
+                raise DdiError(
+                    f"DDI server linked to {_shown(href_or_path, 100)}, which is not on its "
+                    f"own origin {self.origin}; ferry talks DDI only to [backend] url "
+                    "(behind a proxy, the server must build links with the proxy's scheme "
+                    "and host)")
             return href_or_path
         return self.base + href_or_path
 
@@ -349,13 +476,27 @@ class DdiClient:
     def feedback(self, action_id: str, execution: str, finished: str = "none",
                  details: list[str] | tuple[str, ...] = (), *,
                  progress: tuple[int, int] | None = None) -> None:
-        self._request("POST", f"/deploymentBase/{action_id}/feedback",
+        self._request("POST", f"/deploymentBase/{_path_id(action_id)}/feedback",
                       feedback_body(execution, finished, details, progress=progress))
 
     def cancel_feedback(self, action_id: str, execution: str, finished: str,
                         details: list[str] | tuple[str, ...] = ()) -> None:
-        self._request("POST", f"/cancelAction/{action_id}/feedback",
+        self._request("POST", f"/cancelAction/{_path_id(action_id)}/feedback",
                       feedback_body(execution, finished, details))
+
+    def refuse(self, refusal: DeploymentRefused) -> None:
+        """Tell the server why ferry will not carry out an action. A deployment is
+        closed as failed, a cancel rejected. An id that is not an integer goes back
+        URL-quoted as one path segment (dots too), so it cannot walk the server's
+        paths either."""
+        segment = refusal.action_id or quote(refusal.raw_id[:200], safe="").replace(
+            ".", "%2E")
+        if refusal.kind == "cancelAction":
+            execution, finished = "rejected", "failure"
+        else:
+            execution, finished = "closed", "failure"
+        self._request("POST", f"/{refusal.kind}/{segment}/feedback",
+                      feedback_body(execution, finished, [f"refused by the gateway: {refusal}"]))
 
     def put_config_data(self, data: Mapping[str, str], mode: str = "merge") -> None:
         self._request("PUT", "/configData",
@@ -407,6 +548,13 @@ class DdiClient:
         dest.flush()
 
 
+def _path_id(action_id: str) -> str:
+    if not is_action_id(action_id):
+        raise DdiError(f"refusing action id {_shown(action_id)} in a URL path: not a plain "
+                       "integer")
+    return action_id
+
+
 def _hashers(artifact: Artifact) -> dict[str, Any]:
     hs: dict[str, Any] = {}
     if artifact.sha256:
@@ -443,11 +591,15 @@ class ArtifactStream:
         headers = {}
         if self.pos:
             headers["Range"] = f"bytes={self.pos}-"
+        why = link_problem(self.artifact.url)
+        if why:
+            raise DdiError(f"refusing to download {self.artifact.filename}: its link {why}")
         try:
-            resp = self.client.session.get(self.artifact.url, headers=headers, stream=True,
-                                           timeout=self.client.settings.timeout,
-                                           verify=self.client.verify)
-        except requests.RequestException as exc:
+            # the install pipeline's redirect rule and token rule (OriginAuth), hop by hop
+            resp = get_following_redirects(
+                self.client.session, self.artifact.url, headers, auth=self.client.auth,
+                timeout=self.client.settings.timeout, verify=self.client.verify)
+        except (requests.RequestException, DownloadError) as exc:
             raise DdiError(f"cannot download {self.artifact.filename}: {exc}") from exc
         if resp.status_code == 416 and self.artifact.size == self.pos:
             self._iter = iter(())

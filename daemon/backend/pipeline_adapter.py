@@ -5,6 +5,13 @@ requests into install pipeline deployments (``ferry.daemon.install.pipeline``) t
 DDI action id (``origin="ddi"``, ``external_id``), and reads their outcome back from
 the journal. The pipeline does the real work and keeps its own power-cut safety.
 
+The backend never makes the pipeline open a local path: a source is an http(s) URL
+(the artifact link, checked when the deployment was parsed) or a regular file the
+runner itself downloaded into ``<data_dir>/ddi-downloads``; anything else is refused
+before the pipeline sees it (:func:`check_source`). A local path, ``file:`` link, FIFO
+or tty from the server is never opened, so nothing about it (its bytes, its size,
+whether it exists) can come back in an error.
+
 On a real gateway ``reboot`` ends the process and the next ferryd start calls
 :meth:`resume`. The simulated gateway (``ferry demo``) passes a ``reboot`` that boots
 the simulated machine at once; then :meth:`resume` keeps going through the rollback's
@@ -14,11 +21,21 @@ second reboot in one call.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferry.daemon.backend import health as health_mod
-from ferry.daemon.backend.runner import InstallReport, Outcome, TargetOutcome
+from ferry.daemon.backend.ddi import link_problem
+from ferry.daemon.backend.runner import (
+    DOWNLOADS,
+    BackendError,
+    InstallReport,
+    Outcome,
+    TargetOutcome,
+)
 from ferry.daemon.config import Config
 from ferry.daemon.journal import Deployment, Journal
 
@@ -76,6 +93,7 @@ class PipelineGateway:
                 progress: Callable[[str, int, int], None]) -> InstallReport:
         from ferry.daemon.install.pipeline import install
 
+        check_source(source, Path(self.config.gateway.data_dir) / DOWNLOADS)
         def both(phase: str, done: int, total: int) -> None:
             progress(phase, done, total)
             if self.progress is not None:
@@ -132,6 +150,28 @@ class PipelineGateway:
                                   journal=self.journal, inspect=self.inspect,
                                   system=self.system,
                                   uptime_s=self.uptime() if self.uptime else None)
+
+
+def check_source(source: str, downloads: Path) -> None:
+    """Refuse a backend deployment's source unless it is an http(s) URL or a regular
+    file directly in ``downloads`` (the runner's own). Nothing outside that directory
+    is looked at, so the refusal is the same whether such a path exists or not."""
+    if "://" in source[:16]:
+        why = link_problem(source)
+        if why:
+            raise BackendError(f"refusing a backend bundle source that {why}")
+        return
+    where = Path(os.path.realpath(Path(source).parent))
+    if where != Path(os.path.realpath(downloads)):
+        raise BackendError("refusing a local path as a backend bundle source: the backend "
+                           "gives http(s) links only")
+    try:
+        mode = os.lstat(source).st_mode
+    except OSError as exc:
+        raise BackendError(f"downloaded bundle {Path(source).name} is gone "
+                           f"({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise BackendError(f"downloaded bundle {Path(source).name} is not a regular file")
 
 
 def node_outcomes(journal: Journal, dep_id: int,

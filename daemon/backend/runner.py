@@ -18,12 +18,20 @@ come before the target-only bundles, which go straight to their proxy phase. The
 action closes once, with a details line per bundle and per target. Other artifacts
 (signatures, MD5SUM files) are listed in the details and otherwise ignored: nothing
 unsigned reaches a device.
+
+The server never chooses a path: an action it sends with an id that is not a plain
+integer, or with a link that is not http(s), is refused when it is parsed
+(``ddi.DeploymentRefused``), logged, and answered with a feedback that says why. A
+bundle downloaded ahead goes to ``<data_dir>/ddi-downloads/<id>-<n>-<name>`` where the
+id is that integer and the artifact's name is cut to a safe alphabet; the pipeline
+adapter accepts no other local path from the backend.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +45,8 @@ from ferry.daemon.backend.ddi import (
     DdiClient,
     DdiError,
     Deployment,
+    DeploymentRefused,
+    is_action_id,
 )
 from ferry.daemon.backend.health import Health, to_config_data
 from ferry.errors import FerryError
@@ -50,6 +60,18 @@ REPORTING = "reporting"  # final feedback not yet acknowledged by the server
 AFTER_SWITCH = (REBOOTING, REPORTING)
 
 BUNDLE_SUFFIXES = (".swu",)
+DOWNLOADS = "ddi-downloads"  # under the data dir: bundles fetched ahead of the window
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def download_name(action_id: str, index: int, filename: str) -> str:
+    """The file name of a bundle downloaded ahead: ``<id>-<n>-<name>``. Only ferry's
+    characters: the id is checked to be an integer again, the server's artifact name
+    keeps its last path part, letters, digits, '.', '_' and '-', at most 64 of them."""
+    if not is_action_id(action_id):
+        raise BackendError(f"refusing action id {action_id!r} in a file name")
+    name = _UNSAFE_NAME.sub("_", filename.replace("\\", "/").rsplit("/", 1)[-1])[-64:]
+    return f"{action_id}-{index}-{name or 'bundle'}"
 
 
 class BackendError(FerryError):
@@ -198,6 +220,12 @@ class DeploymentRunner:
         self.log = log
         self.hw_boardname = hw_boardname
         self.last_health: dict[str, str] | None = None  # configData last delivered
+        if self.state.action_id and not is_action_id(self.state.action_id):
+            # written by a ferry before ids were checked: never act on it
+            self.log(f"backend: forgetting action {self.state.action_id!r} from "
+                     f"{self.state_file.path}: not a plain integer id")
+            self.state = ActionState(reported_version=self.state.reported_version)
+            self._save()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -222,17 +250,29 @@ class DeploymentRunner:
         poll = self.client.poll()
         sleep = self.client.next_sleep(poll)
         self.send_health(force=bool(poll.config_data_href))
-        if poll.cancel_href:
-            return self._cancel(self.client.cancel_action(poll.cancel_href), sleep)
-        if not poll.deployment_href:
-            if st.phase == DOWNLOADED:
-                # the action vanished from the server (cancelled elsewhere)
-                self._forget()
-            if self.state.phase == IDLE:
-                self._report_if_changed()
-            return StepResult("idle", sleep)
-        dep = self.client.deployment(poll.deployment_href)
+        try:
+            if poll.cancel_href:
+                return self._cancel(self.client.cancel_action(poll.cancel_href), sleep)
+            if not poll.deployment_href:
+                if st.phase == DOWNLOADED:
+                    # the action vanished from the server (cancelled elsewhere)
+                    self._forget()
+                if self.state.phase == IDLE:
+                    self._report_if_changed()
+                return StepResult("idle", sleep)
+            dep = self.client.deployment(poll.deployment_href)
+        except DeploymentRefused as refusal:
+            return self._refuse(refusal, sleep)
         return self._deployment(dep, sleep)
+
+    def _refuse(self, refusal: DeploymentRefused, sleep: float) -> StepResult:
+        """An action ferry will not carry out: log it, tell the server, touch nothing."""
+        self.log(f"backend: refused {refusal.kind} {refusal.raw_id[:60]!r}: {refusal}")
+        try:
+            self.client.refuse(refusal)
+        except DdiError as exc:
+            self.log(f"backend: refusal not delivered: {exc}")
+        return StepResult("refused", sleep, refusal.action_id or "", str(refusal))
 
     # -- phases -------------------------------------------------------------------------
 
@@ -299,13 +339,13 @@ class DeploymentRunner:
 
     def _download_to_disk(self, aid: str, bundles: list[Artifact]) -> None:
         st = self.state
-        ddir = self.data_dir / "ddi-downloads"
-        ddir.mkdir(exist_ok=True)
+        ddir = self.data_dir / DOWNLOADS
+        ddir.mkdir(mode=0o700, exist_ok=True)
         self.client.feedback(aid, "download", "none",
                              [f"downloading {', '.join(a.filename for a in bundles)}"])
         files = []
         for i, art in enumerate(bundles):
-            path = ddir / f"{aid}-{i}-{Path(art.filename).name}"
+            path = ddir / download_name(aid, i, art.filename)
             with open(path, "ab+") as f:
                 self.client.download_to(art, f, progress=self._download_progress(aid, art))
             files.append(str(path))

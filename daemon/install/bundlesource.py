@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +40,28 @@ class OpenedSource:
 
 
 class _CountingFile(io.RawIOBase):
-    """A local file without seek/tell, so it behaves like the network stream."""
+    """A local file without seek/tell, so it behaves like the network stream.
+
+    Regular files only: the file is opened non-blocking and checked before a byte is
+    read, so a FIFO or a tty given as a bundle is refused at once instead of hanging
+    the caller (an open() of a FIFO waits for a writer, a read of a tty for a line).
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        self._f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(mode):
+                raise SourceError(f"bundle {path} is not a regular file (a FIFO, socket or "
+                                  "device); give the .swu file")
+            os.set_blocking(fd, True)
+            self._f = open(fd, "rb", buffering=0, closefd=True)  # noqa: SIM115
+        except BaseException:
+            os.close(fd)
+            raise
         self.offset = 0
 
     def readable(self) -> bool:

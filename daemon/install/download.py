@@ -8,6 +8,14 @@ reported, never silently glued on.
 
 Only http and https; redirects are followed by hand so that one to another scheme
 (``file:``, ``ftp:``, or https -> http) is refused.
+
+The backend's token travels by one mechanism on every path: :class:`OriginAuth`, a
+``requests`` auth object that adds the header only to a URL on the backend's own
+origin (scheme, host and port of ``[backend] url``). Redirects are followed here, hop
+by hop, so it decides again for every hop: requests' own redirect handling only
+strips a header on a host change and lets http -> https on the same host keep it,
+which is not the origin rule. The DDI client (``ferry.daemon.backend.ddi``) uses the
+same object for its API calls and its "download now, install later" downloads.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import requests.auth
 import urllib3
 
 from ferry.errors import FerryError
@@ -66,6 +75,13 @@ class DownloadOptions:
     auth_header: tuple[str, str] | None = None
     auth_origin: str | None = None
 
+    @property
+    def auth(self) -> OriginAuth | None:
+        """The one object that decides, per request, whether the credentials go along."""
+        if self.auth_header is None or not self.auth_origin:
+            return None
+        return OriginAuth(self.auth_header[0], self.auth_header[1], self.auth_origin)
+
 
 def origin(url: str) -> str:
     """scheme://host:port with the default port spelled out, for same-origin checks."""
@@ -73,6 +89,63 @@ def origin(url: str) -> str:
     scheme = parts.scheme.lower()
     port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
     return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+class OriginAuth(requests.auth.AuthBase):
+    """Add ``name: value`` to a request only when its URL is on ``origin_url``'s origin.
+
+    Same origin means same scheme, host and port, so an https backend's token never
+    goes over plain http, to another port of the same host, or to a look-alike host;
+    a backend configured as http (a lab) gets it over http, on that origin only. Any
+    header of that name already on a request for another origin is removed. The value
+    never shows in ``repr`` (logs, tracebacks).
+    """
+
+    def __init__(self, name: str, value: str, origin_url: str) -> None:
+        self.name = name
+        self._value = value
+        self.origin = origin(origin_url)
+
+    def applies_to(self, url: str) -> bool:
+        return origin(url) == self.origin
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        if r.url is not None and self.applies_to(r.url):
+            r.headers[self.name] = self._value
+        else:
+            r.headers.pop(self.name, None)
+        return r
+
+    def __repr__(self) -> str:
+        return f"OriginAuth({self.name}: <hidden> for {self.origin})"
+
+
+def get_following_redirects(
+    session: requests.Session, url: str, headers: dict[str, str], *,
+    auth: OriginAuth | None, timeout: Any, verify: bool | str = True,
+    cert: tuple[str, str] | str | None = None, max_redirects: int = 5,
+) -> requests.Response:
+    """GET ``url`` (streamed), following redirects by hand.
+
+    Each hop gets the credentials only if :class:`OriginAuth` says so for that hop's
+    URL; a redirect to a scheme other than http(s), or from https down to http, is
+    refused (:class:`BadScheme`).
+    """
+    for _ in range(max_redirects + 1):
+        resp = session.get(url, headers=headers, stream=True, allow_redirects=False,
+                           verify=verify, cert=cert, timeout=timeout, auth=auth)
+        if resp.is_redirect:
+            location = resp.headers.get("Location", "")
+            resp.close()
+            nxt = urljoin(url, location)
+            old, new = urlsplit(url).scheme.lower(), urlsplit(nxt).scheme.lower()
+            if new not in ALLOWED_SCHEMES or (old == "https" and new != "https"):
+                raise BadScheme(
+                    f"refusing redirect from {url} to {nxt}: scheme {new!r} not allowed")
+            url = nxt
+            continue
+        return resp
+    raise DownloadError(f"too many redirects for {url}")
 
 
 def check_scheme(url: str) -> None:
@@ -199,28 +272,15 @@ class HttpStream(io.RawIOBase):
         if self.opts.client_cert:
             cert = ((self.opts.client_cert, self.opts.client_key) if self.opts.client_key
                     else self.opts.client_cert)
-        for _ in range(self.opts.max_redirects + 1):
-            hop = dict(headers)
-            auth = self.opts.auth_header
-            if auth is not None and self.opts.auth_origin is not None \
-                    and origin(url) == origin(self.opts.auth_origin):
-                hop[auth[0]] = auth[1]
-            resp = self.session.get(
-                url, headers=hop, stream=True, allow_redirects=False, verify=verify,
-                cert=cert, timeout=(self.opts.connect_timeout, self.opts.stall_timeout),
-            )
-            if resp.is_redirect:
-                location = resp.headers.get("Location", "")
-                resp.close()
-                nxt = urljoin(url, location)
-                old, new = urlsplit(url).scheme.lower(), urlsplit(nxt).scheme.lower()
-                if new not in ALLOWED_SCHEMES or (old == "https" and new != "https"):
-                    raise BadScheme(
-                        f"refusing redirect from {url} to {nxt}: scheme {new!r} not allowed")
-                url = nxt
-                continue
-            return resp
-        raise DownloadError(f"too many redirects for {self.url}")
+        try:
+            return get_following_redirects(
+                self.session, url, headers, auth=self.opts.auth, verify=verify, cert=cert,
+                timeout=(self.opts.connect_timeout, self.opts.stall_timeout),
+                max_redirects=self.opts.max_redirects)
+        except BadScheme:
+            raise
+        except DownloadError:
+            raise DownloadError(f"too many redirects for {self.url}") from None
 
     def _connect(self) -> None:
         headers = {"Accept-Encoding": "identity", **dict(self.opts.headers)}
