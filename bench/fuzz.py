@@ -291,7 +291,7 @@ LIBCONFIG_VALUES = st.recursive(
     _scalar_text(),
     lambda kids: (
         st.lists(kids, max_size=4).map(lambda v: "(" + ", ".join(v) + ")")
-        | st.lists(_scalar_text(), max_size=4).map(lambda v: "[" + ", ".join(v) + "]")
+        | st.lists(_scalar_text() | kids, max_size=4).map(lambda v: "[" + ", ".join(v) + "]")
         | st.lists(st.tuples(_NAMES, kids), max_size=4).map(
             lambda s: "{ " + " ".join(f"{n} = {v};" for n, v in s) + " }")
     ),

@@ -101,6 +101,20 @@ def _integer(value: str, base: int, line: int) -> int:
     return number
 
 
+def _check_array_item(items: list[Any], item: Any, line: int) -> None:
+    """libconfig arrays ``[...]`` hold scalars of one type (its grammar refuses the rest);
+    a group or list in one could not be written back either."""
+    if isinstance(item, dict | list):
+        raise BadDescription(
+            f"sw-description line {line}: an array [...] holds only scalars; use a list (...)"
+        )
+    if items and type(items[0]) is not type(item):
+        raise BadDescription(
+            f"sw-description line {line}: an array [...] mixes "
+            f"{type(items[0]).__name__} and {type(item).__name__} values"
+        )
+
+
 class _Parser:
     """Recursive descent over tokens made one at a time (never a list of all of them)."""
 
@@ -230,7 +244,10 @@ class _Parser:
                     self.depth -= 1
                     return items
                 self.count(self.peek()[2])
-                items.append(self.value())
+                item = self.value()
+                if close == "]":
+                    _check_array_item(items, item, line)
+                items.append(item)
                 k, nxt, ln = self.peek()
                 if k == "punct" and nxt == ",":
                     self.take()

@@ -131,3 +131,17 @@ def test_ferry_bundle_inspect_prints_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert "nested more than 32 levels" in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a = [ { } ];", "holds only scalars"),
+    ("a = [ (1) ];", "holds only scalars"),
+    ("a = [ [1] ];", "holds only scalars"),
+    ('a = [ 1, "x" ];', "mixes int and str"),
+])  # fmt: skip
+def test_arrays_hold_scalars_of_one_type_as_libconfig_requires(text, match):
+    """Found by the fuzz campaign: arrays of groups parsed, then could not be written
+    back (TypeError from dumps); libconfig's own grammar refuses them."""
+    with pytest.raises(BadDescription, match=match):
+        libconfig.loads(text)
+    assert libconfig.loads("a = [1, 2L, 0x3];")["a"] == [1, 2, 3]
