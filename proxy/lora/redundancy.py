@@ -24,7 +24,7 @@ from ferry.proxy.lora.fragmentation import parity_line
 
 SMALL_M = 100
 TRIALS = 1000
-TARGET = 0.95
+TARGET = 0.97
 
 
 @functools.lru_cache(maxsize=64)

@@ -62,19 +62,47 @@ def _clamp(p: float) -> float:
     return min(max(p, 0.0), MAX_LOSS)
 
 
+P95_Z = 1.645
+LARGE_M_SLACK = 2  # lines beyond M a large block needs at p95 (Monte-Carlo, M = 100..429)
+
+
 def redundancy_for(m: int, loss: float) -> int:
+    """Parity so that 95 % of nodes with independent loss p rebuild from the first round.
+
+    Large M: the least n with n(1−p) − 1.645·sqrt(n·p(1−p)) >= M + 2 (the node must
+    receive M + 2 of n; binomial p95 by the normal approximation), minus M; checked
+    against the Monte-Carlo of the real code at M = 100, 200, 429 (within one fragment).
+    """
     p = _clamp(loss)
     if m <= SMALL_M:
         return needed_p95(m, round(p, 3))
-    return math.ceil(m * p / (1 - p) + 3 * math.sqrt(m * p) + 2)
+    n = math.ceil(m / (1 - p))
+    while n * (1 - p) - P95_Z * math.sqrt(n * p * (1 - p)) < m + LARGE_M_SLACK:
+        n += 1
+    return n - m
 
 
-def top_up_for(missing: int, loss: float) -> int:
-    """Parity fragments to send when the worst node is estimated to need `missing` more."""
+TOP_UP_Z = 0.5  # a small margin: a second round of a few frames is cheaper than padding
+RANK_SLACK = 1  # independent lines beyond the count: the code is not quite ideal
+
+
+def top_up_for(missing: float, loss: float, spread: float | None = None) -> int:
+    """Parity fragments to send when a node is estimated to need `missing` more.
+
+    k frames deliver Binomial(k, 1−p); k is the least with k(1−p) − z·sd ≥ missing + slack,
+    sd combining the delivery's sqrt(k·p(1−p)) with ``spread``, the uncertainty of the
+    estimate itself (default sqrt(missing)). z = 0.5 was the best p95 of total fragments
+    over z in 0..2 (bench/lora.py, 20 % loss on a plan for 10 %): a large margin pads
+    every session, a small one costs an occasional round of a few frames.
+    """
     if missing <= 0:
         return 0
     p = _clamp(loss)
-    return math.ceil(missing / (1 - p) + 2 * math.sqrt(missing) + 1)
+    unc = math.sqrt(missing) if spread is None else spread
+    k = max(1, math.ceil(missing / (1 - p)))
+    while k * (1 - p) - TOP_UP_Z * math.sqrt(unc * unc + k * p * (1 - p)) < missing + RANK_SLACK:
+        k += 1
+    return k
 
 
 def plan(image_len: int, dr: int, loss: float, *, frag_size: int | None = None,

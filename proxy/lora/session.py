@@ -51,6 +51,7 @@ TOP_UP_MAX_LOSS = 0.5
 STATUS_ASKS = 3
 FALSE_DONE = 1e-3  # accepted chance that a v1 node's silent tail was loss, not completion
 MIN_LOSS_FOR_GAP = 0.05
+PRIOR_FRAMES = 20
 
 
 def done_gap(loss: float) -> int:
@@ -100,6 +101,7 @@ class NodeResult:
     missing: int = -1  # MissingFrag: data fragments it lost (parity does not lower it)
     loss: float = 0.0  # data fragments lost / data fragments up to its last index
     sent_seen: int = 0  # fragments sent when it last answered
+    need: int = 0  # parity ferry last planned for it (for a round it stays silent)
 
 
 @dataclass
@@ -436,14 +438,19 @@ class Campaign:
                     continue  # a v2 node's FragDataBlockReceivedReq came in meanwhile
                 a = answered.get(eui)
                 if a is None:
-                    worst = max(worst, node.missing if node.missing > 0 else p.m // 10 + 1)
+                    # silent (its answer or our request lost): what it needed last time,
+                    # or a tenth of the block if it never answered
+                    worst = max(worst, node.need if node.missing >= 0
+                                else top_up_for(p.m // 10 + 1, loss))
                     continue
-                need, gap_short = self._judge(node, a, sent, p.m)
+                need, spread, gap_short = self._judge(node, a, sent, p.m)
                 if node.state == "pending":
-                    worst = max(worst, need)
-                    confirm = max(confirm, gap_short)
                     # a node losing more than half gets its rest in the next round
                     loss = max(loss, min(node.loss, TOP_UP_MAX_LOSS))
+                    node.need = max(top_up_for(need, min(self._loss_belief(node, p.m),
+                                                         TOP_UP_MAX_LOSS), spread), gap_short)
+                    worst = max(worst, node.need)
+                    confirm = max(confirm, gap_short)
             if worst == 0 and confirm == 0:
                 if any(self.report.nodes[e].state == "pending" for e in waiting):
                     # v2 nodes that look finished: their FragDataBlockReceivedReq decides
@@ -453,17 +460,30 @@ class Campaign:
                 continue
             if round_no == o.max_rounds:
                 break  # that status round only confirmed the last top-up
-            extra = max(top_up_for(worst, loss), confirm)
-            self.log(f"top-up: worst node needs ~{worst}, {confirm} more to confirm a "
-                     f"finished v1 node; sending {extra} parity (loss {loss:.2f})")
+            extra = max(worst, confirm)
+            self.log(f"top-up: {worst} parity for the neediest node, {confirm} to confirm a "
+                     f"finished v1 node; sending {extra} (loss up to {loss:.2f})")
             first = self.report.fragments_sent + 1
             last = min(first + extra - 1, fragmentation.MAX_N)
             if first > last or self._broadcast(enc, first, last, total, end_unix) == 0:
                 break
 
+    def _loss_belief(self, node: NodeResult, m: int) -> float:
+        """The node's loss: its data-fragment loss, shrunk towards the planned loss by
+        PRIOR_FRAMES pseudo-frames, so 2 lost of M = 2 reads as ~0.3, not 1.0."""
+        seen = min(node.last_index, m)
+        lost = node.loss * seen
+        p = (lost + PRIOR_FRAMES * self.opts.loss_estimate) / (seen + PRIOR_FRAMES)
+        return max(p, MIN_LOSS_FOR_GAP)
+
     def _judge(self, node: NodeResult, a: fragmentation.FragSessionStatusAns, sent: int,
-               m: int) -> tuple[int, int]:
-        """Read one FragSessionStatusAns; return (parity still needed, frames to confirm)."""
+               m: int) -> tuple[float, float, int]:
+        """Read one FragSessionStatusAns.
+
+        Returns the independent fragments the node still needs (an estimate), that
+        estimate's standard deviation, and the frames still to send so a finished v1
+        node can be told from one whose last fragments were lost.
+        """
         node.last_index, node.missing, node.sent_seen = a.last_index, a.missing, sent
         node.loss = loss_from_status(m, a.last_index, a.missing)
         if a.matrix_error:
@@ -473,11 +493,11 @@ class Campaign:
                 "recover" + (f" (frag_max_redundancy {limit})" if limit is not None else
                              " (FRAG_MAX_REDUNDANCY)") + "; the reference calls that session "
                 "finished, but the block is not rebuilt"))
-            return 0, 0
+            return 0, 0, 0
         # fragments after its last index it never heard: data ones count as lost too
         tail_data = max(0, min(sent, m) - a.last_index)
         lost = a.missing + tail_data
-        p_hat = max(node.loss, MIN_LOSS_FOR_GAP)
+        p_hat = self._loss_belief(node, m)
         gap_needed = self.opts.done_gap or done_gap(p_hat)
         gap = sent - a.last_index
         parity_heard_max = max(0, a.last_index - m)
@@ -486,14 +506,16 @@ class Campaign:
             node.state = "complete"
             node.message = (f"rebuilt (NbFragReceived stopped at {a.last_index} while "
                             f"fragments ran to {sent}; lost {a.missing} data fragments)")
-            return 0, 0
+            return 0, 0, 0
         if frozen:
-            return 0, 0  # v2: wait for its FragDataBlockReceivedReq
-        need = max(0, math.ceil(lost - parity_heard_max * (1 - p_hat)))
+            return 0, 0, 0  # v2: wait for its FragDataBlockReceivedReq
+        # of the parity up to its last index it heard about (1 − p); the rest is the need
+        need = max(0.0, lost - parity_heard_max * (1 - p_hat))
+        spread = math.sqrt(parity_heard_max * p_hat * (1 - p_hat) + tail_data)
         confirm = max(0, gap_needed - gap) if node.version == 1 else 0
         if need == 0 and confirm == 0:
             need = 1
-        return need, confirm
+        return need, spread, confirm
 
     def _finish(self, message: str) -> Report:
         self.report.finished = self.clock.now()

@@ -32,8 +32,8 @@ def test_payload_limit_enforced():
 def test_plan_100k_dr5():
     p = scheduler.plan(100 * 1024, 5, 0.10)
     assert (p.frag_size, p.m, p.padding) == (239, 429, 429 * 239 - 102400)
-    # M*p/(1-p) = 47.7 ; 3*sqrt(42.9) = 19.6 ; + 2 -> 70
-    assert p.redundancy == 70
+    # least n with 0.9 n - 1.645 sqrt(0.09 n) >= 429 + 2 is 492 -> R = 63
+    assert p.redundancy == 63
     assert scheduler.plan(100 * 1024, 3, 0.0).frag_size == 112
     with pytest.raises(ImageTooLarge):
         scheduler.plan(16383 * 48, 0, 0.1)
