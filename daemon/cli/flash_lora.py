@@ -14,7 +14,8 @@ from typing import Any
 OPTION_FLAGS = ("devices", "keys_file", "application_id", "mqtt_host", "mqtt_port",
                 "mqtt_username", "mqtt_password", "api_url", "api_token_file", "dr",
                 "frequency", "duty_cycle", "loss_estimate", "answer_timeout", "start_margin",
-                "state_dir")
+                "state_dir", "node_limits", "frag_max_size", "frag_max_nb",
+                "frag_max_redundancy", "ts004_version", "session_cnt")
 
 
 def transport_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,6 +74,20 @@ def register(sub: Any) -> None:
     parser.add_argument("--answer-timeout", dest="answer_timeout", type=float, metavar="S")
     parser.add_argument("--start-margin", dest="start_margin", type=float, metavar="S")
     parser.add_argument("--state-dir", dest="state_dir", metavar="DIR")
+    parser.add_argument("--node-limits", dest="node_limits", choices=("stock",),
+                        help="the nodes run LoRaMac-node's stock FragDecoder build (at most "
+                        "21 fragments of 50 B, 5 lost data fragments recoverable)")
+    parser.add_argument("--frag-max-size", dest="frag_max_size", type=int, metavar="B",
+                        help="the nodes' FRAG_MAX_SIZE: largest fragment they accept")
+    parser.add_argument("--frag-max-nb", dest="frag_max_nb", type=int, metavar="N",
+                        help="the nodes' FRAG_MAX_NB: most fragments per session")
+    parser.add_argument("--frag-max-redundancy", dest="frag_max_redundancy", type=int,
+                        metavar="N", help="the nodes' FRAG_MAX_REDUNDANCY: most lost data "
+                        "fragments they can recover")
+    parser.add_argument("--ts004-version", dest="ts004_version", type=int, choices=(1, 2),
+                        help="skip PackageVersionReq and speak this TS004 version")
+    parser.add_argument("--session-cnt", dest="session_cnt", type=int, metavar="N",
+                        help="TS004 v2 SessionCnt (default: last + 1 from --state-dir)")
     parser.add_argument("--version", metavar="V", help="version this image carries")
     parser.add_argument("--force", action="store_true",
                         help="send even if the group already has --version")

@@ -8,6 +8,7 @@ import random
 from ferry.daemon.cli import exitcodes
 from ferry.daemon.cli.main import main
 from ferry.proxy.lora import transport as lora_transport
+from ferry.sim.lora.decoder import STOCK
 from ferry.sim.lora.network import Bernoulli, SimClock, SimNetwork
 from ferry.sim.lora.node import Node
 
@@ -58,3 +59,43 @@ def test_flash_lora_through_transport(tmp_path, monkeypatch, capsys):
     assert all(n.image == image for n in nodes.values())
     assert main(["flash", "lora", "grp", str(tmp_path / "none.bin"), "--devices", "x",
                  "--keys-file", "k", "--application-id", "a"]) == exitcodes.FAILED
+
+
+def _stock_setup(tmp_path, monkeypatch, size):
+    rng = random.Random(5)
+    clock = SimClock()
+    nodes, keys = {}, {}
+    for i in range(2):
+        eui = f"00000000000000b{i}"
+        key = rng.randbytes(16)
+        nodes[eui] = Node(eui, key, limits=STOCK, ts004_version=1 + i)
+        keys[eui] = key.hex()
+    net = SimNetwork(clock, nodes, {e: Bernoulli(0.05) for e in nodes}, seed=5)
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    image = rng.randbytes(size)
+    (tmp_path / "fw.bin").write_bytes(image)
+    monkeypatch.setattr(lora_transport, "create", lambda o: lora_transport.LoraTransport(
+        o, network_factory=lambda _o: net, clock=clock))
+    args = ["flash", "lora", "grp", str(tmp_path / "fw.bin"), "--devices", ",".join(nodes),
+            "--keys-file", str(tmp_path / "keys.json"), "--application-id", "app",
+            "--answer-timeout", "120", "--start-margin", "200"]
+    return nodes, image, args
+
+
+def test_flash_lora_to_stock_nodes_says_not_enough_memory_per_node(tmp_path, monkeypatch,
+                                                                   capsys):
+    nodes, _image, args = _stock_setup(tmp_path, monkeypatch, 1_000)
+    assert main(args) == exitcodes.FAILED
+    out = capsys.readouterr().out
+    for eui in nodes:
+        assert f"{eui}: failed: FragSessionSetupReq refused: not enough memory" in out
+    assert "frag_max_nb" in out
+
+
+def test_flash_lora_with_stock_limits_plans_within_them(tmp_path, monkeypatch, capsys):
+    nodes, image, args = _stock_setup(tmp_path, monkeypatch, 1_000)
+    assert main([*args, "--node-limits", "stock"]) == 0, capsys.readouterr()
+    assert all(n.image == image for n in nodes.values())
+    _nodes, _image, args = _stock_setup(tmp_path, monkeypatch, 5_000)
+    assert main([*args, "--node-limits", "stock"]) == exitcodes.FAILED
+    assert "frag_max_nb = 21" in capsys.readouterr().err
