@@ -124,7 +124,7 @@ MUTATIONS = st.lists(
     max_size=5,
 )
 HEXISH = st.text(alphabet="0123456789abcdefABCDEFxX -", min_size=8, max_size=8)
-SAFE_TEXT = st.characters(blacklist_categories=("Cs",))
+SAFE_TEXT = st.characters(exclude_categories=["Cs"])
 
 
 # -- a valid signed bundle to mutate ---------------------------------------------------
@@ -501,10 +501,13 @@ def alarm(seconds: float) -> Iterator[None]:
 
 def _where(err: BaseException) -> str:
     """The innermost frame in ferry's code: what groups failures into one finding."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "/bench/" not in f.filename]
-    ours = [f for f in frames if "ferry" in f.filename or "/work/" in f.filename]
-    frame = (ours or frames or [None])[-1]
-    return f"{frame.filename.rsplit('/', 2)[-2:]}:{frame.lineno}" if frame else "?"
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in frames if "/bench/" not in f.filename
+            and ("ferry" in f.filename or "/work/" in f.filename)]
+    pick = ours or frames  # else the property itself (a message that is not one line)
+    if not pick:
+        return "?"
+    return "/".join(pick[-1].filename.rsplit("/", 2)[-2:]) + f":{pick[-1].lineno}"
 
 
 @dataclass
