@@ -81,6 +81,10 @@ class OverrideIndex:
         return p if p.is_absolute() else self.data_dir / p
 
     @property
+    def image_path(self) -> Path:
+        return self.data_dir / self.image_dir
+
+    @property
     def _prefix(self) -> str:
         return f"{self.image_dir}/"
 

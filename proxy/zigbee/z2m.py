@@ -191,10 +191,12 @@ class Zigbee2Mqtt:
                     software_build_id=str(d.get("software_build_id") or ""),
                 ))
             basic = z2mdata.basic_hardware_versions(self.opts.data_dir)
+            queried = z2mdata.remembered_query_hardware(self.index.image_path)
             for dev in out:  # Z2M's cache of last states (advanced.cache_state)
                 dev.installed_version = z2mdata.cached_installed_version(
                     self.opts.data_dir, dev.ieee)
                 dev.hw_basic = basic.get(dev.ieee)
+                dev.hw_query = queried.get(dev.ieee)
             by_name = {d.friendly_name: d for d in out}
             s.subscribe(f"{self.base}/+")
             s.subscribe(f"{self.base}/bridge/logging")
@@ -279,6 +281,9 @@ class Zigbee2Mqtt:
                                                or f"check of {device} failed"), info))
             data = body.get("data") or {}
             avail = data.get("update_available", data.get("updateAvailable", False))
+            if seen["hw"] is not None:
+                with contextlib.suppress(OSError):
+                    z2mdata.remember_query_hardware(self.index.image_path, ieee, seen["hw"])
             return CheckResult(bool(avail), seen["v"], seen["hw"])
         finally:
             s.close()

@@ -102,6 +102,31 @@ class BridgeInfo:
         return bool(self.release) and self.release >= (2, 12)
 
 
+SEEN_FILE = "query-hardware.json"  # in ferry's image directory
+
+
+def remember_query_hardware(image_dir: Path, ieee: str, hw: int) -> None:
+    """Keep the query's hardware version ferry saw during a check: Z2M logs it only
+    then, and ``ferry devices`` should still show it later."""
+    from ferry.proxy.zigbee.files import atomic_write
+
+    seen = remembered_query_hardware(image_dir)
+    if seen.get(ieee) == hw:
+        return
+    seen[ieee] = hw
+    atomic_write(image_dir / SEEN_FILE, (json.dumps(seen, indent=1) + "\n").encode())
+
+
+def remembered_query_hardware(image_dir: Path) -> dict[str, int]:
+    try:
+        loaded = json.loads((image_dir / SEEN_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(k): v for k, v in loaded.items() if isinstance(v, int)}
+
+
 QUERY_LINE = re.compile(r"(0x[0-9a-fA-F]{16}).*?current(?:=|: )(\{.*?\})")
 
 

@@ -210,6 +210,10 @@ def test_devices_show_both_hardware_versions_where_z2m_exposes_them(make_z2m: Ma
     assert found[A].options["hw_basic"] == "0x0001"  # herdsman's database.db
     state = transport.inspect(_target(A))  # the query shows in Z2M's debug log
     assert state.detail["hw_query"] == "0x0003"
+    # ...only while Z2M checks; ferry remembers it for a later `ferry devices`
+    again = {t.address: t for t in transport.discover()}
+    assert again[A].options["hw_query"] == "0x0003"
+    assert again[A].options["hw_basic"] == "0x0001"
 
 
 def test_override_index_setting_needs_a_z2m_restart(make_z2m: Make) -> None:
