@@ -665,3 +665,15 @@ def test_bitbake_finds_the_readme_wks_file(release: str, tmp_path: Path) -> None
     found = image.getVar("WKS_FULL_PATH")
     assert found and Path(found).parent == LAYER / "files" / "wic", (release, found)
     assert f"--source {BOOT_PLUGIN[release]} " in Path(found).read_text()
+
+
+def test_ferry_toml_is_readable_by_root_and_group_ferry_only() -> None:
+    # ferry.toml may hold backend.target_token and MQTT/ChirpStack credentials (issue #16):
+    # 0640 root:ferry, with the group created for the recipe's own do_install (useradd).
+    text = (LAYER / "recipes-core" / "ferry" / "ferry-conf.bb").read_text()
+    body = _shell_function(text, "do_install")
+    assert "chmod 0640 ${D}${sysconfdir}/ferry/ferry.toml" in body
+    assert "chgrp ferry ${D}${sysconfdir}/ferry/ferry.toml" in body
+    assert "0644 ${D}${sysconfdir}/ferry/ferry.toml" not in body
+    assert re.search(r"^inherit .*\buseradd\b", text, re.M)
+    assert re.search(r'^GROUPADD_PARAM:\$\{PN\} = ".*\bferry\b', text, re.M)

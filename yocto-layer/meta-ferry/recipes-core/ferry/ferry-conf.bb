@@ -44,6 +44,12 @@ FILES:${PN} += "\
 
 RPROVIDES:${PN} += "virtual-ferry-conf"
 
+# ferry.toml may hold backend.target_token and MQTT/ChirpStack credentials: root writes
+# it, group ferry (the technicians' ferry --config) reads it, nobody else (docs/security.md).
+inherit useradd
+USERADD_PACKAGES = "${PN}"
+GROUPADD_PARAM:${PN} = "--system ferry"
+
 # Target configuration only: no native or SDK variant.
 BBCLASSEXTEND = ""
 
@@ -55,7 +61,8 @@ do_install() {
         -e 's|@FERRY_SLOT_A_DEVICE@|${FERRY_SLOT_A_DEVICE}|' \
         -e 's|@FERRY_SLOT_B_DEVICE@|${FERRY_SLOT_B_DEVICE}|' \
         ${S}/ferry.toml > ${D}${sysconfdir}/ferry/ferry.toml
-    chmod 0644 ${D}${sysconfdir}/ferry/ferry.toml
+    chgrp ferry ${D}${sysconfdir}/ferry/ferry.toml
+    chmod 0640 ${D}${sysconfdir}/ferry/ferry.toml
     install -m 0644 ${FERRY_KEYRING_FILE} ${D}${sysconfdir}/ferry/keyring.pem
     sed -e 's|@FERRY_ENV_DEVICE@|${FERRY_ENV_DEVICE}|g' \
         -e 's|@FERRY_ENV_OFFSET@|${FERRY_ENV_OFFSET}|' \
