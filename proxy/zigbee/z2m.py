@@ -203,12 +203,12 @@ class Zigbee2Mqtt:
             for m in s.drain(settle_s):  # retained states (device option retain: true)
                 if m.topic == f"{self.base}/bridge/logging":
                     for dev in out:
-                        dev.hw_query = _query_hw(m, dev.ieee) or dev.hw_query
+                        dev.hw_query = _first(_query_hw(m, dev.ieee), dev.hw_query)
                     continue
                 known = by_name.get(m.topic[len(self.base) + 1:])
                 if known is not None:
                     known.installed_version = _installed(m) or known.installed_version
-                    known.hw_basic = _device_info_hw(m) or known.hw_basic
+                    known.hw_basic = _first(_device_info_hw(m), known.hw_basic)
             return out
         finally:
             s.close()
@@ -271,7 +271,7 @@ class Zigbee2Mqtt:
                 if m.topic == state_topic:
                     seen["v"] = _installed(m) or seen["v"]
                 elif m.topic == log_topic:
-                    seen["hw"] = _query_hw(m, ieee) or seen["hw"]
+                    seen["hw"] = _first(_query_hw(m, ieee), seen["hw"])
 
             body = self._request(s, "check", device, self.opts.request_timeout_s, other)
             for m in s.drain(0.3):
@@ -340,6 +340,11 @@ class Zigbee2Mqtt:
             if requested and not finished:  # timed out, cancelled or interrupted: stop Z2M too
                 with contextlib.suppress(AdapterError):
                     self.abort(device)
+
+
+def _first(new: int | None, old: int | None) -> int | None:
+    """The newer value when there is one (hardware version 0 is a value)."""
+    return new if new is not None else old
 
 
 def _installed(m: Message) -> int | None:
