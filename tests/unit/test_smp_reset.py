@@ -22,12 +22,13 @@ from ferry.proxy.smp.transport import Settings
 @pytest.mark.parametrize("reenumerate", [False, True], ids=["uart", "usb-cdc"])
 @pytest.mark.parametrize("smp_v2", [True, False], ids=["v2", "v1"])
 @pytest.mark.parametrize("params", [True, False], ids=["params", "no-params"])
-@pytest.mark.parametrize("held", [0, 3], ids=["delay-250ms", "old-image-answers-3"])
+@pytest.mark.parametrize(("delay", "held"), [(0.0, 0), (0.25, 0), (0.25, 3)],
+                         ids=["reset-at-once", "delay-250ms", "old-image-answers-3"])
 def test_flash_confirms_whatever_the_reset_looks_like(tmp_path: Path, reenumerate: bool,
                                                       smp_v2: bool, params: bool,
-                                                      held: int) -> None:
+                                                      delay: float, held: int) -> None:
     with running_sim(tmp_path, reenumerate=reenumerate, reenumerate_seconds=0.3,
-                     smp_v2=smp_v2, supports_params=params) as sim:
+                     smp_v2=smp_v2, supports_params=params, reset_delay=delay) as sim:
         sim.device.faults.hold_reset_requests = held
         result = flash(sim, reset_delay="0.05")
         assert result.ok, result.message
