@@ -3,6 +3,10 @@
 Every call maps D-Bus failures to FerryErrors with the CLI's exit codes, so a field
 technician sees "ferryd is not running" or "permission denied" with what to do, not a
 D-Bus error name.
+
+Local files go to ferryd as open descriptors (``InstallFd``, ``Flash``), opened here
+with the caller's own rights: ferryd runs as root and must not read for a member of
+group ``ferry`` what that user could not read (docs/security.md).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +52,8 @@ async def connect() -> MessageBus:
     try:
         address = _address()
         if address:
-            return await MessageBus(bus_address=address).connect()
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+            return await MessageBus(bus_address=address, negotiate_unix_fd=True).connect()
+        return await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     except (OSError, DBusError, ValueError) as err:
         raise DaemonUnavailable(f"cannot reach the D-Bus system bus ({err}); "
                                 f"{STANDALONE_HINT}") from err
@@ -65,10 +70,13 @@ def _raise(err_name: str, text: str) -> None:
 
 
 async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None,
-               interface: str = dbus_api.INTERFACE) -> list[Any]:
+               interface: str = dbus_api.INTERFACE, unix_fds: list[int] | None = None
+               ) -> list[Any]:
+    """``unix_fds``: descriptors sent with the call; an ``h`` in ``body`` is an index
+    into this list (dbus-next's low-level form)."""
     reply = await bus.call(Message(
         destination=dbus_api.BUS_NAME, path=dbus_api.OBJECT_PATH, interface=interface,
-        member=member, signature=signature, body=body or []))
+        member=member, signature=signature, body=body or [], unix_fds=unix_fds or []))
     if reply is None:
         raise DaemonError(f"no reply to {member}")
     if reply.message_type == MessageType.ERROR:
@@ -132,15 +140,46 @@ def cancel() -> bool:
 ProgressCallback = Callable[[int, str, int], None]
 
 
+# follow()'s result when ferryd left the bus before Completed
+RESULT_DAEMON_GONE = -1
+DAEMON_GONE = ("ferryd stopped before the operation ended; see 'ferry status'. A bundle "
+               "passed from a local file cannot be resumed by the restarted ferryd: if the "
+               "install did not reach the slot switch, run 'ferry install' again")
+
+
+def open_for_ferryd(path: str, what: str) -> int:
+    """``path`` opened read-only with *our* rights, for passing to ferryd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise DaemonError(f"{what} {path} not found") from None
+    except PermissionError:
+        raise PermissionDenied(f"cannot read {what} {path}: permission denied (ferry "
+                               "reads it with your own rights, not ferryd's)") from None
+    except OSError as err:
+        raise DaemonError(f"cannot open {what} {path}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DaemonError(f"{what} {path} is not a regular file; give the file itself")
+    return fd
+
+
 def follow(method: str, signature: str, body: list[Any],
-           on_progress: ProgressCallback) -> tuple[int, str]:
+           on_progress: ProgressCallback, unix_fds: list[int] | None = None
+           ) -> tuple[int, str]:
     """Start Install or Flash and follow Progress until Completed; (result, LastError).
 
-    Ctrl-C stops following, not the operation (it runs on in ferryd)."""
+    Ctrl-C stops following, not the operation (it runs on in ferryd). If ferryd leaves
+    the bus first (a crash, a restart) the result is RESULT_DAEMON_GONE."""
     async def go(bus: MessageBus) -> tuple[int, str]:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def handler(msg: Message) -> bool:
+            if (msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged"
+                    and msg.body and msg.body[0] == dbus_api.BUS_NAME and not msg.body[2]
+                    and not done.done()):
+                done.set_result(RESULT_DAEMON_GONE)
+                return False
             if msg.message_type != MessageType.SIGNAL or msg.path != dbus_api.OBJECT_PATH:
                 return False
             if msg.member == "PropertiesChanged" and msg.body[0] == dbus_api.INTERFACE:
@@ -154,11 +193,17 @@ def follow(method: str, signature: str, body: list[Any],
 
         bus.add_message_handler(handler)
         rule = f"type='signal',sender='{dbus_api.BUS_NAME}',path='{dbus_api.OBJECT_PATH}'"
-        await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                               interface="org.freedesktop.DBus", member="AddMatch",
-                               signature="s", body=[rule]))
-        await call(bus, method, signature, body)
+        owner = ("type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+                 f"arg0='{dbus_api.BUS_NAME}'")
+        for match in (rule, owner):
+            await bus.call(Message(destination="org.freedesktop.DBus",
+                                   path="/org/freedesktop/DBus",
+                                   interface="org.freedesktop.DBus", member="AddMatch",
+                                   signature="s", body=[match]))
+        await call(bus, method, signature, body, unix_fds=unix_fds)
         result = await done
+        if result == RESULT_DAEMON_GONE:
+            return result, DAEMON_GONE
         props = await properties(bus)
         return result, str(props.get("LastError", ""))
 
@@ -167,8 +212,23 @@ def follow(method: str, signature: str, body: list[Any],
 
 
 def install(source: str, *, force: bool, on_progress: ProgressCallback) -> tuple[int, str]:
-    return follow("Install", "sa{sv}", [source, {"force": Variant("b", force)}], on_progress)
+    """An http(s) URL goes as a string (Install); a local file as a descriptor we opened
+    (InstallFd), so ferryd reads only what the caller can read."""
+    options = {"force": Variant("b", force)}
+    if "://" in source[:16]:
+        return follow("Install", "sa{sv}", [source, options], on_progress)
+    fd = open_for_ferryd(source, "bundle")
+    try:
+        return follow("InstallFd", "ha{sv}", [0, options], on_progress, unix_fds=[fd])
+    finally:
+        os.close(fd)
 
 
 def flash(target: str, image: str, *, on_progress: ProgressCallback) -> tuple[int, str]:
-    return follow("Flash", "ss", [target, image], on_progress)
+    """Flash a local image file (opened here, passed as a descriptor) to a configured
+    target through ferryd."""
+    fd = open_for_ferryd(image, "image")
+    try:
+        return follow("Flash", "sh", [target, 0], on_progress, unix_fds=[fd])
+    finally:
+        os.close(fd)

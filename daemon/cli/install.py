@@ -61,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
 
     ctx = make_context(config, progress=progress)
     if args.resume:
+        from ferry.daemon.service.fdsource import UNRESUMABLE, fail_unresumable
+
+        failed = fail_unresumable(ctx)
+        if failed is not None:
+            print(f"ferry install: deployment {failed} failed: {UNRESUMABLE}",
+                  file=sys.stderr)
+            return exitcodes.FAILED
         dep = resume(ctx)
         if dep is None:
             print("ferry install: no deployment to resume")
@@ -81,13 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_via_ferryd(args: argparse.Namespace) -> int:
     """Hand the install to ferryd and follow its Progress; Ctrl-C detaches only."""
-    import os
-
     from ferry.daemon.cli import dbus_client as client
 
-    source = args.source
-    if "://" not in source:
-        source = os.path.abspath(source)  # ferryd's working directory is not ours
+    source = args.source  # a local file is opened here, with our rights (dbus_client)
     quiet = bool(getattr(args, "json", False))
     current: dict[str, Any] = {"phase": "", "bar": None}
     events = {"activate": "activating the new slot", "reboot": "asking for the reboot"}
@@ -116,7 +119,8 @@ def run_via_ferryd(args: argparse.Namespace) -> int:
         return exitcodes.INTERRUPTED
     if current["bar"] is not None:
         current["bar"].finish()
-    outcome = {0: "ok", 1: "failed", 2: "cancelled"}.get(result, str(result))
+    outcome = {0: "ok", 1: "failed", 2: "cancelled", client.RESULT_DAEMON_GONE: "interrupted"}.get(
+        result, str(result))
     if quiet:
         import json
 

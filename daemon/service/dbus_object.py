@@ -5,12 +5,18 @@ functions; long work runs in a worker thread and reports back to the asyncio loo
 which owns every property change and signal. State-changing methods are authorised
 per call from the caller's uid (root, or a member of group ``ferry``), in addition to
 the bus policy.
+
+Files come as descriptors the caller opened with its own rights (``InstallFd``,
+``Flash``; see fdsource.py), never as paths ferryd would open as root: ``Install`` takes
+a path only from root. Everything the bus shows passes through redact.py, since status,
+properties and signals reach every local user.
 """
 
 # No `from __future__ import annotations` here: dbus-next reads the D-Bus signature from
 # each annotation ("s", "a{sv}", ...) at export time.
 
 import asyncio
+import contextlib
 import grp
 import json
 import logging
@@ -20,14 +26,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from dbus_next import Message, MessageType, PropertyAccess, Variant
 from dbus_next.aio import MessageBus
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
-from ferry.daemon.service import dbus_api, memory
+from ferry.daemon.install.bundlesource import is_url
+from ferry.daemon.service import dbus_api, fdsource, memory, redact
 from ferry.errors import FerryError
 
 log = logging.getLogger("ferry.dbus")
@@ -59,7 +66,10 @@ class Engine(Protocol):
 
     def targets(self) -> list[dict[str, Any]]: ...
 
-    def flash(self, target: str, image: str, *, progress: ProgressFn) -> dict[str, Any]: ...
+    def check_target(self, name: str) -> None: ...
+
+    def flash(self, target: str, image: BinaryIO, *,
+              progress: ProgressFn) -> dict[str, Any]: ...
 
     def boot_slot(self) -> str: ...
 
@@ -101,6 +111,9 @@ class FerryInterface(ServiceInterface):
         self._last_error = ""
         self._cancel = threading.Event()
         self._worker: threading.Thread | None = None
+        # uid of the caller whose state-changing call is being dispatched right now
+        # (set by the Authorizer around the synchronous method call); None otherwise
+        self.caller_uid: int | None = None
 
     @property
     def operation(self) -> str:
@@ -121,10 +134,11 @@ class FerryInterface(ServiceInterface):
             self._operation = changes["operation"]
             out["Operation"] = self._operation
         if "progress" in changes:
-            self._progress = changes["progress"]
+            pct, msg, depth = changes["progress"]
+            self._progress = (pct, redact.text(msg), depth)
             out["Progress"] = list(self._progress)
         if "last_error" in changes:
-            self._last_error = changes["last_error"]
+            self._last_error = redact.text(changes["last_error"])
             out["LastError"] = self._last_error
         if out:
             self.emit_properties_changed(out)
@@ -153,7 +167,10 @@ class FerryInterface(ServiceInterface):
         return progress
 
     def _start(self, operation: str, work: Callable[[], Any],
-               done: Callable[[Any], None] | None = None) -> None:
+               done: Callable[[Any], None] | None = None,
+               cleanup: Callable[[], None] | None = None) -> None:
+        """Run ``work`` in a worker thread; ``cleanup`` (closing a received descriptor)
+        runs in the worker once ``work`` ended, however it ended."""
         self._cancel.clear()
         self._set(operation=operation, progress=(0, operation, 1), last_error="")
 
@@ -168,6 +185,9 @@ class FerryInterface(ServiceInterface):
             except Exception as err:  # a bug must still end the operation
                 log.exception("%s crashed", operation)
                 error, code = f"internal error: {err}", RESULT_FAILED
+            finally:
+                if cleanup is not None:
+                    cleanup()
             self._from_thread(self._finish, code, error, result, done)
             memory.release()  # after Completed is on its way: the caller does not wait
 
@@ -184,17 +204,45 @@ class FerryInterface(ServiceInterface):
             done(result)
         self.Completed(code)
 
-    # -- methods -------------------------------------------------------------------
-    @method()
-    def Install(self, source: "s", options: "a{sv}") -> "s":
+    def _refuse_if_busy(self) -> None:
         if self._busy():
             raise DBusError(dbus_api.ERROR_BUSY, f"busy: {self._operation}")
+
+    @staticmethod
+    def _take(fd: int | None, what: str) -> int:
+        try:
+            return fdsource.take(fd, what)
+        except FerryError as err:
+            raise DBusError(dbus_api.ERROR_INVALID_ARGS, str(err)) from err
+
+    def _install(self, source: str, options: dict[str, Variant],
+                 fd: int | None = None) -> str:
         opts = _unpack_options(options)
         force = bool(opts.get("force", False))
         progress = self._progress_fn(1)
-        self._start("installing", lambda: self.engine.install(source, force=force,
-                                                              progress=progress))
+        self._start("installing",
+                    lambda: self.engine.install(source, force=force, progress=progress),
+                    cleanup=None if fd is None else lambda: os.close(fd))
         return "started"
+
+    # -- methods -------------------------------------------------------------------
+    @method()
+    def Install(self, source: "s", options: "a{sv}") -> "s":
+        self._refuse_if_busy()
+        if not is_url(source) and self.caller_uid != 0:
+            # ferryd would open the path as root: only root may name one
+            raise DBusError(
+                dbus_api.ERROR_DENIED,
+                f"Install takes a path on the gateway only from root (uid "
+                f"{self.caller_uid}); run 'ferry install {source}', which opens the file "
+                "with your own rights and passes it to ferryd (InstallFd)")
+        return self._install(source, options)
+
+    @method()
+    def InstallFd(self, bundle: "h", options: "a{sv}") -> "s":
+        self._refuse_if_busy()
+        fd = self._take(bundle, "bundle")
+        return self._install(fdsource.path(fd), options, fd)
 
     @method()
     def Cancel(self) -> "b":
@@ -222,23 +270,30 @@ class FerryInterface(ServiceInterface):
             "operation": self._operation, "progress": list(self._progress),
             "last_error": self._last_error,
         })
-        return json.dumps(status, sort_keys=True, default=str)
+        return _public_json(status)
 
     @method()
     def ListTargets(self) -> "s":
-        return json.dumps(self.engine.targets(), sort_keys=True, default=str)
+        return _public_json(self.engine.targets())
 
     @method()
-    def Flash(self, target: "s", image: "s") -> "s":
-        if self._busy():
-            raise DBusError(dbus_api.ERROR_BUSY, f"busy: {self._operation}")
+    def Flash(self, target: "s", image: "h") -> "s":
+        self._refuse_if_busy()
+        try:
+            self.engine.check_target(target)  # only a configured [[target]], ever
+        except FerryError as err:
+            raise DBusError(dbus_api.ERROR_FAILED, str(err)) from err
+        fd = self._take(image, "image")
         progress = self._progress_fn(1)
 
-        def done(result: Any) -> None:
-            self.TargetChanged(target, json.dumps(result, sort_keys=True, default=str))
+        def work() -> Any:
+            with open(fdsource.path(fd), "rb") as stream:
+                return self.engine.flash(target, stream, progress=progress)
 
-        self._start("flashing", lambda: self.engine.flash(target, image, progress=progress),
-                    done)
+        def done(result: Any) -> None:
+            self.TargetChanged(target, _public_json(result))
+
+        self._start("flashing", work, done, cleanup=lambda: os.close(fd))
         return "started"
 
     # -- properties ----------------------------------------------------------------
@@ -272,12 +327,42 @@ class FerryInterface(ServiceInterface):
         return [name, state]
 
 
-class Authorizer:
-    """Intercepts state-changing calls, checks the caller's uid, then dispatches."""
+def _public_json(value: Any) -> str:
+    """JSON as every local user may see it: URLs without credentials or query."""
+    plain = json.loads(json.dumps(value, default=str))
+    return json.dumps(redact.deep(plain), sort_keys=True)
 
-    def __init__(self, bus: MessageBus, group: str = dbus_api.PRIVILEGED_GROUP) -> None:
+
+def close_fds(msg: Message) -> None:
+    """Close the descriptors that arrived with ``msg`` (dbus-next leaves that to us:
+    python-dbus-next issue #162); whoever keeps one has taken its own copy."""
+    for fd in msg.unix_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    msg.unix_fds = []
+
+
+def fd_janitor(msg: Message) -> bool:
+    """Last message handler: closes descriptors sent with any message the Authorizer did
+    not take (a GetStatus with an fd attached, a signal), so a client cannot exhaust
+    ferryd's descriptor table. Never handles the message itself."""
+    if msg.unix_fds:
+        close_fds(msg)
+    return False
+
+
+class Authorizer:
+    """Intercepts state-changing calls, checks the caller's uid, then dispatches.
+
+    The method runs with ``iface.caller_uid`` set (Install lets only root name a path),
+    and the message's descriptors are closed afterwards, whatever happened.
+    """
+
+    def __init__(self, bus: MessageBus, group: str = dbus_api.PRIVILEGED_GROUP,
+                 iface: FerryInterface | None = None) -> None:
         self.bus = bus
         self.group = group
+        self.iface = iface
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, msg: Message) -> bool:
@@ -302,6 +387,12 @@ class Authorizer:
 
     async def _authorize(self, msg: Message) -> None:
         try:
+            await self._dispatch(msg)
+        finally:
+            close_fds(msg)
+
+    async def _dispatch(self, msg: Message) -> None:
+        try:
             uid = await self._uid(msg.sender)
         except DBusError as err:
             self.bus.send(err._as_message(msg))
@@ -320,14 +411,21 @@ class Authorizer:
                                             f"unknown method {msg.member}"))
             return
         send_reply = self.bus._send_reply(msg)
-        with send_reply:
-            handler(msg, send_reply)
+        if self.iface is not None:
+            self.iface.caller_uid = uid
+        try:
+            with send_reply:
+                handler(msg, send_reply)
+        finally:
+            if self.iface is not None:
+                self.iface.caller_uid = None
 
 
 async def export(bus: MessageBus, engine: Engine) -> FerryInterface:
     """Export the object, install the authorizer and take the bus name."""
     iface = FerryInterface(engine, asyncio.get_running_loop())
-    bus.add_message_handler(Authorizer(bus))
+    bus.add_message_handler(Authorizer(bus, iface=iface))
+    bus.add_message_handler(fd_janitor)  # after the Authorizer: sees what it did not take
     bus.export(dbus_api.OBJECT_PATH, iface)
     from dbus_next.constants import RequestNameReply
 

@@ -68,16 +68,23 @@ async def _bus(which: str) -> MessageBus:
     from dbus_next import BusType
     from dbus_next.aio import MessageBus
 
+    # fd passing: bundles and images arrive as descriptors the caller opened (InstallFd,
+    # Flash), never as paths ferryd would open as root
     if which == "system":
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+        return await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     if which == "session":
-        return await MessageBus(bus_type=BusType.SESSION).connect()
-    return await MessageBus(bus_address=which).connect()
+        return await MessageBus(bus_type=BusType.SESSION, negotiate_unix_fd=True).connect()
+    return await MessageBus(bus_address=which, negotiate_unix_fd=True).connect()
 
 
 def _resume(engine: GatewayEngine) -> None:
     from ferry.daemon.install.pipeline import resume
+    from ferry.daemon.service.fdsource import UNRESUMABLE, fail_unresumable
 
+    failed = fail_unresumable(engine.ctx)
+    if failed is not None:
+        log.error("deployment %d failed: %s", failed, UNRESUMABLE,
+                  extra={"deployment_id": failed, "phase": "failed"})
     try:
         dep = resume(engine.ctx)
     except FerryError as err:

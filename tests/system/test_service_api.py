@@ -37,4 +37,4 @@ def test_introspection_matches_committed_xml(tmp_path: Path) -> None:
     live = out.strip()
     assert _shape(live) == _shape(committed)
     assert {m for kind, m, _ in _shape(committed) if kind == "method"} == {
-        "Install", "Cancel", "Mark", "GetStatus", "ListTargets", "Flash"}
+        "Install", "InstallFd", "Cancel", "Mark", "GetStatus", "ListTargets", "Flash"}
