@@ -8,6 +8,9 @@ asn1crypto: the bytes a legacy CA would have produced.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -184,3 +187,35 @@ def test_refusals_are_untrusted_signer_subclasses():
     # Callers that sort by UntrustedSigner (journal, backend feedback) still see them so.
     assert issubclass(WeakCertificate, UntrustedSigner)
     assert issubclass(UnknownCriticalExtension, UntrustedSigner)
+
+
+def _openssl_verify(tmp_path, ca: x509.Certificate, leaf: x509.Certificate) -> tuple[int, str]:
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is installed by .ci/deps/base.apt"
+    (tmp_path / "ca.pem").write_bytes(devpki.cert_pem(ca))
+    (tmp_path / "leaf.pem").write_bytes(devpki.cert_pem(leaf))
+    proc = subprocess.run(
+        [openssl, "verify", "-auth_level", "1", "-purpose", "any",
+         "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_openssl_draws_the_same_lines(tmp_path, rsa_ca, ec_ca):
+    """An independent verifier agrees: OpenSSL 3 accepts the control, refuses a SHA-1
+    signer at security level 1 ("CA signature digest algorithm too weak"), and refuses
+    an unknown critical extension ("unhandled critical extension")."""
+    ca, ca_key = rsa_ca
+    key = devpki.new_key("rsa")
+    good = devpki.make_cert("peer signer", key, issuer=rsa_ca)
+    code, out = _openssl_verify(tmp_path, ca, good)
+    assert code == 0, out
+    code, out = _openssl_verify(tmp_path, ca, resign(good, ca_key, "sha1"))
+    assert code != 0 and "too weak" in out, out
+    ekey = devpki.new_key("ec")
+    odd = with_extension(
+        "odd", ekey, x509.UnrecognizedExtension(PRIVATE_OID, b"\x05\x00"), issuer=ec_ca
+    )
+    code, out = _openssl_verify(tmp_path, ec_ca[0], odd)
+    assert code != 0 and "unhandled critical extension" in out, out
