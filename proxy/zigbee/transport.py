@@ -19,9 +19,10 @@ import contextlib
 from typing import Any, BinaryIO
 
 from ferry.proxy.transport import FlashResult, Progress, Target, TargetState
+from ferry.proxy.zigbee import z2mdata
 from ferry.proxy.zigbee.errors import AdapterError, OtaFileError
 from ferry.proxy.zigbee.otafile import OtaHeader, read_stream
-from ferry.proxy.zigbee.z2m import Z2MOptions, Zigbee2Mqtt
+from ferry.proxy.zigbee.z2m import CheckResult, Z2MOptions, Zigbee2Mqtt, hardware_hint
 
 
 def version_str(v: int | None) -> str:
@@ -84,6 +85,14 @@ class ZigbeeTransport:
                          "hw_basic": hw_str(d.hw_basic), "hw_query": hw_str(d.hw_query)}))
         return out
 
+    def _hardware_hint(self, hdr: OtaHeader, checked: CheckResult) -> str:
+        if hdr.min_hardware_version is None or hdr.max_hardware_version is None:
+            return ""
+        basic = z2mdata.basic_hardware_versions(self.adapter.opts.data_dir).get(checked.ieee)
+        return hardware_hint(self.adapter.bridge_info(),
+                             (hdr.min_hardware_version, hdr.max_hardware_version),
+                             basic, checked.hw_query)
+
     def inspect(self, target: Target) -> TargetState:
         try:
             self.adapter.index.ensure_exists()
@@ -112,7 +121,8 @@ class ZigbeeTransport:
             if problem:
                 return FlashResult(ok=False, message=f"{target.name}: {problem}")
             self.adapter.index.ensure_exists()
-            installed = self.adapter.check(target.address).installed
+            checked = self.adapter.check(target.address)
+            installed = checked.installed
         except (AdapterError, OSError) as err:
             return FlashResult(ok=False, message=f"{target.name}: {err}")
         if installed is not None and installed >= hdr.file_version and not force:
@@ -138,6 +148,9 @@ class ZigbeeTransport:
         except (AdapterError, OSError) as err:
             return FlashResult(ok=False, message=f"{target.name}: {err}")
         if not outcome.ok:
+            hint = self._hardware_hint(hdr, checked)
+            if hint and "No image currently available" in outcome.message:
+                outcome.message = f"{outcome.message.split(':', 1)[0]}: {hint}"
             return FlashResult(ok=False, version=version_str(installed),
                                message=f"{target.name}: {outcome.message}",
                                detail={**outcome.detail,

@@ -84,6 +84,7 @@ class CheckResult:
     available: bool
     installed: int | None
     hw_query: int | None = None
+    ieee: str = ""
 
 
 @dataclass
@@ -118,6 +119,29 @@ def explain(error: str, info: BridgeInfo) -> str:
                 "changed) and the node's hardware version against the image's range "
                 "(Z2M 2.2 uses the Basic-cluster value, 2.14 the one in the node's query)")
     return error
+
+
+def hardware_hint(info: BridgeInfo, hw_range: tuple[int, int] | None, hw_basic: int | None,
+                  hw_query: int | None) -> str:
+    """Why Z2M would not match an image's hardware range, from what ferry knows of the
+    node; "" when it would, or when the release or the value is unknown. 2.2.1 matches
+    the Basic-cluster value, 2.14.1 the query's (docs/transport-zigbee.md)."""
+    if hw_range is None or not info.release:
+        return ""
+    if info.release >= (2, 14):
+        where, value = "the hardware version in the node's Query Next Image Request", hw_query
+        if value is None:
+            return ""  # seen only in Z2M's debug log; unknown is not missing
+    elif info.release <= (2, 2, 1):
+        where, value = "the node's Basic-cluster hardware version", hw_basic
+    else:
+        return ""
+    lo, hi = hw_range
+    if value is not None and lo <= value <= hi:
+        return ""
+    have = "which Zigbee2MQTT does not have" if value is None else f"0x{value:04X}"
+    return (f"Zigbee2MQTT {info.version} matches the image's hardware range "
+            f"0x{lo:04X}-0x{hi:04X} against {where}, {have}")
 
 
 class Zigbee2Mqtt:
@@ -284,7 +308,7 @@ class Zigbee2Mqtt:
             if seen["hw"] is not None:
                 with contextlib.suppress(OSError):
                     z2mdata.remember_query_hardware(self.index.image_path, ieee, seen["hw"])
-            return CheckResult(bool(avail), seen["v"], seen["hw"])
+            return CheckResult(bool(avail), seen["v"], seen["hw"], ieee)
         finally:
             s.close()
 

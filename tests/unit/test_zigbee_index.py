@@ -200,3 +200,17 @@ def test_z2m_setting_is_compared_as_z2m_resolves_it(tmp_path: Path, monkeypatch)
     unset = adapter("ferry-ota-index.json", None).configuration_problem()
     assert "restart Zigbee2MQTT" in unset
     assert adapter("ferry-ota-index.json", None, version="").configuration_problem() == ""
+
+
+def test_hardware_hint_names_the_value_each_release_matches() -> None:
+    from ferry.proxy.zigbee.z2m import hardware_hint
+    from ferry.proxy.zigbee.z2mdata import BridgeInfo
+
+    old, new = BridgeInfo(version="2.2.1"), BridgeInfo(version="2.14.1")
+    assert hardware_hint(old, (1, 3), 2, None) == ""
+    assert "Basic-cluster hardware version, 0x0005" in hardware_hint(old, (1, 3), 5, 2)
+    assert "does not have" in hardware_hint(old, (1, 3), None, 2)
+    assert "Query Next Image Request, 0x0000" in hardware_hint(new, (1, 3), 2, 0)
+    assert hardware_hint(new, (1, 3), None, None) == ""  # unknown is not missing
+    assert hardware_hint(new, None, None, None) == ""
+    assert hardware_hint(BridgeInfo(version="2.9.0"), (1, 3), None, None) == ""
