@@ -256,6 +256,8 @@ class SimMcu:
                 dev.silent_until = time.monotonic() + f.silent_seconds
                 f.silent_from_offset = None
                 return
+        if self._booting.is_set():
+            return  # the MCU reset while it worked on this: the answer never leaves
         payload = encode_body(rsp)
         # smp_make_rsp_hdr answers with the request's version (at most 2); servers older
         # than Zephyr 3.3 know no version field and answer 0
