@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ class FakeZigbee2Mqtt:
         self._abort: set[str] = set()
         self._last_checked: dict[str, float] = {}
         self._states: dict[str, str] = {}  # update.state last published per device
+        self.responses: list[tuple[str, dict[str, Any]]] = []
+        self._answered = threading.Condition()
         self._lock = threading.Lock()
         api = getattr(mqtt, "CallbackAPIVersion", None)
         self.client: Any = (mqtt.Client(api.VERSION2, client_id=f"fake-z2m-{id(self)}")
@@ -170,6 +173,23 @@ class FakeZigbee2Mqtt:
         if isinstance(msg, dict) and "transaction" in msg:
             body["transaction"] = msg["transaction"]
         self._publish(f"bridge/response/device/ota_update/{topic}", body)
+        with self._answered:
+            self.responses.append((topic, body))
+            self._answered.notify_all()
+
+    def wait_response(self, match: Callable[[dict[str, Any]], bool],
+                      timeout: float = 30.0) -> dict[str, Any]:
+        """The first answer Z2M published that ``match`` accepts (tests press buttons)."""
+        with self._answered:
+            found: list[dict[str, Any]] = []
+
+            def ready() -> bool:
+                found[:] = [b for _t, b in self.responses if match(b)]
+                return bool(found)
+
+            if not self._answered.wait_for(ready, timeout):
+                raise TimeoutError(f"no matching answer within {timeout} s")
+            return found[0]
 
     def _view(self, d: BridgeDevice) -> z2m_ota.NodeView:
         return z2m_ota.NodeView(d.ieee, d.model, d.manufacturer_code, d.image_type,

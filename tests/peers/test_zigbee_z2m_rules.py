@@ -88,12 +88,10 @@ def test_forced_same_version_reflash_leaves_siblings_alone(make_z2m: Make, versi
     s = bridge.client  # press "Update" for B in Z2M's frontend (a plain MQTT request)
     s.publish("zigbee2mqtt/bridge/request/device/ota_update/update",
               json.dumps({"id": B, "transaction": "ui"}), qos=1).wait_for_publish(5)
-    for _ in range(100):
-        if any(t.endswith("/update") and m.get("transaction") == "ui"
-               for t, m in bridge.requests if isinstance(m, dict)):
-            break
-        threading.Event().wait(0.05)
-    threading.Event().wait(0.3)
+    answer = bridge.wait_response(lambda b: b.get("transaction") == "ui")
+    assert answer["status"] == "error"
+    assert ("No image currently available" in answer["error"]  # 2.14
+            or "No new image available" in answer["error"]), answer  # 2.2
     assert [x for x in bridge.served if x[0] == B] == []
     # An older sibling is still offered the image, as an ordinary upgrade.
     assert bridge.node_query(C) == "available"
@@ -125,10 +123,8 @@ def test_force_is_removed_after_failure_and_after_cancel(make_z2m: Make) -> None
     # Z2M 2.14 was told to stop, so B is not downgraded behind ferry's back.
     aborts = [m for t, m in bridge.requests if t.endswith("/update/abort")]
     assert aborts == [{"id": B}]
-    for _ in range(100):
-        if B not in bridge._in_progress:
-            break
-        threading.Event().wait(0.05)
+    aborted = bridge.wait_response(lambda b: "was aborted" in str(b.get("error")))
+    assert aborted["error"] == f"OTA update of 'lamp_b' failed (OTA for device {B} was aborted)"
     assert bridge.devices[B].file_version == 0x00020000
 
 
