@@ -49,7 +49,7 @@ from ferry.proxy.lora.scheduler import (
 Log = Callable[[str], None]
 TOP_UP_MAX_LOSS = 0.5
 STATUS_ASKS = 3
-FALSE_DONE = 1e-3  # accepted chance that a v1 node's silent tail was loss, not completion
+FALSE_DONE = 1e-4  # accepted chance that a v1 node's silent tail was loss, not completion
 MIN_LOSS_FOR_GAP = 0.05
 PRIOR_FRAMES = 20
 
@@ -102,6 +102,7 @@ class NodeResult:
     loss: float = 0.0  # data fragments lost / data fragments up to its last index
     sent_seen: int = 0  # fragments sent when it last answered
     need: int = 0  # parity ferry last planned for it (for a round it stays silent)
+    awaited_block_req: bool = False  # v2: a round went by waiting for its Req already
 
 
 @dataclass
@@ -251,6 +252,12 @@ class Campaign:
         self.report.nodes = {e: NodeResult(e) for e in self.devices}
         enc = fragmentation.Encoder(image, p.frag_size)
         active = sorted(self.devices)
+        red = o.limits.max_redundancy
+        lp = min(max(o.loss_estimate, 0.0), 0.9)
+        if red is not None and p.m * lp + 1.645 * math.sqrt(p.m * lp * (1 - lp)) > red:
+            self.log(f"warning: at {lp:.0%} loss a node often loses more than {red} of the "
+                     f"{p.m} data fragments, its FRAG_MAX_REDUNDANCY: those nodes end with "
+                     "MatrixError, whatever parity follows")
 
         # (1) clock sync: ask each node to send AppTimeReq; _handle answers it.
         self.progress(0, len(image), "clock sync")
@@ -498,7 +505,11 @@ class Campaign:
         tail_data = max(0, min(sent, m) - a.last_index)
         lost = a.missing + tail_data
         p_hat = self._loss_belief(node, m)
-        gap_needed = self.opts.done_gap or done_gap(p_hat)
+        # the gap is judged at the loss's upper 95 % bound, not its estimate: an
+        # optimistic p is what would call a node with a lost tail done
+        seen = min(a.last_index, m) + PRIOR_FRAMES
+        p_high = min(p_hat + 1.645 * math.sqrt(p_hat * (1 - p_hat) / seen), 0.9)
+        gap_needed = self.opts.done_gap or done_gap(p_high)
         gap = sent - a.last_index
         parity_heard_max = max(0, a.last_index - m)
         frozen = a.last_index > m and gap >= gap_needed and parity_heard_max >= a.missing
@@ -507,8 +518,9 @@ class Campaign:
             node.message = (f"rebuilt (NbFragReceived stopped at {a.last_index} while "
                             f"fragments ran to {sent}; lost {a.missing} data fragments)")
             return 0, 0, 0
-        if frozen:
-            return 0, 0, 0  # v2: wait for its FragDataBlockReceivedReq
+        if frozen and not node.awaited_block_req:
+            node.awaited_block_req = True
+            return 0, 0, 0  # v2: give its FragDataBlockReceivedReq a round to arrive
         # of the parity up to its last index it heard about (1 − p); the rest is the need
         need = max(0.0, lost - parity_heard_max * (1 - p_hat))
         spread = math.sqrt(parity_heard_max * p_hat * (1 - p_hat) + tail_data)
