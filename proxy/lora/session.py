@@ -54,6 +54,21 @@ MIN_LOSS_FOR_GAP = 0.05
 PRIOR_FRAMES = 20
 
 
+def _class_c_refusal(a: object) -> str:
+    if not isinstance(a, multicast.McClassCSessionAns):
+        return str(a)
+    why = []
+    if a.dr_error:
+        why.append("data rate not supported")
+    if a.freq_error:
+        why.append("frequency not supported")
+    if a.undefined:
+        why.append("multicast group undefined, or SessionTime already past on the node's "
+                   "clock (LoRaMac-node answers both with bit 4): raise start_margin above "
+                   "the nodes' uplink interval")
+    return "; ".join(why)
+
+
 def done_gap(loss: float) -> int:
     """Fragments after a v1 node's last index that must go unheard to call it finished."""
     p = min(max(loss, MIN_LOSS_FOR_GAP), 0.9)
@@ -302,7 +317,7 @@ class Campaign:
         active = self._unicast_step(
             active, "McClassCSessionReq", multicast.PORT, lambda _e: frame,
             multicast.McClassCSessionAns,
-            lambda a: isinstance(a, multicast.McClassCSessionAns) and a.ok)
+            lambda a: isinstance(a, multicast.McClassCSessionAns) and a.ok, _class_c_refusal)
         if not active:
             return self._finish("no node completed the setup")
         end_unix = clocksync.gps_to_unix(session.session_time) + (1 << timeout_exp)

@@ -5,6 +5,12 @@ derives its multicast keys with its own AES calls, keeps its own clock (offset f
 the network's until TS003 corrects it) and rebuilds the image with its own decoder.
 The node never reads a clock: every event carries the simulated time it happens at.
 
+TS005 and TS003 follow LoRaMac-node's ``LmhpRemoteMcastSetup.c`` and ``LmhpClockSync.c``
+(same directory): McGroupSetupAns bit 2 on a failed setup; McClassCSessionAns with the
+time to start, or bit 4 (McGroupUndefined) also when SessionTime is already past on the
+node's clock, which the reference reports that way; AppTimeReq with a 4-bit token and
+AnsRequired.
+
 The fragmentation package answers as the reference node stack does, from
 LoRaMac-node ``src/apps/LoRaMac/common/LmHandler/packages/LmhpFragmentation.c`` (v1)
 and STM32CubeWL's ``LmhpFragmentation.c``, derived from it (v1 and v2, chosen at build
@@ -195,11 +201,13 @@ class Node:
                     status |= 0x04
                 if not 863_000_000 <= freq <= 870_000_000:
                     status |= 0x08
+                tts = start - int(self.gps(at))
+                if not status & 0x1C and tts <= 0:
+                    status |= 0x10  # LmhpRemoteMcastSetup.c: SessionTime already past
                 if status & 0x1C:
                     out.append((0.0, 200, bytes([0x04, status])))
                 else:
                     self.sessions[gid] = ClassC(start, 1 << tmo, freq, dr)
-                    tts = max(0, start - int(self.gps(at)))
                     out.append((0.0, 200, bytes([0x04, status]) + tts.to_bytes(3, "little")))
                 i += 11
             else:

@@ -161,3 +161,12 @@ def test_limit_options_and_session_counter_through_the_transport(tmp_path):
                   io.BytesIO(image), progress=no_progress)
     assert not res.ok
     assert all("replay" in v for k, v in res.detail.items() if k.startswith("node."))
+
+
+def test_session_time_past_on_arrival_is_reported_with_the_fix():
+    clock, net, _nodes, devices = group(2, 10, loss=0.0)
+    # class A downlinks wait up to a minute for an uplink: 5 s of margin is too little
+    report = Campaign(net, clock, "g", devices, fast(start_margin=5, attempts=1)).run(b"q" * 900)
+    late = [r for r in report.nodes.values() if r.state == "failed"]
+    assert late and all("SessionTime already past" in r.message and "start_margin" in r.message
+                        for r in late)

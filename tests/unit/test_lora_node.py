@@ -165,3 +165,19 @@ def test_v2_wrong_mic_is_reported():
     out = nd.downlink(201, frag(2, blocks[1]), 0.0)
     out += nd.downlink(201, frag(3, parity(blocks, 3)), 0.0)
     assert out and out[0][2] == bytes([0x04, 0x04])
+
+
+def test_class_c_session_in_the_past_is_answered_with_bit_4():
+    nd = node()
+    setup = bytes([0x02, 0x00]) + bytes(4) + bytes(16) + bytes(4) + b"\xff" * 4
+    nd.downlink(200, setup, 0.0)
+    now_gps = int(nd.gps(1_790_000_000.0))
+
+    def class_c(start: int) -> bytes:
+        return (bytes([0x04, 0x00]) + start.to_bytes(4, "little") + bytes([8])
+                + (869_525_000 // 100).to_bytes(3, "little") + bytes([5]))
+
+    late = nd.downlink(200, class_c(now_gps - 5), 1_790_000_000.0)[0][2]
+    assert late == bytes([0x04, 0x10])  # no time-to-start: LmhpRemoteMcastSetup.c
+    ok = nd.downlink(200, class_c(now_gps + 100), 1_790_000_000.0)[0][2]
+    assert ok == bytes([0x04, 0x00]) + (100).to_bytes(3, "little")
