@@ -12,13 +12,22 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ferry.sim.zigbee import wire
 
 if TYPE_CHECKING:
     from ferry.sim.zigbee.clock import SimClock
-    from ferry.sim.zigbee.network import Network
+
+
+class Uplink(Protocol):
+    """The one thing a node needs of the network: a way to send a frame to the server.
+
+    A protocol rather than ``network.Network`` so node and network do not import each
+    other (tests/unit/test_architecture.py finds cycles)."""
+
+    def to_server(self, node: SimNode, frame: bytes) -> None: ...
+
 
 IDLE, DOWNLOAD, END, OFF = "idle", "download", "end", "off"
 
@@ -66,7 +75,7 @@ class _Download:
 
 
 class SimNode:
-    def __init__(self, profile: NodeProfile, net: Network, clock: SimClock,
+    def __init__(self, profile: NodeProfile, net: Uplink, clock: SimClock,
                  rng: random.Random) -> None:
         self.p = profile
         self.net = net
