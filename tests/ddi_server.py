@@ -144,6 +144,7 @@ class DdiFixture:
         self.artifact_base: str | None = None
         self.redirect_artifacts: str | None = None
         self.deployment_link_base: str | None = None
+        self.raw_poll_answer: bytes | None = None  # sent as-is (JSON type) to a poll
         self._next = 1
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -289,6 +290,13 @@ class DdiFixture:
                     self.violations.append(f"request {req_schema}: {exc.message}")
                     return self._send(h, 400, {"message": exc.message})
         base = self._base()
+        if method == "GET" and rest == "" and self.raw_poll_answer is not None:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/hal+json")
+            h.send_header("Content-Length", str(len(self.raw_poll_answer)))
+            h.end_headers()
+            h.wfile.write(self.raw_poll_answer)
+            return None
         if method == "GET" and rest == "":
             links: dict[str, Any] = {}
             if self.cancel is not None and self.cancel.state == "open":

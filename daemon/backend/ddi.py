@@ -26,6 +26,7 @@ may), never where ferry's files go or what it reads, nor where the token goes:
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import time
@@ -46,6 +47,9 @@ from ferry.daemon.install.download import (
 from ferry.errors import FerryError
 
 DEFAULT_SLEEP = 300.0  # seconds, when the server sends no polling.sleep
+# An API answer (poll, deploymentBase, cancelAction) larger than this is refused unread:
+# hawkBit's deploymentBase for many chunks and artifacts is a few KiB.
+MAX_ANSWER = 4 << 20
 _SLEEP_RE = re.compile(r"^(\d+):(\d\d):(\d\d)$")
 
 # Values of DdiDeployment.download / .update.
@@ -232,13 +236,13 @@ def _action_id_from_href(href: str) -> str:
         return ""
 
 
-def parse_sleep(text: str | None) -> float:
+def parse_sleep(text: Any) -> float:
     """'HH:MM:SS' to seconds; the spec's pattern is the literal 'HH:MM:SS', servers send digits."""
-    if not text:
+    if text is None or text == "":
         return DEFAULT_SLEEP
-    m = _SLEEP_RE.match(text)
+    m = _SLEEP_RE.match(text) if isinstance(text, str) else None
     if not m:
-        raise DdiError(f"server sent polling.sleep {text!r}, expected HH:MM:SS")
+        raise DdiError(f"server sent polling.sleep {_shown(text)}, expected HH:MM:SS")
     h, mi, s = (int(g) for g in m.groups())
     return float(h * 3600 + mi * 60 + s)
 
@@ -258,11 +262,47 @@ def _link(links: Any, name: str) -> str:
     return ""
 
 
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    """A JSON object, absent (null) meaning empty; anything else is the server's error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DdiError(f"server sent {what} that is not a JSON object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DdiError(f"server sent {what} that is not a JSON array")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    """A JSON string (a number is taken as its text: some servers send versions so)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise DdiError(f"server sent {what} {_shown(value)}, expected a string")
+
+
+def _size(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        return int(value)
+    raise DdiError(f"server sent {what} {_shown(value)}, expected a byte count")
+
+
 def parse_poll(body: Any) -> PollResult:
     if not isinstance(body, dict):
         raise DdiError("server sent a poll answer that is not a JSON object")
-    polling = (body.get("config") or {}).get("polling") or {}
-    links = body.get("_links") or {}
+    polling = _obj(_obj(body.get("config"), "config").get("polling"), "config.polling")
+    links = _obj(body.get("_links"), "_links")
     return PollResult(
         sleep=parse_sleep(polling.get("sleep")),
         deployment_href=_link(links, "deploymentBase"),
@@ -272,76 +312,101 @@ def parse_poll(body: Any) -> PollResult:
     )
 
 
-def parse_deployment(body: Any) -> Deployment:
-    """A deploymentBase answer; :class:`DeploymentRefused` for a bad id or link."""
-    try:
-        raw_id = body["id"]
-        try:
-            aid = parse_action_id(raw_id)
-        except ValueError as exc:
+def _artifact_url(a: dict[str, Any], aid: str, prefer_origin: str | None) -> str:
+    """The artifact's download link. Every link the server gives must be http(s); of
+    those, one on ``prefer_origin`` (the backend's, so it gets the token) wins, then
+    "download" (https on hawkBit), then "download-http"."""
+    links = a.get("_links")
+    urls = [u for u in (_link(links, "download"), _link(links, "download-http")) if u]
+    if not urls:
+        raise DeploymentRefused(f"artifact {_shown(a.get('filename'))} has no download link",
+                                kind="deploymentBase", raw_id=aid, action_id=aid)
+    for url in urls:
+        why = link_problem(url)
+        if why:
             raise DeploymentRefused(
-                f"deployment id refused: {exc}; a DDI action id must be a plain integer",
-                kind="deploymentBase", raw_id=str(raw_id)) from None
-        dep = body["deployment"]
-        chunks = []
-        for c in dep["chunks"]:
-            arts = []
-            for a in c.get("artifacts") or []:
-                hashes = a.get("hashes") or {}
-                links = a.get("_links") or {}
-                url = _link(links, "download") or _link(links, "download-http")
-                why = link_problem(url) if url else "is missing"
-                if why:
-                    shown = f" {_shown(url, 80)}" if url else ""
-                    raise DeploymentRefused(
-                        f"artifact {_shown(a.get('filename'))}: download link{shown} {why}; "
-                        "ferry downloads artifacts over http(s) only",
-                        kind="deploymentBase", raw_id=aid, action_id=aid)
-                arts.append(
-                    Artifact(
-                        filename=str(a["filename"]),
-                        url=url,
-                        size=int(a["size"]) if a.get("size") is not None else None,
-                        sha1=str(hashes.get("sha1", "")).lower(),
-                        md5=str(hashes.get("md5", "")).lower(),
-                        sha256=str(hashes.get("sha256", "")).lower(),
-                    )
-                )
-            meta = {str(m["key"]): str(m["value"]) for m in c.get("metadata") or []}
-            chunks.append(
-                Chunk(
-                    part=str(c["part"]),
-                    name=str(c["name"]),
-                    version=str(c["version"]),
-                    artifacts=tuple(arts),
-                    metadata=meta,
+                f"artifact {_shown(a.get('filename'))}: download link {_shown(url, 80)} "
+                f"{why}; ferry downloads artifacts over http(s) only",
+                kind="deploymentBase", raw_id=aid, action_id=aid)
+    if prefer_origin is not None:
+        for url in urls:
+            if origin(url) == prefer_origin:
+                return url
+    return urls[0]
+
+
+def parse_deployment(body: Any, *, prefer_origin: str | None = None) -> Deployment:
+    """A deploymentBase answer; :class:`DeploymentRefused` for an id that is not a plain
+    integer or a link that is not http(s), :class:`DdiError` for anything else odd."""
+    body = _obj(body, "a deploymentBase answer")
+    if "id" not in body:
+        raise DdiError("server sent a deploymentBase without an id")
+    raw_id = body["id"]
+    try:
+        aid = parse_action_id(raw_id)
+    except ValueError as exc:
+        raise DeploymentRefused(
+            f"deployment id refused: {exc}; a DDI action id must be a plain integer",
+            kind="deploymentBase", raw_id=str(raw_id)) from None
+    dep = _obj(body.get("deployment"), "deployment")
+    if "chunks" not in dep:
+        raise DdiError(f"server sent deployment {aid} without chunks")
+    chunks = []
+    for c in _list(dep["chunks"], "deployment.chunks"):
+        c = _obj(c, "a chunk")
+        arts = []
+        for a in _list(c.get("artifacts"), "chunk.artifacts"):
+            a = _obj(a, "an artifact")
+            url = _artifact_url(a, aid, prefer_origin)
+            hashes = _obj(a.get("hashes"), "artifact.hashes")
+            arts.append(
+                Artifact(
+                    filename=_text(a.get("filename"), "artifact.filename"),
+                    url=url,
+                    size=_size(a.get("size"), "artifact.size"),
+                    sha1=_text(hashes.get("sha1", ""), "hashes.sha1").lower(),
+                    md5=_text(hashes.get("md5", ""), "hashes.md5").lower(),
+                    sha256=_text(hashes.get("sha256", ""), "hashes.sha256").lower(),
                 )
             )
-        download = str(dep.get("download", FORCED))
-        update = str(dep.get("update", FORCED))
-        for what, value in (("download", download), ("update", update)):
-            if value not in HANDLING:
-                raise DdiError(f"server sent deployment.{what}={value!r}, expected one of "
-                               f"{', '.join(HANDLING)}")
-        window = dep.get("maintenanceWindow")
-        return Deployment(
-            action_id=aid,
-            download=download,
-            update=update,
-            chunks=tuple(chunks),
-            maintenance_window=str(window) if window is not None else None,
+        meta = {}
+        for m in _list(c.get("metadata"), "chunk.metadata"):
+            m = _obj(m, "a metadata entry")
+            meta[_text(m.get("key"), "metadata.key")] = _text(m.get("value"), "metadata.value")
+        chunks.append(
+            Chunk(
+                part=_text(c.get("part"), "chunk.part"),
+                name=_text(c.get("name"), "chunk.name"),
+                version=_text(c.get("version"), "chunk.version"),
+                artifacts=tuple(arts),
+                metadata=meta,
+            )
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DdiError(f"server sent a deploymentBase we cannot read ({exc!r})") from exc
+    values = {}
+    for what in ("download", "update"):
+        value = dep.get(what, FORCED)
+        if value not in HANDLING:
+            raise DdiError(f"server sent deployment.{what}={_shown(value)}, expected one of "
+                           f"{', '.join(HANDLING)}")
+        values[what] = str(value)
+    window = dep.get("maintenanceWindow")
+    return Deployment(
+        action_id=aid,
+        download=values["download"],
+        update=values["update"],
+        chunks=tuple(chunks),
+        maintenance_window=_text(window, "maintenanceWindow") if window is not None else None,
+    )
 
 
 def parse_cancel(body: Any) -> CancelRequest:
     """A cancelAction answer; :class:`DeploymentRefused` when either id is not a plain
     integer (the cancel is rejected, the deployment it names is left alone)."""
-    try:
-        raw_id, raw_stop = body["id"], body["cancelAction"]["stopId"]
-    except (KeyError, TypeError) as exc:
-        raise DdiError(f"server sent a cancelAction we cannot read ({exc!r})") from exc
+    body = _obj(body, "a cancelAction answer")
+    cancel = _obj(body.get("cancelAction"), "cancelAction")
+    if "id" not in body or "stopId" not in cancel:
+        raise DdiError("server sent a cancelAction without id or stopId")
+    raw_id, raw_stop = body["id"], cancel["stopId"]
     try:
         cid = parse_action_id(raw_id)
     except ValueError as exc:
@@ -434,14 +499,18 @@ class DdiClient:
         url = self._url(href)
         try:
             resp = self.session.request(method, url, json=body, timeout=self.settings.timeout,
-                                        verify=self.verify)
+                                        verify=self.verify, stream=True)
+            try:
+                content = _read_capped(resp, MAX_ANSWER)
+            finally:
+                resp.close()
         except requests.RequestException as exc:
             raise DdiError(f"cannot reach the DDI server at {self.settings.url}: {exc}") from exc
         data: Any = None
-        if resp.content and "json" in resp.headers.get("Content-Type", ""):
+        if content and "json" in resp.headers.get("Content-Type", ""):
             try:
-                data = resp.json()
-            except ValueError:
+                data = json.loads(content)
+            except (ValueError, RecursionError):  # not JSON, or nested past the stack
                 data = None
         if self.on_exchange is not None:
             self.on_exchange(method, url, body, resp.status_code, data)
@@ -467,7 +536,7 @@ class DdiClient:
 
     def deployment(self, href: str) -> Deployment:
         _, data = self._request("GET", href)
-        return parse_deployment(data)
+        return parse_deployment(data, prefer_origin=self.origin)
 
     def cancel_action(self, href: str) -> CancelRequest:
         _, data = self._request("GET", href)
@@ -546,6 +615,16 @@ class DdiClient:
             if progress is not None:
                 progress(done, total)
         dest.flush()
+
+
+def _read_capped(resp: requests.Response, limit: int) -> bytes:
+    out = bytearray()
+    for block in resp.iter_content(1 << 16):
+        out += block
+        if len(out) > limit:
+            raise DdiError(f"DDI server's answer to {resp.request.method} {resp.url} is over "
+                           f"{limit} bytes; refusing it")
+    return bytes(out)
 
 
 def _path_id(action_id: str) -> str:

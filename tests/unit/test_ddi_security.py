@@ -116,10 +116,10 @@ class RecordingGateway:
                                     data_free_bytes=1 << 30, data_total_bytes=2 << 30), ())
 
 
-def plain_runner(server, tmp_path, gw=None):
+def plain_runner(server, tmp_path, gw=None, *, check_answers=True):
     client = ddi.DdiClient(ddi.DdiSettings(url=server.url, controller_id="gw1",
                                            target_token=TOKEN, poll_jitter=0),
-                           on_exchange=validate_exchange)
+                           on_exchange=validate_exchange if check_answers else None)
     return backend.DeploymentRunner(client, gw or RecordingGateway(), tmp_path / "data")
 
 
@@ -330,6 +330,19 @@ def test_stale_state_with_a_bad_id_is_forgotten(server, tmp_path):
         '{"action_id": "../../x", "phase": "downloaded", "files": []}')
     r = plain_runner(server, tmp_path)
     assert (r.state.action_id, r.state.phase) == ("", backend.IDLE)
+
+
+@pytest.mark.parametrize("answer", [b"[" * 100_000 + b"]" * 100_000,
+                                    b'{"config": []}', b'{"config": {"polling": {"sleep": 5}}}',
+                                    b'{"x": "' + b"a" * (5 << 20) + b'"}'])
+def test_hostile_poll_answers_end_in_one_line_ddi_error(server, tmp_path, answer):
+    """Old code: RecursionError / AttributeError / TypeError escaped the client, and the
+    backend thread's loop (which catches FerryError) died with them."""
+    server.raw_poll_answer = answer
+    r = plain_runner(server, tmp_path, check_answers=False)  # they break the schema
+    with pytest.raises(ddi.DdiError) as err:
+        r.step()
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
 
 
 # -- item 4: links are http(s) URLs; nothing local is opened ----------------------------

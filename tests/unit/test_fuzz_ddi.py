@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
 from hypothesis import given, settings
 
 from ferry.errors import FerryError
@@ -48,12 +47,10 @@ def test_the_documented_bodies_parse():
     assert issubclass(ddi.DdiError, FerryError)
 
 
-# Found by the campaign (daemon/backend/ddi.py, outside packaging): a JSON value of the
-# wrong type where a dict or string is expected raises AttributeError or TypeError instead
-# of DdiError (config, polling, sleep, chunks, artifacts, metadata entries, hashes), and a
-# DdiError quotes a whole server value (deployment.download) without cutting it.
-@pytest.mark.xfail(strict=True, reason="DDI parse_* let AttributeError/TypeError escape on "
-                   "wrongly typed JSON; fix belongs to daemon/backend/ddi.py (issue 16)")
+# Found by the campaign and fixed in daemon/backend/ddi.py: a JSON value of the wrong
+# type where a dict or string is expected raised AttributeError or TypeError instead of
+# DdiError (config, polling, sleep, chunks, artifacts, metadata entries, hashes), and a
+# DdiError quoted a whole server value (deployment.download) without cutting it.
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(fuzz.TARGETS["ddi"].strategy)
 def test_ddi_json_ends_in_a_dataclass_or_one_line_error(body):
