@@ -144,3 +144,26 @@ def dbus_send_as_nobody(address: str, member: str, *args: str) -> subprocess.Com
          _tool("dbus-send"), f"--bus={address}", "--print-reply", "--dest=org.ferry.Ferry1",
          "/org/ferry/Ferry1", f"org.ferry.Ferry1.{member}", *args],
         capture_output=True, text=True, timeout=30)
+
+
+def run_as_nobody(argv: list[str], address: str,
+                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as uid/gid 65534 (no other groups) against the bus at ``address``;
+    with ferryd's FERRY_TEST_DBUS_GROUP=nogroup that uid stands in for a member of
+    group ferry, so what it may do is what a technician may do."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
+           "FERRY_BUS_ADDRESS": address, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+    return subprocess.run(
+        [_tool("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@contextmanager
+def world_readable_dir() -> Iterator[Path]:
+    """A directory uid 65534 can reach (pytest's tmp_path sits under a 0700 one)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ferry-fd-"))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
