@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.daemon.config import Config
+from ferry.errors import FerryError
 
 VERIFIED = "verified"  # written, hash matched, fsynced
 WRITING = "writing"  # opened for writing; whatever it holds is not verified
@@ -41,6 +42,10 @@ FAILED = "failed"  # a write or a re-hash failed; ``reason`` says how
 UNVERIFIED = ""  # a version without a digest: factory provisioning or an older ferry
 
 CHUNK = 1 << 20  # re-hash buffer: memory stays O(1) whatever the slot size
+
+
+class SlotRecordError(FerryError):
+    """The slot records cannot be read or changed (permissions, a full data partition)."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +109,15 @@ class Records:
         self.path = _path(config)
 
     def _load(self) -> dict[str, Any]:
+        # missing or unparseable: no record, which refuses activation (the safe side)
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            raise SlotRecordError(f"cannot read the slot records {self.path}: "
+                                  f"{err.strerror or err}") from err
+        except ValueError:
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -124,7 +135,11 @@ class Records:
     def put(self, rec: SlotRecord) -> None:
         data = self._load()
         data[rec.slot] = rec.to_json()
-        _replace(self.path, data)
+        try:
+            _replace(self.path, data)
+        except OSError as err:
+            raise SlotRecordError(f"cannot write the slot records {self.path}: "
+                                  f"{err.strerror or err}") from err
 
 
 def _replace(path: Path, data: dict[str, Any]) -> None:
@@ -150,9 +165,13 @@ def held(config: Config) -> Iterator[Records]:
     --config``) and other threads of ferryd alike (each open is its own lock owner).
     """
     data_dir = Path(config.gateway.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "slots.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    lock = data_dir / "slots.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        raise SlotRecordError(f"cannot open {lock}: {err.strerror or err}; run as root "
+                              "or through ferryd") from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield Records(config)

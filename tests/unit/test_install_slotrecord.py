@@ -189,6 +189,26 @@ def test_slot_writer_drops_the_record_before_the_first_byte(gw: Gateway) -> None
     assert states and set(states) == {WRITING}
 
 
+def test_dropping_the_record_waits_for_a_mark_in_progress(gw: Gateway) -> None:
+    """`mark` checks and writes the env under the record lock; an install's begin_write
+    (before it marks the slot bad) cannot slip in between."""
+    import threading
+
+    from ferry.daemon.boot.slotrecord import held
+
+    config = gw.config
+    record_verified(config, "rootfs.1", sha256="ab" * 32, size=10, version="1.0.0")
+    with held(config) as recs:
+        t = threading.Thread(target=begin_write, args=(config, "rootfs.1"))
+        t.start()
+        t.join(0.5)
+        assert t.is_alive()  # blocked on the lock
+        assert recs.get("rootfs.1").state == VERIFIED  # type: ignore[union-attr]
+    t.join(30)
+    assert not t.is_alive()
+    assert get_record(config, "rootfs.1").state == WRITING  # type: ignore[union-attr]
+
+
 def test_a_failing_before_open_leaves_the_slot_untouched(tmp_path: Path) -> None:
     slot = tmp_path / "slot"
 
