@@ -101,6 +101,11 @@ class InstallConfig:
     # give up after this many failed attempts in a row (backoff with jitter between).
     download_stall_timeout: float = 60.0
     download_retries: int = 6
+    # Target images staged on the data partition: the most bytes one may decompress to
+    # when the signed sw-description declares no decompressed-size (a zstd/gzip bomb
+    # stops here), and the free space staging always leaves for the journal.
+    max_target_image_size: int = 64 << 20
+    staging_reserve: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,13 @@ def _check(cfg: Config, where: str) -> None:
                 f"{where}: slot {s.name} bootname {s.bootname!r} must be letters and digits "
                 "(it becomes part of the variable BOOT_<bootname>_LEFT)"
             )
+    ins = cfg.install
+    if ins.max_target_image_size <= 0:
+        raise ConfigError(f"{where}: install.max_target_image_size = "
+                          f"{ins.max_target_image_size}; use a size in bytes above 0")
+    if ins.staging_reserve < 0:
+        raise ConfigError(f"{where}: install.staging_reserve = {ins.staging_reserve}; "
+                          "use a size in bytes, 0 or more")
     names = [t.name for t in cfg.targets]
     for n in names:
         if names.count(n) > 1:

@@ -360,7 +360,9 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                 dest = staging.staged_path(cfg.gateway.data_dir, dep_id, entry.filename)
                 from ferry.packaging.compression import decompress_stream
 
-                plain = decompress_stream(entry.compressed, stream)
+                lim = staging.image_limit(cfg.gateway.data_dir, entry, cfg.install)
+                plain = decompress_stream(entry.compressed, stream, max_output=lim.size,
+                                          what=lim.what)
                 img = staging.stage(
                     plain, dest,
                     expected_sha256=entry.decompressed_sha256 if entry.compressed else None,

@@ -79,8 +79,31 @@ class Job:
     image: dict[str, Any]  # one entry of the deployment's info["staged"]
 
 
+NO_MATCH = "no [[target]] in the config matches this image"
+
+
+def selector_problem(image: dict[str, Any]) -> str | None:
+    """Why the image's selector can match nothing, or None if it is well formed.
+
+    A selector key with an empty value (``image_id = ""``, an empty manufacturer or
+    image type) would otherwise equal the empty value every target has for a key it
+    does not set, so one signed image would reach every target of its transport. The
+    signer is trusted for what an image is, not for "any device": such an image
+    matches no target, not even by name, and its row in the result says why.
+    """
+    selector = image.get("selector") or {}
+    empty = sorted(str(k).strip() or "(unnamed key)" for k, v in selector.items()
+                   if not str(k).strip() or not str(v).strip())
+    if not empty:
+        return None
+    return (f"the bundle's selector has an empty {', '.join(empty)}; an empty selector "
+            "value matches no target")
+
+
 def matches(tc: TargetConfig, image: dict[str, Any]) -> bool:
-    if image.get("transport") != tc.transport:
+    """Same transport, and the bundle names this target, or every selector key equals
+    the target's own non-empty ``image_id`` / option of that key."""
+    if image.get("transport") != tc.transport or selector_problem(image) is not None:
         return False
     if image.get("name") and image["name"] == tc.name:
         return True
@@ -90,18 +113,20 @@ def matches(tc: TargetConfig, image: dict[str, Any]) -> bool:
     own = {str(k): str(v) for k, v in tc.options.items()}
     if tc.image_id:
         own["image_id"] = tc.image_id
-    return all(own.get(k, "").lower() == str(v).lower() for k, v in selector.items())
+    # the target's own value must be set too: "" == "" is no match
+    return all(own.get(str(k), "").strip() != "" and own[str(k)].lower() == str(v).lower()
+               for k, v in selector.items())
 
 
 def plan(targets: tuple[TargetConfig, ...], staged: list[dict[str, Any]]
-         ) -> tuple[list[Job], list[dict[str, Any]]]:
-    """(jobs, unmatched images)."""
+         ) -> tuple[list[Job], list[tuple[dict[str, Any], str]]]:
+    """(jobs, unmatched images with the reason each matched nothing)."""
     jobs: list[Job] = []
-    unmatched: list[dict[str, Any]] = []
+    unmatched: list[tuple[dict[str, Any], str]] = []
     for image in staged:
         hits = [tc for tc in targets if matches(tc, image)]
         if not hits:
-            unmatched.append(image)
+            unmatched.append((image, selector_problem(image) or NO_MATCH))
         jobs.extend(Job(tc, image) for tc in hits)
     return jobs, unmatched
 
@@ -139,11 +164,10 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
         j.begin_step(dep_id, "proxy", state="proxy", detail=f"{len(staged)} staged image(s)")
     jobs, unmatched = plan(ctx.config.targets, staged)
     done = {t.name: t.state for t in j.targets(dep_id)}
-    for image in unmatched:
+    for image, why in unmatched:
         name = image.get("name") or image["filename"]
         j.set_target(dep_id, name, transport=image.get("transport", ""), state="failed",
-                     image=image["filename"],
-                     message="no [[target]] in the config matches this image")
+                     image=image["filename"], message=why)
     by_port: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         if done.get(job.target.name) in DONE_STATES:

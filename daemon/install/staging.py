@@ -5,6 +5,19 @@ hash is known (write to ``.part``, fsync, rename, fsync the directory), so after
 power cut a staged name is always a whole image; a ``.part`` is garbage to delete.
 The proxy phase re-hashes a staged file before flashing it, since it may sit there
 across reboots.
+
+A signed bundle still cannot reach past its images here (docs/security.md):
+
+- names: the staged name is the member name made safe for a file system *plus* a digest
+  of the exact name, so two members whose names sanitise alike ("fw v1.bin",
+  "fw_v1.bin", or a shared 100-character prefix) never land on one file. The signed
+  names are unique (sw-description refuses a name listed twice), so this keeps every
+  legitimate bundle installable, where refusing such a bundle would punish the signer
+  for our sanitiser; the name is the same on every run, so a resumed install finds it.
+- size: an image may decompress to no more than its signed decompressed-size (or
+  stored size), else ``[install] max_target_image_size``, and never past the data
+  partition's free space less ``[install] staging_reserve``: a zstd/gzip bomb stops
+  at the limit, the ``.part`` is removed, and the install fails with one line.
 """
 
 from __future__ import annotations
@@ -17,10 +30,14 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ferry.daemon.testhooks.killpoint import killpoint
 from ferry.errors import FerryError
+
+if TYPE_CHECKING:
+    from ferry.daemon.config import InstallConfig
+    from ferry.packaging.description import ImageEntry
 
 CHUNK = 1 << 20
 
@@ -45,7 +62,53 @@ def _safe(name: str) -> str:
 
 
 def staged_path(data_dir: str | Path, deployment_id: int, filename: str) -> Path:
-    return staging_dir(data_dir) / f"{deployment_id}-{_safe(filename)}"
+    """``<dep>-<safe name>.<32 hex digits of sha256(name)>``: readable, and distinct for
+    distinct member names even when their safe forms are equal; never ends in ``.part``
+    (which ``clean`` treats as garbage)."""
+    tag = hashlib.sha256(filename.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return staging_dir(data_dir) / f"{deployment_id}-{_safe(filename)}.{tag}"
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    size: int  # most bytes the image may decompress to
+    what: str  # names the image and the limit, for the error that stops it
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer could still use on ``path``'s file system (ferry's
+    root reserve is the system's, not ours to fill)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def image_limit(data_dir: str | Path, entry: ImageEntry, install: InstallConfig) -> SizeLimit:
+    """How many bytes the target image ``entry`` may decompress to on the data partition.
+
+    The image's own signed size first (``decompressed-size``, or the stored size of an
+    image that is not compressed): it cannot produce more than it promised. Without one,
+    ``install.max_target_image_size``. Never more than the partition's free space less
+    ``install.staging_reserve``, which the journal and the next boot need; a declared
+    size that does not fit is refused before the first byte is written.
+    """
+    d = staging_dir(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    room = max(0, free_bytes(d) - install.staging_reserve)
+    declared = entry.decompressed_size if entry.compressed else entry.size
+    name = f"target image {entry.filename!r}"
+    if declared is not None:
+        if declared > room:
+            raise StagingError(
+                f"{name} needs {declared} bytes but the data partition has {room} free "
+                f"above [install] staging_reserve ({install.staging_reserve}); free space "
+                "or build a smaller image")
+        return SizeLimit(declared, f"{name} (signed size {declared})")
+    cap = install.max_target_image_size
+    if cap <= room:
+        return SizeLimit(cap, f"{name} (no signed decompressed-size; "
+                         "[install] max_target_image_size)")
+    return SizeLimit(room, f"{name} (no signed decompressed-size; free space on the data "
+                     "partition above [install] staging_reserve)")
 
 
 def stage(
@@ -55,8 +118,15 @@ def stage(
     expected_sha256: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> StagedImage:
-    """Copy ``src`` (already decompressed) to ``dest`` atomically; return its hash."""
+    """Copy ``src`` (already decompressed) to ``dest`` atomically; return its hash.
+
+    ``dest`` must not exist: staging starts from an empty directory (``clean``), so an
+    existing file means two images were given one name, and the second is refused
+    rather than allowed to replace the first."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        raise StagingError(f"staged file {dest.name} already exists; two images of the "
+                           "bundle map to one staged name, refusing the second")
     part = dest.with_name(dest.name + ".part")
     h = hashlib.sha256()
     total = 0
