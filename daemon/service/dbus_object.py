@@ -414,8 +414,12 @@ class Authorizer:
         if self.iface is not None:
             self.iface.caller_uid = uid
         try:
-            with send_reply:
+            with send_reply:  # turns an exception into the error reply, then re-raises it
                 handler(msg, send_reply)
+        except DBusError:
+            pass  # the caller has its answer (busy, refused, bad argument)
+        except Exception:
+            log.exception("%s failed", msg.member)
         finally:
             if self.iface is not None:
                 self.iface.caller_uid = None

@@ -37,11 +37,31 @@ def strip_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
+def _trailing(url: str) -> int:
+    """How many characters at the end of a match are the sentence's, not the URL's:
+    "(see http://h/x)." ends the URL before ")."."""
+    n = len(url)
+    while n:
+        c = url[n - 1]
+        if c in ".,;:!?" or (c == ")" and url[:n].count(")") > url[:n].count("(")) or (
+                c == "]" and url[:n].count("]") > url[:n].count("[")):
+            n -= 1
+            continue
+        break
+    return len(url) - n
+
+
+def _replace(match: re.Match[str]) -> str:
+    url = match.group(0)
+    cut = _trailing(url)
+    return strip_url(url[:len(url) - cut]) + url[len(url) - cut:]
+
+
 def text(value: str) -> str:
     """``value`` with every URL in it stripped."""
     if "://" not in value:
         return value
-    return _URL.sub(lambda m: strip_url(m.group(0)), value)
+    return _URL.sub(_replace, value)
 
 
 def deep(value: Any) -> Any:
