@@ -164,6 +164,49 @@ def test_compressed_installs_record_the_digest_of_the_written_bytes(
     assert rec.sha256 == hashlib.sha256(image).hexdigest() and rec.size == len(image)
 
 
+def test_compressed_without_signed_decompressed_hash_records_the_written_digest(
+        gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundle from a tool that signs only the stored (compressed) sha256: the stream is
+    verified, and the record holds the writer's own digest of what it produced."""
+    from ferry.packaging import writer
+
+    real = writer.ImageEntry
+    monkeypatch.setattr(writer, "ImageEntry",
+                        lambda **kw: real(**{**kw, "decompressed_sha256": None}))
+    image = make_image("1.1.0", 600_000)
+    bundle = make_bundle(gw, tmp_path / "b.swu", version="1.1.0", image=image,
+                         compress="zstd")
+    assert b"decompressed-sha256" not in bundle.read_bytes()[:4096]
+    run_install(gw, bundle)
+    rec = get_record(gw.config, "rootfs.1")
+    assert rec is not None and rec.verified
+    assert rec.sha256 == hashlib.sha256(image).hexdigest() and rec.size == len(image)
+    assert gw.ferry("mark", "bad", "B").returncode == 0
+    assert gw.ferry("mark", "active", "B").returncode == 0  # the re-hash agrees
+
+
+def test_slot_writer_digest_without_an_expected_hash(tmp_path: Path) -> None:
+    import zstandard
+
+    data = os.urandom(1 << 20) * 2
+    slot = tmp_path / "slot"
+    res = write_slot(_Bytes(zstandard.ZstdCompressor().compress(data)), slot,  # type: ignore[arg-type]
+                     compressed="zstd", digest=True)
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert write_slot(_Bytes(data), tmp_path / "s2").sha256 is None  # type: ignore[arg-type]
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = len(self.data) - self.pos if n < 0 else n
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+
 # --- the record's life ----------------------------------------------------------------
 
 def test_slot_writer_drops_the_record_before_the_first_byte(gw: Gateway) -> None:
