@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         spent = time.monotonic() - started
         kinds = res.kinds or {}
         print(f"{name:12} inputs tried {res.tried:7d} ({res.tried / spent:6.0f}/s)  "
-              f"failures {res.failures:5d}  distinct {len(kinds)}")
+              f"failures {res.failures:5d}  distinct {len(kinds)}", flush=True)
         for key, (error, example) in kinds.items():
             print(f"    {key}: {error}\n        example: {example}")
         total_failures += res.failures

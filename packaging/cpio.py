@@ -173,15 +173,16 @@ class CpioStreamReader:
         raw = self._read_exact(HEADER_LEN, f"the cpio header at byte {start}")
         magic = raw[:6]
         if magic not in (MAGIC_NEWC, MAGIC_CRC):
+            # Offsets, never the bytes found: a file that is not a bundle (ferry install
+            # PATH run by root) must not have its first bytes printed (issue 16).
             raise BadHeader(
-                f"no newc cpio magic at byte {start} (found {magic!r}); not a .swu bundle "
-                "or corrupted"
+                f"no newc cpio magic at byte {start}; not a .swu bundle or corrupted"
             )
         fields: dict[str, int] = {}
         for i, field in enumerate(_FIELDS):
             text = raw[6 + 8 * i : 14 + 8 * i]
             if not all(c in _HEX for c in text):
-                raise BadHeader(f"cpio header at byte {start}: field {field} is not hex {text!r}")
+                raise BadHeader(f"cpio header at byte {start}: field {field} is not hex")
             fields[field] = int(text, 16)
         namesize = fields["namesize"]
         if namesize < 2 or namesize > self.limits.max_name_length + 1:

@@ -88,8 +88,9 @@ class FrameSplitter:
             frame = _Frame(self, first + desc + self._read(fields, "a frame header"),
                            checksum=bool(d & 0x04))
         else:
-            raise FrameError(f"no zstd frame at byte {self.consumed - 4} "
-                             f"(magic {magic:08x}); the image is not zstd or is corrupt")
+            # The message names the offset, never the bytes: they are payload.
+            raise FrameError(f"no zstd frame magic at byte {self.consumed - 4}; "
+                             "the image is not zstd or is corrupt")
         self._current = frame
         return frame  # type: ignore[return-value]
 

@@ -145,3 +145,23 @@ def test_arrays_hold_scalars_of_one_type_as_libconfig_requires(text, match):
     with pytest.raises(BadDescription, match=match):
         libconfig.loads(text)
     assert libconfig.loads("a = [1, 2L, 0x3];")["a"] == [1, 2, 3]
+
+
+def test_errors_about_a_file_that_is_not_a_bundle_do_not_quote_its_bytes():
+    """issue 16: no message quotes payload bytes; offsets say where instead."""
+    from ferry.packaging.compression import decompress_stream
+    from ferry.packaging.errors import BundleError
+
+    secret = b"root:$6$saltsalt$hashhashhash:19000:0:99999:7:::\n"
+    with pytest.raises(BundleError) as info:
+        read_unverified(io.BytesIO(secret))
+    assert "root" not in str(info.value) and "byte 0" in str(info.value)
+    header = bytearray(bundle_with(b"a = 1;")[:110])
+    header[54:62] = b"root:$6$"  # the filesize field
+    with pytest.raises(BundleError) as info:
+        read_unverified(io.BytesIO(bytes(header)))
+    assert "root" not in str(info.value) and "filesize is not hex" in str(info.value)
+    with pytest.raises(BundleError) as info:
+        decompress_stream("zstd", io.BytesIO(secret)).read()
+    message = str(info.value)
+    assert "root" not in message and "726f6f74" not in message and "746f6f72" not in message
