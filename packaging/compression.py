@@ -102,6 +102,14 @@ def output_limit(declared: int | None, cap: int | None) -> int | None:
     return declared
 
 
+def _reason(err: BaseException) -> str:
+    """The decoder's reason, without payload bytes: gzip quotes the two bytes it found
+    where its magic should be ("Not a gzipped file (b'ro')"), so that one is replaced."""
+    if isinstance(err, gzip.BadGzipFile) and str(err).startswith("Not a gzipped file"):
+        return "not a gzip stream (no gzip magic)"
+    return " ".join(str(err).split())[:200]
+
+
 class _Guarded(io.RawIOBase):
     """Turns a decompressor's own exceptions into a typed BundleError, but lets the
     underlying stream's BundleErrors (hash or size mismatch at its end) through."""
@@ -121,7 +129,7 @@ class _Guarded(io.RawIOBase):
         except BundleError:
             raise
         except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError, OSError) as err:
-            raise DecompressError(f"{self._kind} data is corrupt: {err}") from None
+            raise DecompressError(f"{self._kind} data is corrupt: {_reason(err)}") from None
 
     def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
         ri = getattr(self._inner, "readinto", None)
@@ -134,7 +142,7 @@ class _Guarded(io.RawIOBase):
         except BundleError:
             raise
         except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError, OSError) as err:
-            raise DecompressError(f"{self._kind} data is corrupt: {err}") from None
+            raise DecompressError(f"{self._kind} data is corrupt: {_reason(err)}") from None
 
     def readall(self) -> bytes:
         parts = []

@@ -165,3 +165,6 @@ def test_errors_about_a_file_that_is_not_a_bundle_do_not_quote_its_bytes():
         decompress_stream("zstd", io.BytesIO(secret)).read()
     message = str(info.value)
     assert "root" not in message and "726f6f74" not in message and "746f6f72" not in message
+    with pytest.raises(BundleError, match="not a gzip stream") as info:
+        decompress_stream("zlib", io.BytesIO(secret)).read()
+    assert "b'" not in str(info.value)
