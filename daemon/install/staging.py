@@ -92,8 +92,12 @@ def image_limit(data_dir: str | Path, entry: ImageEntry, install: InstallConfig)
     size that does not fit is refused before the first byte is written.
     """
     d = staging_dir(data_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    room = max(0, free_bytes(d) - install.staging_reserve)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        room = max(0, free_bytes(d) - install.staging_reserve)
+    except OSError as err:
+        raise StagingError(f"cannot use the staging directory {d}: "
+                           f"{err.strerror or err}") from None
     declared = entry.decompressed_size if entry.compressed else entry.size
     name = f"target image {entry.filename!r}"
     if declared is not None:

@@ -315,3 +315,12 @@ def test_install_limits_are_checked_in_the_config() -> None:
         config_from_dict({**base, "install": {"max_target_image_size": 0}})
     with pytest.raises(ConfigError, match="staging_reserve = -1"):
         config_from_dict({**base, "install": {"staging_reserve": -1}})
+
+
+def test_an_unusable_staging_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    from ferry.daemon.config import InstallConfig
+
+    (tmp_path / "staging").write_text("a file where the directory should be")
+    entry = ImageEntry("fw.bin", 10, "0" * 64, None, "target")
+    with pytest.raises(staging.StagingError, match="cannot use the staging directory"):
+        staging.image_limit(tmp_path, entry, InstallConfig())
