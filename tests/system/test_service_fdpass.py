@@ -74,7 +74,7 @@ def test_member_cannot_install_a_bundle_only_root_can_read(gateway):
                                FERRY_BOOT_ID_PATH=str(gateway.boot_id), **AS_MEMBER):
             denied = run_as_nobody([str(VENV_BIN / "ferry"), "install", str(secret)],
                                    address)
-            assert denied.returncode != 0
+            assert denied.returncode == 4, denied.stderr  # exitcodes.DENIED
             assert "permission denied" in denied.stderr, denied.stderr
             assert "your own rights" in denied.stderr
             assert _deployments(gateway) == []  # ferryd never saw a request
