@@ -20,7 +20,7 @@ from typing import Any
 
 from dbus_next import BusType, Message, MessageType, Variant
 from dbus_next.aio import MessageBus
-from dbus_next.errors import DBusError
+from dbus_next.errors import AuthError, DBusError
 
 from ferry.daemon.cli import exitcodes
 from ferry.daemon.service import dbus_api
@@ -54,7 +54,8 @@ async def connect() -> MessageBus:
         if address:
             return await MessageBus(bus_address=address, negotiate_unix_fd=True).connect()
         return await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
-    except (OSError, DBusError, ValueError) as err:
+    except (OSError, DBusError, ValueError, AuthError) as err:
+        # AuthError: also a bus that refuses fd passing (not a UNIX socket)
         raise DaemonUnavailable(f"cannot reach the D-Bus system bus ({err}); "
                                 f"{STANDALONE_HINT}") from err
 
