@@ -405,6 +405,7 @@ class Authorizer:
                 f"{msg.member} changes the gateway's state: run it as root or as a member "
                 f"of group '{self.group}' (uid {uid} is neither)"))
             return
+        log.info("%s called by uid %d", msg.member, uid)  # who changed the gateway, when
         handler = self.bus._find_message_handler(msg)  # dbus-next 0.2.3 internals
         if handler is None:
             self.bus.send(Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod",
