@@ -7,7 +7,8 @@ model, the CMS signature parser and the DDI JSON handling.
     .venv/bin/python bench/fuzz.py --list
 
 The property, for every target and every input: the call ends in success or in a
-FerryError whose message is one line (no newline, at most MAX_MESSAGE characters); any
+FerryError whose message is one line (no newline, at most MAX_MESSAGE characters, and
+for the binary formats no bytes repr of the payload); any
 other exception is a failure, and so is an input that runs longer than HANG_SECONDS (a
 hang). The campaign does not stop at a failure: it counts inputs tried, groups failures
 by exception type and the innermost ferry frame, and prints one example per group.
@@ -30,6 +31,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import signal
 import sys
 import time
@@ -61,6 +63,7 @@ from ferry.packaging.description import (
     parse_description,
     render_description,
 )
+from ferry.packaging.errors import BadDescription
 from ferry.packaging.keyring import Keyring
 from ferry.packaging.limits import Limits
 from ferry.packaging.reader import BundleReader, read_unverified
@@ -70,17 +73,26 @@ HANG_SECONDS = 10.0  # one input; the largest here parses in milliseconds
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)  # fixed: validity checks do not drift
 
 
+_BYTES_REPR = re.compile(r"(?:^|[\s(\[=,:])b['\"]")
+
+
 class Hang(BaseException):
     """Raised by the alarm; a BaseException so no ``except Exception`` under test eats it."""
 
 
-def one_line(err: FerryError) -> None:
+def one_line(err: FerryError, *, quotes_text: bool = True) -> None:
+    """The message rule. ``quotes_text=False`` for binary formats (cpio, CMS, compressed
+    images), whose messages name offsets and fields and must never carry a bytes repr
+    of the payload; text formats (libconfig, DDI JSON) quote a cut token on purpose."""
     message = str(err)
     if not message or "\n" in message or "\r" in message or len(message) > MAX_MESSAGE:
         raise AssertionError(
             f"{type(err).__name__} message is not one line of at most {MAX_MESSAGE} "
             f"characters ({len(message)}): {message[:200]!r}"
         )
+    text_format = isinstance(err, BadDescription)  # sw-description inside a binary bundle
+    if not quotes_text and not text_format and _BYTES_REPR.search(message):
+        raise AssertionError(f"{type(err).__name__} message quotes bytes: {message[:200]!r}")
 
 
 def expected(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -90,6 +102,15 @@ def expected(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except FerryError as err:
         one_line(err)
+        return None
+
+
+def expected_binary(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``expected`` for a binary format: its message must not quote payload bytes."""
+    try:
+        return fn(*args, **kwargs)
+    except FerryError as err:
+        one_line(err, quotes_text=False)
         return None
 
 
@@ -235,9 +256,9 @@ def run_cpio(data: bytes) -> None:
                 while reader.read_data(97):
                     pass
 
-    expected(walk)
-    expected(read_unverified, io.BytesIO(data), limits=limits)
-    expected(BundleReader, io.BytesIO(data), fixture().keyring, limits=limits)
+    expected_binary(walk)
+    expected_binary(read_unverified, io.BytesIO(data), limits=limits)
+    expected_binary(BundleReader, io.BytesIO(data), fixture().keyring, limits=limits)
 
 
 # -- the whole bundle: signed head kept, images and archive after it broken ---------------
@@ -264,7 +285,7 @@ def run_bundle(data: bytes) -> None:
             while stored.read(4096):
                 pass
 
-    expected(read_all)
+    expected_binary(read_all)
 
 
 # -- libconfig and the sw-description model --------------------------------------------
@@ -361,7 +382,7 @@ def cms_signatures(draw: st.DrawFn) -> bytes:
 
 def run_cms(sig: bytes) -> None:
     fx = fixture()
-    expected(signature.verify, fx.content, sig, fx.keyring, now=NOW)
+    expected_binary(signature.verify, fx.content, sig, fx.keyring, now=NOW)
     who = signature.embedded_signer(sig)  # for display: must never raise at all
     if who is not None and not isinstance(who, str):
         raise AssertionError(f"embedded_signer returned {type(who).__name__}")

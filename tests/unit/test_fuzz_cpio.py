@@ -71,3 +71,10 @@ def test_a_failure_outside_ferry_errors_is_caught_by_the_property():
         fuzz.expected(multi_line)
     with pytest.raises(KeyError):
         fuzz.expected(dict().__getitem__, "x")
+
+    def quoting() -> None:
+        raise BadHeader("no newc cpio magic at byte 0 (found b'root:$')")
+
+    assert fuzz.expected(quoting) is None  # text formats may quote what they read
+    with pytest.raises(AssertionError, match="quotes bytes"):
+        fuzz.expected_binary(quoting)  # binary formats must not
