@@ -1,6 +1,6 @@
 """Fuzz campaign over the parsers that read untrusted bytes: the cpio reader (and the whole
-bundle reader with decompression behind it), the libconfig parser with the sw-description
-model, the CMS signature parser and the DDI JSON handling.
+bundle reader with decompression behind it), zstd frames and gzip alone, the libconfig
+parser with the sw-description model, the CMS signature parser and the DDI JSON handling.
 
     .venv/bin/python bench/fuzz.py                    # 60 s per target
     .venv/bin/python bench/fuzz.py --seconds 300 cms  # one target, longer
@@ -157,6 +157,7 @@ class Fixture:
     description: bytes
     signatures: tuple[bytes, ...]
     content: bytes  # what the signatures sign
+    compressed: tuple[tuple[str, bytes], ...]  # (kind, stored bytes) of the images
 
 
 def _compressed(kind: str, data: bytes) -> bytes:
@@ -209,8 +210,11 @@ def fixture() -> Fixture:
         signature.sign(text, rsa_key, rsa_cert),
         signature.sign(text, rsa_key, rsa_cert, pss=True),
     )
+    # two zstd frames (a resume point between them) and a gzip member
+    frames = _compressed("zstd", rootfs[:5000]) + _compressed("zstd", rootfs[5000:])
+    compressed = (("zstd", members[0][1]), ("zstd", frames), ("zlib", members[1][1]))
     return Fixture(Keyring.from_pem(devpki.cert_pem(ca)), out.getvalue(), head, text,
-                   signatures, text)
+                   signatures, text, compressed)
 
 
 # -- cpio ------------------------------------------------------------------------------
@@ -286,6 +290,31 @@ def run_bundle(data: bytes) -> None:
                 pass
 
     expected_binary(read_all)
+
+
+# -- decompression alone: zstd frames and gzip, capped --------------------------------
+@st.composite
+def compressed_images(draw: st.DrawFn) -> tuple[str, bytes]:
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.sampled_from(["zstd", "zlib"])), draw(st.binary(max_size=400))
+    kind, blob = draw(st.sampled_from(fixture().compressed))
+    return kind, mutate(blob, draw(MUTATIONS))
+
+
+def run_decompress(item: tuple[str, bytes]) -> None:
+    kind, blob = item
+
+    def drain(use_readinto: bool) -> None:
+        frames: list[tuple[int, int]] = []
+        plain = decompress_stream(kind, io.BytesIO(blob), max_output=64 << 10,
+                                  on_frame=(lambda c, d: frames.append((c, d)))
+                                  if kind == "zstd" else None)
+        buf = bytearray(3000)
+        while plain.readinto(buf) if use_readinto else plain.read(3000):  # type: ignore[attr-defined]
+            pass
+
+    expected_binary(drain, True)
+    expected_binary(drain, False)
 
 
 # -- libconfig and the sw-description model --------------------------------------------
@@ -493,6 +522,8 @@ TARGETS: dict[str, Target] = {
                st.one_of(st.binary(max_size=800), cpio_archives()), run_cpio),
         Target("bundle", "a signed bundle broken after its head: reader, hashes, zstd/gzip",
                signed_bundles(), run_bundle),
+        Target("decompress", "zstd frames and gzip alone, capped at 64 KiB, read and readinto",
+               compressed_images(), run_decompress),
         Target("libconfig", "libconfig text: loads, dumps round trip, parse_description",
                libconfig_texts(), run_libconfig),
         Target("description", "sw-description as raw bytes (not UTF-8 too)",
