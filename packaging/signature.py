@@ -6,7 +6,13 @@ Verification follows what SWUpdate and ``openssl cms -verify`` check: the signed
 attributes (content type, messageDigest over the exact sw-description bytes), the
 signature over those attributes, and an X.509 path from the signer certificate to a
 keyring anchor with validity periods, CA basicConstraints (and path length), keyUsage
-and extendedKeyUsage.
+and extendedKeyUsage. Every link of that path is looked up on its issuer's CRLs from the
+keyring (packaging/revocation.py), so a revoked signer is refused by name and serial.
+
+``historical=True`` re-checks a statement the gateway accepted in the past (a keyring
+rotation replayed from the factory keyring, packaging/keyringupdate.py): signatures and
+the path still must hold, but validity periods and CRLs are those of the day it was
+accepted, which the gateway cannot know, so they are not checked again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ferry.packaging.certpolicy import check_certificate, describe
 from ferry.packaging.errors import BadSignature, BundleError, ExpiredSigner, UntrustedSigner
 from ferry.packaging.keyring import Keyring
+from ferry.packaging.revocation import check_not_revoked
 
 MAX_CHAIN = 8
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -213,16 +220,21 @@ def verify_chain(
     pool: Sequence[x509.Certificate],
     keyring: Keyring,
     now: dt.datetime,
+    *,
+    historical: bool = False,
 ) -> None:
     """An X.509 path from ``signer`` through ``pool`` (intermediates) to a keyring anchor.
 
     Every certificate on it must pass ``certpolicy`` (no SHA-1/MD5 signature, no critical
     extension ferry does not process); a candidate issuer that fails is passed over, and
     its reason is what the refusal says when no other candidate completes the path.
+    Each link is checked against its issuer's CRLs in the keyring (not when
+    ``historical``: see the module docstring).
     """
     check_certificate(signer, "signer")
     _check_leaf(signer)
-    _check_validity(signer, now, "signer")
+    if not historical:
+        _check_validity(signer, now, "signer")
     anchors_der = {a.public_bytes(serialization.Encoding.DER) for a in keyring.anchors}
     if signer.public_bytes(serialization.Encoding.DER) in anchors_der:
         return  # the signer itself is pinned in the keyring
@@ -238,7 +250,10 @@ def verify_chain(
                     refused = refused or err
                     continue
                 _check_ca(anchor, depth)
-                _check_validity(anchor, now, "CA")
+                if not historical:
+                    _check_validity(anchor, now, "CA")
+                    check_not_revoked(current, anchor, keyring.crls, now,
+                                      "signer" if depth == 0 else "intermediate CA")
                 return
         issuer = None
         for cand in pool:
@@ -254,7 +269,10 @@ def verify_chain(
         if issuer is None:
             break
         _check_ca(issuer, depth)
-        _check_validity(issuer, now, "intermediate CA")
+        if not historical:
+            _check_validity(issuer, now, "intermediate CA")
+            check_not_revoked(current, issuer, keyring.crls, now,
+                              "signer" if depth == 0 else "intermediate CA")
         seen.add(issuer.fingerprint(hashes.SHA256()))
         current = issuer
     if refused is not None:
@@ -281,11 +299,16 @@ def _load_signed_data(sig: bytes) -> cms.SignedData:
 
 
 def verify(
-    content: bytes, sig: bytes, keyring: Keyring, *, now: dt.datetime | None = None
+    content: bytes,
+    sig: bytes,
+    keyring: Keyring,
+    *,
+    now: dt.datetime | None = None,
+    historical: bool = False,
 ) -> SignerInfo:
     """Check ``sig`` over ``content``; return the signer or raise a typed BundleError."""
     try:
-        return _verify(content, sig, keyring, now or dt.datetime.now(dt.UTC))
+        return _verify(content, sig, keyring, now or dt.datetime.now(dt.UTC), historical)
     except BundleError:
         raise
     except Exception as err:
@@ -340,7 +363,9 @@ def _check_structure(sig: bytes, signed: cms.SignedData) -> None:
             raise BadSignature("sw-description.sig carries unsigned attributes")
 
 
-def _verify(content: bytes, sig: bytes, keyring: Keyring, now: dt.datetime) -> SignerInfo:
+def _verify(
+    content: bytes, sig: bytes, keyring: Keyring, now: dt.datetime, historical: bool
+) -> SignerInfo:
     signed = _load_signed_data(sig)
     _check_structure(sig, signed)
     encap = signed["encap_content_info"]
@@ -383,7 +408,7 @@ def _verify(content: bytes, sig: bytes, keyring: Keyring, now: dt.datetime) -> S
         _verify_raw(
             cert, info["signature_algorithm"], digest_name, info["signature"].native, message
         )
-        verify_chain(cert, pool, keyring, now)
+        verify_chain(cert, pool, keyring, now, historical=historical)
         if first is None:
             first = SignerInfo(subject=cert.subject.rfc4514_string(), certificate=cert)
     assert first is not None
