@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,7 +91,10 @@ class SmpClient:
         self.smp_version = smp_version
         self._ser: serial.Serial | None = None
         self._decoder = framing.Decoder()
-        self._seq = 0
+        # A random first sequence number: a client that reopens the port (polling a
+        # rebooting target) must not take a late answer to the previous client's request,
+        # which had the same number, for the answer to its own.
+        self._seq = random.randrange(256)
         self._early: dict[int, Packet] = {}  # responses that arrived before we asked
         self.params: Params | None = None
 
@@ -99,14 +104,17 @@ class SmpClient:
             self._ser = serial.Serial(self.port, self.baud, timeout=0.05,
                                       write_timeout=max(self.timeout, 1.0))
             self._ser.reset_input_buffer()
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
+            # termios.error (not an OSError): the port vanished between open and flush,
+            # as a USB CDC-ACM port does when its MCU resets
+            self.close()
             raise LinkError(f"cannot open serial port {self.port}: {exc}") from exc
         self._decoder = framing.Decoder()
         self._early.clear()
 
     def close(self) -> None:
         if self._ser is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
+            with contextlib.suppress(serial.SerialException, OSError, termios.error):
                 self._ser.close()
             self._ser = None
 

@@ -72,11 +72,17 @@ def find(slots: list[SlotState], image: int, slot: int) -> SlotState | None:
 
 
 def classify(slots: list[SlotState], image: int, new_hash: bytes) -> Verdict:
-    running = find(slots, image, 0)
-    staged = find(slots, image, 1)
+    """The verdict for one image-state answer (the table in the module docstring).
+
+    The running image is the one flagged ``active`` (slot 0 in every swap mode; a
+    direct-XIP MCUboot runs from either slot), else slot 0 for servers that omit flags.
+    """
+    mine = [s for s in slots if s.image == image]
+    running = next((s for s in mine if s.active), find(slots, image, 0))
     if running is not None and running.hash == new_hash:
         return Verdict.BOOTED
-    if staged is not None and staged.hash == new_hash:
+    staged = next((s for s in mine if s is not running and s.hash == new_hash), None)
+    if staged is not None:
         return Verdict.NOT_RESET if staged.pending else Verdict.ROLLED_BACK
     if running is None:
         return Verdict.UNEXPECTED

@@ -12,7 +12,7 @@ import pytest
 from smp_helpers import NEW, flash, running_sim, running_version, target
 
 from ferry.proxy.registry import get_transport
-from ferry.proxy.smp.client import LinkError, TargetTimeout
+from ferry.proxy.smp.client import LinkError, SmpClient, TargetTimeout
 from ferry.proxy.smp.smp import SmpError
 
 
@@ -114,3 +114,20 @@ def test_port_disappears_for_good(tmp_path: Path) -> None:
                 progress=progress)
         assert time.monotonic() - start < 30
         assert running_version(sim) == "1.0.0"
+
+
+def test_port_vanishing_between_open_and_flush_is_a_link_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A USB CDC-ACM port that goes away as the MCU resets can fail pyserial's flush with
+    termios.error, which is no OSError; it must read as a LinkError so the wait goes on."""
+    import termios
+
+    import serial
+
+    def vanished(self: serial.Serial) -> None:
+        raise termios.error(5, "Input/output error")
+
+    with running_sim() as sim:
+        monkeypatch.setattr(serial.Serial, "reset_input_buffer", vanished)
+        with pytest.raises(LinkError, match="Input/output error"):
+            SmpClient(sim.port).open()

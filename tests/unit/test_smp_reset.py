@@ -14,8 +14,8 @@ from smp_helpers import NEW, flash, mcu_image, running_sim, running_version, tar
 
 from ferry.errors import FerryError
 from ferry.proxy.registry import get_transport
-from ferry.proxy.smp.client import SmpClient
-from ferry.proxy.smp.reboot import NotReset, ResetTimeout
+from ferry.proxy.smp.client import SlotState, SmpClient
+from ferry.proxy.smp.reboot import NotReset, ResetTimeout, Verdict, classify
 from ferry.proxy.smp.transport import Settings
 
 
@@ -31,11 +31,12 @@ def test_flash_confirms_whatever_the_reset_looks_like(tmp_path: Path, reenumerat
                      smp_v2=smp_v2, supports_params=params, reset_delay=delay) as sim:
         sim.device.faults.hold_reset_requests = held
         result = flash(sim, reset_delay="0.05")
-        assert result.ok, result.message
-        assert result.message.endswith("confirmed") and not result.rolled_back
+        why = f"{result.message} {result.detail} {sim.device.log}"
+        assert result.ok, why
+        assert result.message.endswith("confirmed") and not result.rolled_back, why
         assert running_version(sim) == "1.1.0" and sim.device.primary.image_ok
-        assert sim.resets_scheduled == 1  # reset sent once, never repeated
-        assert sim.reenumerations == (1 if reenumerate else 0)
+        assert sim.resets_scheduled == 1, why  # reset sent once, never repeated
+        assert sim.reenumerations == (1 if reenumerate else 0), why
         if held:
             # the old image answered with the new one pending: "not reset yet", and ferry
             # neither called that a rollback nor confirmed anything on the old image
@@ -118,3 +119,24 @@ def test_second_reset_restarts_the_timer_and_old_image_answers_meanwhile() -> No
         assert c.echo("still here") == "still here"  # the old image, during the delay
         assert sim.resets_scheduled == 2 and sim.device.boots == boots
         assert sim.served_while_resetting >= 2
+
+
+def slot(n: int, h: bytes, **flags: bool) -> SlotState:
+    return SlotState(image=0, slot=n, version=f"v{n}", hash=h, **flags)
+
+
+@pytest.mark.parametrize(("slots", "verdict"), [
+    ([slot(0, b"old", active=True, confirmed=True), slot(1, b"new", pending=True)],
+     Verdict.NOT_RESET),
+    ([slot(0, b"new", active=True), slot(1, b"old", confirmed=True)], Verdict.BOOTED),
+    ([slot(0, b"old", active=True, confirmed=True), slot(1, b"new")], Verdict.ROLLED_BACK),
+    ([slot(0, b"old", active=True, confirmed=True)], Verdict.REFUSED),
+    ([slot(0, b"other", active=True, confirmed=True)], Verdict.REFUSED),
+    ([], Verdict.UNEXPECTED),
+    # direct-XIP: the new image runs from slot 1
+    ([slot(0, b"old"), slot(1, b"new", active=True)], Verdict.BOOTED),
+    # a server that sends no flags at all: slot 0 is taken as running
+    ([slot(0, b"new"), slot(1, b"old")], Verdict.BOOTED),
+])
+def test_verdict_table(slots: list[SlotState], verdict: Verdict) -> None:
+    assert classify(slots, 0, b"new") is verdict
