@@ -4,8 +4,9 @@ SWUpdate reads ``software.version``, ``software.hardware-compatibility`` and the
 ``software.images`` list; ferry keeps the gateway rootfs there so SWUpdate (and DDI
 servers that parse .swu files) understand the bundle. Firmware for devices behind the
 gateway lives under ``software.ferry.targets``, a group SWUpdate never looks at, so
-SWUpdate neither installs nor requires those members. docs/bundle-format.md is the
-normative description of every key.
+SWUpdate neither installs nor requires those members. A new trust keyring rides the same
+way, under ``software.ferry.keyring`` with its version (packaging/keyringupdate.py).
+docs/bundle-format.md is the normative description of every key.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ COMPRESSIONS = ("zstd", "zlib")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # Keys SWUpdate would act on that ferry cannot honour: refuse rather than ignore them.
 _UNSUPPORTED_SECTIONS = ("scripts", "files", "partitions", "bootenv", "uboot")
+MAX_KEYRING_SIZE = 1 << 20  # a keyring member is read into memory: CA certificates + CRLs
+MAX_KEYRING_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class ImageEntry:
     size: int
     sha256: str  # hex of the STORED (possibly compressed) bytes, as SWUpdate checks it
     compressed: str | None  # "zstd" | "zlib" (a gzip stream) | None
-    role: str  # "rootfs" | "target"
+    role: str  # "rootfs" | "target" | "keyring"
     device: str | None = None
     target: TargetSpec | None = None
     decompressed_size: int | None = None
@@ -55,6 +58,10 @@ class Description:
     version: str
     compatible: tuple[str, ...]
     images: tuple[ImageEntry, ...]
+    keyring_version: int | None = None  # set iff an image has role "keyring"
+
+    def keyring(self) -> ImageEntry | None:
+        return next((i for i in self.images if i.role == "keyring"), None)
 
     def rootfs(self) -> ImageEntry | None:
         return next((i for i in self.images if i.role == "rootfs"), None)
@@ -162,6 +169,30 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
     )
 
 
+def _keyring(entry: Any) -> tuple[ImageEntry, int]:
+    where = "software.ferry.keyring"
+    if not isinstance(entry, dict):
+        raise BadDescription(f"sw-description: {where} must be a group {{ ... }}")
+    filename = _str(entry, "filename", where)
+    assert filename is not None
+    try:
+        check_name(filename)
+    except BundleError as err:
+        raise BadDescription(f"sw-description: {where}: {err}") from None
+    if filename in (DESCRIPTION_NAME, SIGNATURE_NAME):
+        raise BadDescription(f"sw-description: {where} uses the reserved name {shown(filename)}")
+    size = _size(entry, "size", where, required=True, cap=MAX_KEYRING_SIZE)
+    sha = _sha(entry, "sha256", where, required=True)
+    version = entry.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not (
+            1 <= version <= MAX_KEYRING_VERSION):
+        raise BadDescription(
+            f"sw-description: {where}.version must be an integer 1..{MAX_KEYRING_VERSION}")
+    assert size is not None and sha is not None
+    return ImageEntry(filename=filename, size=size, sha256=sha, compressed=None,
+                      role="keyring"), version
+
+
 def _list(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
@@ -201,6 +232,10 @@ def parse_description(data: bytes) -> Description:
         raise BadDescription("sw-description: software.ferry must be a group { ... }")
     for i, entry in enumerate(_list(ferry.get("targets"), "software.ferry.targets")):
         images.append(_image(entry, f"software.ferry.targets[{i}]", "target"))
+    keyring_version = None
+    if ferry.get("keyring") is not None:
+        keyring_entry, keyring_version = _keyring(ferry["keyring"])
+        images.append(keyring_entry)
     seen: set[str] = set()
     for image in images:
         if image.filename in seen:
@@ -208,7 +243,8 @@ def parse_description(data: bytes) -> Description:
         seen.add(image.filename)
     if not images:
         raise BadDescription("sw-description lists no images")
-    return Description(version=version, compatible=tuple(compat), images=tuple(images))
+    return Description(version=version, compatible=tuple(compat), images=tuple(images),
+                       keyring_version=keyring_version)
 
 
 # -- emitting ---------------------------------------------------------------------------
@@ -246,8 +282,16 @@ def render_description(desc: Description) -> bytes:
     }
     rootfs = [i for i in desc.images if i.role == "rootfs"]
     targets = [i for i in desc.images if i.role == "target"]
+    keyring = desc.keyring()
     if rootfs:
         software["images"] = [_image_doc(i) for i in rootfs]
+    ferry: dict[str, Any] = {}
     if targets:
-        software["ferry"] = {"targets": [_image_doc(i) for i in targets]}
+        ferry["targets"] = [_image_doc(i) for i in targets]
+    if keyring is not None:
+        assert desc.keyring_version is not None
+        ferry["keyring"] = {"filename": keyring.filename, "version": desc.keyring_version,
+                            "sha256": keyring.sha256, "size": keyring.size}
+    if ferry:
+        software["ferry"] = ferry
     return libconfig.dumps({"software": software}).encode()
