@@ -255,9 +255,13 @@ class FerryInterface(ServiceInterface):
         return True
 
     @method()
-    def Mark(self, state: "s", slot: "s") -> "ss":
+    async def Mark(self, state: "s", slot: "s") -> "ss":
+        # Activating the other slot re-hashes it against its verified record: seconds on
+        # slow eMMC, so it runs in a thread and the loop keeps answering GetStatus and
+        # pinging the watchdog meanwhile.
         try:
-            name, message = self.engine.mark(state, slot)
+            name, message = await self.loop.run_in_executor(
+                None, lambda: self.engine.mark(state, slot))
         except FerryError as err:
             raise DBusError(dbus_api.ERROR_FAILED, str(err)) from err
         self.emit_properties_changed({"BootSlot": self.engine.boot_slot()})

@@ -33,6 +33,8 @@ class RecordingEngine:
         self.started = threading.Event()
         self.hold: threading.Event | None = None  # set: flash() waits for it
         self.disconnect: Callable[[], None] = lambda: None  # drops ferryd off the bus
+        self.mark_hold: threading.Event | None = None  # set: mark() waits for it
+        self.marking = threading.Event()
 
     def check_target(self, name: str) -> None:
         if name != "sensor-mcu":
@@ -52,6 +54,10 @@ class RecordingEngine:
         return True
 
     def mark(self, state: str, slot: str) -> tuple[str, str]:
+        if self.mark_hold is not None:  # a long re-hash of the slot
+            self.marking.set()
+            self.mark_hold.wait(30)
+            return slot, f"slot {slot} marked {state}"
         raise FerryError("no slots in this test")
 
     def status(self) -> dict[str, Any]:
@@ -225,3 +231,22 @@ def test_the_client_is_told_when_ferryd_leaves_mid_operation(ferryd, tmp_path: P
     caller.join(30)
     assert out == [(client.RESULT_DAEMON_GONE, client.DAEMON_GONE)]
     assert "run 'ferry install' again" in client.DAEMON_GONE
+
+
+def test_mark_runs_off_the_loop_so_status_answers_during_a_long_rehash(ferryd) -> None:
+    # Mark of the other slot re-hashes it (seconds on slow eMMC); run on ferryd's loop it
+    # blocked GetStatus and the watchdog pings for that long.
+    address, engine = ferryd
+    engine.mark_hold = threading.Event()
+    result: list[Message] = []
+    caller = threading.Thread(target=lambda: result.append(
+        _raw_call(address, "Mark", "ss", ["active", "B"], [])), daemon=True)
+    caller.start()
+    assert engine.marking.wait(30)
+    status = _raw_call(address, "GetStatus", "", [], [])  # answered while mark() waits
+    assert status.message_type == MessageType.METHOD_RETURN
+    assert not result, "Mark returned before the re-hash ended"
+    engine.mark_hold.set()
+    caller.join(30)
+    assert result and result[0].message_type == MessageType.METHOD_RETURN
+    assert result[0].body == ["B", "slot B marked active"]
