@@ -23,6 +23,12 @@ from ferry.errors import FerryError
 
 DEFAULT_PATH = Path("/etc/ferry/ferry.toml")
 
+# No access for "other" to anything ferry creates as the gateway (journal, staged
+# firmware, resume heads, slot records), group read at most: ferryd sets it at start and
+# so does ``ferry --config`` (the standalone CLI acts as the gateway too); ferryd.service
+# says the same with UMask=.
+STATE_UMASK = 0o027
+
 SCHEMES = ("bootchooser", "bootcount")
 FLAG_MODES = ("incremental", "boolean")
 
@@ -88,6 +94,9 @@ class SlotConfig:
 @dataclass(frozen=True)
 class KeyringConfig:
     path: Path = Path("/etc/ferry/keyring.pem")
+    # SWUpdate's '<key hex> <ivt hex>' file (its -K): decrypts bundles whose images are
+    # encrypted (docs/bundle-format.md, "Encryption"); none: such bundles are refused.
+    decryption_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,13 @@ class BackendConfig:
     client_cert: Path | None = None
     client_key: Path | None = None
     poll_jitter: float = 0.1
+    # Each [[target]] is a DDI controller of its own (docs/backend.md, "Devices as
+    # controllers"), polled with gateway_token; off by default so that turning a
+    # gateway on does not create a target per MCU on a server that did not ask for it.
+    device_controllers: bool = False
+    # Device polls per gateway poll interval, whatever the number of devices: the
+    # traffic bound (N devices never mean N times the gateway's rate).
+    device_polls_per_poll: int = 10
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,9 @@ class TargetConfig:
     baud: int | None = None
     image_id: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # This target's DDI controller id when [backend] device_controllers is on;
+    # default "<backend.controller_id>.<name>" (ferry.daemon.backend.controllers)
+    controller_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -255,6 +274,45 @@ def _check(cfg: Config, where: str) -> None:
     for n in names:
         if names.count(n) > 1:
             raise ConfigError(f"{where}: target name {n!r} used twice")
+    _check_device_controllers(cfg, where)
+
+
+# hawkBit keeps a controller id in 64 characters (256 in newer releases) without
+# whitespace; goosebit puts it in a URL path. ferry's ids keep to the safe common part.
+CONTROLLER_ID_CHARS = "letters, digits, '.', '_' and '-'"
+CONTROLLER_ID_MAX = 64
+
+
+def controller_id_problem(text: str) -> str | None:
+    """Why ``text`` is not a controller id ferry will use, or None."""
+    if not text:
+        return "is empty"
+    if len(text) > CONTROLLER_ID_MAX:
+        return f"is longer than {CONTROLLER_ID_MAX} characters"
+    if not all(c.isascii() and (c.isalnum() or c in "._-") for c in text):
+        return f"may hold only {CONTROLLER_ID_CHARS}"
+    return None
+
+
+def _check_device_controllers(cfg: Config, where: str) -> None:
+    b = cfg.backend
+    for t in cfg.targets:
+        if t.controller_id is not None:
+            why = controller_id_problem(t.controller_id)
+            if why:
+                raise ConfigError(f"{where}: target {t.name} controller_id "
+                                  f"{t.controller_id!r} {why}")
+    if b.device_polls_per_poll < 1:
+        raise ConfigError(f"{where}: backend.device_polls_per_poll = "
+                          f"{b.device_polls_per_poll}; use 1 or more")
+    if not b.device_controllers:
+        return
+    if not b.url or not b.controller_id:
+        raise ConfigError(f"{where}: backend.device_controllers needs backend.url and "
+                          "backend.controller_id (device ids derive from the gateway's)")
+    if b.target_token and not b.gateway_token:
+        raise ConfigError(f"{where}: backend.device_controllers needs backend.gateway_token: "
+                          "a target_token authenticates the gateway's own controller only")
 
 
 def _build(cls: type, table: dict[str, Any], where: str, base: Path | None) -> Any:

@@ -103,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return exitcodes.USAGE
+    if getattr(args, "config", None) is not None:
+        # standalone, the CLI is the gateway: its journal and state files get ferryd's modes
+        from ferry.daemon.config import STATE_UMASK
+
+        os.umask(STATE_UMASK)
     try:
         return int(func(args) or 0)
     except FerryError as err:

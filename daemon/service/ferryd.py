@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ferry import __version__
+from ferry.daemon.config import STATE_UMASK
 from ferry.daemon.service import logsetup
 from ferry.daemon.service import sdnotify as notify
 from ferry.errors import FerryError
@@ -149,10 +150,9 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# No access for "other" to anything ferryd creates (journal, staged firmware, resume
-# heads), group read at most; the same as UMask= in ferryd.service, so a start outside
-# systemd (tests, a technician's foreground run) is no looser.
-UMASK = 0o027
+# The same as UMask= in ferryd.service, so a start outside systemd (tests, a
+# technician's foreground run) is no looser.
+UMASK = STATE_UMASK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,3 +118,22 @@ def test_ferryd_sets_umask_027_without_systemd(tmp_path: Path) -> None:
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", script],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.split()[0] == "0o27", (out.stdout, out.stderr)
+
+
+def test_standalone_cli_sets_umask_027_only_as_the_gateway(tmp_path: Path) -> None:
+    """``ferry --config`` writes the journal and slot records itself: ferryd's modes.
+    Without --config (``ferry bundle create`` on a build host) the user's umask stays."""
+    script = ("import os\n"
+              "os.umask(0o022)\n"
+              "from ferry.daemon.cli.main import main\n"
+              "rc = main(sys_argv)\n"
+              "print(oct(os.umask(0)), rc)\n")
+    py = str(ROOT / ".venv" / "bin" / "python")
+    got = {}
+    for name, argv in (("gateway", ["--config", f"{tmp_path}/missing.toml", "status"]),
+                       ("build host", ["bundle", "inspect", f"{tmp_path}/missing.swu"])):
+        out = subprocess.run([py, "-c", f"sys_argv = {argv!r}\n" + script],
+                             capture_output=True, text=True, timeout=60)
+        got[name] = out.stdout.split()[0] if out.stdout.split() else (out.stdout, out.stderr)
+    assert got["gateway"] == "0o27", got
+    assert got["build host"] == "0o22", got
