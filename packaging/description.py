@@ -17,6 +17,8 @@ from typing import Any
 
 from ferry.packaging import libconfig
 from ferry.packaging.cpio import check_name
+from ferry.packaging.deltaref import KEY as DELTA_KEY
+from ferry.packaging.deltaref import DeltaRef, delta_doc, parse_delta
 from ferry.packaging.errors import BadDescription, BundleError, shown
 from ferry.packaging.limits import NEWC_MAX_SIZE
 
@@ -51,6 +53,7 @@ class ImageEntry:
     target: TargetSpec | None = None
     decompressed_size: int | None = None
     decompressed_sha256: str | None = None
+    delta: DeltaRef | None = None  # rootfs only: its chunk index (packaging/deltaref.py)
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
         target=target,
         decompressed_size=_size(entry, "decompressed-size", where, required=False, cap=2**63 - 1),
         decompressed_sha256=_sha(entry, "decompressed-sha256", where, required=False),
+        delta=parse_delta(entry, where, role=role, compressed=_compression(entry, where)),
     )
 
 
@@ -241,6 +245,12 @@ def parse_description(data: bytes) -> Description:
         if image.filename in seen:
             raise BadDescription(f"sw-description lists {shown(image.filename)} twice")
         seen.add(image.filename)
+    for image in images:
+        if image.delta is not None:
+            if image.delta.index in seen | {DESCRIPTION_NAME, SIGNATURE_NAME}:
+                raise BadDescription(f"sw-description: chunk index {shown(image.delta.index)} "
+                                     "shares its name with another member")
+            seen.add(image.delta.index)
     if not images:
         raise BadDescription("sw-description lists no images")
     return Description(version=version, compatible=tuple(compat), images=tuple(images),
@@ -271,6 +281,8 @@ def _image_doc(image: ImageEntry) -> dict[str, Any]:
         doc["decompressed-size"] = image.decompressed_size
     if image.decompressed_sha256 is not None:
         doc["decompressed-sha256"] = image.decompressed_sha256
+    if image.delta is not None:
+        doc[DELTA_KEY] = delta_doc(image.delta)
     return doc
 
 

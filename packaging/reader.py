@@ -145,6 +145,8 @@ class BundleReader:
         self.signer: str = signer.subject
         self.raw_description: bytes = description
         self.description: Description = parse_description(description)
+        # a delta rootfs's chunk index, read and checked right before its rootfs
+        self.delta_index: bytes | None = None
         if len(self.description.images) > self.limits.max_images:
             raise OverLimit(
                 f"sw-description lists {len(self.description.images)} images; the limit is "
@@ -181,6 +183,8 @@ class BundleReader:
                 raise BundleError(
                     f"image {previous.entry.filename!r} was not read to its end before the next"
                 )
+            if entry.delta is not None:
+                self.delta_index = self._read_delta_index(entry)
             header = self._cpio.next_header(check_crc=self.limits.check_image_crc)
             if header.is_trailer:
                 raise MissingMember(
@@ -220,6 +224,27 @@ class BundleReader:
                 f"member {tail.name!r} is not listed in sw-description; refusing the bundle"
             )
         self._cpio.check_end()
+
+    def _read_delta_index(self, entry: ImageEntry) -> bytes:
+        """The chunk index member that comes right before a delta rootfs, checked
+        against its signed sha256 and size (packaging/deltaref.py) before any use."""
+        ref = entry.delta
+        assert ref is not None
+        header = self._cpio.next_header()
+        if header.is_trailer:
+            raise MissingMember(f"bundle ends without the chunk index {ref.index!r} that "
+                                "sw-description lists")
+        if header.name != ref.index:
+            raise WrongMemberOrder(f"member {header.name!r} comes where sw-description lists "
+                                   f"the chunk index {ref.index!r}")
+        if header.size != ref.size:
+            raise SizeMismatch(f"chunk index {ref.index!r} is {header.size} bytes in the "
+                               f"archive but {ref.size} in sw-description")
+        data = self._cpio.read_member(ref.size, f"chunk index {ref.index!r}")
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise HashMismatch(f"chunk index {ref.index!r} does not match its sha256 in "
+                               "sw-description; the bundle is corrupt or tampered")
+        return data
 
     def verify_all(self) -> None:
         """Read every image to its end, checking everything (``ferry bundle verify``)."""

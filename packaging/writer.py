@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +39,10 @@ from ferry.packaging.description import (
 from ferry.packaging.errors import BundleCreateError, BundleError
 from ferry.packaging.limits import NEWC_MAX_SIZE
 
+if TYPE_CHECKING:
+    from ferry.packaging.chunker import ChunkParams
+    from ferry.packaging.deltaref import DeltaRef
+
 CHUNK = 1 << 20
 _SUFFIX = {"zstd": ".zst", "zlib": ".gz"}
 MCUBOOT_MAGIC = 0x96F3B83D
@@ -54,6 +58,7 @@ class ImageInput:
     target: TargetSpec | None = None
     device: str | None = None
     filename: str | None = None  # member name; default derived from the path
+    delta: ChunkParams | None = None  # rootfs as a chunk store + index (deltabuild.py)
 
 
 @dataclass
@@ -62,6 +67,7 @@ class _Prepared:
     stored: Path  # the file whose bytes go into the archive
     check: int  # cpio byte sum
     temp: bool = False
+    index: bytes | None = None  # the chunk index member of a delta rootfs
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,17 @@ def _prepare(item: ImageInput, workdir: Path) -> _Prepared:
     dec_sha: str | None = None
     stored = path
     temp = False
-    if kind:
+    index: bytes | None = None
+    delta: DeltaRef | None = None
+    if item.delta is not None and role == "rootfs":
+        from ferry.packaging.deltabuild import delta_member
+
+        if kind != "zstd":
+            raise BundleCreateError("a delta rootfs is stored as zstd chunks; use --compress zstd")
+        stored, built, delta = delta_member(path, item.delta, workdir, name)
+        temp, index = True, built.index
+        dec_size, dec_sha = built.image_size, built.image_sha256
+    elif kind:
         fd, tmp_name = tempfile.mkstemp(prefix=".ferry-", suffix=_SUFFIX[kind], dir=workdir)
         stored = Path(tmp_name)
         temp = True
@@ -191,8 +207,9 @@ def _prepare(item: ImageInput, workdir: Path) -> _Prepared:
         target=item.target,
         decompressed_size=dec_size,
         decompressed_sha256=dec_sha,
+        delta=delta,
     )
-    return _Prepared(entry=entry, stored=stored, check=check, temp=temp)
+    return _Prepared(entry=entry, stored=stored, check=check, temp=temp, index=index)
 
 
 def _copy_member(writer: CpioStreamWriter, out: BinaryIO, prep: _Prepared) -> None:
@@ -266,6 +283,8 @@ def create_bundle(
             writer.add_bytes(DESCRIPTION_NAME, text)
             writer.add_bytes(SIGNATURE_NAME, sig)
             for prep in prepared:
+                if prep.index is not None and prep.entry.delta is not None:
+                    writer.add_bytes(prep.entry.delta.index, prep.index)  # before its rootfs
                 _copy_member(writer, fh, prep)
             writer.finish()
             fh.flush()
