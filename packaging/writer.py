@@ -6,7 +6,8 @@ compressed bytes to a temporary file next to the output (same filesystem, so no 
 fills up) and hashes the original on the way. sw-description is then rendered and
 signed, and the second pass streams everything into the archive, re-hashing each image so
 a file that changed between the passes fails the build instead of producing a bundle that
-every gateway would reject.
+every gateway would reject. A new keyring (``keyring=``) is checked and added last, named
+and hashed under ``software.ferry.keyring`` (packaging/keyringupdate.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ferry.packaging.description import (
     render_description,
 )
 from ferry.packaging.errors import BundleCreateError, BundleError
+from ferry.packaging.keyringupdate import keyring_member
 from ferry.packaging.limits import NEWC_MAX_SIZE
 
 if TYPE_CHECKING:
@@ -237,13 +239,17 @@ def create_bundle(
     compatible: Sequence[str],
     images: Sequence[ImageInput],
     mtime: int = 0,
+    keyring: Path | None = None,
+    keyring_version: int | None = None,
 ) -> Description:
     """Write a signed bundle to ``output`` (atomically: a temp file renamed into place)."""
     if not version:
         raise BundleCreateError("a bundle needs a version (--version)")
     if not compatible:
         raise BundleCreateError("a bundle needs at least one --compatible hardware string")
-    if not images:
+    if (keyring is None) != (keyring_version is None):
+        raise BundleCreateError("give --keyring and --keyring-version together")
+    if not images and keyring is None:
         raise BundleCreateError("a bundle needs a rootfs image or at least one --target")
     if sum(1 for i in images if i.target is None) > 1:
         raise BundleCreateError("a bundle carries at most one rootfs image")
@@ -262,6 +268,10 @@ def create_bundle(
         for item in ordered:
             prepared.append(_prepare(item, workdir))
         names = [p.entry.filename for p in prepared]
+        new_keyring = None
+        if keyring is not None and keyring_version is not None:
+            new_keyring = keyring_member(Path(keyring), keyring_version)
+            names.append(new_keyring[0].filename)
         dup = {n for n in names if names.count(n) > 1} | (
             set(names) & {DESCRIPTION_NAME, SIGNATURE_NAME}
         )
@@ -270,7 +280,9 @@ def create_bundle(
         desc = Description(
             version=version,
             compatible=tuple(compatible),
-            images=tuple(p.entry for p in prepared),
+            images=tuple(p.entry for p in prepared) + (
+                (new_keyring[0],) if new_keyring else ()),
+            keyring_version=keyring_version if new_keyring else None,
         )
         text = render_description(desc)
         sig = signature.sign(
@@ -286,6 +298,8 @@ def create_bundle(
                 if prep.index is not None and prep.entry.delta is not None:
                     writer.add_bytes(prep.entry.delta.index, prep.index)  # before its rootfs
                 _copy_member(writer, fh, prep)
+            if new_keyring is not None:
+                writer.add_bytes(new_keyring[0].filename, new_keyring[1])
             writer.finish()
             fh.flush()
             os.fsync(fh.fileno())
