@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, cast
 
 from ferry.packaging.cpio import CpioStreamReader
@@ -122,7 +122,16 @@ class ImageStream(io.RawIOBase):
 class BundleReader:
     """Reads and verifies sw-description on construction, then streams the images."""
 
-    def __init__(self, stream: BinaryIO, keyring: Keyring, *, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        keyring: Keyring | Callable[[bytes], Keyring],
+        *,
+        limits: Limits | None = None,
+    ) -> None:
+        """``keyring`` may be a function of the exact sw-description bytes: the gateway's
+        trust store re-reads a rotation bundle under the keyring it was accepted with
+        (ferry.daemon.install.trust)."""
         self.limits = limits or Limits()
         self._cpio = CpioStreamReader(stream, self.limits)
         self._started = False
@@ -141,7 +150,10 @@ class BundleReader:
                 "sw-description.sig; sign it with 'ferry bundle create --key/--cert'"
             )
         sig = self._cpio.read_member(self.limits.max_signature_size, "sw-description.sig")
+        if not isinstance(keyring, Keyring):
+            keyring = keyring(description)
         signer = verify(description, sig, keyring)
+        self.signature: bytes = sig
         self.signer: str = signer.subject
         self.raw_description: bytes = description
         self.description: Description = parse_description(description)
