@@ -10,6 +10,16 @@ Single deviation from the document, on purpose: ``DdiPolling.sleep`` has the lit
 pattern "HH:MM:SS" in the document; we check ``^\\d\\d:\\d\\d:\\d\\d$`` as real
 servers (hawkBit, goosebit) send digits.
 
+Several controllers share one server, as on a real tenant: the fixture is the gateway's
+controller, and :meth:`DdiFixture.device` (or the first poll of an unknown id, as
+hawkBit registers a controller that polls; off with ``auto_register=False``) adds the
+controllers of the devices behind it, each with its own actions, feedback, configData
+and ``sleep``. ``gateway_token`` is hawkBit's tenant-wide GatewayToken: with it set,
+``Authorization: GatewayToken <token>`` authenticates every controller of the tenant
+(hawkBit's ``GatewayTokenAuthenticator``); a controller's ``target_token`` still works
+for that controller alone; a request with neither is answered 401. ``log`` records
+(controller id, method, path) of every request to any controller, in order.
+
 A hostile or broken server is one switch away (tests/unit/test_ddi_security.py): any
 action id (hrefs carry it URL-quoted, as one path segment), any artifact link,
 artifact links or a redirect to another origin (:class:`ArtifactMirror`, which records
@@ -118,10 +128,17 @@ class DdiFixture:
     """State of one tenant with one controller; tests change it between polls."""
 
     def __init__(self, *, tenant: str = "DEFAULT", controller_id: str = "gw1",
-                 target_token: str = "", installed_base: bool = True) -> None:
+                 target_token: str = "", installed_base: bool = True,
+                 gateway_token: str = "", auto_register: bool = True,
+                 parent: DdiFixture | None = None) -> None:
         self.tenant = tenant
         self.controller_id = controller_id
         self.target_token = target_token
+        self.gateway_token = gateway_token  # tenant-wide; the root fixture's counts
+        self.auto_register = auto_register
+        self.parent = parent
+        self.devices: dict[str, DdiFixture] = {}  # other controllers on this tenant
+        self.log: list[tuple[str, str, str]] = []  # (controller id, method, path)
         self.supports_installed_base = installed_base
         self.sleep = "00:00:01"
         self.actions: dict[str, Action] = {}
@@ -152,8 +169,28 @@ class DdiFixture:
 
     # -- set-up helpers ---------------------------------------------------------------
 
+    def device(self, controller_id: str) -> DdiFixture:
+        """The controller ``controller_id`` of this tenant (created when new)."""
+        root = self.parent or self
+        if controller_id == root.controller_id:
+            return root
+        with root.lock:
+            if controller_id not in root.devices:
+                root.devices[controller_id] = DdiFixture(
+                    tenant=root.tenant, controller_id=controller_id,
+                    installed_base=root.supports_installed_base, parent=root)
+            return root.devices[controller_id]
+
+    def polls(self, controller_id: str | None = None) -> int:
+        """Polls (GET of the controller base) seen, of one controller or of all."""
+        root = self.parent or self
+        return sum(1 for cid, m, rest in root.log if m == "GET" and rest == ""
+                   and (controller_id is None or cid == controller_id))
+
     @property
     def url(self) -> str:
+        if self.parent is not None:
+            return self.parent.url
         assert self.httpd is not None
         return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -255,18 +292,41 @@ class DdiFixture:
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         path = h.path.split("?", 1)[0]
+        m = re.match(rf"^/{re.escape(self.tenant)}/controller/v1/([^/]+)(.*)$", path)
+        cid = unquote(m.group(1)) if m else ""
+        target = self
+        if m and cid != self.controller_id:
+            known = cid in self.devices
+            if not known and not (self.auto_register and method == "GET" and
+                                  m.group(2) == ""):
+                self.requests.append((method, path))
+                return self._send(h, 404, {"message": "unknown controller"})
+            target = self.device(cid)
+        self.log.append((cid, method, m.group(2).rstrip("/") if m else path))
+        target._serve(h, method, path, authorize=self._authorized)
+
+    def _authorized(self, h: BaseHTTPRequestHandler, controller: DdiFixture) -> bool:
+        got = h.headers.get("Authorization") or ""
+        wanted = []
+        if self.gateway_token:
+            wanted.append(f"GatewayToken {self.gateway_token}")
+        if controller.target_token:
+            wanted.append(f"TargetToken {controller.target_token}")
+        return not wanted or got in wanted
+
+    def _serve(self, h: BaseHTTPRequestHandler, method: str, path: str, *,
+               authorize: Any) -> None:
         self.requests.append((method, path))
         getpeercert = getattr(h.connection, "getpeercert", None)
         if getpeercert is not None:
             self.client_certs.append(getpeercert())
         self.auth_headers.append(h.headers.get("Authorization", ""))
         prefix = f"/{self.tenant}/controller/v1/{self.controller_id}"
-        if self.unavailable:
+        if self.unavailable or (self.parent is not None and self.parent.unavailable):
             return self._send(h, 503)
         if not path.startswith(prefix):
             return self._send(h, 404, {"message": "unknown controller"})
-        if self.target_token and h.headers.get("Authorization") != \
-                f"TargetToken {self.target_token}":
+        if not authorize(h, self):
             return self._send(h, 401)
         rest = path[len(prefix):]
         body: Any = None

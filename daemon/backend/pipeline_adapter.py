@@ -222,6 +222,36 @@ def resume_then_poll(resume: Callable[[], None], config: Config, ctx: Context,
     except Exception as exc:  # a bad [backend] must not take the D-Bus service down
         log.error("backend: not polling: %s", exc)
         return
-    if runner is not None:
-        log.info("backend: polling %s as %s", config.backend.url, config.backend.controller_id)
+    if runner is None:
+        return
+    log.info("backend: polling %s as %s", config.backend.url, config.backend.controller_id)
+    try:
+        devices = make_device_poller(config, runner, ctx)
+    except Exception as exc:  # the gateway's own controller goes on without its devices
+        log.error("backend: not polling device controllers: %s", exc)
+        devices = None
+    if devices is None:
         runner.run(stop)
+        return
+    from ferry.daemon.backend.devices import run_loop
+
+    log.info("backend: polling %d device controller(s): %s", len(devices.ids),
+             ", ".join(devices.ids))
+    run_loop(lambda: runner.step().sleep, devices, stop, log=log.info)
+
+
+def make_device_poller(config: Config, runner: DeploymentRunner, ctx: Context) -> Any:
+    """The device controllers' poller when ``[backend] device_controllers`` is on
+    (ferry.daemon.backend.devices); device deployments wait while ``runner`` has a
+    gateway action in hand."""
+    if not config.backend.device_controllers or not config.targets:
+        return None
+    from ferry.daemon.backend.devices import DevicePoller
+    from ferry.daemon.backend.runner import IDLE
+
+    def busy() -> str:
+        st = runner.state
+        return "" if st.phase == IDLE else f"gateway action {st.action_id} is {st.phase}"
+
+    return DevicePoller(config, ctx, settings=runner.client.settings, busy=busy,
+                        log=log.info)

@@ -35,6 +35,7 @@ from ferry.daemon.install.context import Context as Context
 from ferry.daemon.install.context import ProgressFn as ProgressFn
 from ferry.daemon.install.context import current_boot_id as current_boot_id
 from ferry.daemon.install.context import make_context as make_context
+from ferry.daemon.install.devicedeploy import DEVICE_ORIGIN
 from ferry.daemon.install.slotwriter import (
     SlotTooSmall,
     WriteResult,
@@ -178,6 +179,11 @@ def run(ctx: Context, dep_id: int) -> None:
     from ferry.daemon.install.bootcheck import after_boot
 
     dep = ctx.journal.get(dep_id)
+    if dep.origin == DEVICE_ORIGIN:  # one device's target-only bundle: no slot, no reboot
+        from ferry.daemon.install.devicedeploy import run as device_run
+
+        device_run(ctx, dep_id)
+        return
     if dep.state in PRE_ACTIVATION:
         _guarded(ctx, dep_id, _prepare_or_restart)
         dep = ctx.journal.get(dep_id)
@@ -316,11 +322,14 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         need = 0
         if rootfs is not None:
             need = rootfs.decompressed_size or (rootfs.size if not rootfs.compressed else 0)
+            if rootfs.encrypted and not rootfs.compressed and not rootfs.decompressed_size:
+                need = rootfs.size - 16  # at least one byte of padding (encryption.py)
             cap = slot_capacity(inactive.device)
             if cap is not None and need > cap:
                 raise SlotTooSmall(
                     f"image {rootfs.filename} needs {need} bytes but slot {inactive.name} "
                     f"({inactive.device}) holds {cap}; build a smaller image")
+        aes = _decryption_key(cfg, desc)
         j.end_step(dep_id, "verify", detail=f"{desc.version} signed by {reader.signer}")
 
         if rootfs is not None:
@@ -345,6 +354,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                 on_synced = None
                 resumable = not entry.compressed or (
                     entry.compressed == "zstd" and entry.decompressed_sha256 is not None)
+                resumable = resumable and not entry.encrypted  # docs/install.md
                 if tap is not None and index == 0 and resumable:
                     on_synced = _keep_resume_point(ctx, dep_id, tap, reader.offset - skip,
                                                    inactive.device, point,
@@ -352,6 +362,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                 res = _write_rootfs(
                     cfg, inactive, entry, stream, desc.version, progress=prog,
                     on_synced=on_synced, start=point.synced if skip and point is not None else 0,
+                    aes=aes,
                 )
                 j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
                 _drop_resume_point(ctx, dep_id)
@@ -361,11 +372,17 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                 from ferry.packaging.compression import decompress_stream
 
                 lim = staging.image_limit(cfg.gateway.data_dir, entry, cfg.install)
-                plain = decompress_stream(entry.compressed, stream, max_output=lim.size,
-                                          what=lim.what)
+                if entry.encrypted:
+                    from ferry.packaging.encryption import open_image
+
+                    plain = open_image(entry, stream, aes, max_output=lim.size, what=lim.what)
+                else:
+                    plain = decompress_stream(entry.compressed, stream, max_output=lim.size,
+                                              what=lim.what)
+                transformed = bool(entry.compressed) or entry.encrypted
                 img = staging.stage(
                     plain, dest,
-                    expected_sha256=entry.decompressed_sha256 if entry.compressed else None,
+                    expected_sha256=entry.decompressed_sha256 if transformed else None,
                     progress=_Throttle(ctx, dep_id, "stage",
                                        entry.decompressed_size or entry.size),
                 )
@@ -486,9 +503,24 @@ def _drop_resume_point(ctx: Context, dep_id: int) -> None:
             old.unlink(missing_ok=True)
 
 
+def _decryption_key(cfg: Config, desc: Any) -> Any:
+    """The gateway's AES key when the bundle has encrypted images (None otherwise);
+    loaded while verifying, so a missing or bad key fails before any slot is touched."""
+    if not any(e.encrypted for e in desc.images):
+        return None
+    from ferry.packaging.encryption import EncryptionKeyError, load_key
+
+    path = cfg.keyring.decryption_key
+    if path is None:
+        raise EncryptionKeyError(
+            "bundle has encrypted images and this gateway has no AES key; set [keyring] "
+            "decryption_key to SWUpdate's '<key> <ivt>' file")
+    return load_key(path)
+
+
 def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version: str, *,
                   progress: Callable[[int], None], on_synced: Callable[[int, int], None] | None,
-                  start: int) -> WriteResult:
+                  start: int, aes: Any = None) -> WriteResult:
     """The rootfs into the slot, and the slot record that may let it boot.
 
     The record is dropped before the slot is opened (``before_open``), and written only
@@ -496,21 +528,34 @@ def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version:
     Its digest is of the bytes in the slot: the signed decompressed-sha256 (checked by
     the slot writer); for a stored image the signed sha256 (the bundle reader checked
     every byte the writer got); for a compressed image without one, the writer's own
-    digest of the output of a verified stream.
+    digest of the output of a verified stream. An encrypted image is read through
+    ``open_image`` (decrypt, decompress, sealed) and counts as transformed.
     """
     from ferry.daemon.boot.slotrecord import begin_write, record_failed, record_verified
     from ferry.daemon.install.slotwriter import SlotHashMismatch
     from ferry.packaging.errors import HashMismatch
 
-    compressed = entry.compressed
+    compressed = bool(entry.compressed) or entry.encrypted
+    decompress: Callable[[str | None, Any], Any] | None = None
+    if entry.encrypted:
+        from ferry.packaging.compression import output_limit
+        from ferry.packaging.encryption import open_image
+
+        cap = output_limit(entry.decompressed_size, slot_capacity(slot.device))
+
+        def decrypting(_kind: str | None, stored: Any) -> Any:
+            return open_image(entry, stored, aes, max_output=cap,
+                              what=f"image {entry.filename!r}")
+        decompress = decrypting
     try:
         res = write_slot(
-            stream, slot.device, compressed=compressed,
+            stream, slot.device, compressed=entry.compressed,
             expected_size=entry.decompressed_size if compressed else entry.size,
             expected_sha256=entry.decompressed_sha256 if compressed else None,
             progress=progress, on_synced=on_synced, start=start,
             before_open=lambda: begin_write(cfg, slot.name),
-            digest=bool(compressed) and entry.decompressed_sha256 is None,
+            digest=compressed and entry.decompressed_sha256 is None,
+            decompress=decompress,
         )
     except (HashMismatch, SlotHashMismatch):
         record_failed(cfg, slot.name, "failed its hash")

@@ -12,6 +12,9 @@ population). Its transport reports each node in ``FlashResult.detail`` under
 ``node.<node id>`` as ``<state>[: <message>]``; those become journal node rows
 (``Journal.set_nodes``) beside the target's row, so health, ``ferry status``,
 ``ferry devices`` and the backend feedback can show every node.
+
+A deployment whose ``info`` names ``only_targets`` (a device deployment, see
+``devicedeploy``) flashes those targets and no other, whatever else its images match.
 """
 
 from __future__ import annotations
@@ -162,7 +165,11 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
     staged: list[dict[str, Any]] = list(dep.info.get("staged", []))
     if dep.state != "proxy":
         j.begin_step(dep_id, "proxy", state="proxy", detail=f"{len(staged)} staged image(s)")
-    jobs, unmatched = plan(ctx.config.targets, staged)
+    targets = ctx.config.targets
+    only = dep.info.get("only_targets")
+    if only is not None:  # a device deployment (install/devicedeploy.py): its device alone
+        targets = tuple(tc for tc in targets if tc.name in only)
+    jobs, unmatched = plan(targets, staged)
     done = {t.name: t.state for t in j.targets(dep_id)}
     for image, why in unmatched:
         name = image.get("name") or image["filename"]
