@@ -27,6 +27,7 @@ SIGNATURE_NAME = "sw-description.sig"
 FORMATS = ("mcuboot", "raw", "dfu", "dfuse", "zigbee-ota", "bin")
 COMPRESSIONS = ("zstd", "zlib")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_IVT = re.compile(r"[0-9a-fA-F]{32}")
 # Keys SWUpdate would act on that ferry cannot honour: refuse rather than ignore them.
 _UNSUPPORTED_SECTIONS = ("scripts", "files", "partitions", "bootenv", "uboot")
 MAX_KEYRING_SIZE = 1 << 20  # a keyring member is read into memory: CA certificates + CRLs
@@ -54,6 +55,11 @@ class ImageEntry:
     decompressed_size: int | None = None
     decompressed_sha256: str | None = None
     delta: DeltaRef | None = None  # rootfs only: its chunk index (packaging/deltaref.py)
+    # AES-CBC as SWUpdate encrypts (packaging/encryption.py): sha256/size are of the
+    # ciphertext; decompressed-* then describe the bytes after decryption and
+    # decompression; ivt (32 hex digits) overrides the gateway key file's.
+    encrypted: bool = False
+    ivt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,6 @@ def _compression(entry: dict[str, Any], where: str) -> str | None:
 def _image(entry: Any, where: str, role: str) -> ImageEntry:
     if not isinstance(entry, dict):
         raise BadDescription(f"sw-description: {where} must be a group {{ ... }}")
-    if entry.get("encrypted"):
-        raise BadDescription(f"sw-description: {where} is encrypted; ferry cannot decrypt it")
     filename = _str(entry, "filename", where)
     assert filename is not None
     try:
@@ -141,6 +145,7 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
     size = _size(entry, "size", where, required=True)
     sha = _sha(entry, "sha256", where, required=True)
     assert size is not None and sha is not None
+    encrypted, ivt = _encryption(entry, where, size)
     target = None
     if role == "target":
         fmt = _str(entry, "format", where)
@@ -170,7 +175,26 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
         decompressed_size=_size(entry, "decompressed-size", where, required=False, cap=2**63 - 1),
         decompressed_sha256=_sha(entry, "decompressed-sha256", where, required=False),
         delta=parse_delta(entry, where, role=role, compressed=_compression(entry, where)),
+        encrypted=encrypted,
+        ivt=ivt,
     )
+
+
+def _encryption(entry: dict[str, Any], where: str, size: int) -> tuple[bool, str | None]:
+    """``encrypted`` (a boolean) and ``ivt`` (32 hex digits), as SWUpdate reads them.
+    AES-CBC ciphertext with PKCS#7 padding is a whole number of 16-byte blocks, at
+    least one: any other signed size is refused before a byte is read."""
+    value = entry.get("encrypted", False)
+    if not isinstance(value, bool):
+        raise BadDescription(f"sw-description: {where}.encrypted must be true or false")
+    ivt = _str(entry, "ivt", where, required=False)
+    if ivt is not None and not _IVT.fullmatch(ivt):
+        raise BadDescription(f"sw-description: {where}.ivt is not 32 hex digits")
+    if value and (size == 0 or size % 16):
+        raise BadDescription(
+            f"sw-description: {where} is encrypted but its size {size} is not a whole "
+            "number of 16-byte AES blocks; the image is truncated or not AES-CBC")
+    return value, ivt.lower() if ivt is not None else None
 
 
 def _keyring(entry: Any) -> tuple[ImageEntry, int]:
@@ -283,6 +307,10 @@ def _image_doc(image: ImageEntry) -> dict[str, Any]:
         doc["decompressed-sha256"] = image.decompressed_sha256
     if image.delta is not None:
         doc[DELTA_KEY] = delta_doc(image.delta)
+    if image.encrypted:
+        doc["encrypted"] = True
+        if image.ivt is not None:
+            doc["ivt"] = image.ivt
     return doc
 
 

@@ -223,6 +223,12 @@ class BundleReader:
                 raise BundleError(
                     f"cannot resume image {entry.filename!r} in the middle: it has no "
                     "decompressed-sha256 to check it by")
+            if absent and entry.encrypted:
+                # The ciphertext's sha256 is what makes CBC without a MAC safe (see
+                # packaging/encryption.py): it cannot be checked from the middle.
+                raise BundleError(
+                    f"cannot resume encrypted image {entry.filename!r} in the middle; "
+                    "it is downloaded again from its start")
             stream = ImageStream(self._cpio, entry, absent)
             previous = stream
             yield entry, cast(BinaryIO, stream)

@@ -5,6 +5,8 @@ the recipe file; command-line options override the recipe's top-level values.
     version = "1.4.0"
     compatible = ["acme-gw-rev2"]
     compress = "zstd"                 # zstd | gzip | none; default for every image
+    encrypt_key = "aes.key"           # optional: SWUpdate's '<key> <ivt>' file; encrypts
+                                      # every image (packaging/encryption.py)
     [rootfs]
     file = "rootfs.ext4"
     device = "/dev/mmcblk0p2"         # optional: what SWUpdate would write to
@@ -29,7 +31,7 @@ from ferry.packaging.description import TargetSpec
 from ferry.packaging.errors import BundleCreateError
 from ferry.packaging.writer import ImageInput, compression_from_cli, sniff_format, sniff_selector
 
-_TOP = {"version", "compatible", "compress", "rootfs", "target"}
+_TOP = {"version", "compatible", "compress", "encrypt_key", "rootfs", "target"}
 _ROOTFS = {"file", "device", "compress", "filename"}
 _TARGET = {"transport", "name", "file", "format", "version", "compress", "selector", "filename"}
 
@@ -42,6 +44,7 @@ class Recipe:
     rootfs: dict[str, Any] | None = None
     targets: list[dict[str, Any]] = field(default_factory=list)
     base: Path = Path()
+    encrypt_key: Path | None = None  # resolved against the recipe's directory
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -78,7 +81,17 @@ def load_recipe(path: str | Path) -> Recipe:
         rootfs=rootfs,
         targets=list(targets),
         base=p.resolve().parent,
+        encrypt_key=_encrypt_key(doc, p),
     )
+
+
+def _encrypt_key(doc: dict[str, Any], p: Path) -> Path | None:
+    value = doc.get("encrypt_key")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BundleCreateError(f"recipe {p}: 'encrypt_key' must be a path string")
+    return p.resolve().parent / value
 
 
 def target_input(

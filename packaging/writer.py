@@ -37,6 +37,7 @@ from ferry.packaging.description import (
     TargetSpec,
     render_description,
 )
+from ferry.packaging.encryption import AesKey, encrypt_file, new_ivt
 from ferry.packaging.errors import BundleCreateError, BundleError
 from ferry.packaging.keyringupdate import keyring_member
 from ferry.packaging.limits import NEWC_MAX_SIZE
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 _SUFFIX = {"zstd": ".zst", "zlib": ".gz"}
+ENCRYPTED_SUFFIX = ".enc"  # as swugenerator names encrypted members
 MCUBOOT_MAGIC = 0x96F3B83D
 ZIGBEE_OTA_MAGIC = 0x0BEEF11E
 
@@ -155,12 +157,32 @@ class _HashingReader:
         return chunk
 
 
-def _prepare(item: ImageInput, workdir: Path) -> _Prepared:
+def _encrypt(stored: Path, temp: bool, workdir: Path, key: AesKey,
+             ivt: bytes) -> tuple[Path, int, str]:
+    """Encrypt ``stored`` (the original, or the compressed temp file, which is then
+    removed) into a new temp file; returns it with the plaintext's size and sha256."""
+    fd, tmp_name = tempfile.mkstemp(prefix=".ferry-", suffix=ENCRYPTED_SUFFIX, dir=workdir)
+    out = Path(tmp_name)
+    try:
+        with stored.open("rb") as src, os.fdopen(fd, "wb") as dst:
+            hashing = _HashingReader(src)
+            encrypt_file(hashing, dst, key, ivt)  # type: ignore[arg-type]
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    finally:
+        if temp:
+            stored.unlink(missing_ok=True)
+    return out, hashing.size, hashing.sha.hexdigest()
+
+
+def _prepare(item: ImageInput, workdir: Path, key: AesKey | None = None) -> _Prepared:
     path = item.path
     if not path.is_file():
         raise BundleCreateError(f"image {path} does not exist or is not a regular file")
     kind = item.compress
-    name = item.filename or path.name + (_SUFFIX[kind] if kind else "")
+    name = item.filename or path.name + (_SUFFIX[kind] if kind else "") + (
+        ENCRYPTED_SUFFIX if key is not None else "")
     try:
         check_name(name)
     except BundleError as err:
@@ -192,6 +214,16 @@ def _prepare(item: ImageInput, workdir: Path) -> _Prepared:
         except BaseException:
             stored.unlink(missing_ok=True)
             raise
+    ivt: bytes | None = None
+    if key is not None:
+        # Compress first, encrypt second: SWUpdate decrypts, then decompresses. The
+        # plaintext hash (decompressed-*) lets the gateway tell a wrong key from a good
+        # one whatever the padding happens to look like.
+        ivt = new_ivt()
+        stored, plain_size, plain_sha = _encrypt(stored, temp, workdir, key, ivt)
+        temp = True
+        if dec_size is None:
+            dec_size, dec_sha = plain_size, plain_sha
     sha, size, check = _hash_file(stored)
     if size > NEWC_MAX_SIZE:
         if temp:
@@ -210,6 +242,8 @@ def _prepare(item: ImageInput, workdir: Path) -> _Prepared:
         decompressed_size=dec_size,
         decompressed_sha256=dec_sha,
         delta=delta,
+        encrypted=key is not None,
+        ivt=ivt.hex() if ivt is not None else None,
     )
     return _Prepared(entry=entry, stored=stored, check=check, temp=temp, index=index)
 
@@ -241,8 +275,12 @@ def create_bundle(
     mtime: int = 0,
     keyring: Path | None = None,
     keyring_version: int | None = None,
+    encrypt_key: AesKey | None = None,
 ) -> Description:
-    """Write a signed bundle to ``output`` (atomically: a temp file renamed into place)."""
+    """Write a signed bundle to ``output`` (atomically: a temp file renamed into place).
+
+    ``encrypt_key``: encrypt every image with AES-CBC as SWUpdate does (a random ivt
+    per image, recorded in its entry); see packaging/encryption.py."""
     if not version:
         raise BundleCreateError("a bundle needs a version (--version)")
     if not compatible:
@@ -266,7 +304,7 @@ def create_bundle(
     tmp_out: Path | None = None
     try:
         for item in ordered:
-            prepared.append(_prepare(item, workdir))
+            prepared.append(_prepare(item, workdir, encrypt_key))
         names = [p.entry.filename for p in prepared]
         new_keyring = None
         if keyring is not None and keyring_version is not None:

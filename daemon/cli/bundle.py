@@ -57,6 +57,12 @@ def register(sub: Any) -> None:
     )
     create.add_argument("--recipe", metavar="RECIPE.toml", help="bundle contents from a file")
     create.add_argument("--pss", action="store_true", help="sign with RSA-PSS (RSA keys)")
+    create.add_argument(
+        "--encrypt-key",
+        metavar="KEYFILE",
+        help="encrypt every image with AES-CBC as SWUpdate does; KEYFILE holds "
+        "'<key hex> <ivt hex>' (SWUpdate's -K file)",
+    )
     create.add_argument("-o", "--output", required=True, metavar="OUT.swu")
     create.set_defaults(func=_create)
 
@@ -136,10 +142,18 @@ def _create(args: argparse.Namespace) -> int:
             target_input(transport, name, Path(file), compress=compress, bundle_version=version)
         )
     signing = load_signing_key(args.key, args.cert, pss=args.pss)
+    key_path = args.encrypt_key or recipe.encrypt_key
+    aes = None
+    if key_path:
+        from ferry.packaging.encryption import load_key
+
+        aes = load_key(key_path)
     desc = create_bundle(
-        args.output, signing=signing, version=version, compatible=compatible, images=images
+        args.output, signing=signing, version=version, compatible=compatible, images=images,
+        encrypt_key=aes,
     )
-    print(f"wrote {args.output}: version {desc.version}, {len(desc.images)} image(s)")
+    how = ", encrypted (AES-CBC)" if aes is not None else ""
+    print(f"wrote {args.output}: version {desc.version}, {len(desc.images)} image(s){how}")
     return 0
 
 
@@ -164,6 +178,7 @@ def _image_json(entry: Any) -> dict[str, Any]:
         "sha256": entry.sha256,
         "compression": entry.compressed or "none",
         "decompressed_size": entry.decompressed_size,
+        "encrypted": entry.encrypted,
         "device": entry.device,
         "target": None,
     }
@@ -215,7 +230,8 @@ def _inspect(args: argparse.Namespace) -> int:
             where = "rootfs" + (f" -> {e.device}" if e.device else "")
         print(f"  {e.filename}")
         print(f"    {where}")
-        print(f"    size {e.size}  compression {e.compressed or 'none'}")
+        enc = "  encrypted (AES-CBC)" if e.encrypted else ""
+        print(f"    size {e.size}  compression {e.compressed or 'none'}{enc}")
         print(f"    sha256 {e.sha256}")
     return 0
 

@@ -126,7 +126,12 @@ def write_slot(
     (a compressed image whose signed description has no decompressed-sha256: the
     stored stream is verified, and this digest of its output is what a later re-hash
     compares against).
+
+    ``decompress(compressed, stored)``: builds the stream of slot bytes on the stored
+    stream instead of ``decompress_stream``; given, it is used even when ``compressed``
+    is None (an encrypted image: packaging.encryption.open_plaintext).
     """
+    transformed = compressed is not None or decompress is not None
     if capacity is None:
         capacity = slot_capacity(device)
     if capacity is not None and expected_size is not None and expected_size > capacity:
@@ -140,10 +145,10 @@ def write_slot(
     # Compressed input arrives at a fraction of the output rate, so it gets fewer
     # buffers: the decompressor's window already costs several MiB.
     pool: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(POOL if compressed is None else 2):
+    for _ in range(POOL if not transformed else 2):
         pool.put(bytearray(CHUNK))
     out_pool: queue.Queue[bytearray] = pool
-    if compressed is not None:
+    if transformed:
         out_pool = queue.Queue()
         for _ in range(POOL - 1):
             out_pool.put(bytearray(CHUNK))
@@ -220,7 +225,7 @@ def write_slot(
                 return  # the final fsync reports it
             if on_synced is None:
                 continue
-            if compressed is None:
+            if not transformed:
                 point: tuple[int, int] | None = (upto - start, upto)
             else:
                 with marks_lock:
@@ -275,7 +280,7 @@ def write_slot(
         if hasher is not None and start:
             _hash_prefix(device, start, hasher)
         stream: BinaryIO | None = None
-        if compressed is not None:
+        if transformed:
             from ferry.packaging.compression import decompress_stream
 
             queued = QueueReader(raw_q, pool.put)
