@@ -58,6 +58,19 @@ def register(sub: Any) -> None:
     create.add_argument("--recipe", metavar="RECIPE.toml", help="bundle contents from a file")
     create.add_argument("--pss", action="store_true", help="sign with RSA-PSS (RSA keys)")
     create.add_argument(
+        "--keyring",
+        dest="new_keyring",
+        metavar="NEWKEYRING.pem",
+        help="carry a new trust keyring (CA certificates, CRLs); gateways install it after "
+        "verifying this bundle against their current one (docs/security.md)",
+    )
+    create.add_argument(
+        "--keyring-version",
+        type=int,
+        metavar="N",
+        help="version of --keyring; must be above the version in force on the gateways",
+    )
+    create.add_argument(
         "--encrypt-key",
         metavar="KEYFILE",
         help="encrypt every image with AES-CBC as SWUpdate does; KEYFILE holds "
@@ -142,6 +155,8 @@ def _create(args: argparse.Namespace) -> int:
             target_input(transport, name, Path(file), compress=compress, bundle_version=version)
         )
     signing = load_signing_key(args.key, args.cert, pss=args.pss)
+    if (args.new_keyring is None) != (args.keyring_version is None):
+        raise BundleCreateError("give --keyring and --keyring-version together")
     key_path = args.encrypt_key or recipe.encrypt_key
     aes = None
     if key_path:
@@ -151,8 +166,12 @@ def _create(args: argparse.Namespace) -> int:
     desc = create_bundle(
         args.output, signing=signing, version=version, compatible=compatible, images=images,
         encrypt_key=aes,
+        keyring=Path(args.new_keyring) if args.new_keyring else None,
+        keyring_version=args.keyring_version,
     )
     how = ", encrypted (AES-CBC)" if aes is not None else ""
+    if desc.keyring_version is not None:
+        how += f", keyring version {desc.keyring_version}"
     print(f"wrote {args.output}: version {desc.version}, {len(desc.images)} image(s){how}")
     return 0
 
@@ -166,7 +185,9 @@ def _verify(args: argparse.Namespace) -> int:
         reader = BundleReader(fh, keyring)
         reader.verify_all()
     desc = reader.description
-    print(f"OK: version {desc.version}, {len(desc.images)} image(s), signed by {reader.signer}")
+    extra = f", carries keyring version {desc.keyring_version}" if desc.keyring_version else ""
+    print(f"OK: version {desc.version}, {len(desc.images)} image(s), signed by {reader.signer}"
+          f"{extra}")
     return 0
 
 
@@ -213,6 +234,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "compatible": list(desc.compatible),
             "signer": signer,
             "signature_verified": verified,
+            "keyring_version": desc.keyring_version,
             "images": [_image_json(e) for e in desc.images],
         }
         print(json.dumps(doc, indent=2))
@@ -221,11 +243,15 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"compatible: {', '.join(desc.compatible) or '-'}")
     state = "verified" if verified else "NOT verified; pass --keyring to check"
     print(f"signer:     {signer or 'unsigned'} ({state})")
+    if desc.keyring_version is not None:
+        print(f"keyring:    new keyring version {desc.keyring_version}")
     print("images:")
     for e in desc.images:
         if e.target is not None:
             t = e.target
             where = f"target {t.transport}:{t.name} ({t.format} {t.version})"
+        elif e.role == "keyring":
+            where = f"keyring version {desc.keyring_version}"
         else:
             where = "rootfs" + (f" -> {e.device}" if e.device else "")
         print(f"  {e.filename}")

@@ -8,7 +8,8 @@ Order matters and is the whole safety argument (DESIGN.md, "One deployment"):
 3. the inactive slot is marked unbootable *before* it is written, so a power cut in
    the middle of the write can never leave a half-written slot that U-Boot would try;
 4. the slot gets the image through decompression and sha256, then fsync;
-5. target images are staged on the data partition, hash-checked;
+5. target images are staged on the data partition, hash-checked; a new keyring the
+   bundle carries is installed once every member has been read and checked (trust.py);
 6. one env write makes the new slot the one to try; the journal then says "rebooting".
 
 Every step is recorded before its side effect and is idempotent, so :func:`resume`
@@ -273,8 +274,9 @@ class _Throttle:
 
 
 def _prepare(ctx: Context, dep_id: int) -> None:
+    from ferry.daemon.boot.bootloader import make_store
     from ferry.daemon.boot.slotrecord import begin_write
-    from ferry.packaging.keyring import load_keyring
+    from ferry.daemon.install import trust
     from ferry.packaging.limits import Limits
     from ferry.packaging.reader import BundleReader
 
@@ -311,10 +313,13 @@ def _prepare(ctx: Context, dep_id: int) -> None:
             raise InstallError(f"bundle is {src.size} bytes, over [install] max_bundle_size "
                                f"{cfg.install.max_bundle_size}")
         stream: Any = tap if tap is not None else src.stream
-        reader = BundleReader(stream, load_keyring(cfg.keyring.path), limits=limits)
+        env = make_store(cfg)
+        keys = trust.load_trust(cfg, env)
+        reader = BundleReader(stream, keys.keyring_for, limits=limits)
         desc = reader.description
         j.update(dep_id, version=desc.version)
         running = check_policy(cfg, desc.version, desc.compatible, dep.force)
+        trust.check(keys, desc)
         booted, inactive = target_slot(ctx)
         j.update(dep_id, from_version=running or None, from_slot=booted.bootname,
                  to_slot=inactive.bootname)
@@ -345,6 +350,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         total = src.size or 0
         staged: list[dict[str, Any]] = []
         skip = point.stored if point is not None and point.compressed else 0
+        new_keyring: bytes | None = None
         for index, (entry, stream) in enumerate(reader.images(skip_first=skip)):
             if entry.role == "rootfs":
                 j.begin_step(dep_id, "write", state="writing",
@@ -366,6 +372,8 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                 )
                 j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
                 _drop_resume_point(ctx, dep_id)
+            elif entry.role == "keyring":
+                new_keyring = stream.read()  # at most 1 MiB, hash-checked at its end
             else:
                 j.begin_step(dep_id, f"stage:{entry.filename}", state="staging")
                 dest = staging.staged_path(cfg.gateway.data_dir, dep_id, entry.filename)
@@ -400,6 +408,13 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                     "selector": dict(spec.selector) if spec else {},
                 })
                 j.end_step(dep_id, f"stage:{entry.filename}", detail=img.sha256)
+        if new_keyring is not None:
+            # every member and the archive's end are checked: the rotation is part of
+            # this verified bundle, and in force from the next one (docs/security.md)
+            j.begin_step(dep_id, "keyring", detail=f"version {desc.keyring_version}")
+            path = trust.install(cfg, env, keys, desc, reader.raw_description,
+                                 reader.signature, new_keyring)
+            j.end_step(dep_id, "keyring", detail=str(path))
         j.set_info(dep_id, staged=staged, has_rootfs=rootfs is not None)
         j.update(dep_id, state="staged", progress_done=total, progress_total=total)
     finally:
