@@ -1,4 +1,5 @@
-"""Everything `ferry status` shows, as one dict: slots, the install, targets, health.
+"""Everything `ferry status` shows, as one dict: slots, the install, targets, health,
+and the keyring in force (its version: a rotation must be visible on every gateway).
 
 ferryd's GetStatus and the standalone CLI (``--config``) both build it here, so the
 two views of a gateway can never disagree. The shape is documented in docs/cli.md.
@@ -132,4 +133,18 @@ def collect(config: Config, *, journal: Journal, bootloader: Bootloader) -> dict
         "install": install(journal),
         "targets": targets(config, journal),
         "health": health.as_dict(),
+        "keyring": keyring(config, bootloader),
     }
+
+
+def keyring(config: Config, bootloader: Bootloader) -> dict[str, Any]:
+    """Version and source of the keyring in force (ferry.daemon.install.trust), or why
+    none can be established (then every bundle is refused)."""
+    from ferry.daemon.install.trust import status
+
+    store = getattr(bootloader, "store", None)
+    if store is None:
+        from ferry.daemon.boot.bootloader import make_store
+
+        store = make_store(config)
+    return status(config, store)
