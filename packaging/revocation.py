@@ -88,7 +88,7 @@ def check_not_revoked(
             raise RevokedSigner(
                 f"{role} certificate {describe(cert)} serial {serial_text(cert.serial_number)} "
                 f"is revoked by the CRL of {describe(issuer)} (since "
-                f"{entry.revocation_date_utc:%Y-%m-%d}); sign with a certificate that is not"
+                f"{entry.revocation_date_utc:%Y-%m-%d}); sign with one that is not revoked"
             )
 
 
