@@ -485,8 +485,7 @@ class DevicePoller:
 
     def _outcome(self, st: DeviceState, client: DdiClient, tc: TargetConfig,
                  name: str) -> None:
-        from ferry.daemon.backend.pipeline_adapter import node_outcomes
-        from ferry.daemon.backend.runner import TargetOutcome
+        from ferry.daemon.backend.outcomes import node_outcomes, target_outcomes
 
         j = self.ctx.journal
         dep = j.get(st.dep_id)
@@ -496,8 +495,7 @@ class DevicePoller:
                        "scheduled")
             return
         lines = [f"bundle {name}: version {dep.version or '?'} for {tc.name}"]
-        lines += [TargetOutcome(r.name, r.state in _OK, r.version or "", r.message or "",
-                                skipped=r.state == "skipped").line() for r in j.targets(dep.id)]
+        lines += [t.line() for t in target_outcomes(j, dep.id)]
         lines += [t.line() for t in node_outcomes(j, dep.id)]
         if dep.result != "success" and dep.error:
             lines.append(f"failure: {dep.error}")

@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from ferry.daemon.backend import health as health_mod
 from ferry.daemon.backend.ddi import link_problem
+from ferry.daemon.backend.outcomes import MAX_NODE_LINES as MAX_NODE_LINES
+from ferry.daemon.backend.outcomes import OK_STATES as _OK_STATES
+from ferry.daemon.backend.outcomes import node_outcomes as node_outcomes
 from ferry.daemon.backend.runner import (
     DOWNLOADS,
     BackendError,
@@ -45,11 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ferry.backend")
 
-_OK_STATES = ("ok", "skipped")
-# Node lines in one outcome's details: hawkBit keeps at most 50 messages per action
-# status (hawkbit.server.security.dos.maxMessagesPerActionStatus), and the bundle and
-# target lines need room too. Failing nodes come first; the rest are counted.
-MAX_NODE_LINES = 24
 
 
 class PipelineGateway:
@@ -172,31 +170,6 @@ def check_source(source: str, downloads: Path) -> None:
                            f"({exc.strerror})") from None
     if not stat.S_ISREG(mode):
         raise BackendError(f"downloaded bundle {Path(source).name} is not a regular file")
-
-
-def node_outcomes(journal: Journal, dep_id: int,
-                  limit: int = MAX_NODE_LINES) -> list[TargetOutcome]:
-    """One details line per radio node ("target <group>/<node>: ok version ..."),
-    failing nodes first, at most ``limit`` lines; one more line per group counts the
-    nodes left out, so the feedback always accounts for every node."""
-    by_target: dict[str, list[Any]] = {}
-    for n in journal.nodes(dep_id):
-        by_target.setdefault(n.target, []).append(n)
-    out: list[TargetOutcome] = []
-    left = limit
-    for target, nodes in by_target.items():
-        nodes.sort(key=lambda n: (n.state in _OK_STATES, n.node))
-        shown, rest = nodes[:max(left, 0)], nodes[max(left, 0):]
-        left -= len(shown)
-        out.extend(TargetOutcome(f"{target}/{n.node}", n.state in _OK_STATES,
-                                 n.version or "", n.message or "",
-                                 skipped=n.state == "skipped") for n in shown)
-        if rest:
-            bad = sum(1 for n in rest if n.state not in _OK_STATES)
-            out.append(TargetOutcome(
-                f"{target}/*", bad == 0, "",
-                f"{len(rest)} more node(s) not listed, {bad} of them failed"))
-    return out
 
 
 def make_runner(config: Config, *, ctx: Context | None = None) -> DeploymentRunner | None:

@@ -2,6 +2,8 @@
 
 From ferryd when it runs; with ``--config`` standalone, from the config and the
 journal, plus whatever each transport can discover on its own (Zigbee or LoRa nodes).
+With ``[backend] device_controllers`` on, each device's DDI controller id and its
+current action follow its row.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ def _hardware_line(r: dict[str, Any]) -> str:
             f"OTA query {r.get('hw_query') or '-'}")
 
 
+def _controller_line(r: dict[str, Any]) -> str:
+    """A device that is a DDI controller of its own: its id and current action."""
+    action = f"action {r['action']}" if r.get("action") else "no action"
+    backend = r.get("backend") or "?"
+    text = f"  controller {r['controller_id']} ({backend}), {action}"
+    note = r.get("action_message") or (r.get("backend_message") if backend != "ok" else "")
+    return f"{text}: {note}"[:79] if note else text
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no devices configured ([[target]] in ferry.toml)"
@@ -96,6 +107,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(_hardware_line(r))
         if r.get("last_result") in ("failure", "failed", "rolled-back") and r.get("message"):
             lines.append(f"{'    ' if r.get('group') else '  '}! {r['message'][:74]}")
+        if r.get("controller_id"):
+            lines.append(_controller_line(r))
     return "\n".join(lines)
 
 

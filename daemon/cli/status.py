@@ -153,7 +153,25 @@ def render_operation(section: dict[str, Any]) -> list[str]:
     return [f"ferryd: {op} {pct}% {msg}"]
 
 
+def render_device_controllers(section: dict[str, Any]) -> list[str]:
+    """Each device's DDI controller id, the server's answer to it and its action; a
+    refused GatewayToken is spelled out (docs/backend.md, "Devices as controllers")."""
+    rows = section.get("controllers") or []
+    out = [f"device controllers: {len(rows)} ({section.get('auth', '?')})"]
+    for r in rows:
+        state = str(r.get("backend") or "?")
+        word = state.upper() if state in ("auth-refused", "error", "unreachable") else state
+        action = f"action {r['action']}" if r.get("action") else "no action"
+        out.append(f"  {r.get('target')}: {r.get('controller_id') or '-'} {word}, {action}")
+        if r.get("backend_message") and state != "ok":
+            out.append(f"    ! {r['backend_message']}")
+        elif r.get("action_message"):
+            out.append(f"    {r['action_message']}")
+    return out
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "device_controllers": render_device_controllers,
     "bootloader": render_bootloader,
     "install": render_install,
     "operation": render_operation,

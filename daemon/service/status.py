@@ -2,7 +2,8 @@
 and the keyring in force (its version: a rotation must be visible on every gateway).
 
 ferryd's GetStatus and the standalone CLI (``--config``) both build it here, so the
-two views of a gateway can never disagree. The shape is documented in docs/cli.md.
+two views of a gateway can never disagree. The shape is documented in docs/cli.md;
+``device_controllers`` (issue #19) in docs/backend.md.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ def latest_target_records(journal: Journal, limit: int = 20) -> dict[str, Target
 
 def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
     """Each configured target, followed by its radio nodes (rows with a ``group``)."""
+    from ferry.daemon.backend.devices import status_rows
     from ferry.daemon.backend.health import latest_nodes
 
     latest = latest_target_records(journal)
     nodes = latest_nodes(journal, 20)
+    controllers = status_rows(config, config.gateway.data_dir)
     out = []
     for tc in config.targets:
         rec = latest.get(tc.name)
-        out.append({
+        out.append({**controllers.get(tc.name, {}),
             "name": tc.name, "transport": tc.transport, "address": tc.address,
             "hardware_id": tc.image_id or "",
             "version": (rec.version if rec else None) or "",
@@ -134,7 +137,22 @@ def collect(config: Config, *, journal: Journal, bootloader: Bootloader) -> dict
         "targets": targets(config, journal),
         "health": health.as_dict(),
         "keyring": keyring(config, bootloader),
+        **device_controllers(config),
     }
+
+
+def device_controllers(config: Config) -> dict[str, Any]:
+    """``device_controllers`` (when ``[backend] device_controllers`` is on): each
+    target's DDI controller id, whether the server accepts ferry for it, and its
+    current action (ferry.daemon.backend.devices)."""
+    from ferry.daemon.backend.devices import status_rows
+
+    rows = status_rows(config, config.gateway.data_dir)
+    if not rows:
+        return {}
+    return {"device_controllers": {
+        "auth": "GatewayToken" if config.backend.gateway_token else "none",
+        "controllers": [{"target": name, **row} for name, row in rows.items()]}}
 
 
 def keyring(config: Config, bootloader: Bootloader) -> dict[str, Any]:
