@@ -1,0 +1,319 @@
+"""Build the gateway in a box: a Debian arm64 gateway image with ferry, for QEMU + U-Boot.
+
+Why a box: every part of ferry is proven against a peer, but only a real image shows how
+the units, sysusers, tmpfiles, the D-Bus policy, U-Boot's script and systemd meet
+(issue #17). The route is the one proven in shared/reference/test-recipes.md §4: these
+machines have no binfmt_misc and no KVM, so no arm64 code runs at build time.
+
+- ``mmdebstrap --variant=extract`` unpacks Debian's arm64 packages (packages.txt); what
+  their maintainer scripts would do (passwd, sysusers, PAM, hwdb, unit enablement) is
+  done here on the host.
+- ferry's dependencies that bookworm has too old come as aarch64 wheels (wheels.txt),
+  ferry itself as a wheel built from the checkout.
+- ferry's files go where meta-ferry's recipes (ferry.inc, ferry-conf.bb) put them.
+- Debian's kernel lacks the NOR drivers for QEMU's pflash (no MTD_PHYSMAP, no MTD_CFI):
+  physmap, cfi_probe, cfi_util, gen_probe and cfi_cmdset_0001 are built out of tree
+  from Debian's linux-source against its linux-headers, so the env appears as /dev/mtd0.
+- virtio and ext4 are modules, so a busybox initramfs loads them and switch_roots.
+- The disk is GPT: 1 = rootfs A, 2 = rootfs B (each with /boot/Image and
+  /boot/initrd.img), 3 = data (/var/lib/ferry), filled with ``mkfs.ext4 -d`` (no mount).
+
+Two cache levels under /var/cache/ferry, so a change to ferry's code costs seconds and not
+a new download: ``box-base-<key>`` (Debian tree, wheels, kernel, initramfs, modules;
+keyed by this file and the package lists) and ``box-<key>`` (the disk, the env, the dev
+PKI; keyed by the base key and the content of ferry's source tree). Stdlib only: runs
+under the checkout's .venv or the system python3.
+
+    python3 tests/system/box/build.py          # prints the image directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import base
+from base import CACHE, HERE, ROOT, digest, log, run, tool
+
+# ferry's source as the Yocto recipe builds it (the whole tree: ferry/ holds the
+# symlinks and the package's __init__), plus the layer whose files the box installs.
+SOURCE_PATHS = ("ferry", "daemon", "proxy", "packaging", "sim", "systemd", "yocto-layer",
+                "pyproject.toml", "README.md", "LICENSE")
+SLOT_SIZE = 512 * 1024 * 1024
+DATA_SIZE = 64 * 1024 * 1024
+MIB = 1024 * 1024
+VERSION = "1.0.0"
+COMPATIBLE = "qemu-box"
+LAYER = ROOT / "yocto-layer/meta-ferry"
+
+
+# --- cache keys ------------------------------------------------------------------------
+
+
+def source_files() -> list[Path]:
+    """ferry's files as git sees them in the working tree (tracked + untracked, not ignored).
+
+    The working tree, not HEAD: the image must run the code under test, and the wheel is
+    built from these very files.
+    """
+    out = run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others",
+               "--exclude-standard", "--", *SOURCE_PATHS]).stdout
+    return sorted({ROOT / p for p in out.split("\0") if p and (ROOT / p).is_file()})
+
+
+def image_key(base_key: str, files: list[Path]) -> str:
+    parts = [base_key.encode(), (HERE / "build.py").read_bytes()]
+    for f in files:
+        parts += [str(f.relative_to(ROOT)).encode(), f.read_bytes()]
+    for f in sorted(HERE.glob("files/**/*")):
+        if f.is_file():
+            parts += [str(f.relative_to(HERE)).encode(), f.read_bytes()]
+    return digest(parts)
+
+
+# --- stage 2: ferry and the disk --------------------------------------------------------
+
+
+def build_ferry_wheel(files: list[Path], work: Path) -> Path:
+    """A wheel of exactly the hashed files (a copy, so the shared checkout gets no build/)."""
+    src = work / "src"
+    for f in files:
+        dst = src / f.relative_to(ROOT)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dst)
+    for link in (ROOT / "ferry").iterdir():  # the ferry/<room> symlinks
+        if link.is_symlink():
+            (src / "ferry" / link.name).symlink_to(os.readlink(link))
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+         "-w", work / "dist", src])
+    return next((work / "dist").glob("ferry_ota-*.whl"))
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", v)
+    if "@FERRY_" in text:
+        sys.exit("box: a meta-ferry template has a placeholder the box does not set")
+    return text
+
+
+def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
+    """ferry's files where meta-ferry puts them (ferry.inc do_install, ferry-conf.bb)."""
+    base.pip_target(root, [wheel])
+    for name, func in (("ferry", "ferry.daemon.cli.main:run"),
+                       ("ferryd", "ferry.daemon.service.ferryd:main")):
+        mod, attr = func.split(":")
+        script = root / "usr/bin" / name
+        script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {mod} import {attr}\n"
+                          f"sys.exit({attr}())\n")
+        script.chmod(0o755)
+    units = root / "usr/lib/systemd/system"
+    for unit in ("ferryd.service", "ferry-health.service", "ferry-mark-good.service"):
+        shutil.copy(ROOT / "systemd" / unit, units / unit)
+    policy = root / "usr/share/dbus-1/system.d"
+    policy.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "systemd/org.ferry.Ferry1.conf", policy / "org.ferry.Ferry1.conf")
+    shutil.copy(ROOT / "systemd/ferry.tmpfiles", root / "usr/lib/tmpfiles.d/ferry.conf")
+    shutil.copy(ROOT / "systemd/ferry.sysusers", root / "usr/lib/sysusers.d/ferry.conf")
+    conf = LAYER / "recipes-core/ferry/files"
+    etc = root / "etc/ferry"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "ferry.toml").write_text(substitute((conf / "ferry.toml").read_text(), {
+        "FERRY_COMPATIBLE": COMPATIBLE, "FERRY_BOOT_SCHEME": "bootchooser",
+        "FERRY_ENV_FLAGS": "boolean", "FERRY_SLOT_A_DEVICE": "/dev/vda1",
+        "FERRY_SLOT_B_DEVICE": "/dev/vda2"}))
+    (etc / "ferry.toml").chmod(0o640)
+    shutil.copy(keyring, etc / "keyring.pem")
+    (etc / "keyring.pem").chmod(0o644)
+    # QEMU's second pflash bank (the env) is /dev/mtd0 offset 64 MiB once physmap has
+    # concatenated both banks; see ENV_DEVICE in files/ and docs/box.md.
+    (root / "etc/fw_env.config").write_text(substitute((conf / "fw_env.config").read_text(), {
+        "FERRY_ENV_DEVICE": ENV_DEVICE, "FERRY_ENV_OFFSET": "0x4000000",
+        "FERRY_ENV_OFFSET_REDUND": "0x4040000", "FERRY_ENV_SIZE": "0x40000",
+        "FERRY_ENV_SECTOR": "0x40000"}))
+    # Nothing in meta-ferry writes the version ferry.toml's version_file names: the
+    # image does here (reported as a layer gap).
+    (etc / "version").write_text(VERSION + "\n")
+
+
+ENV_DEVICE = os.environ.get("FERRY_BOX_ENV_DEVICE", "/dev/mtdblock0")
+
+
+def passwd_and_groups(root: Path) -> None:
+    """What base-passwd's, passwd's and systemd's maintainer scripts would have done."""
+    share = root / "usr/share/base-passwd"
+    shutil.copy(share / "passwd.master", root / "etc/passwd")
+    shutil.copy(share / "group.master", root / "etc/group")
+    run([tool("systemd-sysusers"), f"--root={root}"])
+    users = [ln.split(":")[0] for ln in (root / "etc/passwd").read_text().splitlines()]
+    groups = [ln.split(":")[0] for ln in (root / "etc/group").read_text().splitlines()]
+    # Empty root password: the console login of a development box (docs/box.md).
+    shadow = "".join(f"{u}:{'' if u == 'root' else '*'}:20000:0:99999:7:::\n" for u in users)
+    (root / "etc/shadow").write_text(shadow)
+    (root / "etc/shadow").chmod(0o640)
+    (root / "etc/gshadow").write_text("".join(f"{g}:*::\n" for g in groups))
+    (root / "etc/gshadow").chmod(0o640)
+    for f in ("shadow", "gshadow"):
+        os.chown(root / "etc" / f, 0, group_id(root, "shadow"))
+    pam = root / "etc/pam.d"
+    for f in (root / "usr/share/pam").glob("common-*"):
+        if not f.name.endswith(".md5sums"):
+            shutil.copy(f, pam / f.name)
+
+
+def group_id(root: Path, name: str) -> int:
+    for line in (root / "etc/group").read_text().splitlines():
+        parts = line.split(":")
+        if parts[0] == name:
+            return int(parts[2])
+    sys.exit(f"box: group {name} missing in the image")
+
+
+def system_files(root: Path) -> None:
+    (root / "etc/machine-id").write_text("")  # empty, not "uninitialized": no first boot
+    (root / "etc/hostname").write_text("ferry-box\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 ferry-box\n")
+    (root / "etc/locale.conf").write_text("LANG=C.UTF-8\n")
+    (root / "etc/fstab").write_text(
+        "# / is mounted rw by the initramfs from root= (the slot U-Boot chose)\n"
+        "PARTLABEL=data /var/lib/ferry ext4 defaults 0 2\n")
+    (root / "var/lib/ferry").mkdir(parents=True, exist_ok=True)
+    box = HERE / "files"
+    for unit in ("ferry-box-report.service",):
+        shutil.copy(box / unit, root / "usr/lib/systemd/system" / unit)
+    shutil.copy(box / "ferry-box-report", root / "usr/bin/ferry-box-report")
+    (root / "usr/bin/ferry-box-report").chmod(0o755)
+    run([tool("systemd-hwdb"), "update", f"--root={root}"])
+    for f in ("etc/.updated", "var/.updated"):
+        (root / f).touch()
+    run([tool("systemctl"), f"--root={root}", "set-default", "multi-user.target"])
+    run([tool("systemctl"), f"--root={root}", "enable", "ferryd.service",
+         "ferry-health.service", "ferry-mark-good.service", "ferry-box-report.service"])
+
+
+def compile_python(root: Path) -> None:
+    """Byte-compile with the host's python3.11 (Debian's, the guest's version): a TCG
+    guest would otherwise compile every module on each start, and user ferry cannot
+    write __pycache__ at all."""
+    py = shutil.which("python3.11", path="/usr/bin")
+    if py is None:
+        return
+    dirs = [root / "usr/lib/python3.11", root / "usr/lib/python3/dist-packages",
+            root / "usr/local/lib/python3.11/dist-packages"]
+    subprocess.run([py, "-m", "compileall", "-q", "-j", "2", "-s", str(root), "-p", "/",
+                    *map(str, dirs)], capture_output=True)
+
+
+def mkfs(tree: Path, image: Path, size: int, label: str) -> None:
+    with open(image, "wb") as f:
+        f.truncate(size)
+    run([tool("mkfs.ext4"), "-q", "-F", "-L", label, "-d", tree, image])
+
+
+def make_disk(out: Path, slot: Path, data: Path) -> None:
+    """GPT: 1 = rootfs A, 2 = rootfs B, 3 = data; addressed by number or PARTLABEL."""
+    disk = out / "disk.img"
+    start = MIB  # 1 MiB aligned, after the GPT
+    parts = [("rootfs-A", slot, SLOT_SIZE), ("rootfs-B", slot, SLOT_SIZE),
+             ("data", data, DATA_SIZE)]
+    total = start + sum(p[2] for p in parts) + MIB
+    with open(disk, "wb") as f:
+        f.truncate(total)
+    script = "label: gpt\n"
+    offset = start
+    for name, _, size in parts:
+        script += f"start={offset // 512}, size={size // 512}, name={name}, type=linux\n"
+        offset += size
+    run([tool("sfdisk"), "-q", disk], input=script)
+    offset = start
+    for _, img, size in parts:
+        run(["dd", f"if={img}", f"of={disk}", "bs=1M", f"seek={offset // MIB}",
+             "conv=notrunc,sparse", "status=none"])
+        offset += size
+
+
+def build_image(base: Path, dest: Path, files: list[Path]) -> None:
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=CACHE, prefix="box-tmp-") as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        log("copying the base tree")
+        run(["cp", "-a", base / "root", root])
+        out = work / "out"
+        out.mkdir()
+        pki = out / "pki"
+        run([ferry_cli(), "bundle", "dev-pki", pki])
+        wheel = build_ferry_wheel(files, work)
+        install_ferry(root, wheel, pki / "ca.pem")
+        passwd_and_groups(root)
+        ferry_gid = group_id(root, "ferry")
+        os.chown(root / "etc/ferry/ferry.toml", 0, ferry_gid)
+        system_files(root)
+        compile_python(root)
+        boot = root / "boot"
+        shutil.copy(base / "Image", boot / "Image")
+        shutil.copy(base / "initrd.img", boot / "initrd.img")
+        slot = work / "slot.ext4"
+        mkfs(root, slot, SLOT_SIZE, "rootfs")
+        datatree = work / "data"
+        datatree.mkdir(mode=0o750)
+        os.chown(datatree, 0, ferry_gid)
+        data = work / "data.ext4"
+        mkfs(datatree, data, DATA_SIZE, "data")
+        make_disk(out, slot, data)
+        run([tool("mkimage"), "-A", "arm64", "-T", "script", "-C", "none", "-n",
+             "ferry bootchooser", "-d",
+             LAYER / "recipes-bsp/u-boot/files/boot-bootchooser.cmd", out / "boot.scr"])
+        (out / "manifest.json").write_text(json.dumps({
+            "version": VERSION, "compatible": COMPATIBLE,
+            "kernel": (base / "kernel-release").read_text().strip(),
+            "env_device": ENV_DEVICE, "base": base.name, "built": time.time(),
+        }, indent=1) + "\n")
+        out.rename(dest)
+    log(f"image built in {time.monotonic() - t0:.0f} s: {dest}")
+
+
+def ferry_cli() -> str:
+    venv = ROOT / ".venv/bin/ferry"
+    return str(venv) if venv.exists() else tool("ferry")
+
+
+def ensure(force: bool = False) -> Path:
+    """The cached image directory for the current checkout, built if missing."""
+    if os.geteuid() != 0:
+        sys.exit("box: building the image needs root (mmdebstrap --mode=root, file owners)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    bkey = base.base_key()
+    tree = CACHE / f"box-base-{bkey}"
+    if force and tree.exists():
+        shutil.rmtree(tree)
+    if not tree.exists():
+        base.build_base(tree)
+    files = source_files()
+    dest = CACHE / f"box-{image_key(bkey, files)}"
+    if force and dest.exists():
+        shutil.rmtree(dest)
+    if not dest.exists():
+        build_image(tree, dest, files)
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    args = p.parse_args(argv)
+    print(ensure(force=args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The gateway in a box boots: U-Boot -> ferry's boot script -> Debian kernel -> systemd
+-> ferryd, and ferry inside reports the slot U-Boot chose (issue #17, first part).
+
+Asserted from outside only, on the serial console: U-Boot's own "FERRY: boot slot=A"
+line, systemd reaching multi-user, ferryd active after its READY (Type=notify), and the
+JSON of ``ferry status`` as run in the guest by ferry-box-report.service (from
+tests/system/box/files). Time to READY and ferryd's RSS are printed, not asserted: TCG on
+a shared 2-core machine is too noisy to hold a limit (bench/ is the place for that).
+
+One boot per test run (a TCG boot costs tens of seconds); every assertion reads the same
+console. The image comes from tests/system/box/build.py, cached in /var/cache/ferry and
+re-assembled only when ferry's sources changed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+BOX = Path(__file__).resolve().parent / "box"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # systemd's coloured status lines
+LAST_LOG = Path("/var/cache/ferry/box-last-console.log")  # kept for a look after the run
+BOOT_TIMEOUT = 300.0  # seconds; ~20 s on a quiet machine, the CPUs are shared
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"ferry_box_{name}", BOX / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+build = _load("build")
+machine = _load("machine")
+
+
+@dataclass
+class Console:
+    lines: list[tuple[float, str]]  # (seconds since QEMU start, line)
+    returncode: int | None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def first(self, pattern: str) -> tuple[float, re.Match[str]] | None:
+        rx = re.compile(pattern)
+        for t, line in self.lines:
+            m = rx.search(line)
+            if m:
+                return t, m
+        return None
+
+
+def boot(m: object, log: Path) -> Console:
+    """Power on once; read the console line by line, with arrival times, until QEMU exits."""
+    argv = m.argv()  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    lines: list[tuple[float, str]] = []
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        with open(log, "w") as out:
+            for raw in proc.stdout:
+                line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n")
+                line = line.replace("\r", "")
+                lines.append((time.monotonic() - t0, line))
+                out.write(f"{time.monotonic() - t0:8.2f} {line}\n")
+                out.flush()
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    try:
+        proc.wait(timeout=BOOT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    th.join(timeout=10)
+    return Console(lines, proc.returncode)
+
+
+@pytest.fixture(scope="module")
+def image() -> Path:
+    """The cached image for this checkout (built now if setup did not)."""
+    return build.ensure()
+
+
+@pytest.fixture(scope="module")
+def first_boot(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Console:
+    d = tmp_path_factory.mktemp("box")
+    m = machine.Machine(d, image)
+    m.provision(report=True)
+    console = boot(m, d / "console.log")
+    LAST_LOG.write_text((d / "console.log").read_text())
+    print(f"\nbox console: {LAST_LOG}")
+    return console
+
+
+def status_of(console: Console) -> dict:
+    found = console.first(r"FERRY_BOX_STATUS (\{.*\})\s*$")
+    assert found, "no `ferry status --json` on the console:\n" + "\n".join(
+        line for _, line in console.lines if "FERRY_BOX" in line)
+    return json.loads(found[1].group(1))  # type: ignore[no-any-return]
+
+
+def test_uboot_chooses_slot_a_and_loads_its_kernel(first_boot: Console) -> None:
+    assert first_boot.first(r"FERRY: boot slot=A A_LEFT=2 B_LEFT=3"), first_boot.text[-3000:]
+    assert first_boot.first(r"Booting Linux on physical CPU"), first_boot.text[-3000:]
+    assert "bad CRC" not in first_boot.text
+
+
+def test_systemd_reaches_multi_user(first_boot: Console) -> None:
+    assert first_boot.first(r"Reached target .*Multi-User System"), first_boot.text[-3000:]
+
+
+def test_ferryd_ready_and_reported(first_boot: Console) -> None:
+    found = first_boot.first(r"FERRY_BOX ferryd (.*)")
+    assert found, first_boot.text[-3000:]
+    props = dict(kv.split("=", 1) for kv in found[1].group(1).split())
+    assert props["ActiveState"] == "active" and props["SubState"] == "running", props
+    assert props["NRestarts"] == "0", props
+    kernel = first_boot.first(r"Booting Linux on physical CPU")
+    ready_us = int(props["ActiveEnterTimestampMonotonic"])
+    rss = first_boot.first(r"FERRY_BOX rss (.*)")
+    if kernel:
+        # reported, not asserted: host time to the kernel's first line + guest uptime at READY
+        print(f"\nbox: QEMU start -> ferryd READY ~{kernel[0] + ready_us / 1e6:.1f} s "
+              f"(kernel at {kernel[0]:.1f} s, READY {ready_us / 1e6:.1f} s after it); "
+              f"report on console at {found[0]:.1f} s; ferryd {rss[1].group(1) if rss else '?'}")
+    assert first_boot.first(r"FERRY_BOX done"), first_boot.text[-3000:]
+    assert first_boot.returncode == 0, "QEMU did not exit by the guest's poweroff"
+
+
+def test_ferry_status_in_the_guest(first_boot: Console) -> None:
+    status = status_of(first_boot)
+    assert status["version"] == "1.0.0", status
+    assert status["compatible"] == "qemu-box", status
+    boot = status["bootloader"]
+    assert boot["booted"] == "A", boot
+    slots = {s["bootname"]: s for s in boot["slots"]}
+    assert slots["A"]["booted"] is True and slots["B"]["booted"] is False, slots
+    assert slots["A"]["device"] == "/dev/vda1", slots
