@@ -183,12 +183,12 @@ class _Decrypting(io.RawIOBase):
             return n
         if self._eof:
             return 0
-        if len(out) < 4 * BLOCK:  # too small to decrypt into: go through a bounce buffer
-            tmp = bytearray(CHUNK)
+        if len(out) < 4 * BLOCK:  # too small to decrypt into: a small bounce buffer, so
+            tmp = bytearray(8 * BLOCK)  # what spills over stays a few blocks
             n = self.readinto(tmp)
             out_n = min(n, len(out))
             out[:out_n] = tmp[:out_n]
-            self._spill = bytes(tmp[out_n:n]) + self._spill
+            self._spill = bytes(tmp[out_n:n])
             return out_n
         while True:
             # caller's buffer: [held block][new plaintext...]; update_into wants room for

@@ -145,7 +145,7 @@ def write_slot(
     # Compressed input arrives at a fraction of the output rate, so it gets fewer
     # buffers: the decompressor's window already costs several MiB.
     pool: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(POOL if not transformed else 2):
+    for _ in range(POOL if compressed is None else 2):  # an encrypted image: ~1:1
         pool.put(bytearray(CHUNK))
     out_pool: queue.Queue[bytearray] = pool
     if transformed:
