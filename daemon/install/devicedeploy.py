@@ -129,6 +129,8 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None) -
             _fail(ctx, dep_id, err)
             raise
         dep = ctx.journal.get(dep_id)
+    if dep.result is not None:  # superseded meanwhile by a local install: flash nothing
+        return
     if dep.state in ("committed", "proxy"):
         proxy_run(ctx, dep_id, factory=factory)
 
@@ -140,7 +142,8 @@ def _fail(ctx: Context, dep_id: int, err: BaseException) -> None:
         j.end_step(dep_id, steps[-1].name, "failed", str(err))
     if j.get(dep_id).result is None:
         j.finish(dep_id, "failure", str(err))
-    staging.clean(ctx.config.gateway.data_dir, keep_deployment=None)
+    if j.pending() is None:  # never the staged images of a gateway install that took over
+        staging.clean(ctx.config.gateway.data_dir, keep_deployment=None)
 
 
 def _reporter(ctx: Context, total: int) -> Callable[[int], None]:

@@ -389,6 +389,38 @@ def test_a_device_deployment_cut_short_resumes_and_reports_once(server, gw, tmp_
     assert len(FakeTransport.flashed) == 1
 
 
+def test_a_device_deployment_superseded_by_a_local_install_waits_and_starts_again(
+        server, gw, tmp_path, monkeypatch):
+    """A local install takes over a device deployment still staging (the pipeline
+    cancels a pending one before activation): nothing is flashed, the action waits and
+    runs again at the next poll."""
+    from ferry.daemon.install import devicedeploy
+
+    real = devicedeploy._prepare
+    taken = []
+
+    def prepare(ctx, dep_id):
+        real(ctx, dep_id)
+        if not taken:  # the install thread's pipeline.install, as it finds it pending
+            taken.append(dep_id)
+            ctx.journal.finish(dep_id, "cancelled",
+                               "interrupted before activation; superseded by a new install")
+
+    monkeypatch.setattr(devicedeploy, "_prepare", prepare)
+    clock = Clock()
+    dev = server.device("gw1.mcu0")
+    aid = dev.assign([("firmware", "fw", "2.0.0", {"mcu.swu": device_bundle(gw, tmp_path)})])
+    p = poller(gw, clock=clock)
+    p.step()
+    assert FakeTransport.flashed == []
+    st = last_status(dev, aid)
+    assert st["execution"] == "scheduled" and "superseded by a new install" in st["details"][0]
+    clock.now += 2
+    p.step()
+    assert last_status(dev, aid)["result"]["finished"] == "success"
+    assert FakeTransport.flashed == [("mcu0", b"M" * 3000)]
+
+
 def test_a_cancel_of_a_waiting_device_action_is_accepted(server, gw, tmp_path):
     clock = Clock()
     dev = server.device("gw1.mcu0")
