@@ -523,3 +523,101 @@ def test_run_loop_steps_the_gateway_first_then_the_devices(server, gw):
     p.poll = poll  # type: ignore[method-assign]
     run_loop(gateway, p, stop)
     assert order[0] == "gateway" and set(order[1:3]) == {"gw1.mcu0", "radio-serial-0042"}
+
+
+# -- the real transport and ferryd's backend thread ------------------------------------------------
+
+
+@pytest.fixture
+def sim_mcu():
+    from ferry.sim.mcu import McuConfig, SimMcu
+    from ferry.sim.mcu import image as mcu_image
+
+    m = SimMcu(McuConfig(baud=None), running=mcu_image.build((1, 0, 0, 0), b"x" * 900))
+    m.start()
+    yield m
+    m.stop()
+
+
+def sim_gateway(tmp_path, server, mcu, monkeypatch):
+    from ferry.daemon.boot.bootloader import make_bootloader
+    from ferry.packaging.devpki import write_dev_pki
+    from ferry.sim.gateway import SimGateway, TargetEntry
+
+    pki = write_dev_pki(tmp_path / "pki")
+    root = tmp_path / "simgw"
+
+    def on_boot(slot, rootfs):
+        if rootfs.get("health") == "ok":
+            make_bootloader(load_config(root / "ferry.toml"), warn=False).mark_good(slot)
+
+    g = SimGateway(root, keyring=pki.ca_cert, backend_url=server.url, controller_id="gw1",
+                   targets=[TargetEntry("mcu0", "smp-serial", mcu.port, baud=115200)],
+                   on_boot=on_boot, health_window=2.0).create("1.0.0")
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(g.boot_id_path))
+    text = g.config_path.read_text()
+    g.config_path.write_text(text.replace(
+        "[backend]\n", f'[backend]\ngateway_token = "{TOKEN}"\ndevice_controllers = true\n'))
+    return g, pki
+
+
+def mcu_bundle(tmp_path, pki, version, fw):
+    from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+    from ferry.sim.mcu import image as mcu_image
+
+    p = tmp_path / f"fw-{version}.bin"
+    p.write_bytes(mcu_image.build(fw, b"new firmware" * 300))
+    out = tmp_path / f"mcu-{version}.swu"
+    create_bundle(out, signing=load_signing_key(pki.signer_key, pki.signer_cert),
+                  version=version, compatible=["ferry-demo-gw"],
+                  images=[ImageInput(p, None, TargetSpec("smp-serial", "mcu0", "mcuboot",
+                                                         ".".join(map(str, fw[:3]))))])
+    return out.read_bytes()
+
+
+def test_a_device_deployment_through_the_real_smp_transport(server, tmp_path, sim_mcu,
+                                                            monkeypatch):
+    """The simulated MCU (MCUboot over SMP on a pty) takes the image, boots it and is
+    confirmed; the gateway's slot and version stay as they were."""
+    g, pki = sim_gateway(tmp_path, server, sim_mcu, monkeypatch)
+    cfg = load_config(g.config_path)
+    dev = server.device("gw1.mcu0")
+    aid = dev.assign([("firmware", "mcu0", "1.4.0",
+                       {"mcu.swu": mcu_bundle(tmp_path, pki, "1.4.0", (1, 4, 0, 0))})])
+    ctx = make_context(cfg)
+    p = DevicePoller(cfg, ctx, clock=Clock(),
+                     client_factory=lambda s: ddi.DdiClient(s, on_exchange=validate_exchange))
+    p.step()
+    st = last_status(dev, aid)
+    assert st["result"]["finished"] == "success", st["details"]
+    assert any(d.startswith("target mcu0: ok version 1.4.0") for d in st["details"])
+    assert set(dev.auth_headers) == {f"GatewayToken {TOKEN}"}
+    assert cfg.gateway.running_version() == "1.0.0"
+    assert ctx.bootloader.booted() == "A" and ctx.bootloader.state().pending is False
+
+
+def test_ferryd_backend_thread_polls_the_gateway_and_its_devices(server, tmp_path, sim_mcu,
+                                                                 monkeypatch):
+    from ferry.daemon.backend.pipeline_adapter import resume_then_poll
+
+    g, _pki = sim_gateway(tmp_path, server, sim_mcu, monkeypatch)
+    cfg = load_config(g.config_path)
+    stop = threading.Event()
+    resumed = []
+    t = threading.Thread(target=resume_then_poll,
+                         args=(lambda: resumed.append(1), cfg, make_context(cfg), stop))
+    t.start()
+    try:
+        for _ in range(400):
+            if server.polls("gw1") and server.polls("gw1.mcu0"):
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert resumed == [1] and not t.is_alive()
+    assert server.polls("gw1") >= 1 and server.polls("gw1.mcu0") >= 1
+    first = next(cid for cid, m, rest in server.log if m == "GET" and rest == "")
+    assert first == "gw1"  # the gateway's runner steps first
+    assert set(server.device("gw1.mcu0").auth_headers) == {f"GatewayToken {TOKEN}"}
+    assert server.device("gw1.mcu0").config_data["ferry.transport"] == "smp-serial"
