@@ -302,9 +302,16 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         except FerryError as err:  # the server cannot continue: start over
             log.warning("cannot resume %s at byte %d: %s", dep.source, point.offset, err)
             point = None
+    delta = None  # a delta rootfs: its chunks come by Range (daemon/install/delta.py)
+    if src is None:
+        from ferry.daemon.install.deltahead import delta_base, open_delta_source
+
+        delta = open_delta_source(dep.source, download_options(cfg),
+                                  base=delta_base(cfg, ctx.bootloader))
+        src = delta[1] if delta is not None else None
     if src is None:
         src = open_source(dep.source, download_options(cfg), on_offset=on_offset)
-    tap = _HeadTap(src.stream) if src.is_url else None
+    tap = _HeadTap(src.stream) if src.is_url and delta is None else None
     try:
         if src.is_url:
             j.update(dep_id, dl_validator=getattr(src.raw, "validator", None))
@@ -350,6 +357,8 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         total = src.size or 0
         staged: list[dict[str, Any]] = []
         skip = point.stored if point is not None and point.compressed else 0
+        if delta is not None:
+            skip = delta[0].member_size  # the rootfs member is not in the stream
         new_keyring: bytes | None = None
         for index, (entry, stream) in enumerate(reader.images(skip_first=skip)):
             if entry.role == "rootfs":
@@ -365,7 +374,8 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                     on_synced = _keep_resume_point(ctx, dep_id, tap, reader.offset - skip,
                                                    inactive.device, point,
                                                    compressed=entry.compressed is not None)
-                res = _write_rootfs(
+                res = _write_delta(ctx, dep_id, inactive, booted, entry, stream, reader, delta,
+                                   desc.version, prog) if delta is not None else _write_rootfs(
                     cfg, inactive, entry, stream, desc.version, progress=prog,
                     on_synced=on_synced, start=point.synced if skip and point is not None else 0,
                     aes=aes,
@@ -582,6 +592,17 @@ def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version:
     assert sha is not None
     record_verified(cfg, slot.name, sha256=sha, size=res.size, version=version)
     return res
+
+
+def _write_delta(ctx: Context, dep_id: int, slot: SlotInfo, booted: SlotInfo, entry: Any,
+                 stream: Any, reader: Any, delta: Any, version: str,
+                 progress: Callable[[int], None]) -> WriteResult:
+    from ferry.daemon.install.deltainstall import write_delta_step
+
+    return write_delta_step(ctx, dep_id, slot=slot, booted=booted, entry=entry,
+                            stream=stream, reader=reader, head=delta[0],
+                            options=download_options(ctx.config), version=version,
+                            progress=progress)
 
 
 def _activate(ctx: Context, dep_id: int) -> None:

@@ -1,0 +1,285 @@
+"""Delta installs end to end: the pipeline against a local HTTP server with real Range
+support (single ranges, If-Range), a file-backed gateway and its boot model.
+
+The gateway's booted slot holds a base ferry wrote and verified (its slot record);
+the new image shares most blocks with it. What is checked is what crosses the wire
+(requests and body bytes, counted by the server) and what boots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from install_gateway import HEADER, MAGIC, Gateway, make_gateway
+
+from ferry.daemon.boot.slotrecord import record_verified
+from ferry.daemon.install.delta import ChunkHashMismatch
+from ferry.daemon.install.pipeline import install
+from ferry.daemon.journal import Journal
+from ferry.packaging.chunker import BLOCK, ChunkParams
+from ferry.packaging.description import TargetSpec
+from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+
+SLOT = 4 << 20
+BLOCKS = 600  # 2.4 MiB images
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """Honest single-range server (as nginx answers one range), plus faults."""
+
+    server: RangeServer  # type: ignore[assignment]
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        srv = self.server
+        data = srv.path.read_bytes()
+        rng = self.headers.get("Range")
+        srv.requests.append(rng)
+        start, end = 0, len(data) - 1
+        partial = bool(rng) and srv.mode != "ignore-range" and (
+            self.headers.get("If-Range") in (None, srv.etag))
+        if partial and rng:
+            a, _, b = rng.split("=", 1)[1].partition("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = bytearray(data[start:end + 1])
+        # the head request (from byte 0) is left alone: the chunk requests are the target
+        if srv.tamper is not None and 0 < start <= srv.tamper <= end and srv.tamper_left:
+            body[srv.tamper - start] ^= 0xFF
+            srv.tamper_left -= 1
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", srv.etag)
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+            srv.sent += len(body)
+        except OSError:
+            pass
+
+
+class RangeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.path = path
+        self.mode = "ok"
+        self.etag = '"d1"'
+        self.requests: list[str | None] = []
+        self.sent = 0
+        self.tamper: int | None = None  # bundle offset of a byte to corrupt
+        self.tamper_left = 0
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{self.path.name}"
+
+    def __enter__(self) -> RangeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def blocks(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n * BLOCK)
+
+
+def base_payload() -> bytes:
+    return blocks(1, BLOCKS)
+
+
+def changed_payload() -> bytes:
+    """A dozen blocks rewritten, two inserted: what a package update does to ext4."""
+    old = bytearray(base_payload())
+    for b in range(40, BLOCKS, 50):
+        old[b * BLOCK:(b + 1) * BLOCK] = blocks(100 + b, 1)
+    return bytes(old[:300 * BLOCK] + blocks(9, 2) + old[300 * BLOCK:])
+
+
+@pytest.fixture
+def gw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Gateway:
+    g = make_gateway(tmp_path / "gw", slot_size=SLOT)
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(g.boot_id))
+    return g
+
+
+def put_base(gw: Gateway, data: bytes, *, record: bool = True) -> None:
+    """The booted slot A holds ``data``, written and verified by an earlier install."""
+    with open(gw.slot_path("A"), "r+b") as f:
+        f.write(data)
+    if record:
+        record_verified(gw.config, "rootfs.0", sha256=hashlib.sha256(data).hexdigest(),
+                        size=len(data), version="1.0.0")
+
+
+def bootable(version: str, payload: bytes) -> bytes:
+    # install_gateway's boot model reads HEADER then the payload right after it
+    return HEADER.pack(MAGIC, version.encode().ljust(16, b"\0"), len(payload),
+                       hashlib.sha256(payload).digest()) + payload
+
+
+def make_delta_bundle(gw: Gateway, out: Path, img: bytes, *,
+                      target: bytes | None = None) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / "rootfs.img").write_bytes(img)
+    inputs = [ImageInput(out.parent / "rootfs.img", "zstd", filename="rootfs.img.zst",
+                         delta=ChunkParams(avg_blocks=4))]
+    if target is not None:
+        (out.parent / "fw.bin").write_bytes(target)
+        inputs.append(ImageInput(out.parent / "fw.bin", None, target=TargetSpec(
+            transport="dfu", name="mcu", format="bin", version="2.0")))
+    signing = load_signing_key(gw.pki_dir / "signer.key", gw.pki_dir / "signer.pem")
+    create_bundle(out, signing=signing, version="1.1.0", compatible=["test-gw"],
+                  images=inputs)
+    return out
+
+
+def rootfs_span(bundle: Path) -> tuple[int, int]:
+    data = bundle.read_bytes()
+    start = data.index(b"rootfs.img.zst\0", data.index(b"rootfs.img.zst.cidx\0") + 20)
+    hdr = start - 110
+    size = int(data[hdr + 54:hdr + 62], 16)
+    begin = (start + len("rootfs.img.zst") + 1 + 3) & ~3
+    return begin, begin + size
+
+
+def rootfs_requests(srv: RangeServer, bundle: Path) -> list[str]:
+    begin, end = rootfs_span(bundle)
+    out = []
+    for r in srv.requests:
+        if r is None:
+            out.append("whole")
+            continue
+        a = r.split("=", 1)[1].partition("-")[0]
+        if begin <= int(a) < end:  # the head's requests may reach into it: not these
+            out.append(r)
+    return out
+
+
+def delta_info(gw: Gateway) -> dict[str, int | str]:
+    dep = Journal.open(gw.data_dir).latest()
+    assert dep is not None
+    return dict(dep.info["delta"])
+
+
+OLD = bootable("1.0.0", base_payload())
+NEW = bootable("1.1.0", changed_payload())
+
+
+def test_delta_fetches_only_the_missing_chunks_and_boots(gw: Gateway, tmp_path: Path) -> None:
+    put_base(gw, OLD)
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW, target=b"fw" * 5000)
+    with RangeServer(bundle) as srv:
+        install(gw.config, srv.url)
+    assert gw.slot_path("B").read_bytes()[:len(NEW)] == NEW
+    assert gw.boot() == "B" and gw.running_version() == "1.1.0"
+    info = delta_info(gw)
+    assert info["mode"] == "delta" and info["refetched"] == 0
+    assert 0 < int(info["fetched_chunks"]) < int(info["chunks"]) // 3
+    # the whole bundle is 2.4 MiB of incompressible data: a fraction crossed the wire
+    assert srv.sent < bundle.stat().st_size // 4
+    assert all(r is not None and "-" in r for r in srv.requests)  # only ranges
+    assert int(info["requests"]) == len(rootfs_requests(srv, bundle))
+
+
+def test_everything_changed_falls_back_to_the_whole_member(gw: Gateway,
+                                                           tmp_path: Path) -> None:
+    put_base(gw, OLD)
+    new = bootable("1.1.0", blocks(77, BLOCKS))
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", new)
+    with RangeServer(bundle) as srv:
+        install(gw.config, srv.url)
+    begin, end = rootfs_span(bundle)
+    assert rootfs_requests(srv, bundle) == [f"bytes={begin}-{end - 1}"]  # one request
+    assert delta_info(gw)["mode"] == "full"
+    assert gw.boot() == "B"
+
+
+def test_identical_pair_fetches_no_chunk(gw: Gateway, tmp_path: Path) -> None:
+    put_base(gw, OLD)
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", OLD)
+    with RangeServer(bundle) as srv:
+        install(gw.config, srv.url)
+    assert rootfs_requests(srv, bundle) == []
+    info = delta_info(gw)
+    assert info["fetched_bytes"] == 0 and info["reused"] == info["chunks"]
+    assert srv.sent < 64 << 10  # the head (description, signature, index) and the trailer
+    assert gw.boot() == "B"
+
+
+def test_a_chunk_corrupted_once_is_fetched_again(gw: Gateway, tmp_path: Path) -> None:
+    put_base(gw, OLD)
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW)
+    begin = rootfs_span(bundle)[0]
+    with RangeServer(bundle) as srv:
+        srv.tamper, srv.tamper_left = begin + 10, 1  # the first chunk: the new header
+        install(gw.config, srv.url)
+    assert delta_info(gw)["refetched"] == 1
+    assert gw.boot() == "B"
+
+
+def test_a_tampered_chunk_is_refused(gw: Gateway, tmp_path: Path) -> None:
+    put_base(gw, OLD)
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW)
+    begin = rootfs_span(bundle)[0]
+    with RangeServer(bundle) as srv:
+        srv.tamper, srv.tamper_left = begin + 10, 100  # the first chunk: the new header
+        with pytest.raises(ChunkHashMismatch, match="fails its sha256 twice") as err:
+            install(gw.config, srv.url)
+    assert "\n" not in str(err.value)
+    dep = Journal.open(gw.data_dir).latest()
+    assert dep is not None and dep.result == "failure" and "sha256" in (dep.error or "")
+    assert "B" not in gw.env()["BOOT_ORDER"].split()  # never activated
+    assert gw.boot() == "A"
+
+
+def test_a_changed_base_is_not_trusted(gw: Gateway, tmp_path: Path) -> None:
+    """The base's record says one thing, the slot holds another (local changes): the
+    chunks that differ are fetched, the install still ends with the signed image."""
+    put_base(gw, OLD)
+    with open(gw.slot_path("A"), "r+b") as f:  # after indexing would be the same
+        f.seek(len(OLD) // 2)
+        f.write(b"\xaa" * (8 * BLOCK))
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW)
+    with RangeServer(bundle) as srv:
+        install(gw.config, srv.url)
+    assert gw.slot_path("B").read_bytes()[:len(NEW)] == NEW
+    assert gw.boot() == "B"
+
+
+def test_server_ignoring_range_gets_the_whole_bundle(gw: Gateway, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    put_base(gw, OLD)
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW)
+    with RangeServer(bundle) as srv, caplog.at_level(logging.WARNING):
+        srv.mode = "ignore-range"
+        install(gw.config, srv.url)
+    assert "ignores Range" in caplog.text
+    assert gw.boot() == "B"
+
+
+def test_without_a_verified_base_the_bundle_is_downloaded_whole(gw: Gateway,
+                                                                tmp_path: Path) -> None:
+    put_base(gw, OLD, record=False)
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW)
+    with RangeServer(bundle) as srv:
+        install(gw.config, srv.url)
+    assert srv.requests == [None]  # one plain GET, as for any bundle
+    assert gw.boot() == "B"
