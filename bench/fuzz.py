@@ -419,11 +419,9 @@ def run_cms(sig: bytes) -> None:
 
 # -- DDI JSON --------------------------------------------------------------------------
 def ddi_module() -> Any:
-    """The DDI client module, wherever the daemon's move has put it."""
-    try:
-        from ferry.daemon.backend import ddi
-    except ImportError:
-        from ferry.daemon import ddi  # type: ignore[attr-defined,no-redef]
+    """The DDI client module (imported late: the packaging targets do not need it)."""
+    from ferry.daemon.backend import ddi
+
     return ddi
 
 

@@ -5,34 +5,10 @@ unchanged. Targets live in bench/fuzz.py; derandomized here so CI is determinist
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
+from fuzz_campaign import fuzz
 from hypothesis import given, settings
 
 from ferry.packaging import libconfig
-
-
-def _campaign() -> ModuleType:
-    """bench/fuzz.py, which holds the targets, loaded once under a name of its own."""
-    name = "ferry_bench_fuzz"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "bench" / "fuzz.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
-
-
-fuzz = _campaign()
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
