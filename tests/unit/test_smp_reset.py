@@ -89,7 +89,7 @@ def test_target_that_does_not_come_back_is_its_own_failure(tmp_path: Path,
     with running_sim(tmp_path, reenumerate=reenumerate) as sim:
         sim.device.faults.stuck_in_bootloader = True
         with pytest.raises(ResetTimeout, match="did not come back") as err:
-            flash(sim, boot_timeout="1", reset_delay="0")
+            flash(sim, boot_timeout="3", reset_delay="0")  # the sim resets after 0.25 s
         assert not isinstance(err.value, NotReset)
         if reenumerate:
             assert "vanished" in str(err.value)
