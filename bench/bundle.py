@@ -88,7 +88,7 @@ def child_install(bundle: str, keyring: str, slot: str, key: str | None) -> None
     """One rootfs from ``bundle`` into ``slot`` as the pipeline's _write_rootfs does it
     (the journal and the bootloader left out: they cost the same either way)."""
     from ferry.daemon.install.slotwriter import write_slot
-    from ferry.packaging.encryption import load_key, open_image
+    from ferry.packaging.encryption import load_key, open_image, plaintext_is_bound
     from ferry.packaging.keyring import load_keyring
     from ferry.packaging.reader import BundleReader
 
@@ -97,9 +97,10 @@ def child_install(bundle: str, keyring: str, slot: str, key: str | None) -> None
         reader = BundleReader(fh, load_keyring(keyring))
         for entry, stream in reader.images():
             if entry.encrypted:
+                bound = plaintext_is_bound(entry, aes)  # as pipeline._write_rootfs
                 res = write_slot(stream, slot, compressed=None,
                                  expected_size=entry.decompressed_size,
-                                 expected_sha256=entry.decompressed_sha256,
+                                 expected_sha256=None if bound else entry.decompressed_sha256,
                                  decompress=lambda _k, raw, e=entry: open_image(e, raw, aes))
             else:
                 res = write_slot(stream, slot, expected_size=entry.size)

@@ -60,6 +60,9 @@ class ImageEntry:
     # decompression; ivt (32 hex digits) overrides the gateway key file's.
     encrypted: bool = False
     ivt: str | None = None
+    # ferry's check value of the AES key (encryption.key_check; ignored by SWUpdate):
+    # a gateway with another key refuses the bundle before touching a slot
+    key_check: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,9 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
     sha = _sha(entry, "sha256", where, required=True)
     assert size is not None and sha is not None
     encrypted, ivt = _encryption(entry, where, size)
+    key_check = _str(entry, "aes-key-check", where, required=False)
+    if key_check is not None and not _IVT.fullmatch(key_check):
+        raise BadDescription(f"sw-description: {where}.aes-key-check is not 32 hex digits")
     target = None
     if role == "target":
         fmt = _str(entry, "format", where)
@@ -177,6 +183,7 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
         delta=parse_delta(entry, where, role=role, compressed=_compression(entry, where)),
         encrypted=encrypted,
         ivt=ivt,
+        key_check=key_check.lower() if key_check is not None else None,
     )
 
 
@@ -311,6 +318,8 @@ def _image_doc(image: ImageEntry) -> dict[str, Any]:
         doc["encrypted"] = True
         if image.ivt is not None:
             doc["ivt"] = image.ivt
+        if image.key_check is not None:
+            doc["aes-key-check"] = image.key_check
     return doc
 
 

@@ -21,6 +21,7 @@ always ends in the same HashMismatch and never tells anyone how its plaintext lo
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
 import os
@@ -99,6 +100,37 @@ def parse_ivt(value: str, where: str) -> bytes:
 
 def new_ivt() -> bytes:
     return os.urandom(BLOCK)
+
+
+_CHECK_LABEL = b"ferry aes-key-check v1\0"
+
+
+def key_check(key: AesKey) -> str:
+    """A check value of the key (not of its ivt), written as ``aes-key-check`` into each
+    encrypted image's entry: 16 bytes of SHA-256 over a label and the key. It lets a
+    gateway refuse a bundle made for another key before it touches a slot, and lets it
+    trust the signed plaintext hash without hashing the plaintext again (the verified
+    ciphertext, decrypted with the same key and the signed ivt, can only be the
+    signer's plaintext). It reveals nothing a key search could not already test on the
+    ciphertext's first block."""
+    return hashlib.sha256(_CHECK_LABEL + key.key).hexdigest()[:32]
+
+
+def check_key(entry: ImageEntry, key: AesKey) -> bool:
+    """False when ``entry`` names a key check and ``key`` does not match it; True when it
+    matches or the entry has none (bundles from other tools)."""
+    if entry.key_check is None:
+        return True
+    return hmac.compare_digest(entry.key_check, key_check(key))
+
+
+def plaintext_is_bound(entry: ImageEntry, key: AesKey | None) -> bool:
+    """True when the bytes an encrypted, uncompressed image decrypts to are fixed by
+    what was verified: its ciphertext hash, its own signed ivt and a key whose check
+    value matches; then its signed decompressed-sha256 holds without hashing again."""
+    return (key is not None and entry.encrypted and not entry.compressed
+            and entry.ivt is not None and entry.key_check is not None
+            and entry.decompressed_sha256 is not None and check_key(entry, key))
 
 
 def encrypted_size(plain: int) -> int:

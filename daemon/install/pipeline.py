@@ -533,14 +533,20 @@ def _decryption_key(cfg: Config, desc: Any) -> Any:
     loaded while verifying, so a missing or bad key fails before any slot is touched."""
     if not any(e.encrypted for e in desc.images):
         return None
-    from ferry.packaging.encryption import EncryptionKeyError, load_key
+    from ferry.packaging.encryption import EncryptionKeyError, check_key, load_key
 
     path = cfg.keyring.decryption_key
     if path is None:
         raise EncryptionKeyError(
             "bundle has encrypted images and this gateway has no AES key; set [keyring] "
             "decryption_key to SWUpdate's '<key> <ivt>' file")
-    return load_key(path)
+    key = load_key(path)
+    for entry in desc.images:
+        if entry.encrypted and not check_key(entry, key):
+            raise EncryptionKeyError(
+                f"image {entry.filename!r} was encrypted with another AES key than "
+                f"[keyring] decryption_key ({path})")
+    return key
 
 
 def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version: str, *,
@@ -554,7 +560,10 @@ def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version:
     the slot writer); for a stored image the signed sha256 (the bundle reader checked
     every byte the writer got); for a compressed image without one, the writer's own
     digest of the output of a verified stream. An encrypted image is read through
-    ``open_image`` (decrypt, decompress, sealed) and counts as transformed.
+    ``open_image`` (decrypt, decompress, sealed) and counts as transformed; one whose
+    plaintext is bound (``plaintext_is_bound``: its key check matched, its ivt is
+    signed, it is not compressed) gets the signed decompressed-sha256 without a second
+    hash pass, like a stored image gets its signed sha256.
     """
     from ferry.daemon.boot.slotrecord import begin_write, record_failed, record_verified
     from ferry.daemon.install.slotwriter import SlotHashMismatch
@@ -562,9 +571,13 @@ def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version:
 
     compressed = bool(entry.compressed) or entry.encrypted
     decompress: Callable[[str | None, Any], Any] | None = None
+    bound = False
     if entry.encrypted:
         from ferry.packaging.compression import output_limit
-        from ferry.packaging.encryption import open_image
+        from ferry.packaging.encryption import open_image, plaintext_is_bound
+
+        # ferry's own bundles: the signed plaintext hash holds without a second pass
+        bound = plaintext_is_bound(entry, aes)
 
         cap = output_limit(entry.decompressed_size, slot_capacity(slot.device))
 
@@ -576,7 +589,7 @@ def _write_rootfs(cfg: Config, slot: SlotInfo, entry: Any, stream: Any, version:
         res = write_slot(
             stream, slot.device, compressed=entry.compressed,
             expected_size=entry.decompressed_size if compressed else entry.size,
-            expected_sha256=entry.decompressed_sha256 if compressed else None,
+            expected_sha256=entry.decompressed_sha256 if compressed and not bound else None,
             progress=progress, on_synced=on_synced, start=start,
             before_open=lambda: begin_write(cfg, slot.name),
             digest=compressed and entry.decompressed_sha256 is None,

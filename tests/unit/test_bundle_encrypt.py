@@ -246,6 +246,7 @@ def test_bad_encrypt_key_fails_create_in_one_line(pki: Path, tmp_path: Path,
     ('encrypted = true; ivt = "abc";', "ivt is not 32 hex"),
     ('encrypted = true; size = 17;', "not a whole number of 16-byte"),
     ('encrypted = true; size = 0;', "not a whole number of 16-byte"),
+    ('encrypted = true; aes-key-check = "xyz";', "aes-key-check is not 32 hex"),
 ])
 def test_description_refuses_bad_encryption_keys(entry: str, match: str) -> None:
     size = "" if "size" in entry else "size = 32;"
@@ -347,15 +348,31 @@ def test_no_key_configured_is_refused_before_the_slot(gw: Gateway, tmp_path: Pat
     refused(gw, bundle, EncryptionKeyError, "no AES key", slot_touched=False)
 
 
+def test_wrong_key_is_refused_by_the_key_check_before_the_slot(gw: Gateway,
+                                                               tmp_path: Path) -> None:
+    with_key(gw, AesKey(key=bytes(32), ivt=KEY.ivt))
+    bundle = encrypted_bundle(gw, tmp_path / "b.swu", make_image("1.1.0", 200_000),
+                              compress=None)
+    desc = parse_description(members(bundle)["sw-description"])
+    assert desc.images[0].key_check == encryption.key_check(KEY)
+    assert desc.images[0].key_check != encryption.key_check(AesKey(bytes(32), KEY.ivt))
+    refused(gw, bundle, EncryptionKeyError, "another AES key", slot_touched=False)
+
+
 @pytest.mark.parametrize("compress", [None, "zstd"])
-def test_wrong_key_leaves_the_slot_scratch(gw: Gateway, tmp_path: Path,
-                                           compress: str | None) -> None:
+def test_wrong_key_without_a_key_check_leaves_the_slot_scratch(
+        gw: Gateway, tmp_path: Path, compress: str | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a bundle from another tool: no aes-key-check. Garbage plaintext: the padding,
+    the zstd decoder or the signed plaintext hash catches it, whichever comes first;
+    each is one line and names no plaintext."""
+    monkeypatch.setattr(writer, "key_check", lambda key: None)
     with_key(gw, AesKey(key=bytes(32), ivt=KEY.ivt))
     bundle = encrypted_bundle(gw, tmp_path / "b.swu", make_image("1.1.0", 200_000),
                               compress=compress)
-    # garbage plaintext: the padding, the zstd decoder or the signed plaintext hash
-    # catches it, whichever comes first; each is one line and names no plaintext
-    refused(gw, bundle, (DecryptError, SlotHashMismatch, BundleError), None)
+    assert b"aes-key-check" not in members(bundle)["sw-description"]
+    msg = refused(gw, bundle, (DecryptError, SlotHashMismatch, BundleError), None)
+    assert "another AES key" not in msg
 
 
 def _rebuild(monkeypatch: pytest.MonkeyPatch, mangle: object) -> None:
