@@ -197,6 +197,7 @@ def test_bundle_class_step_builds_a_verifiable_bundle(tmp_path: Path) -> None:
         "FERRY_BUNDLE_ROOTFS_FILE": str(rootfs),
         "FERRY_BUNDLE_TARGETS": f"smp-serial:sensor-mcu={mcu}",
         "FERRY_BUNDLE_KEY": str(key), "FERRY_BUNDLE_CERT": str(cert),
+        "FERRY_BUNDLE_KEYRING": "", "FERRY_BUNDLE_KEYRING_VERSION": "",
         "FERRY_BUNDLE_VERSION": "2.0.0", "FERRY_BUNDLE_COMPATIBLE": "qemuarm64",
         "FERRY_BUNDLE_COMPRESS": "zstd", "FERRY_BUNDLE_NAME": "ferry-bundle-example-qemuarm64",
         "B": str(tmp_path / "build"), "DEPLOY_DIR_IMAGE": str(deploy),

@@ -8,6 +8,10 @@
 #   FERRY_BUNDLE_TARGETS = "smp-serial:sensor-mcu=${DEPLOY_DIR_IMAGE}/sensor-mcu.signed.bin"
 #   FERRY_BUNDLE_KEY = "/path/to/signer.key.pem"
 #   FERRY_BUNDLE_CERT = "/path/to/signer.cert.pem"
+#   # optional: carry a new trust keyring (gateways install it after verifying the bundle
+#   # against their current one; the version must be above theirs). See README "Rotating".
+#   FERRY_BUNDLE_KEYRING = "/path/to/keyring-2.pem"
+#   FERRY_BUNDLE_KEYRING_VERSION = "2"
 #
 # The bundle is written by `ferry bundle create` from ferry-native, never by a second
 # implementation of the format in this class. Output: ${DEPLOY_DIR_IMAGE}/<recipe>-<machine>.swu
@@ -20,6 +24,8 @@ FERRY_BUNDLE_COMPRESS ??= "zstd"
 FERRY_BUNDLE_TARGETS ??= ""
 FERRY_BUNDLE_KEY ??= ""
 FERRY_BUNDLE_CERT ??= ""
+FERRY_BUNDLE_KEYRING ??= ""
+FERRY_BUNDLE_KEYRING_VERSION ??= ""
 FERRY_BUNDLE_NAME ??= "${PN}-${MACHINE}"
 # The image file to ship; set it yourself for another image type than ext4.
 FERRY_BUNDLE_ROOTFS_FILE ??= "${@'${DEPLOY_DIR_IMAGE}/${FERRY_BUNDLE_ROOTFS_IMAGE}-${MACHINE}.rootfs.ext4' if d.getVar('FERRY_BUNDLE_ROOTFS_IMAGE') else ''}"
@@ -42,7 +48,10 @@ python ferry_bundle_check() {
         if not d.getVar(var):
             bb.fatal("%s is not set: ferry bundles are always signed. For a development "
                      "key pair run 'ferry bundle dev-pki DIR' and point %s at it." % (var, var))
-    if not d.getVar('FERRY_BUNDLE_ROOTFS_IMAGE') and not d.getVar('FERRY_BUNDLE_TARGETS'):
+    if bool(d.getVar('FERRY_BUNDLE_KEYRING')) != bool(d.getVar('FERRY_BUNDLE_KEYRING_VERSION')):
+        bb.fatal("Set FERRY_BUNDLE_KEYRING and FERRY_BUNDLE_KEYRING_VERSION together")
+    if not d.getVar('FERRY_BUNDLE_ROOTFS_IMAGE') and not d.getVar('FERRY_BUNDLE_TARGETS') \
+            and not d.getVar('FERRY_BUNDLE_KEYRING'):
         bb.fatal("Set FERRY_BUNDLE_ROOTFS_IMAGE and/or FERRY_BUNDLE_TARGETS: the bundle would be empty")
 }
 
@@ -55,6 +64,9 @@ do_ferry_bundle() {
     for target in ${FERRY_BUNDLE_TARGETS}; do
         args="$args --target $target"
     done
+    if [ -n "${FERRY_BUNDLE_KEYRING}" ]; then
+        args="$args --keyring ${FERRY_BUNDLE_KEYRING} --keyring-version ${FERRY_BUNDLE_KEYRING_VERSION}"
+    fi
     mkdir -p ${B}
     ferry bundle create \
         --key "${FERRY_BUNDLE_KEY}" \
