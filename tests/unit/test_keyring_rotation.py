@@ -336,3 +336,34 @@ def test_malformed_env_value_is_one_line(fleet) -> None:
     gw.store().update({trust.ENV_VAR: "two words-but-no-digest"})
     with pytest.raises(KeyringError, match="is not '<version> <sha256>'"):
         in_force(gw)
+
+
+def test_bundle_class_carries_a_keyring(tmp_path: Path) -> None:
+    """ferry-bundle.bbclass's task with FERRY_BUNDLE_KEYRING(_VERSION) set, run as bitbake
+    would expand it (the helpers of test_yocto_layer)."""
+    from test_yocto_layer import LAYER, VENV_BIN, _expand, _shell_function
+
+    pki = devpki.write_dev_pki(tmp_path / "pki")
+    new = devpki.write_dev_pki(tmp_path / "new")
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    mcu = deploy / "mcu.bin"
+    mcu.write_bytes(b"\x07" * 512)
+    body = _shell_function((LAYER / "classes-recipe" / "ferry-bundle.bbclass").read_text(),
+                           "do_ferry_bundle")
+    script = _expand(body, {
+        "FERRY_BUNDLE_ROOTFS_FILE": "", "FERRY_BUNDLE_TARGETS": f"smp-serial:mcu={mcu}",
+        "FERRY_BUNDLE_KEY": str(pki.signer_key), "FERRY_BUNDLE_CERT": str(pki.signer_cert),
+        "FERRY_BUNDLE_KEYRING": str(new.ca_cert), "FERRY_BUNDLE_KEYRING_VERSION": "7",
+        "FERRY_BUNDLE_VERSION": "2.0.0", "FERRY_BUNDLE_COMPATIBLE": "gw",
+        "FERRY_BUNDLE_COMPRESS": "none", "FERRY_BUNDLE_NAME": "b",
+        "B": str(tmp_path / "build"), "DEPLOY_DIR_IMAGE": str(deploy),
+    })
+    subprocess.run(["bash", "-c", script], check=True, cwd=tmp_path,
+                   env={"PATH": f"{VENV_BIN}:/usr/bin:/bin"}, capture_output=True)
+    with (deploy / "b.swu").open("rb") as fh:
+        desc, _raw, _sig = read_unverified(fh)
+    assert desc.keyring_version == 7
+    keyring = desc.keyring()
+    assert keyring is not None
+    assert keyring.sha256 == hashlib.sha256(new.ca_cert.read_bytes()).hexdigest()
