@@ -44,6 +44,7 @@ from ferry.packaging.limits import NEWC_MAX_SIZE
 
 if TYPE_CHECKING:
     from ferry.packaging.chunker import ChunkParams
+    from ferry.packaging.cmsbuild import RawSigner
     from ferry.packaging.deltaref import DeltaRef
 
 CHUNK = 1 << 20
@@ -76,29 +77,59 @@ class _Prepared:
 
 @dataclass(frozen=True)
 class SigningKey:
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    """A key file's private key, or a RawSigner whose key stays in a PKCS#11 token."""
+
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | RawSigner
     cert: x509.Certificate
     chain: tuple[x509.Certificate, ...] = field(default_factory=tuple)
     pss: bool = False
 
 
 def load_signing_key(
-    key_path: str | Path, cert_path: str | Path, *, pss: bool = False
+    key_path: str | Path, cert_path: str | Path | None, *, pss: bool = False
 ) -> SigningKey:
-    """The private key and the PEM certificate file (signer first, then intermediates)."""
+    """The private key and the PEM certificate file (signer first, then intermediates).
+
+    ``key_path`` may be a ``pkcs11:`` URI (packaging/pkcs11.py): the token signs, and
+    without ``cert_path`` the certificate comes from the token too."""
+    certs: list[x509.Certificate] = []
+    if cert_path is not None:
+        try:
+            certs = x509.load_pem_x509_certificates(Path(cert_path).read_bytes())
+        except (OSError, ValueError) as err:
+            raise BundleCreateError(f"cannot load certificate {cert_path}: {err}") from None
+    from ferry.packaging.pkcs11 import is_pkcs11_uri, open_token_signer
+
+    if is_pkcs11_uri(key_path):
+        assert isinstance(key_path, str)
+
+        signer, cert = open_token_signer(key_path, certs[0] if certs else None, pss=pss)
+        return SigningKey(key=signer, cert=cert, chain=tuple(certs[1:]), pss=pss)
+    if cert_path is None:
+        raise BundleCreateError(f"give the signer certificate (--cert) for the key {key_path}")
     try:
         key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as err:
         raise BundleCreateError(f"cannot load private key {key_path}: {err}") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise BundleCreateError(f"{key_path}: only RSA and EC keys can sign bundles")
-    try:
-        certs = x509.load_pem_x509_certificates(Path(cert_path).read_bytes())
-    except (OSError, ValueError) as err:
-        raise BundleCreateError(f"cannot load certificate {cert_path}: {err}") from None
     if certs[0].public_key() != key.public_key():
         raise BundleCreateError(f"{cert_path} does not match the private key {key_path}")
     return SigningKey(key=key, cert=certs[0], chain=tuple(certs[1:]), pss=pss)
+
+
+def sign_description(text: bytes, signing: SigningKey) -> bytes:
+    """CMS over sw-description: by ``cryptography`` for a key file, assembled around the
+    token's signature otherwise (packaging/cmsbuild.py)."""
+    if isinstance(signing.key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        return signature.sign(
+            text, signing.key, signing.cert, extra_certs=signing.chain, pss=signing.pss
+        )
+    from ferry.packaging.cmsbuild import sign_external
+
+    return sign_external(
+        text, signing.key, signing.cert, extra_certs=signing.chain, pss=signing.pss
+    )
 
 
 def sniff_format(path: Path) -> tuple[str, str | None]:
@@ -324,9 +355,7 @@ def create_bundle(
             keyring_version=keyring_version if new_keyring else None,
         )
         text = render_description(desc)
-        sig = signature.sign(
-            text, signing.key, signing.cert, extra_certs=signing.chain, pss=signing.pss
-        )
+        sig = sign_description(text, signing)
         fd, name = tempfile.mkstemp(prefix=".ferry-", suffix=".swu.part", dir=workdir)
         tmp_out = Path(name)
         with os.fdopen(fd, "wb") as fh:

@@ -27,12 +27,19 @@ def register(sub: Any) -> None:
         help="build a signed bundle",
         description="Build a signed bundle from a rootfs image and/or target firmware.",
     )
-    create.add_argument("--key", required=True, metavar="KEY.pem", help="signer private key")
+    create.add_argument(
+        "--key",
+        required=True,
+        metavar="KEY.pem|pkcs11:URI",
+        help="signer private key: a PEM file, or an RFC 7512 URI of a key in a PKCS#11 "
+        "token, e.g. 'pkcs11:token=build;object=signer?module-path=/usr/lib/softhsm/"
+        "libsofthsm2.so&pin-source=/run/pin' (docs/cli.md)",
+    )
     create.add_argument(
         "--cert",
-        required=True,
         metavar="CERT.pem",
-        help="signer certificate (PEM; intermediates may follow it in the same file)",
+        help="signer certificate (PEM; intermediates may follow it in the same file); "
+        "with a pkcs11: key it may be left out to use the certificate on the token",
     )
     create.add_argument("--version", dest="bundle_version", metavar="V", help="bundle version")
     create.add_argument(
