@@ -155,8 +155,9 @@ def _reporter(ctx: Context, total: int) -> Callable[[int], None]:
 def _prepare(ctx: Context, dep_id: int) -> None:
     """Verify, check the bundle is for this device, stage its images. Repeated from
     the start after a crash (nothing was flashed yet; the staged files are scratch)."""
+    from ferry.daemon.boot.bootloader import make_store
+    from ferry.daemon.install import trust
     from ferry.packaging.compression import decompress_stream
-    from ferry.packaging.keyring import load_keyring
     from ferry.packaging.limits import Limits
     from ferry.packaging.reader import BundleReader
 
@@ -169,7 +170,10 @@ def _prepare(ctx: Context, dep_id: int) -> None:
     src = open_source(dep.source, device_download_options(cfg))
     try:
         limits = Limits(max_bundle_size=cfg.install.max_bundle_size)
-        reader = BundleReader(src.stream, load_keyring(cfg.keyring.path), limits=limits)
+        # the keyring in force (a rotation included), as for the gateway's own bundles;
+        # a keyring member is drained unused: only the gateway's deployments rotate
+        keys = trust.load_trust(cfg, make_store(cfg))
+        reader = BundleReader(src.stream, keys.keyring_for, limits=limits)
         desc = reader.description
         j.update(dep_id, version=desc.version)
         mine = cfg.gateway.compatible

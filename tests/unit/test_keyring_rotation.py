@@ -367,3 +367,40 @@ def test_bundle_class_carries_a_keyring(tmp_path: Path) -> None:
     keyring = desc.keyring()
     assert keyring is not None
     assert keyring.sha256 == hashlib.sha256(new.ca_cert.read_bytes()).hexdigest()
+
+
+def test_device_deployments_verify_under_the_rotated_keyring(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """A bundle for one device behind the gateway (install/devicedeploy) is verified
+    against the keyring in force too: after the rotation CA 1's is refused."""
+    from ferry.daemon.install import devicedeploy
+    from ferry.proxy.transport import FlashResult
+
+    gw, pki2 = make_fleet_gateway(tmp_path / "gw", extra="""
+[[target]]
+name = "mcu"
+transport = "smp-serial"
+address = "/dev/null"
+""")
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id))
+    rotate_to_ca2(gw, pki2, tmp_path)
+    flashed: list[bytes] = []
+
+    class Fake:
+        def flash(self, target: object, image: object, *, progress: object) -> FlashResult:
+            flashed.append(image.read())  # type: ignore[attr-defined]
+            return FlashResult(ok=True, version="5.0.0")
+
+    def deploy(b: Path, ext: str) -> None:
+        ctx = make_context(gw.config)
+        try:
+            devicedeploy.start(ctx, "mcu", str(b), external_id=ext,
+                               factory=lambda name, options: Fake())  # type: ignore[arg-type,return-value]
+        finally:
+            ctx.journal.close()
+
+    with pytest.raises(UntrustedSigner):
+        deploy(bundle(tmp_path / "d1.swu", gw.pki_dir, version="1.0.5", target=FW), "1")
+    assert flashed == []
+    deploy(bundle(tmp_path / "d2.swu", pki2.ca_cert.parent, version="1.0.5", target=FW), "2")
+    assert flashed == [FW]
