@@ -1,0 +1,206 @@
+"""Signing keys in a PKCS#11 token: URIs, SoftHSM2 signing, one-line errors, key files.
+
+The token is Debian's SoftHSM2 in a temp dir (tests/unit/pkcs11_token.py). The peers
+(openssl cms -verify, SWUpdate) check the same bundles in
+tests/peers/test_bundle_pkcs11_peers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from asn1crypto import cms
+from pkcs11_token import MODULE, PIN, TOKEN, softhsm_token
+
+from ferry.daemon.cli.main import main
+from ferry.packaging import pkcs11
+from ferry.packaging.errors import BundleCreateError
+from ferry.packaging.keyring import load_keyring
+from ferry.packaging.reader import BundleReader, read_unverified
+from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory):
+    with softhsm_token(tmp_path_factory.mktemp("softhsm")) as tok:
+        yield tok
+
+
+def _rootfs(tmp: Path) -> Path:
+    rootfs = tmp / "rootfs.img"
+    rootfs.write_bytes(os.urandom(20_000) + b"\0" * 50_000)
+    return rootfs
+
+
+def _bundle(tmp: Path, key: str | Path, cert: Path | None, *, pss: bool = False) -> Path:
+    out = tmp / "bundle.swu"
+    signing = load_signing_key(key, cert, pss=pss)
+    create_bundle(out, signing=signing, version="2.0", compatible=["gw"],
+                  images=[ImageInput(path=_rootfs(tmp), compress="zstd")])  # fmt: skip
+    return out
+
+
+def _signer_info(bundle: Path) -> cms.SignerInfo:
+    with bundle.open("rb") as fh:
+        _desc, _raw, sig = read_unverified(fh)
+    return cms.ContentInfo.load(sig)["content"]["signer_infos"][0]
+
+
+# -- URIs ----------------------------------------------------------------------------------
+def test_uri_parses_rfc7512_attributes_and_percent_encoding(tmp_path):
+    uri = pkcs11.parse_uri(
+        "pkcs11:token=My%20Token;object=signer;id=%01%a0;type=private"
+        "?module-path=/x/y.so&pin-value=12%2634"
+    )
+    assert uri.path == {"token": "My Token", "object": "signer", "type": "private"}
+    assert uri.key_id == b"\x01\xa0"
+    assert uri.pin() == "12&34"
+    assert "12" not in uri.redacted() and "pin-value=***" in uri.redacted()
+    assert "id=%01%a0" in uri.redacted()
+    pin = tmp_path / "pin"
+    pin.write_text("s3cret\n")
+    assert pkcs11.parse_uri(f"pkcs11:token=t?pin-source={pin}").pin() == "s3cret"
+    assert pkcs11.parse_uri(f"pkcs11:token=t?pin-source=file:{pin}").pin() == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("pkcs11:tokn=x", "unknown path attribute 'tokn'"),
+        ("pkcs11:token=x?pin=1", "unknown query attribute 'pin'"),
+        ("pkcs11:token=x;token=y", "given twice"),
+        ("pkcs11:token", "is not name=value"),
+        ("pkcs11:token=x?pin-value=1&pin-source=/p", "not both"),
+        ("pkcs11:object=x;type=public", "names no key"),
+        ("pkcs11:object=a b", "white space"),
+        ("file:/key.pem", "starting with 'pkcs11:'"),
+    ],
+)
+def test_bad_uri_is_one_line(uri, message):
+    with pytest.raises(pkcs11.Pkcs11Error, match=message) as err:
+        pkcs11.parse_uri(uri)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_pin_source_and_module_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(pkcs11.Pkcs11Error, match="cannot read the PIN from pin-source"):
+        pkcs11.parse_uri(f"pkcs11:token=t?pin-source={tmp_path}/nope").pin()
+    monkeypatch.delenv(pkcs11.MODULE_ENV, raising=False)
+    with pytest.raises(pkcs11.Pkcs11Error, match=f"module-path=.*or set {pkcs11.MODULE_ENV}"):
+        pkcs11.module_path(pkcs11.parse_uri("pkcs11:token=t"))
+    with pytest.raises(pkcs11.Pkcs11Error, match="does not exist"):
+        pkcs11.module_path(pkcs11.parse_uri(f"pkcs11:token=t?module-path={tmp_path}/m.so"))
+    monkeypatch.setenv(pkcs11.MODULE_ENV, MODULE)
+    assert pkcs11.module_path(pkcs11.parse_uri("pkcs11:token=t")) == MODULE
+    softhsm_dir = str(Path(MODULE).parent)
+    uri = pkcs11.parse_uri(f"pkcs11:token=t?module-path={softhsm_dir}&module-name=softhsm2")
+    assert pkcs11.module_path(uri) == MODULE
+
+
+def test_missing_binding_says_which_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pkcs11", None)  # import pkcs11 -> ImportError
+    with pytest.raises(pkcs11.Pkcs11Error, match=r"pip install 'ferry-ota\[pkcs11\]'"):
+        load_signing_key(f"pkcs11:token=t;object=k?module-path={MODULE}", None)
+
+
+# -- signing through the token --------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("obj", "pss", "algorithm"),
+    [("rsa-signer", False, "rsassa_pkcs1v15"), ("rsa-signer", True, "rsassa_pss")],
+)
+def test_rsa_key_in_token_signs_a_bundle_ferry_verifies(token, tmp_path, obj, pss, algorithm):
+    bundle = _bundle(tmp_path, token.uri(obj), token.rsa.signer_cert, pss=pss)
+    with bundle.open("rb") as fh:
+        reader = BundleReader(fh, load_keyring(token.rsa.ca_cert))
+        reader.verify_all()
+    assert reader.signer == "CN=ferry dev signer,O=ferry development"
+    assert _signer_info(bundle)["signature_algorithm"]["algorithm"].native == algorithm
+
+
+def test_ec_key_generated_in_token_signs_with_the_token_certificate(token, tmp_path):
+    bundle = _bundle(tmp_path, token.uri("ec-signer", extra=";id=%02"), None)
+    with bundle.open("rb") as fh:
+        reader = BundleReader(fh, load_keyring(token.rsa.ca_cert))
+        reader.verify_all()
+    assert reader.signer == "CN=ferry token signer"
+    assert _signer_info(bundle)["signature_algorithm"]["algorithm"].native == "sha256_ecdsa"
+
+
+def test_other_keyring_refuses_a_token_signed_bundle(token, tmp_path):
+    from ferry.packaging.devpki import write_dev_pki
+    from ferry.packaging.errors import UntrustedSigner
+
+    other = write_dev_pki(tmp_path / "other", kind="ec")
+    bundle = _bundle(tmp_path, token.uri("ec-signer"), None)
+    with bundle.open("rb") as fh, pytest.raises(UntrustedSigner):
+        BundleReader(fh, load_keyring(other.ca_cert))
+
+
+def test_cli_creates_and_verifies_with_pin_source(token, tmp_path, capsys):
+    out = tmp_path / "cli.swu"
+    uri = f"pkcs11:token={TOKEN};object=rsa-signer?module-path={MODULE}&pin-source={token.pin_file}"
+    rc = main(["bundle", "create", "--key", uri, "--cert", str(token.rsa.signer_cert),
+               "--version", "3", "--compatible", "gw", "--rootfs", str(_rootfs(tmp_path)),
+               "-o", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert main(["bundle", "verify", "--keyring", str(token.rsa.ca_cert), str(out)]) == 0
+    assert "OK: version 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("key", "cert", "message"),
+    [
+        ("rsa-signer#pin", "rsa", f"token '{TOKEN}': PIN incorrect"),
+        ("nope", "rsa", "no private key on the token matches"),
+        ("rsa-signer#nopin", "rsa", "no private key on the token matches .no PIN given"),
+        ("ec-signer", "rsa", "the token's key is EC, the certificate .* holds an RSA key"),
+        ("rsa-signer", "none", "no certificate on the token matches"),
+        ("rsa-signer#token", "rsa", "no such token"),
+    ],
+)
+def test_cli_token_errors_are_one_line_and_write_nothing(token, tmp_path, capsys, key, cert,
+                                                         message):  # fmt: skip
+    obj, _, variant = key.partition("#")
+    pin = "0000" if variant == "pin" else None if variant == "nopin" else PIN
+    uri = token.uri(obj, pin=pin)
+    if variant == "token":
+        uri = uri.replace(f"token={TOKEN}", "token=absent")
+    out = tmp_path / "bad.swu"
+    args = ["bundle", "create", "--key", uri, "--version", "3", "--compatible", "gw",
+            "--rootfs", str(_rootfs(tmp_path)), "-o", str(out)]  # fmt: skip
+    if cert == "rsa":
+        args += ["--cert", str(token.rsa.signer_cert)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert "0000" not in err and f"pin-value={PIN}" not in err  # the PIN is never shown
+    assert not out.exists() and not list(tmp_path.glob(".ferry-*"))
+
+
+def test_wrong_pin_once_does_not_lock_the_token(token, tmp_path):
+    with pytest.raises(pkcs11.Pkcs11Error, match="PIN incorrect"):
+        load_signing_key(token.uri("rsa-signer", pin="9999"), token.rsa.signer_cert)
+    assert load_signing_key(token.uri("rsa-signer"), token.rsa.signer_cert).cert is not None
+
+
+def test_token_key_with_someone_elses_certificate_of_the_same_kind(token, tmp_path):
+    from ferry.packaging.devpki import write_dev_pki
+
+    stranger = write_dev_pki(tmp_path / "stranger", kind="rsa")
+    with pytest.raises(BundleCreateError, match="does not belong to certificate"):
+        load_signing_key(token.uri("rsa-signer"), stranger.signer_cert)
+
+
+# -- key files keep working -----------------------------------------------------------------
+def test_key_file_still_signs_and_needs_its_certificate(token, tmp_path):
+    pki = token.rsa
+    bundle = _bundle(tmp_path, pki.signer_key, pki.signer_cert)
+    with bundle.open("rb") as fh:
+        BundleReader(fh, load_keyring(pki.ca_cert)).verify_all()
+    with pytest.raises(BundleCreateError, match="give the signer certificate"):
+        load_signing_key(pki.signer_key, None)
