@@ -133,7 +133,8 @@ def _locate(url: str, head: _Head, validator: str | None, total: int | None) -> 
     head.need(data + size)
     desc = parse_description(bytes(head.buf[data:data + size]))  # unverified: layout only
     rootfs = desc.rootfs()
-    if rootfs is None or rootfs.delta is None or desc.images[0] is not rootfs:
+    if (rootfs is None or rootfs.delta is None or desc.images[0] is not rootfs
+            or getattr(rootfs, "encrypted", False)):
         return None
     pos = _align4(data + size)
     expect = ["sw-description.sig", rootfs.delta.index, rootfs.filename]

@@ -33,6 +33,9 @@ def write_rootfs_delta(cfg: Config, *, slot_name: str, slot_device: Path, active
     if entry.decompressed_sha256 is None or entry.decompressed_size is None:
         raise DeltaError(f"delta rootfs {entry.filename!r} has no decompressed-sha256 and "
                          "-size in sw-description; rebuild it with ferry bundle create --delta")
+    if getattr(entry, "encrypted", False):
+        raise DeltaError(f"delta rootfs {entry.filename!r} is encrypted; ferry cannot fetch "
+                         "encrypted chunks one by one")
     index = parse_index(index_bytes, what=f"chunk index of {entry.filename!r}",
                         stored_size=entry.size, image_size=entry.decompressed_size)
     image, stats, fetcher = delta_stream(
