@@ -1,6 +1,6 @@
 """Signing keys in a PKCS#11 token: URIs, SoftHSM2 signing, one-line errors, key files.
 
-The token is Debian's SoftHSM2 in a temp dir (tests/unit/pkcs11_token.py). The peers
+The token is Debian's SoftHSM2 in a temp dir (tests/pkcs11_token.py). The peers
 (openssl cms -verify, SWUpdate) check the same bundles in
 tests/peers/test_bundle_pkcs11_peers.py.
 """

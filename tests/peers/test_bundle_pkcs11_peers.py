@@ -1,0 +1,98 @@
+"""Bundles signed through a PKCS#11 token (SoftHSM2) checked by independent verifiers.
+
+ferry assembles the CMS around the token's raw signature itself (packaging/cmsbuild.py),
+so ferry's own verify passing proves little: ``openssl cms -verify`` and SWUpdate
+(``swupdate -c``, the helpers of test_bundle_peers.py) must accept the same bundles, for
+every scheme a token key can sign with: RSA PKCS#1 v1.5 and PSS (key imported with
+softhsm2-util) and ECDSA P-256 (key generated in the token, certificate read from it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pkcs11_token import softhsm_token
+from test_bundle_peers import extract, swupdate_accepted, swupdate_check, tool
+
+from ferry.packaging.keyring import load_keyring
+from ferry.packaging.reader import BundleReader
+from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory):
+    with softhsm_token(tmp_path_factory.mktemp("softhsm")) as tok:
+        yield tok
+
+
+CASES = {
+    "rsa-pkcs1v15": ("rsa-signer", True, False),
+    "rsa-pss": ("rsa-signer", True, True),
+    "ec-p256-cert-on-token": ("ec-signer", False, False),
+}
+
+
+def _make(token, tmp: Path, case: str) -> Path:
+    obj, cert_file, pss = CASES[case]
+    rootfs = tmp / "rootfs.img"
+    rootfs.write_bytes(os.urandom(40_000) + b"\0" * 100_000)
+    signing = load_signing_key(
+        token.uri(obj), token.rsa.signer_cert if cert_file else None, pss=pss
+    )
+    out = tmp / "bundle.swu"
+    create_bundle(out, signing=signing, version="1.2.3", compatible=["1.0"],
+                  images=[ImageInput(path=rootfs, compress="zstd")])  # fmt: skip
+    return out
+
+
+def _openssl_verify(x: Path, ca: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("openssl"), "cms", "-verify", "-binary", "-inform", "DER",
+         "-in", str(x / "sw-description.sig"), "-content", str(x / "sw-description"),
+         "-CAfile", str(ca), "-out", os.devnull],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_openssl_cms_verifies_a_token_signed_bundle(token, tmp_path, case):
+    bundle = _make(token, tmp_path, case)
+    x = tmp_path / "x"
+    extract(bundle, x)
+    ok = _openssl_verify(x, token.rsa.ca_cert)
+    assert ok.returncode == 0, ok.stderr
+    assert "Verification successful" in ok.stderr
+    printed = subprocess.run(
+        [tool("openssl"), "cms", "-cmsout", "-print", "-inform", "DER",
+         "-in", str(x / "sw-description.sig")],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    want = {"rsa-pkcs1v15": "rsaEncryption", "rsa-pss": "rsassaPss",
+            "ec-p256-cert-on-token": "ecdsa-with-SHA256"}[case]  # fmt: skip
+    assert want in printed
+    # the same command refuses an altered sw-description: the check above can fail
+    desc = x / "sw-description"
+    desc.write_bytes(desc.read_bytes().replace(b"1.2.3", b"9.9.9"))
+    assert _openssl_verify(x, token.rsa.ca_cert).returncode != 0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_swupdate_accepts_a_token_signed_bundle(token, tmp_path, case):
+    bundle = _make(token, tmp_path, case)
+    rc, out = swupdate_check(bundle, token.rsa, tmp_path)
+    assert swupdate_accepted(rc, out), out[-3000:]
+    with bundle.open("rb") as fh:
+        BundleReader(fh, load_keyring(token.rsa.ca_cert)).verify_all()
+
+
+def test_swupdate_refuses_a_token_signed_bundle_under_another_ca(token, tmp_path):
+    from ferry.packaging.devpki import write_dev_pki
+
+    other = write_dev_pki(tmp_path / "other", kind="ec")
+    bundle = _make(token, tmp_path, "ec-p256-cert-on-token")
+    rc, out = swupdate_check(bundle, other, tmp_path)
+    assert not swupdate_accepted(rc, out)
+    assert "Verified OK" not in out
