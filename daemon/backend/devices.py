@@ -185,7 +185,6 @@ class DevicePoller:
         self.tokens = float(self.per_poll)
         self.refilled = clock()
         self.interval = 0.0  # the gateway's poll interval, from its runner
-        self.lock = threading.Lock()
         saved = load_states(config.gateway.data_dir)
         self.states: dict[str, DeviceState] = {}
         for cid, tc in self.ids.items():
@@ -268,6 +267,7 @@ class DevicePoller:
             st.status, st.message = "ok", ""
             self._attributes(st, client, tc, force=bool(poll.config_data_href))
             if poll.cancel_href:
+                self._check_link(client, poll.cancel_href)
                 self._cancel(st, client, client.cancel_action(poll.cancel_href))
             elif poll.deployment_href:
                 self._check_link(client, poll.deployment_href)
@@ -300,6 +300,10 @@ class DevicePoller:
         except DdiError as exc:
             st.status, st.message = "unreachable", str(exc)
             self._retry_later(st)
+        except Exception as exc:  # a bug or a transport's surprise: this device waits
+            st.status, st.message = "error", f"{type(exc).__name__}: {exc}"[:300]
+            self.log(f"backend: {controller_id}: {st.message}")
+            self._retry_later(st)
         finally:
             self._save()
 
@@ -308,8 +312,9 @@ class DevicePoller:
         st.next_poll = self.clock() + jittered(wait, self.jitter, self.rng)
 
     def _check_link(self, client: DdiClient, href: str) -> None:
-        """A deploymentBase link must lie under this controller's own path: the server
-        never makes one device's poll carry out another controller's action."""
+        """A deploymentBase or cancelAction link must lie under this controller's own
+        path: the server never makes one device's poll act on another controller's
+        action."""
         path = unquote(urlsplit(href).path) if "://" in href[:16] else ""
         own = unquote(urlsplit(client.base).path)
         if path and not path.startswith(own + "/"):
@@ -581,8 +586,8 @@ def run_loop(step_gateway: Callable[[], float], devices: DevicePoller | None,
         if devices is not None:
             try:
                 dev = devices.step()
-            except FerryError as exc:
-                log(f"backend: devices: {exc}")
+            except Exception as exc:  # a device's trouble never stops the gateway's polls
+                log(f"backend: devices: {type(exc).__name__}: {exc}")
                 dev = None
             if dev is not None:
                 nxt = min(nxt, dev)

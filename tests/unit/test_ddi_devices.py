@@ -621,3 +621,37 @@ def test_ferryd_backend_thread_polls_the_gateway_and_its_devices(server, tmp_pat
     assert first == "gw1"  # the gateway's runner steps first
     assert set(server.device("gw1.mcu0").auth_headers) == {f"GatewayToken {TOKEN}"}
     assert server.device("gw1.mcu0").config_data["ferry.transport"] == "smp-serial"
+
+
+def test_a_surprise_in_one_device_leaves_the_others_and_the_schedule_alone(server, gw,
+                                                                          tmp_path):
+    clock = Clock()
+    cfg = gw.config
+
+    def inspect(tc):
+        raise RuntimeError("driver bug")
+
+    p = DevicePoller(cfg, make_context(cfg), factory=factory, inspect=inspect, clock=clock,
+                     client_factory=lambda s: ddi.DdiClient(s, on_exchange=validate_exchange))
+    dev = server.device("gw1.mcu0")
+    dev.assign([("firmware", "fw", "2.0.0", {"mcu.swu": device_bundle(gw, tmp_path)})])
+    p.step()
+    st = load_states(gw.data_dir)
+    assert st["gw1.mcu0"].status == "error" and "RuntimeError: driver bug" in st["gw1.mcu0"].message
+    assert st["gw1.mcu0"].next_poll > clock.now  # asked again after its sleep, not at once
+    assert st["radio-serial-0042"].status == "ok"
+
+
+def test_a_cancel_link_into_another_controllers_path_is_refused(server, gw, tmp_path):
+    other = server.device("gw1.other")
+    aid = other.assign([("firmware", "fw", "2.0.0", {"mcu.swu": device_bundle(gw, tmp_path)})])
+    other.request_cancel(aid)
+    dev = server.device("gw1.mcu0")
+    dev.cancel = other.cancel
+    real_base = dev._base
+    dev._base = lambda: real_base().replace("gw1.mcu0", "gw1.other")  # type: ignore[method-assign]
+    p = poller(gw)
+    p.poll("gw1.mcu0")
+    st = load_states(gw.data_dir)["gw1.mcu0"]
+    assert st.status == "error" and "another controller's path" in st.message
+    assert other.cancel.feedback == [] and other.actions[aid].state == "open"
