@@ -15,6 +15,11 @@ rebuilding the PEM. The version names one keyring fleet-wide and never goes back
 PEM blocks, ``ferry-keyring-version: N`` (OpenSSL and ``cryptography`` skip such lines),
 so the factory keyring on the read-only rootfs carries it with no config; none means 0.
 A rotated keyring's version is the one its bundle's signed sw-description gives.
+
+A keyring may also state ``ferry-keyring-threshold: k``: a bundle that changes the
+keyring (carries a new one) must then be signed by SignerInfos that chain to at least k
+different anchors of this keyring, a TUF-style k-of-n rule for root changes
+(packaging/keyringupdate.py; ``ferry bundle cosign`` adds signatures). Default 1.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ _CERT_BLOCK = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL
 )
 _VERSION_LINE = re.compile(rb"^#?\s*ferry-keyring-version:\s*(\d{1,9})\s*$", re.MULTILINE)
+_THRESHOLD_LINE = re.compile(
+    rb"^#?\s*ferry-keyring-threshold:\s*(\d{1,4})\s*$", re.MULTILINE
+)
 _CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.+?-----END X509 CRL-----", re.DOTALL)
 MAX_CRL_FILE = 4 << 20
 
@@ -42,6 +50,7 @@ class Keyring:
     source: str = "<memory>"
     crls: tuple[x509.CertificateRevocationList, ...] = ()
     version: int = 0
+    threshold: int = 1  # anchors that must sign a bundle carrying a new keyring
 
     @classmethod
     def from_pem(
@@ -68,7 +77,14 @@ class Keyring:
         crls = tuple(parse_crls(data, source)) + extra_crls
         if version is None:
             version = stated_version(data)
-        return cls(anchors=tuple(certs), source=source, crls=crls, version=version)
+        threshold = stated_threshold(data)
+        usable = len(certs) - len(problems)
+        if threshold > usable:
+            raise KeyringError(
+                f"keyring {source} asks for {threshold} signing anchors but has {usable} "
+                "usable CA certificate(s)")
+        return cls(anchors=tuple(certs), source=source, crls=crls, version=version,
+                   threshold=threshold)
 
     def problems(self) -> list[str]:
         """Why each unusable anchor is refused (for diagnostics; empty when all pass)."""
@@ -81,6 +97,17 @@ def stated_version(data: bytes) -> int:
     if len(set(found)) > 1:
         raise KeyringError("keyring states more than one ferry-keyring-version")
     return int(found[0]) if found else 0
+
+
+def stated_threshold(data: bytes) -> int:
+    """The ``ferry-keyring-threshold: k`` line of a keyring file; 1 when it has none."""
+    found = _THRESHOLD_LINE.findall(data)
+    if len(set(found)) > 1:
+        raise KeyringError("keyring states more than one ferry-keyring-threshold")
+    value = int(found[0]) if found else 1
+    if value < 1:
+        raise KeyringError("ferry-keyring-threshold must be at least 1")
+    return value
 
 
 def parse_crls(data: bytes, source: str) -> list[x509.CertificateRevocationList]:

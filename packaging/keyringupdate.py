@@ -16,6 +16,12 @@ U-Boot env binding stops (see docs/security.md, "Trust rotation and revocation")
 
 Links at or below the factory keyring's version are skipped in the replay: a rootfs
 that ships a newer factory keyring needs none of the older rotations.
+
+k of n: a keyring that states ``ferry-keyring-threshold: k`` accepts a keyring change
+only from a signature whose SignerInfos chain to k different anchors of it (TUF's rule
+for root metadata, with the keyring's anchors as the root keys). One leaked signer key
+can then still sign a rootfs, but no longer hand the fleet's trust to its owner. The
+rule holds at acceptance and again at every replay of the chain.
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from ferry.packaging.description import MAX_KEYRING_SIZE, Description, ImageEntry, parse_description
 from ferry.packaging.errors import BundleCreateError, BundleError, KeyringError
@@ -38,6 +48,16 @@ MAX_STORE_SIZE = 16 << 20
 
 class KeyringRollback(BundleError):
     """A bundle offers a keyring whose version is not above the one in force."""
+
+
+class KeyringQuorum(BundleError):
+    """A bundle offers a keyring with signatures from fewer anchors than k of n asks."""
+
+
+def signed_anchors(current: Keyring, anchors: Sequence[x509.Certificate]) -> int:
+    """How many different anchors of ``current`` the signature's SignerInfos reached."""
+    mine = {a.fingerprint(hashes.SHA256()) for a in current.anchors}
+    return len({a.fingerprint(hashes.SHA256()) for a in anchors} & mine)
 
 
 @dataclass(frozen=True)
@@ -89,14 +109,26 @@ def keyring_member(path: Path, version: int) -> tuple[ImageEntry, bytes]:
     return entry, data
 
 
-def check_offer(current: Keyring, desc: Description) -> None:
-    """Refuse a bundle whose keyring would not move the version forward."""
+def check_offer(current: Keyring, desc: Description,
+                anchors: Sequence[x509.Certificate] = ()) -> None:
+    """Refuse a bundle whose keyring would not move the version forward, or that lacks
+    the signatures of ``current.threshold`` anchors (``anchors``: what it was signed
+    under, SignerInfo.anchors)."""
     offered = desc.keyring_version
-    if offered is not None and offered <= current.version:
+    if offered is None:
+        return
+    if offered <= current.version:
         raise KeyringRollback(
             f"bundle carries keyring version {offered} but version {current.version} is in "
             f"force; keyring versions never go backwards (build it with --keyring-version "
             f"above {current.version}, or without --keyring)")
+    have = signed_anchors(current, anchors)
+    if have < current.threshold:
+        raise KeyringQuorum(
+            f"bundle carries keyring version {offered} signed under {have} of the "
+            f"{len(current.anchors)} anchors of keyring version {current.version}, which "
+            f"takes {current.threshold} for a keyring change; add signatures under other "
+            "anchors with 'ferry bundle cosign'")
 
 
 def accept(desc: Description, raw_description: bytes, signature: bytes, data: bytes) -> Link:
@@ -120,12 +152,16 @@ def replay(factory: Keyring, links: list[Link]) -> list[tuple[Keyring, Link | No
             continue
         where = f"rotated keyring version {link.version}"
         try:
-            verify(link.description, link.signature, current, historical=True)
+            info = verify(link.description, link.signature, current, historical=True)
             desc = parse_description(link.description)
         except BundleError as err:
             raise KeyringError(
                 f"{where} was not signed under keyring version {current.version}: {err}"
             ) from None
+        if signed_anchors(current, info.anchors) < current.threshold:
+            raise KeyringError(
+                f"{where} lacks the {current.threshold} anchor signatures keyring version "
+                f"{current.version} takes")
         entry = desc.keyring()
         if (entry is None or desc.keyring_version != link.version
                 or hashlib.sha256(link.keyring).hexdigest() != entry.sha256):

@@ -154,6 +154,7 @@ class BundleReader:
             keyring = keyring(description)
         signer = verify(description, sig, keyring)
         self.signature: bytes = sig
+        self.signer_info = signer  # every anchor the signature reached (k of n)
         self.signer: str = signer.subject
         self.raw_description: bytes = description
         self.description: Description = parse_description(description)

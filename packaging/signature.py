@@ -55,6 +55,9 @@ _SIGNER_EKUS = {
 class SignerInfo:
     subject: str
     certificate: x509.Certificate
+    # the keyring anchors the signature's SignerInfos chain to, each once (a pinned signer
+    # is its own anchor): what a k-of-n rule for keyring changes counts
+    anchors: tuple[x509.Certificate, ...] = ()
 
 
 # -- signing -----------------------------------------------------------------------------
@@ -222,14 +225,14 @@ def verify_chain(
     now: dt.datetime,
     *,
     historical: bool = False,
-) -> None:
+) -> x509.Certificate:
     """An X.509 path from ``signer`` through ``pool`` (intermediates) to a keyring anchor.
 
     Every certificate on it must pass ``certpolicy`` (no SHA-1/MD5 signature, no critical
     extension ferry does not process); a candidate issuer that fails is passed over, and
     its reason is what the refusal says when no other candidate completes the path.
     Each link is checked against its issuer's CRLs in the keyring (not when
-    ``historical``: see the module docstring).
+    ``historical``: see the module docstring). Returns the anchor the path ends at.
     """
     check_certificate(signer, "signer")
     _check_leaf(signer)
@@ -237,7 +240,7 @@ def verify_chain(
         _check_validity(signer, now, "signer")
     anchors_der = {a.public_bytes(serialization.Encoding.DER) for a in keyring.anchors}
     if signer.public_bytes(serialization.Encoding.DER) in anchors_der:
-        return  # the signer itself is pinned in the keyring
+        return signer  # the signer itself is pinned in the keyring
     current = signer
     seen = {signer.fingerprint(hashes.SHA256())}
     refused: UntrustedSigner | None = None
@@ -254,7 +257,7 @@ def verify_chain(
                     _check_validity(anchor, now, "CA")
                     check_not_revoked(current, anchor, keyring.crls, now,
                                       "signer" if depth == 0 else "intermediate CA")
-                return
+                return anchor
         issuer = None
         for cand in pool:
             if cand.fingerprint(hashes.SHA256()) in seen or not _issued_by(current, cand):
@@ -384,6 +387,7 @@ def _verify(
     if not infos:
         raise BadSignature("sw-description.sig has no signer")
     first: SignerInfo | None = None
+    reached: dict[bytes, x509.Certificate] = {}
     for info in infos:
         cert = _find_signer(info["sid"], pool)
         digest_name = info["digest_algorithm"]["algorithm"].native
@@ -408,11 +412,13 @@ def _verify(
         _verify_raw(
             cert, info["signature_algorithm"], digest_name, info["signature"].native, message
         )
-        verify_chain(cert, pool, keyring, now, historical=historical)
+        anchor = verify_chain(cert, pool, keyring, now, historical=historical)
+        reached.setdefault(anchor.fingerprint(hashes.SHA256()), anchor)
         if first is None:
             first = SignerInfo(subject=cert.subject.rfc4514_string(), certificate=cert)
     assert first is not None
-    return first
+    return SignerInfo(subject=first.subject, certificate=first.certificate,
+                      anchors=tuple(reached.values()))
 
 
 def embedded_signer(sig: bytes) -> str | None:

@@ -326,7 +326,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
         desc = reader.description
         j.update(dep_id, version=desc.version)
         running = check_policy(cfg, desc.version, desc.compatible, dep.force)
-        trust.check(keys, desc)
+        trust.check(keys, desc, reader.signer_info)
         booted, inactive = target_slot(ctx)
         j.update(dep_id, from_version=running or None, from_slot=booted.bootname,
                  to_slot=inactive.bootname)

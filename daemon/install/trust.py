@@ -54,6 +54,7 @@ from ferry.packaging.keyringupdate import (
     encode_store,
     replay,
 )
+from ferry.packaging.signature import SignerInfo
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,11 @@ def load_trust(config: Config, env: Env) -> TrustState:
     return TrustState(factory=factory, chain=chain, path=path)
 
 
-def check(state: TrustState, desc: Description) -> None:
-    """Refuse a bundle whose keyring would not move the version forward (against the
-    keyring it was verified with, so the re-run of an accepted rotation passes)."""
-    check_offer(state.chosen or state.in_force, desc)
+def check(state: TrustState, desc: Description, signer: SignerInfo) -> None:
+    """Refuse a bundle whose keyring would not move the version forward or lacks the
+    keyring's k of n anchor signatures (against the keyring it was verified with, so the
+    re-run of an accepted rotation passes)."""
+    check_offer(state.chosen or state.in_force, desc, signer.anchors)
 
 
 def install(config: Config, env: Env, state: TrustState, desc: Description,

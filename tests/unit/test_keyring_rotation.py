@@ -24,7 +24,8 @@ from ferry.daemon.service.status import keyring as keyring_status
 from ferry.packaging import devpki, libconfig
 from ferry.packaging.description import parse_description, render_description
 from ferry.packaging.errors import BadDescription, BundleCreateError, KeyringError, UntrustedSigner
-from ferry.packaging.keyringupdate import KeyringRollback, Link, encode_store
+from ferry.packaging.keyring import Keyring
+from ferry.packaging.keyringupdate import KeyringQuorum, KeyringRollback, Link, encode_store
 from ferry.packaging.reader import BundleReader, read_unverified
 from ferry.packaging.revocation import RevokedSigner
 from ferry.packaging.signature import sign
@@ -210,7 +211,7 @@ def test_the_bundle_that_rotated_is_read_again_under_the_keyring_before(fleet, t
         for entry, stream in reader.images():
             assert entry.role == "keyring"
             data = stream.read()
-    trust.check(state, reader.description)
+    trust.check(state, reader.description, reader.signer_info)
     trust.install(gw.config, gw.store(), state, reader.description, reader.raw_description,
                   reader.signature, data)
     assert gw.env()[trust.ENV_VAR] == env_before
@@ -404,3 +405,105 @@ address = "/dev/null"
     assert flashed == []
     deploy(bundle(tmp_path / "d2.swu", pki2.ca_cert.parent, version="1.0.5", target=FW), "2")
     assert flashed == [FW]
+
+
+# -- k of n for keyring changes ----------------------------------------------------------
+def _ferry(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ferry.daemon.cli.main", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture
+def quorum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Factory keyring: three root CAs (a = the gateway's dev PKI, b, c), 2 of 3 for a
+    keyring change."""
+    gw, _ = make_fleet_gateway(tmp_path / "gw")
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id))
+    b = devpki.write_dev_pki(tmp_path / "b")
+    c = devpki.write_dev_pki(tmp_path / "c")
+    factory = gw.pki_dir / "ca.pem"
+    factory.write_bytes(b"ferry-keyring-version: 1\nferry-keyring-threshold: 2\n"
+                        + devpki.cert_pem(devpki.x509.load_pem_x509_certificate(
+                            factory.read_bytes())) + b.ca_cert.read_bytes()
+                        + c.ca_cert.read_bytes())
+    assert in_force(gw).in_force.threshold == 2
+    return gw, b, c
+
+
+def test_a_keyring_change_needs_k_of_n_anchors(quorum, tmp_path: Path) -> None:
+    gw, b, c = quorum
+    new = keyring_file(tmp_path / "k2.pem", b.ca_cert, c.ca_cert)
+    one = bundle(tmp_path / "one.swu", gw.pki_dir, keyring=new, keyring_version=2)
+    with pytest.raises(KeyringQuorum, match="signed under 1 of the 3 anchors of keyring "
+                       "version 1, which takes 2 for a keyring change"):
+        run_install(gw, one)
+    assert trust.ENV_VAR not in gw.env()
+    two = tmp_path / "two.swu"
+    res = _ferry("bundle", "cosign", "--key", str(b.signer_key), "--cert", str(b.signer_cert),
+                 "-o", str(two), str(one))
+    assert res.returncode == 0 and "2 signatures" in res.stdout, res.stderr
+    again = _ferry("bundle", "cosign", "--key", str(b.signer_key), "--cert",
+                   str(b.signer_cert), "-o", str(tmp_path / "x.swu"), str(two))
+    assert again.returncode != 0 and "signed the bundle already" in again.stderr
+    # nothing signed changed: the same description and images, one more SignerInfo
+    with one.open("rb") as f1, two.open("rb") as f2:
+        assert read_unverified(f1)[1] == read_unverified(f2)[1]
+    dep = run_install(gw, two)
+    j = Journal.open(gw.data_dir)
+    assert j.get(dep).result == "success", j.get(dep).error
+    j.close()
+    state = in_force(gw)
+    assert state.in_force.version == 2 and state.in_force.threshold == 1
+
+
+def test_openssl_verifies_a_cosigned_signature(quorum, tmp_path: Path) -> None:
+    gw, _b, c = quorum
+    one = bundle(tmp_path / "one.swu", gw.pki_dir, target=FW)
+    two = tmp_path / "two.swu"
+    assert _ferry("bundle", "cosign", "--key", str(c.signer_key), "--cert",
+                  str(c.signer_cert), "-o", str(two), str(one)).returncode == 0
+    with two.open("rb") as fh:
+        _desc, raw, sig = read_unverified(fh)
+    (tmp_path / "d").write_bytes(raw)
+    (tmp_path / "s").write_bytes(sig)
+    openssl = shutil.which("openssl")
+    assert openssl
+
+    def cms_verify(cafile: Path) -> int:
+        return subprocess.run(
+            [openssl, "cms", "-verify", "-binary", "-inform", "DER", "-in", str(tmp_path / "s"),
+             "-content", str(tmp_path / "d"), "-CAfile", str(cafile), "-out", "/dev/null"],
+            capture_output=True).returncode
+
+    assert cms_verify(gw.pki_dir / "ca.pem") == 0  # every signer chains to one of a, b, c
+    assert cms_verify(c.ca_cert) != 0  # a's signer does not chain to c alone
+    # a bundle that carries no keyring needs one signature, as before
+    with one.open("rb") as fh:
+        state = in_force(gw)
+        reader = BundleReader(fh, state.keyring_for)
+        trust.check(state, reader.description, reader.signer_info)
+
+
+def test_a_threshold_above_the_anchors_refuses_the_keyring(tmp_path: Path) -> None:
+    a = devpki.write_dev_pki(tmp_path / "a")
+    with pytest.raises(KeyringError, match="asks for 2 signing anchors but has 1"):
+        Keyring.from_pem(b"ferry-keyring-threshold: 2\n" + a.ca_cert.read_bytes())
+
+
+def test_replay_holds_the_threshold(quorum, tmp_path: Path) -> None:
+    """A chain whose link has one anchor's signature, bound in the env by someone who can
+    write it: the replay refuses it as acceptance would have."""
+    gw, b, _c = quorum
+    new = keyring_file(tmp_path / "k2.pem", b.ca_cert)
+    one = bundle(tmp_path / "one.swu", gw.pki_dir, keyring=new, keyring_version=2)
+    with one.open("rb") as fh:
+        reader = BundleReader(fh, in_force(gw).keyring_for)
+        data = b"".join(s.read() for _e, s in reader.images())
+    blob = encode_store([Link(version=2, keyring=data, description=reader.raw_description,
+                              signature=reader.signature)])
+    d = gw.data_dir / "keyring"
+    d.mkdir()
+    (d / "keyring-2.json").write_bytes(blob)
+    gw.store().update({trust.ENV_VAR: f"2 {hashlib.sha256(blob).hexdigest()}"})
+    with pytest.raises(KeyringError, match="lacks the 2 anchor signatures"):
+        in_force(gw)
