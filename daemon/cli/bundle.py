@@ -135,6 +135,22 @@ def register(sub: Any) -> None:
     inspect.add_argument("bundle", metavar="BUNDLE", help="bundle file, or - for stdin")
     inspect.set_defaults(func=_inspect)
 
+    cosign = bsub.add_parser(
+        "cosign",
+        help="add a signature to a bundle (k-of-n keyring changes)",
+        description="Add a signature by another key to BUNDLE's sw-description.sig; "
+        "nothing the signature covers changes. A keyring with ferry-keyring-threshold: k "
+        "accepts a new keyring only signed under k of its anchors (docs/security.md).",
+    )
+    cosign.add_argument("--key", required=True, metavar="KEY.pem|pkcs11:URI",
+                        help="the added signer's key (a file or a PKCS#11 token)")
+    cosign.add_argument("--cert", required=True, metavar="CERT.pem",
+                        help="its certificate (PEM; intermediates may follow)")
+    cosign.add_argument("--pss", action="store_true", help="sign with RSA-PSS (RSA keys)")
+    cosign.add_argument("-o", "--output", required=True, metavar="OUT.swu")
+    cosign.add_argument("bundle", metavar="BUNDLE")
+    cosign.set_defaults(func=_cosign)
+
     pki = bsub.add_parser(
         "dev-pki",
         help="make a development CA and signer (never for production)",
@@ -339,6 +355,17 @@ def _inspect(args: argparse.Namespace) -> int:
             print(f"    delta  chunk index {e.delta.index} ({e.delta.size} bytes)")
         if e.delta is not None:
             print(f"    delta  chunk index {e.delta.index} ({e.delta.size} bytes)")
+    return 0
+
+
+def _cosign(args: argparse.Namespace) -> int:
+    from ferry.packaging.cosign import cosign_bundle
+    from ferry.packaging.writer import load_signing_key, sign_description
+
+    signing = load_signing_key(args.key, args.cert, pss=args.pss)
+    count = cosign_bundle(Path(args.bundle), Path(args.output),
+                          lambda text: sign_description(text, signing))
+    print(f"wrote {args.output}: {count} signatures")
     return 0
 
 
