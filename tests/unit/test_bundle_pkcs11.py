@@ -196,6 +196,32 @@ def test_token_key_with_someone_elses_certificate_of_the_same_kind(token, tmp_pa
         load_signing_key(token.uri("rsa-signer"), stranger.signer_cert)
 
 
+def test_external_cms_is_byte_identical_to_the_key_file_path(token):
+    """cmsbuild writes what cryptography's PKCS#7 builder writes (RSA PKCS#1 v1.5 is
+    deterministic), so verifiers see one shape whichever way a bundle was signed."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+    from ferry.packaging import signature
+    from ferry.packaging.cmsbuild import sign_external
+
+    soft = load_signing_key(token.rsa.signer_key, token.rsa.signer_cert)
+
+    class Soft:
+        def sign_digest(self, digest: bytes, scheme: str) -> bytes:
+            assert scheme == "pkcs1v15"
+            return soft.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+
+    reference = signature.sign(b"sw-description", soft.key, soft.cert)
+    attrs = cms.ContentInfo.load(reference)["content"]["signer_infos"][0]["signed_attrs"]
+    when = {a["type"].native: a["values"][0].native for a in attrs}["signing_time"]
+    ours = sign_external(b"sw-description", Soft(), soft.cert, now=when)
+    assert ours == reference
+    via_token = sign_external(b"sw-description", pkcs11.TokenSigner(pkcs11.parse_uri(
+        token.uri("rsa-signer"))), soft.cert, now=when)
+    assert via_token == reference  # the token holds the same (imported) key
+
+
 # -- key files keep working -----------------------------------------------------------------
 def test_key_file_still_signs_and_needs_its_certificate(token, tmp_path):
     pki = token.rsa
