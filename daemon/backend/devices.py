@@ -57,6 +57,7 @@ from ferry.daemon.backend.ddi import (
     Deployment,
     DeploymentRefused,
     jittered,
+    link_problem,
 )
 from ferry.daemon.config import Config, TargetConfig
 from ferry.daemon.install.proxyphase import TransportFactory
@@ -451,6 +452,10 @@ class DevicePoller:
                url: str) -> None:
         from ferry.daemon.install.devicedeploy import DeviceBusy, start
 
+        why = link_problem(url)
+        if why:  # parse_deployment refused these already; the pipeline never opens a path
+            self._close(st, client, "failure", [f"bundle {name}: its link {why}"])
+            return
         st.action_state, st.action_message = FLASHING, f"{name} to {tc.name}"
         self._save()
         self._feedback(st, client, "proceeding", [f"flashing {name} to {tc.name}"])
