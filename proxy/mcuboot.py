@@ -6,13 +6,23 @@ Layout (mcu-tools/mcuboot ``image.h``): a 32-byte little-endian header padded to
 The SHA256 TLV covers header + payload + protected area; it is also the "hash" SMP's
 image-state reports, so it is how ferry recognises an image on a device. Images padded
 to the slot size (``imgtool --pad``) carry a trailer after the TLVs; it is kept and sent.
+
+Encrypted images (``imgtool sign --encrypt``) travel untouched: the header flag
+``IMAGE_F_ENCRYPTED_AES128``/``AES256`` says the payload is AES-CTR ciphertext, and one
+ENC TLV (``IMAGE_TLV_ENC_RSA2048``, ``_KW``, ``_EC256``, ``_X25519``; mcu-tools/mcuboot
+``boot/bootutil/include/bootutil/image.h``) carries the AES key wrapped for the device's
+key. The SHA256 TLV and the signature are over the PLAINTEXT (imgtool hashes before it
+encrypts; MCUboot decrypts while hashing slot 1, ``bootutil_img_hash``), so ferry, which
+holds no device key, cannot check them: it checks the header, the TLV areas and the ENC
+TLV's size (``enc_key_public.h``), says ``hash_checked: false``, and leaves the rest to
+MCUboot at boot. The bundle's sha256 of the file (ciphertext) is still checked upstream.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import total_ordering
 
 from ferry.errors import FerryError
@@ -32,13 +42,30 @@ TLV_RSA2048_PSS = 0x20
 TLV_ECDSA_SIG = 0x22
 TLV_RSA3072_PSS = 0x23
 TLV_ED25519 = 0x24
+TLV_ENC_RSA2048 = 0x30
+TLV_ENC_KW = 0x31
+TLV_ENC_EC256 = 0x32
+TLV_ENC_X25519 = 0x33
+TLV_ENC_X25519_SHA512 = 0x34  # imgtool --hmac-sha 512 (MCUBOOT_HMAC_SHA512)
 TLV_SEC_CNT = 0x50
 SIGNATURE_TLVS = {TLV_RSA2048_PSS, TLV_ECDSA_SIG, TLV_RSA3072_PSS, TLV_ED25519}
 TLV_NAMES = {
     TLV_KEYHASH: "KEYHASH", TLV_PUBKEY: "PUBKEY", TLV_SHA256: "SHA256",
     TLV_SHA384: "SHA384", TLV_SHA512: "SHA512", TLV_RSA2048_PSS: "RSA2048_PSS",
     TLV_ECDSA_SIG: "ECDSA_SIG", TLV_RSA3072_PSS: "RSA3072_PSS", TLV_ED25519: "ED25519",
-    TLV_SEC_CNT: "SEC_CNT",
+    TLV_SEC_CNT: "SEC_CNT", TLV_ENC_RSA2048: "ENC_RSA2048", TLV_ENC_KW: "ENC_KW",
+    TLV_ENC_EC256: "ENC_EC256", TLV_ENC_X25519: "ENC_X25519",
+    TLV_ENC_X25519_SHA512: "ENC_X25519_SHA512",
+}
+# ENC TLV -> (short name, its size for a 16- or 32-byte AES key) as enc_key_public.h
+# sizes them: RSA-OAEP-2048 output; AES-KW adds 8; ECIES = ephemeral public key (65 for
+# an uncompressed P-256 point, 32 for X25519) + HMAC tag (32, or 64 with SHA-512) + key.
+ENC_TLVS: dict[int, tuple[str, dict[int, int]]] = {
+    TLV_ENC_RSA2048: ("rsa2048", {16: 256, 32: 256}),
+    TLV_ENC_KW: ("aes-kw", {16: 24, 32: 40}),
+    TLV_ENC_EC256: ("ec256", {16: 65 + 32 + 16, 32: 65 + 32 + 32}),
+    TLV_ENC_X25519: ("x25519", {16: 32 + 32 + 16, 32: 32 + 32 + 32}),
+    TLV_ENC_X25519_SHA512: ("x25519-sha512", {16: 32 + 64 + 16, 32: 32 + 64 + 32}),
 }
 
 FLAG_PIC = 0x1
@@ -110,6 +137,8 @@ class McubootImage:
     file_size: int
     legacy_magic: bool = False
     problems: tuple[str, ...] = field(default=())
+    hash_checked: bool = False  # verify_hash compared the SHA256 TLV with the bytes
+    payload_in_clear: bool = False  # encrypted flag, but the bytes hash as plaintext
 
     def tlv(self, tlv_type: int) -> bytes | None:
         for t in self.tlvs:
@@ -129,6 +158,39 @@ class McubootImage:
     @property
     def hashed_size(self) -> int:
         return self.hdr_size + self.img_size + self.protect_tlv_size
+
+    @property
+    def aes_bits(self) -> int | None:
+        """128 or 256 when the header says the payload is encrypted, else None."""
+        if self.flags & FLAG_ENCRYPTED_AES256:
+            return 256
+        if self.flags & FLAG_ENCRYPTED_AES128:
+            return 128
+        return None
+
+    @property
+    def enc_tlv(self) -> Tlv | None:
+        """The TLV carrying the wrapped AES key (the first one, as MCUboot's iterator)."""
+        return next((t for t in self.tlvs if t.type in ENC_TLVS), None)
+
+    @property
+    def encrypted(self) -> str:
+        """``"aes128 (ec256)"`` for an encrypted image, ``""`` for a plain one."""
+        bits = self.aes_bits
+        if bits is None:
+            return ""
+        enc = self.enc_tlv
+        return f"aes{bits} ({ENC_TLVS[enc.type][0] if enc else 'no ENC TLV'})"
+
+    def summary(self) -> dict[str, str]:
+        """What a flash result says about the image: ``encrypted`` and ``hash_checked``.
+
+        ``hash_checked: false`` means ferry could not compare the SHA256 TLV with the
+        bytes (encrypted payload): only the device, holding the key, can."""
+        text = self.encrypted
+        if text and self.payload_in_clear:
+            text += ", payload in clear (imgtool --clear)"
+        return {"encrypted": text or "no", "hash_checked": str(self.hash_checked).lower()}
 
 
 def _read_tlv_area(data: bytes, off: int, magic: int, protected: bool) -> tuple[list[Tlv], int]:
@@ -188,20 +250,50 @@ def parse(data: bytes) -> McubootImage:
 
 
 def verify_hash(data: bytes, image: McubootImage | None = None) -> McubootImage:
-    """Parse and check the SHA256 TLV against the bytes; the image is refused otherwise."""
+    """Parse and check the SHA256 TLV against the bytes; the image is refused otherwise.
+
+    An encrypted image cannot be checked this way (its TLV hashes the plaintext): it
+    comes back with ``hash_checked`` false after the checks ``_check_encrypted`` makes."""
     image = image or parse(data)
     want = image.hash
     if want is None:
         raise ImageError("MCUboot image has no SHA256 TLV; ferry needs it to verify and to "
                          "recognise the image on the device (sign with imgtool)")
-    if image.flags & (FLAG_ENCRYPTED_AES128 | FLAG_ENCRYPTED_AES256):
-        # imgtool hashes the plaintext; only the device (holding the key) can check it.
-        return image
     got = hashlib.sha256(data[: image.hashed_size]).digest()
+    if image.aes_bits is not None:
+        return _check_encrypted(image, got == want)
     if got != want:
         raise ImageError(f"MCUboot image is corrupt: SHA256 TLV {want.hex()[:16]}... but the "
                          f"image hashes to {got.hex()[:16]}...; rebuild or re-download it")
-    return image
+    return replace(image, hash_checked=True)
+
+
+def _check_encrypted(image: McubootImage, hashes_as_is: bool) -> McubootImage:
+    """An encrypted image: check what can be checked without the device's key.
+
+    imgtool hashes the plaintext, so the SHA256 TLV cannot match the ciphertext; if it
+    does, the payload is in clear (``imgtool --clear``, meant for the primary slot):
+    a device built without encryption boots it, one with encryption would decrypt
+    plaintext and refuse it, so ferry passes it on and says so."""
+    if image.flags & FLAG_ENCRYPTED_AES128 and image.flags & FLAG_ENCRYPTED_AES256:
+        raise ImageError("MCUboot header says the image is encrypted with both AES-128 and "
+                         "AES-256 (flags 0x4 and 0x8); re-sign it with imgtool")
+    if hashes_as_is:
+        return replace(image, hash_checked=True, payload_in_clear=True)
+    bits = image.aes_bits
+    assert bits is not None
+    enc = image.enc_tlv
+    if enc is None:
+        raise ImageError(f"MCUboot image is encrypted (AES-{bits}) but carries no ENC TLV "
+                         "(0x30-0x34) with its key: no device can decrypt it; re-sign it "
+                         "with imgtool --encrypt")
+    name, sizes = ENC_TLVS[enc.type]
+    want = sizes[bits // 8]
+    if len(enc.value) != want:
+        raise ImageError(f"MCUboot ENC TLV {TLV_NAMES[enc.type]} is {len(enc.value)} bytes, "
+                         f"MCUboot expects {want} for AES-{bits} ({name}); the image is "
+                         "damaged or made by an incompatible tool")
+    return replace(image, hash_checked=False)
 
 
 def verify_signature(data: bytes, public_key_pem: bytes, image: McubootImage | None = None) -> None:

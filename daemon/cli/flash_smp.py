@@ -52,4 +52,18 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done, "" if message == "upload" else message)
 
     return flash_image(get_transport("smp-serial", {}), target, args.image, label="upload",
-                       as_json=bool(getattr(args, "json", False)), step=step)
+                       as_json=bool(getattr(args, "json", False)), step=step,
+                       after=encryption_note)
+
+
+def encryption_note(result: Any) -> None:
+    """One more line for an encrypted image: what ferry could not check, and who did."""
+    import sys
+
+    kind = result.detail.get("encrypted", "no")
+    if kind == "no":
+        return
+    checked = result.detail.get("hash_checked", "false")
+    why = ("the payload is in clear" if checked == "true" else
+           "ferry holds no device key, so MCUboot checks the plaintext hash at boot")
+    print(f"image: encrypted {kind}; hash_checked: {checked} ({why})", file=sys.stderr)

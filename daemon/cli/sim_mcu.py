@@ -26,6 +26,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--image", metavar="FILE", help="MCUboot image running at start "
                         "(default: a generated unsigned 1.0.0)")
     parser.add_argument("--key", metavar="PEM", help="public key the boot check verifies")
+    parser.add_argument("--enc-key", metavar="FILE",
+                        help="the bootloader's decryption key for encrypted images (imgtool "
+                        "keygen PEM: ecdsa-p256, x25519, rsa-2048; or a raw 16/32-byte "
+                        "AES-KW key); without it, encrypted images are refused at boot")
     parser.add_argument("--fails-to-boot", action="store_true",
                         help="new images crash before confirming, so MCUboot reverts them")
     parser.add_argument("--reset-delay", type=float, default=0.25, metavar="S",
@@ -56,6 +60,16 @@ def run(args: argparse.Namespace) -> int:
     if args.key:
         with open(args.key, "rb") as f:
             config.public_key_pem = f.read()
+    if args.enc_key:
+        from ferry.sim.mcu.encrypted import load_device_key
+
+        try:
+            with open(args.enc_key, "rb") as f:
+                config.enc_key = f.read()
+            load_device_key(config.enc_key)
+        except (OSError, ValueError) as err:
+            print(f"ferry sim mcu: --enc-key {args.enc_key}: {err}", file=sys.stderr)
+            return 2
     running = None
     if args.image:
         with open(args.image, "rb") as f:

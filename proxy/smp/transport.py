@@ -13,6 +13,10 @@ the new one is confirmed, and MCUboot reverts an unconfirmed test image on reset
    active" means "not reset yet", never "rolled back";
 5. confirm (unless test-only) and read back that it is confirmed.
 
+An encrypted MCUboot image goes on as it is: ferry cannot check its plaintext hash
+(``mcuboot``), so every result carries ``encrypted`` and ``hash_checked`` in its detail,
+and the message says who checked what: MCUboot, at boot, decrypting with its key.
+
 Link failures (timeouts, a vanished port) before the reset are retried ``retries`` times
 by reopening the port; the upload resumes at the offset the device reports. Failures
 after the reset are final and each has its own message (``reboot``).
@@ -168,7 +172,7 @@ class SmpSerialTransport:
                     client.set_state(None, confirm=True)
                 return FlashResult(ok=True, version=str(parsed.version), skipped=True,
                                    message=f"{target.name} already runs {parsed.version}",
-                                   detail={"hash": new_hash.hex()})
+                                   detail={"hash": new_hash.hex(), **parsed.summary()})
             if running and running.version and not force:
                 current = mcuboot.Version.parse(running.version)
                 if parsed.version < current:
@@ -208,7 +212,7 @@ class SmpSerialTransport:
         detail = {"hash": new_hash.hex(), "resumed_at": str(resumed),
                   "reset_acknowledged": str(acknowledged).lower(),
                   "old_image_answers": str(outcome.old_answers),
-                  "port_vanished": str(outcome.vanished).lower()}
+                  "port_vanished": str(outcome.vanished).lower(), **parsed.summary()}
         if outcome.verdict is Verdict.ROLLED_BACK:
             return FlashResult(
                 ok=False, version=back, rolled_back=True, detail=detail,
@@ -218,7 +222,7 @@ class SmpSerialTransport:
             return FlashResult(
                 ok=False, version=back, rolled_back=True, detail=detail,
                 message=f"{target.name} came back on its old image {back}: MCUboot refused "
-                        f"the new image {parsed.version} at boot (hash or signature check) "
+                        f"the new image {parsed.version} at boot ({_refusal(parsed)}) "
                         "and erased it")
         if outcome.verdict is not Verdict.BOOTED or running is None:
             return FlashResult(ok=False, version=back, detail=detail,
@@ -226,7 +230,8 @@ class SmpSerialTransport:
         if test_only:
             return FlashResult(ok=True, version=running.version, detail=detail,
                                message=f"{target.name} runs {parsed.version} in test mode "
-                                       "(not confirmed: the next reset reverts it)")
+                                       "(not confirmed: the next reset reverts it)"
+                                       + _booted_note(parsed))
         progress(len(data), len(data), "confirm")
         client = SmpClient(target.address, baud=s.baud, timeout=s.timeout)
         with client:
@@ -239,10 +244,28 @@ class SmpSerialTransport:
                                detail=detail,
                                message=f"{target.name} did not confirm {parsed.version}")
         return FlashResult(ok=True, version=running.version, detail=detail,
-                           message=f"{target.name} runs {parsed.version}, confirmed")
+                           message=f"{target.name} runs {parsed.version}, confirmed"
+                                   + _booted_note(parsed))
 
 
 _slot = find
+
+
+def _refusal(parsed: mcuboot.McubootImage) -> str:
+    """Why MCUboot may have refused the image, as far as ferry can tell."""
+    if parsed.encrypted and not parsed.hash_checked:
+        return (f"encrypted {parsed.encrypted}: the device's key does not decrypt it, or "
+                "the decrypted image fails its hash or signature check; ferry cannot tell "
+                "which without the key")
+    return "hash or signature check"
+
+
+def _booted_note(parsed: mcuboot.McubootImage) -> str:
+    """An encrypted image that booted: MCUboot, not ferry, checked its plaintext hash."""
+    if parsed.encrypted and not parsed.hash_checked:
+        return (f" (encrypted {parsed.encrypted}: ferry could not check the plaintext "
+                "hash; MCUboot checked it when it decrypted the image)")
+    return ""
 
 
 def _state_of(slots: list[SlotState], image: int) -> TargetState:

@@ -7,6 +7,14 @@ image_ok unset -> TEST swap; with image_ok set -> PERM swap; primary in test mod
 boot" (config) crashes before it can confirm itself, the watchdog resets, and MCUboot
 reverts: the device comes back on its old image.
 
+Encrypted images (``McuConfig.enc_key``, ``encrypted``) are decrypted as MCUboot does at
+swap time: slot 1 is validated by hashing header + decrypted payload + protected TLVs
+(``bootutil_img_hash``; a key that does not load, or a bad hash, fails
+``boot_validate_slot`` and slot 1 is erased), and the swap writes the plaintext to slot 0
+(``boot_copy_region`` decrypts what comes from slot 1). The image going the other way is
+re-encrypted with its own key and counter, which gives back exactly the bytes it
+arrived as, so the simulator keeps those (``Slot.sealed``) and a revert decrypts them.
+
 The SMP side follows Zephyr's mcumgr (paths in zephyrproject-rtos/zephyr):
 
 - image state read/write: ``subsys/mgmt/mcumgr/grp/img_mgmt/src/img_mgmt_state.c``
@@ -39,6 +47,7 @@ from typing import Any
 
 import cbor2
 
+from ferry.sim.mcu import encrypted as enc
 from ferry.sim.mcu import image as img
 
 # MGMT_ERR codes (include/zephyr/mgmt/mcumgr/mgmt/mgmt_defines.h, enum mcumgr_err_t)
@@ -80,6 +89,9 @@ class McuConfig:
     boot_seconds: float = 0.3
     fails_to_boot: bool = False  # new (test) images crash before confirming
     public_key_pem: bytes | None = None  # boot check verifies signatures when set
+    # the bootloader's decryption key (CONFIG_BOOT_ENCRYPTION_KEY_FILE): PEM private key
+    # (EC P-256, X25519, RSA-2048) or a raw 16/32-byte AES-KW key; None: no MCUBOOT_ENC_IMAGES
+    enc_key: bytes | None = None
     banner: bool = True  # console text at boot, as Zephyr prints
     supports_params: bool = True  # CONFIG_MCUMGR_GRP_OS_MCUMGR_PARAMS
     reset_delay: float = 0.25  # CONFIG_MCUMGR_GRP_OS_RESET_MS: old image answers meanwhile
@@ -94,12 +106,19 @@ class Slot:
     magic: bool = False  # trailer magic written (swap requested / image valid marker)
     image_ok: bool = False
     copy_done: bool = False
+    sealed: bytes = b""  # slot 0: the encrypted form of ``data``, as it arrived in slot 1
 
     def info(self, key: bytes | None) -> img.ImageInfo | None:
+        """Header and TLVs as the SMP image list reads them (no decryption)."""
         return img.inspect(self.data, key) if self.data else None
+
+    def validate(self, key: bytes | None, dec: enc.DeviceKey | None) -> img.ImageInfo | None:
+        """``boot_validate_slot`` for slot 1: decrypts an encrypted image to hash it."""
+        return img.inspect(self.data, key, dec, must_decrypt=True) if self.data else None
 
     def erase(self) -> None:
         self.data, self.magic, self.image_ok, self.copy_done = b"", False, False, False
+        self.sealed = b""
 
 
 @dataclass
@@ -149,25 +168,33 @@ class McuDevice:
     def boot(self) -> None:
         """What MCUboot does on reset, then the app either runs or crashes (revert)."""
         key = self.config.public_key_pem
+        dec = enc.load_device_key(self.config.enc_key) if self.config.enc_key else None
         self.boots += 1
         for _ in range(3):  # a crashing test image costs one more reset
             swap = self._swap_type()
             if swap in ("test", "perm"):
-                info = self.secondary.info(key)
+                info = self.secondary.validate(key, dec)
                 if info is None or not info.valid or info.non_bootable:
                     why = info.why if info else "none"
                     self.log.append(f"boot: secondary image invalid ({why}), erased")
                     self.secondary.erase()
                 else:
                     new, old = self.secondary, self.primary
-                    self.primary = Slot(new.data, magic=True, image_ok=(swap == "perm"),
-                                        copy_done=True)
-                    self.secondary = Slot(old.data)
-                    self.log.append(f"boot: swap {swap}")
+                    self.primary = Slot(info.plain, magic=True, image_ok=(swap == "perm"),
+                                        copy_done=True,
+                                        sealed=new.data if info.plain != new.data else b"")
+                    self.secondary = Slot(old.sealed or old.data)
+                    self.log.append(f"boot: swap {swap}"
+                                    + (" (decrypted)" if info.plain != new.data else ""))
             elif swap == "revert":
                 new, old = self.primary, self.secondary
-                self.primary = Slot(old.data, magic=True, image_ok=True, copy_done=True)
-                self.secondary = Slot(new.data)
+                back = old.validate(key, dec)
+                if back is None or not back.valid:  # it left slot 0 in clear (imgtool --clear)
+                    back = old.info(key)
+                plain = back.plain if back is not None and back.valid else old.data
+                self.primary = Slot(plain, magic=True, image_ok=True, copy_done=True,
+                                    sealed=old.data if plain != old.data else b"")
+                self.secondary = Slot(new.sealed or new.data)
                 self.log.append("boot: revert")
             info = self.primary.info(key)
             if info is None or not info.valid:

@@ -1,6 +1,9 @@
 """What the simulated bootloader knows about MCUboot images: enough to validate and boot.
 
-Independent of ferry.proxy.mcuboot on purpose (see the package docstring).
+Independent of ferry.proxy.mcuboot on purpose (see the package docstring). An encrypted
+image in slot 1 is decrypted while it is validated (``encrypted``), as MCUboot's
+``bootutil_img_hash`` does; the SMP image list reads only its header and TLVs, which
+are in clear, as Zephyr's ``img_mgmt`` does.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+
+from ferry.sim.mcu import encrypted
 
 MAGIC = 0x96F3B83D
 TRAILER_MAGIC = bytes.fromhex("77c295f360d2ef7f3552500f2cb67980")
@@ -20,6 +25,8 @@ class ImageInfo:
     valid: bool  # hash (and signature, if a key is configured) checks out
     why: str = ""
     non_bootable: bool = False
+    encrypted: bool = False  # header flag IMAGE_F_ENCRYPTED_AES128/256
+    plain: bytes = b""  # the image with its payload decrypted (valid images only)
 
     @property
     def version_text(self) -> str:
@@ -28,15 +35,23 @@ class ImageInfo:
         return f"{text}.{build}" if build else text
 
 
-def inspect(data: bytes, public_key_pem: bytes | None = None) -> ImageInfo | None:
-    """None when the bytes are not an MCUboot image at all."""
+def inspect(data: bytes, public_key_pem: bytes | None = None,
+            decrypt_with: encrypted.DeviceKey | None = None,
+            must_decrypt: bool = False) -> ImageInfo | None:
+    """None when the bytes are not an MCUboot image at all.
+
+    ``must_decrypt``: the image lies in slot 1, where MCUboot's ``MUST_DECRYPT`` holds
+    for an encrypted header; it then decrypts with ``decrypt_with`` (the build's key),
+    and a build without one (no ``MCUBOOT_ENC_IMAGES``) hashes the ciphertext as it is,
+    which cannot match. In slot 0 an image is plaintext whatever its flags say."""
     if len(data) < 32:
         return None
     magic, _load, hdr, prot, size, flags, a, b, c, d = struct.unpack_from("<IIHHIIBBHI", data)
     if magic != MAGIC:
         return None
     version = (a, b, c, d)
-    info = ImageInfo(version=version, hash=b"", valid=False, non_bootable=bool(flags & 0x10))
+    info = ImageInfo(version=version, hash=b"", valid=False, non_bootable=bool(flags & 0x10),
+                     encrypted=encrypted.is_encrypted(data))
     end = hdr + size + prot
     pos = hdr + size
     tlvs: dict[int, bytes] = {}
@@ -56,23 +71,39 @@ def inspect(data: bytes, public_key_pem: bytes | None = None) -> ImageInfo | Non
         info.why = "truncated TLVs"
         return info
     info.hash = tlvs.get(0x10, b"")
-    if len(info.hash) != 32 or hashlib.sha256(data[:end]).digest() != info.hash:
-        info.why = "SHA256 mismatch"
+    plain = data
+    if must_decrypt and info.encrypted and decrypt_with is not None:
+        try:
+            plain = encrypted.unseal(data, tlvs, decrypt_with)
+        except encrypted.DecryptError as err:
+            info.why = f"encryption key not loaded: {err}"
+            return info
+    if len(info.hash) != 32 or hashlib.sha256(plain[:end]).digest() != info.hash:
+        info.why = "SHA256 mismatch" + (" (encrypted image, no key in this build)"
+                                        if must_decrypt and info.encrypted
+                                        and decrypt_with is None else "")
         return info
     if public_key_pem is not None and not _signature_ok(public_key_pem, info.hash, tlvs):
         info.why = "bad signature"
         return info
     info.valid = True
+    info.plain = plain
     return info
 
 
 def _signature_ok(pem: bytes, digest: bytes, tlvs: dict[int, bytes]) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
     key = serialization.load_pem_public_key(pem)
     try:
+        if isinstance(key, rsa.RSAPublicKey) and 0x20 in tlvs:
+            # image_rsa.c: RSASSA-PSS over the hash, MGF1-SHA256, 32-byte salt
+            key.verify(tlvs[0x20], digest, padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                                       salt_length=32),
+                       utils.Prehashed(hashes.SHA256()))
+            return True
         if isinstance(key, ed25519.Ed25519PublicKey) and 0x24 in tlvs:
             key.verify(tlvs[0x24], digest)
             return True
