@@ -581,11 +581,11 @@ def run_loop(step_gateway: Callable[[], float], devices: DevicePoller | None,
         if now >= gw_due:
             try:
                 sleep = step_gateway()
+                if devices is not None:  # the server's sleep, never an error's retry
+                    devices.gateway_interval(sleep)
             except FerryError as exc:
                 log(f"backend: {exc}")
                 sleep = 30.0
-            if devices is not None:
-                devices.gateway_interval(sleep)
             gw_due = clock() + sleep
         nxt = gw_due
         if devices is not None:
