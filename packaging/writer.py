@@ -320,7 +320,8 @@ def create_bundle(
     if (keyring is None) != (keyring_version is None):
         raise BundleCreateError("give --keyring and --keyring-version together")
     if not images and keyring is None:
-        raise BundleCreateError("a bundle needs a rootfs image or at least one --target")
+        raise BundleCreateError(
+            "a bundle needs a rootfs image, at least one --target, or a --keyring")
     if sum(1 for i in images if i.target is None) > 1:
         raise BundleCreateError("a bundle carries at most one rootfs image")
     for item in images:
