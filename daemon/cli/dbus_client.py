@@ -201,7 +201,18 @@ def follow(method: str, signature: str, body: list[Any],
                                    path="/org/freedesktop/DBus",
                                    interface="org.freedesktop.DBus", member="AddMatch",
                                    signature="s", body=[match]))
-        await call(bus, method, signature, body, unix_fds=unix_fds)
+        try:
+            await call(bus, method, signature, body, unix_fds=unix_fds)
+        except DaemonError:
+            # ferryd can leave the bus between taking the call and answering it (a crash,
+            # a restart): the bus then answers NoReply, and NameOwnerChanged, which the
+            # handler above turns into RESULT_DAEMON_GONE, follows within moments.
+            try:
+                gone = await asyncio.wait_for(asyncio.shield(done), 2.0)
+            except TimeoutError:
+                gone = None
+            if gone != RESULT_DAEMON_GONE:
+                raise
         result = await done
         if result == RESULT_DAEMON_GONE:
             return result, DAEMON_GONE
