@@ -345,6 +345,8 @@ def _convert(tp: Any, value: Any, where: str, base: Path | None) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: expected a path string, got {value!r}")
         p = Path(value)
+        if value.startswith("pkcs11:"):  # a key in a token (packaging/pkcs11.py): kept as is
+            return p
         return base / p if base is not None and not p.is_absolute() else p
     if tp is bool:
         if not isinstance(value, bool):

@@ -28,12 +28,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ferry.packaging.description import ImageEntry
 from ferry.packaging.errors import BundleError, HashMismatch, TruncatedBundle
+
+if TYPE_CHECKING:  # a key in a PKCS#11 token (docs/security.md, "Keys in hardware")
+    from ferry.packaging.pkcs11 import TokenAesKey
 
 BLOCK = 16
 CHUNK = 1 << 20
@@ -60,6 +63,9 @@ class AesKey:
     def __repr__(self) -> str:  # never print key material into a log
         return f"AesKey(AES-{len(self.key) * 8}, ivt=...)"
 
+    def decryptor(self, iv: bytes | None) -> Any:
+        return Cipher(algorithms.AES(self.key), modes.CBC(iv or self.ivt)).decryptor()
+
 
 def _hex(token: str, lengths: tuple[int, ...], what: str, where: str) -> bytes:
     if len(token) not in lengths or not set(token) <= _HEX:
@@ -84,7 +90,12 @@ def parse_key(text: str, where: str = "key file") -> AesKey:
     return AesKey(key=key, ivt=ivt)
 
 
-def load_key(path: str | Path) -> AesKey:
+def load_key(path: str | Path) -> AesKey | TokenAesKey:
+    """SWUpdate's key file, or a ``pkcs11:`` URI of an AES key in a token."""
+    if str(path).startswith("pkcs11:"):
+        from ferry.packaging.pkcs11 import load_token_aes_key
+
+        return load_token_aes_key(str(path), _CHECK_LABEL)
     p = Path(path)
     try:
         text = p.read_text("ascii")
@@ -105,32 +116,36 @@ def new_ivt() -> bytes:
 _CHECK_LABEL = b"ferry aes-key-check v1\0"
 
 
-def key_check(key: AesKey) -> str:
+def key_check(key: AesKey | TokenAesKey) -> str | None:
     """A check value of the key (not of its ivt), written as ``aes-key-check`` into each
     encrypted image's entry: 16 bytes of SHA-256 over a label and the key. It lets a
     gateway refuse a bundle made for another key before it touches a slot, and lets it
     trust the signed plaintext hash without hashing the plaintext again (the verified
     ciphertext, decrypted with the same key and the signed ivt, can only be the
     signer's plaintext). It reveals nothing a key search could not already test on the
-    ciphertext's first block."""
+    ciphertext's first block. None: a token key whose token will not digest it."""
+    if not isinstance(key, AesKey):
+        return key.check
     return hashlib.sha256(_CHECK_LABEL + key.key).hexdigest()[:32]
 
 
-def check_key(entry: ImageEntry, key: AesKey) -> bool:
+def check_key(entry: ImageEntry, key: AesKey | TokenAesKey) -> bool:
     """False when ``entry`` names a key check and ``key`` does not match it; True when it
     matches or the entry has none (bundles from other tools)."""
-    if entry.key_check is None:
+    ours = key_check(key)
+    if entry.key_check is None or ours is None:
         return True
-    return hmac.compare_digest(entry.key_check, key_check(key))
+    return hmac.compare_digest(entry.key_check, ours)
 
 
-def plaintext_is_bound(entry: ImageEntry, key: AesKey | None) -> bool:
+def plaintext_is_bound(entry: ImageEntry, key: AesKey | TokenAesKey | None) -> bool:
     """True when the bytes an encrypted, uncompressed image decrypts to are fixed by
     what was verified: its ciphertext hash, its own signed ivt and a key whose check
     value matches; then its signed decompressed-sha256 holds without hashing again."""
     return (key is not None and entry.encrypted and not entry.compressed
             and entry.ivt is not None and entry.key_check is not None
-            and entry.decompressed_sha256 is not None and check_key(entry, key))
+            and entry.decompressed_sha256 is not None and key_check(key) is not None
+            and check_key(entry, key))
 
 
 def encrypted_size(plain: int) -> int:
@@ -165,10 +180,11 @@ class _Decrypting(io.RawIOBase):
     checked and removed. ``readinto`` decrypts straight into the caller's buffer.
     """
 
-    def __init__(self, raw: BinaryIO, key: bytes, iv: bytes, what: str) -> None:
+    def __init__(self, raw: BinaryIO, key: AesKey | TokenAesKey, iv: bytes | None,
+                 what: str) -> None:  # fmt: skip
         super().__init__()
         self._raw = raw
-        self._dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+        self._dec = key.decryptor(iv)  # cryptography's, or the token's (pkcs11.py)
         self._what = what
         self._in = bytearray(CHUNK)
         self._tail = b""  # the newest plaintext block, not yet released
@@ -266,11 +282,11 @@ def _readinto(src: BinaryIO, view: memoryview) -> int:
     return len(data)
 
 
-def decrypt_stream(raw: BinaryIO, key: AesKey, ivt: bytes | None, *,
+def decrypt_stream(raw: BinaryIO, key: AesKey | TokenAesKey, ivt: bytes | None, *,
                    what: str = "image") -> BinaryIO:
     """A readable stream of the plaintext of ``raw``; ``ivt`` is the image's own (from
     sw-description), else the key file's is used, as SWUpdate does."""
-    return cast(BinaryIO, _Decrypting(raw, key.key, ivt or key.ivt, what))
+    return cast(BinaryIO, _Decrypting(raw, key, ivt or key.ivt, what))
 
 
 class _Sealed(io.RawIOBase):
@@ -319,7 +335,7 @@ class _Sealed(io.RawIOBase):
         return bytes(buf[:n])
 
 
-def open_plaintext(stored: BinaryIO, key: AesKey, ivt: bytes | None, *,
+def open_plaintext(stored: BinaryIO, key: AesKey | TokenAesKey, ivt: bytes | None, *,
                    decompress: Callable[[BinaryIO], BinaryIO] | None = None,
                    what: str = "image") -> BinaryIO:
     """The bytes an encrypted image installs: decrypt, then (optionally) decompress
@@ -331,7 +347,7 @@ def open_plaintext(stored: BinaryIO, key: AesKey, ivt: bytes | None, *,
     return cast(BinaryIO, _Sealed(plain, stored))
 
 
-def open_image(entry: ImageEntry, stored: BinaryIO, key: AesKey | None, *,
+def open_image(entry: ImageEntry, stored: BinaryIO, key: AesKey | TokenAesKey | None, *,
                max_output: int | None = None, what: str = "image") -> BinaryIO:
     """The bytes an image installs, read from its ``stored`` stream: for an encrypted
     image decrypted, decompressed (capped at ``max_output``) and sealed; otherwise just

@@ -49,7 +49,8 @@ _SECRET = {"pin-value"}
 # DigestInfo prefix for SHA-256 (RFC 8017 section 9.2, note 1): CKM_RSA_PKCS signs it raw
 _SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 _MODULES: dict[str, Any] = {}  # path -> pkcs11.lib, loaded once, never unloaded
-_MODULE_LOCK = threading.Lock()  # one initialize..finalize span at a time
+_USERS: dict[str, int] = {}  # path -> open initialized_module spans
+_MODULE_LOCK = threading.Lock()
 
 
 class Pkcs11Error(BundleError):
@@ -183,23 +184,28 @@ def _token_matches(token: Any, uri: Pkcs11Uri) -> bool:
 
 @contextmanager
 def initialized_module(path: str) -> Iterator[Any]:
-    """The module at ``path``, C_Initialize'd for the block and C_Finalize'd after it."""
+    """The module at ``path``, C_Initialize'd while any block uses it and C_Finalize'd
+    when the last one ends (a decrypting stream may outlive the call that opened it)."""
     p11 = _binding()
     with _MODULE_LOCK:
         lib = _MODULES.get(path)
         try:
             if lib is None:
                 lib = _MODULES[path] = p11.lib(path)  # loads and initializes
-            else:
+            elif not _USERS.get(path):
                 lib.initialize()
         except p11.exceptions.PKCS11Error as err:
             raise Pkcs11Error(f"cannot load PKCS#11 module {path}: {_why(err)}") from None
-        try:
-            yield lib
-        finally:
-            # a failed C_Finalize leaves nothing a next C_Initialize would not reset
-            with suppress(p11.exceptions.PKCS11Error):
-                lib.finalize()
+        _USERS[path] = _USERS.get(path, 0) + 1
+    try:
+        yield lib
+    finally:
+        with _MODULE_LOCK:
+            _USERS[path] -= 1
+            if not _USERS[path]:
+                # a failed C_Finalize leaves nothing a next C_Initialize would not reset
+                with suppress(p11.exceptions.PKCS11Error):
+                    lib.finalize()
 
 
 @contextmanager
@@ -346,3 +352,103 @@ def open_token_signer(
         sig = sign_digest_in_session(session, uri, hashlib.sha256(probe).digest(), scheme)
     check_signature(cert, scheme, sig, probe)
     return TokenSigner(uri), cert
+
+
+# -- the gateway's AES key -----------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenAesKey:
+    """The gateway's bundle-decryption key (``[keyring] decryption_key = "pkcs11:..."``),
+    an AES secret key that stays in the token; the token does the AES-CBC.
+
+    ``check`` is the key's ``aes-key-check`` (encryption.key_check) computed inside the
+    token with C_DigestKey, so a bundle made for another key is refused before a slot is
+    touched, as with a key file; None when the token will not digest its key, and then
+    ferry hashes the plaintext instead of trusting it bound. A token key has no key-file
+    ivt: images must carry their own (ferry and swugenerator write one)."""
+
+    uri: Pkcs11Uri
+    check: str | None
+    ivt: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenAesKey({self.uri.redacted()})"
+
+    def decryptor(self, iv: bytes | None) -> TokenCbcDecryptor:
+        if iv is None:
+            raise Pkcs11Error(
+                "image has no ivt of its own and a pkcs11: key carries none (re-create "
+                "the bundle with ferry or swugenerator, which write one per image)"
+            )
+        return TokenCbcDecryptor(self.uri, iv)
+
+
+class TokenCbcDecryptor:
+    """AES-CBC without padding by the token, shaped like ``cryptography``'s decryptor
+    (``update_into``, ``finalize``) so encryption._Decrypting drives it unchanged.
+
+    Each update is one C_DecryptInit/C_Decrypt over whole blocks, its IV the previous
+    ciphertext block: CBC decryption needs nothing else from the call before, so no
+    multi-part state lives in the token. The session (and the module's initialization)
+    is held from the first block to ``finalize``, or until the stream is dropped."""
+
+    def __init__(self, uri: Pkcs11Uri, iv: bytes) -> None:
+        import weakref
+        from contextlib import ExitStack
+
+        p11 = _binding()
+        self._uri = uri
+        self._iv = bytes(iv)
+        self._rest = b""
+        stack = ExitStack()
+        self._close = weakref.finalize(self, stack.close)
+        session = stack.enter_context(open_session(uri))
+        self._key = find_key(session, uri, p11.ObjectClass.SECRET_KEY)
+        self._mech = p11.Mechanism.AES_CBC
+        self._error = p11.exceptions.PKCS11Error
+
+    def update_into(self, data: bytes | memoryview, out: memoryview | bytearray) -> int:
+        buf = self._rest + bytes(data)
+        n = len(buf) - len(buf) % 16
+        self._rest = buf[n:]
+        if not n:
+            return 0
+        try:
+            plain = self._key.decrypt(buf[:n], mechanism=self._mech, mechanism_param=self._iv)
+        except self._error as err:
+            self._close()
+            why = _why(err)
+            raise Pkcs11Error(f"{self._uri.redacted()}: the token cannot decrypt: {why}") from None
+        self._iv = buf[n - 16:n]
+        out[:n] = plain
+        return n
+
+    def finalize(self) -> bytes:
+        self._close()
+        if self._rest:
+            raise ValueError("the ciphertext does not end on a whole AES block")
+        return b""
+
+
+def load_token_aes_key(uri_text: str, check_label: bytes) -> TokenAesKey:
+    """Log in, find the one AES secret key, and compute its key check in the token:
+    SHA-256 over ``check_label`` and the key (encryption.key_check's definition, passed
+    in so that this module does not import encryption, which imports it)."""
+    uri = parse_uri(uri_text)
+    if "pin-value" in uri.query:
+        raise Pkcs11Error(
+            "[keyring] decryption_key: give the PIN as pin-source=FILE (a root-only file), "
+            "not pin-value=: ferry.toml is readable by local users and the key's URI "
+            "appears in messages"
+        )
+    p11 = _binding()
+    with open_session(uri) as session:
+        key = find_key(session, uri, p11.ObjectClass.SECRET_KEY)
+        if key.key_type != p11.KeyType.AES:
+            raise Pkcs11Error(f"{uri.redacted()}: the secret key is not an AES key")
+        try:
+            digest = session.digest(iter([check_label, key]), mechanism=p11.Mechanism.SHA256)
+        except p11.exceptions.PKCS11Error:
+            check = None  # the token keeps even a digest of its key to itself
+        else:
+            check = bytes(digest)[:16].hex()  # as encryption.key_check
+    return TokenAesKey(uri=uri, check=check)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ferry.packaging.chunker import ChunkParams
     from ferry.packaging.cmsbuild import RawSigner
     from ferry.packaging.deltaref import DeltaRef
+    from ferry.packaging.pkcs11 import TokenAesKey
 
 CHUNK = 1 << 20
 _SUFFIX = {"zstd": ".zst", "zlib": ".gz"}
@@ -307,7 +308,7 @@ def create_bundle(
     mtime: int = 0,
     keyring: Path | None = None,
     keyring_version: int | None = None,
-    encrypt_key: AesKey | None = None,
+    encrypt_key: AesKey | TokenAesKey | None = None,
 ) -> Description:
     """Write a signed bundle to ``output`` (atomically: a temp file renamed into place).
 
@@ -322,6 +323,11 @@ def create_bundle(
     if not images and keyring is None:
         raise BundleCreateError(
             "a bundle needs a rootfs image or at least one --target (or a --keyring)")
+    if encrypt_key is not None and not isinstance(encrypt_key, AesKey):
+        raise BundleCreateError(
+            "--encrypt-key takes SWUpdate's key file; a pkcs11: AES key decrypts on "
+            "gateways only ([keyring] decryption_key)"
+        )
     if sum(1 for i in images if i.target is None) > 1:
         raise BundleCreateError("a bundle carries at most one rootfs image")
     for item in images:

@@ -10,6 +10,10 @@ PKCS#11. Two ways a key reaches a token are covered:
   key certified by the test CA, and the certificate stored on the token beside it, so
   ``--key pkcs11:...`` needs no ``--cert``.
 
+The gateway side gets AES-256 secret keys (``aes-gw``, ``aes-other``), created sensitive
+and not extractable, as a gateway's bundle key is provisioned: the token decrypts, and
+not even the test can read the key back.
+
 SOFTHSM2_CONF is set in the process environment for the token's lifetime: ferry
 initializes and finalizes the module per operation (packaging/pkcs11.py), and each
 initialization reads this configuration; the fixture goes through the same helper, as
@@ -35,6 +39,8 @@ from ferry.packaging.devpki import DevPki, write_dev_pki
 from ferry.packaging.pkcs11 import initialized_module
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+AES_GW = bytes(range(32))  # = test_bundle_encrypt.KEY's key: bundles made with that file
+AES_OTHER = bytes(32)
 TOKEN = "ferry-build"
 PIN = "1234"
 SO_PIN = "87654321"
@@ -53,6 +59,10 @@ class Token:
         if pin is not None:
             query += f"&pin-value={pin}"
         return f"pkcs11:token={TOKEN};object={obj}{extra}?{query}"
+
+    def key_uri(self, obj: str) -> str:
+        """A gateway key's URI, as in ferry.toml: the PIN from a file."""
+        return f"pkcs11:token={TOKEN};object={obj}?module-path={MODULE}&pin-source={self.pin_file}"
 
 
 def _util(conf: Path, *args: str) -> None:
@@ -94,6 +104,29 @@ def _generate_ec(root: Path, pki: DevPki) -> Path:
     path = root / "ec-signer.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+def _import_aes(label: str, key_id: bytes, value: bytes) -> None:
+    import pkcs11
+    from pkcs11 import Attribute as A
+
+    with initialized_module(MODULE) as lib:
+        token = lib.get_token(token_label=TOKEN)
+        with token.open(user_pin=PIN, rw=True) as session:
+            session.create_object(
+                {
+                    A.CLASS: pkcs11.ObjectClass.SECRET_KEY,
+                    A.KEY_TYPE: pkcs11.KeyType.AES,
+                    A.VALUE: value,
+                    A.TOKEN: True,
+                    A.LABEL: label,
+                    A.ID: key_id,
+                    A.SENSITIVE: True,
+                    A.EXTRACTABLE: False,
+                    A.DECRYPT: True,
+                    A.ENCRYPT: False,
+                }
+            )
 
 
 def _certify(public: ec.EllipticCurvePublicKey, pki: DevPki) -> x509.Certificate:
@@ -148,6 +181,8 @@ def softhsm_token(root: Path) -> Iterator[Token]:
               "--id", "01", "--pin", PIN)  # fmt: skip
         pkcs8.unlink()
         ec_cert = _generate_ec(root, pki)
+        _import_aes("aes-gw", b"\x10", AES_GW)
+        _import_aes("aes-other", b"\x11", AES_OTHER)
         pin_file = root / "pin"
         pin_file.write_text(PIN + "\n")
         yield Token(root=root, conf=conf, rsa=pki, ec_cert=ec_cert, pin_file=pin_file)

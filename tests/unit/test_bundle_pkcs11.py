@@ -1,4 +1,6 @@
-"""Signing keys in a PKCS#11 token: URIs, SoftHSM2 signing, one-line errors, key files.
+"""Keys in a PKCS#11 token: URIs, SoftHSM2 signing, one-line errors, key files still
+working, and the gateway's AES decryption key in the token (installs through the
+pipeline).
 
 The token is Debian's SoftHSM2 in a temp dir (tests/pkcs11_token.py). The peers
 (openssl cms -verify, SWUpdate) check the same bundles in
@@ -7,6 +9,9 @@ tests/peers/test_bundle_pkcs11_peers.py.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import os
 import re
 import sys
@@ -14,10 +19,14 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import cms
-from pkcs11_token import MODULE, PIN, TOKEN, softhsm_token
+from install_gateway import make_gateway, make_image
+from pkcs11_token import AES_GW, MODULE, PIN, TOKEN, softhsm_token
 
+from ferry.daemon.boot.slotrecord import get_record
 from ferry.daemon.cli.main import main
-from ferry.packaging import pkcs11
+from ferry.daemon.install.pipeline import install, make_context
+from ferry.packaging import encryption, pkcs11
+from ferry.packaging.encryption import AesKey, EncryptionKeyError, load_key
 from ferry.packaging.errors import BundleCreateError
 from ferry.packaging.keyring import load_keyring
 from ferry.packaging.reader import BundleReader, read_unverified
@@ -230,3 +239,114 @@ def test_key_file_still_signs_and_needs_its_certificate(token, tmp_path):
         BundleReader(fh, load_keyring(pki.ca_cert)).verify_all()
     with pytest.raises(BundleCreateError, match="give the signer certificate"):
         load_signing_key(pki.signer_key, None)
+
+
+# -- the gateway's decryption key in the token ----------------------------------------------
+FILE_KEY = AesKey(key=AES_GW, ivt=bytes(range(100, 116)))  # the same key, as a file
+
+
+def test_token_aes_key_loads_with_the_key_files_check_value(token):
+    key = load_key(token.key_uri("aes-gw"))
+    assert isinstance(key, pkcs11.TokenAesKey)
+    # computed inside the token (C_DigestKey): the key itself is not extractable
+    assert key.check is not None and encryption.key_check(key) == encryption.key_check(
+        FILE_KEY)
+    other = load_key(token.key_uri("aes-other"))
+    assert encryption.key_check(other) != encryption.key_check(FILE_KEY)
+    assert "1234" not in repr(key) and AES_GW.hex() not in repr(key)
+
+
+@pytest.mark.parametrize("n", [0, 15, 16, 17, 4096, (1 << 20) + 5, (3 << 20) + 33])
+def test_token_decrypts_exactly_what_the_key_file_decrypts(token, n):
+    plain = os.urandom(n)
+    iv = os.urandom(16)
+    ct = io.BytesIO()
+    encryption.encrypt_file(io.BytesIO(plain), ct, FILE_KEY, iv)
+    key = load_key(token.key_uri("aes-gw"))
+    got = encryption.decrypt_stream(io.BytesIO(ct.getvalue()), key, iv).read()
+    assert got == plain
+    with pytest.raises(encryption.DecryptError, match="cannot decrypt it"):
+        other = load_key(token.key_uri("aes-other"))
+        encryption.decrypt_stream(io.BytesIO(ct.getvalue()), other, iv).read()
+
+
+def test_token_aes_key_errors_are_one_line(token, tmp_path):
+    with pytest.raises(pkcs11.Pkcs11Error, match=r"pin-source=FILE .*not pin-value="):
+        load_key(token.uri("aes-gw"))  # a PIN in ferry.toml would be readable by anyone
+    bad_pin = tmp_path / "bad.pin"
+    bad_pin.write_text("0000\n")
+    with pytest.raises(pkcs11.Pkcs11Error, match="PIN incorrect"):
+        load_key(token.key_uri("aes-gw").replace(str(token.pin_file), str(bad_pin)))
+    with pytest.raises(pkcs11.Pkcs11Error, match="no secret key on the token matches"):
+        load_key(token.key_uri("rsa-signer"))
+    key = load_key(token.key_uri("aes-gw"))
+    with pytest.raises(pkcs11.Pkcs11Error, match="no ivt of its own"):
+        encryption.decrypt_stream(io.BytesIO(bytes(32)), key, None)
+
+
+def test_build_host_refuses_a_token_key_for_encryption(token, tmp_path):
+    with pytest.raises(BundleCreateError, match="a pkcs11: AES key decrypts on gateways only"):
+        create_bundle(tmp_path / "x.swu", signing=load_signing_key(
+            token.rsa.signer_key, token.rsa.signer_cert), version="1", compatible=["gw"],
+            images=[ImageInput(path=_rootfs(tmp_path), compress=None)],
+            encrypt_key=load_key(token.key_uri("aes-gw")))  # fmt: skip
+
+
+@pytest.fixture
+def gw(token, tmp_path, monkeypatch):
+    g = make_gateway(tmp_path / "gw")
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(g.boot_id))
+    return g
+
+
+def _token_key_in_config(gw, uri: str) -> None:
+    text = gw.config_path.read_text()
+    text = re.sub(r"(\[keyring\]\npath = .*\n)", rf'\1decryption_key = "{uri}"\n', text)
+    gw.config_path.write_text(text)
+    assert str(gw.config.keyring.decryption_key) == uri  # not taken as a relative path
+
+
+def _encrypted(gw, tmp: Path, image: bytes, compress: str | None) -> Path:
+    (tmp / "rootfs.img").write_bytes(image)
+    out = tmp / "enc.swu"
+    create_bundle(out, signing=load_signing_key(gw.pki_dir / "signer.key",
+                                                gw.pki_dir / "signer.pem"),
+                  version="1.1.0", compatible=["test-gw"],
+                  images=[ImageInput(path=tmp / "rootfs.img", compress=compress)],
+                  encrypt_key=FILE_KEY)  # fmt: skip
+    return out
+
+
+def _install(gw, bundle: Path) -> int:
+    ctx = make_context(gw.config)
+    try:
+        return install(gw.config, str(bundle), ctx=ctx)
+    finally:
+        ctx.journal.close()
+
+
+@pytest.mark.parametrize("check", ["digested in the token", "token will not digest"])
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_gateway_installs_an_encrypted_bundle_with_the_key_in_the_token(
+        gw, token, tmp_path, monkeypatch, compress, check):  # fmt: skip
+    if check == "token will not digest":  # then the plaintext is hashed, not trusted bound
+        real = pkcs11.load_token_aes_key
+        monkeypatch.setattr(pkcs11, "load_token_aes_key",
+                            lambda *a: dataclasses.replace(real(*a), check=None))
+    _token_key_in_config(gw, token.key_uri("aes-gw"))
+    image = make_image("1.1.0", 300_001)
+    _install(gw, _encrypted(gw, tmp_path, image, compress))
+    assert gw.slot_path("B").read_bytes()[: len(image)] == image
+    rec = get_record(gw.config, "rootfs.1")
+    assert rec is not None and rec.verified
+    assert rec.sha256 == hashlib.sha256(image).hexdigest()
+
+
+def test_gateway_with_another_token_key_refuses_before_the_slot(gw, token, tmp_path):
+    _token_key_in_config(gw, token.key_uri("aes-other"))
+    before = hashlib.sha256(gw.slot_path("B").read_bytes()).hexdigest()
+    with pytest.raises(EncryptionKeyError, match="another AES key") as err:
+        _install(gw, _encrypted(gw, tmp_path, make_image("1.1.0", 100_000), None))
+    assert "\n" not in str(err.value) and PIN not in str(err.value)
+    assert hashlib.sha256(gw.slot_path("B").read_bytes()).hexdigest() == before
+    assert gw.boot() == "A"
