@@ -191,6 +191,19 @@ def test_cli_token_errors_are_one_line_and_write_nothing(token, tmp_path, capsys
     assert not out.exists() and not list(tmp_path.glob(".ferry-*"))
 
 
+def test_token_chosen_by_other_attributes_and_ambiguity_is_refused(token):
+    with pkcs11.initialized_module(MODULE) as lib:
+        ours = next(t for t in lib.get_tokens() if t.label == TOKEN)
+        slot_id, serial = ours.slot.slot_id, ours.serial.decode().strip()
+    base = f"object=rsa-signer?module-path={MODULE}&pin-value={PIN}"
+    for sel in (f"slot-id={slot_id}", f"serial={serial};model=SoftHSM%20v2"):
+        signing = load_signing_key(f"pkcs11:{sel};{base}", token.rsa.signer_cert)
+        assert signing.cert.subject.rfc4514_string().startswith("CN=ferry dev signer")
+    # SoftHSM2 always offers one more, uninitialized token: without token= two match
+    with pytest.raises(pkcs11.Pkcs11Error, match=f"several tokens match .*'{TOKEN}'.*add token="):
+        load_signing_key(f"pkcs11:{base}", token.rsa.signer_cert)
+
+
 def test_wrong_pin_once_does_not_lock_the_token(token, tmp_path):
     with pytest.raises(pkcs11.Pkcs11Error, match="PIN incorrect"):
         load_signing_key(token.uri("rsa-signer", pin="9999"), token.rsa.signer_cert)
