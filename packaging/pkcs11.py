@@ -114,7 +114,9 @@ def parse_uri(uri: str) -> Pkcs11Uri:
             name, eq, raw = item.partition("=")
             name = name.lower()
             if not eq or not name:
-                raise Pkcs11Error(f"PKCS#11 URI: {name or item!r} is not name=value")
+                # a query part may hold a stray piece of a PIN (an unencoded '&'): not shown
+                shown = repr(item) if into is path else "a query attribute"
+                raise Pkcs11Error(f"PKCS#11 URI: {shown} is not name=value")
             if name not in known:
                 where = "path" if into is path else "query"
                 raise Pkcs11Error(f"PKCS#11 URI: unknown {where} attribute {name!r}")
