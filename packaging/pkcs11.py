@@ -403,8 +403,12 @@ class TokenCbcDecryptor:
         self._rest = b""
         stack = ExitStack()
         self._close = weakref.finalize(self, stack.close)
-        session = stack.enter_context(open_session(uri))
-        self._key = find_key(session, uri, p11.ObjectClass.SECRET_KEY)
+        try:
+            session = stack.enter_context(open_session(uri))
+            self._key = find_key(session, uri, p11.ObjectClass.SECRET_KEY)
+        except BaseException:
+            self._close()
+            raise
         self._mech = p11.Mechanism.AES_CBC
         self._error = p11.exceptions.PKCS11Error
 
