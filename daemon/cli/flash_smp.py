@@ -12,7 +12,9 @@ def register(sub: Any) -> None:
         help="MCUboot image to an MCU over SMP (mcumgr) on a serial port",
         description="Upload an MCUboot image over SMP on a serial port, boot it in test "
         "mode, and confirm it once the MCU answers on the new image. The MCU keeps its "
-        "old image until then; an image that does not boot is rolled back by MCUboot.",
+        "old image until then; an image that does not boot is rolled back by MCUboot. "
+        "Encrypted images (imgtool --encrypt) go as they are: only MCUboot, holding the "
+        "key, can check their plaintext hash, and the result says so.",
     )
     parser.add_argument("port", metavar="PORT", help="serial port, e.g. /dev/ttyACM0")
     parser.add_argument("image", metavar="IMAGE", help="signed MCUboot image (imgtool sign)")
