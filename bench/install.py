@@ -1,35 +1,42 @@
-"""Install throughput against the limit measured in the same run (test-recipes.md §3).
+"""Install cost as a gateway pays it, against the floor measured in the same run (issue 22).
 
-For each image size, in interleaved rounds:
+For each image size, in interleaved rounds, every tool installs the same image into the
+same slot file, from the same local ``python -m http.server``:
 
-- limit:    ``curl -o SLOT URL`` from a local ``python -m http.server``, then ``sync SLOT``
-            (as in §3.2), and ``curl URL 1<>SLOT`` + ``sync SLOT``: in place, without the
-            truncation of ``-o``, the semantics ferry and a block device have
-- hash:     ``openssl dgst -sha256 IMAGE``
-- swupdate: Debian's SWUpdate installing the same raw image over HTTP (``-d -u URL``),
-            streamed (``installed-directly = true``), signed as in §3.3; timed at its exit
-            and with ``sync SLOT`` after it, because SWUpdate 2022.12 makes no fsync,
-            fdatasync or sync call at all (strace): at its exit the image may still be
-            only in the page cache, while the limit and ferry count the flush
-- ferry:    ``ferry install URL`` of a bundle with the raw image, and with it zstd-compressed
-- ferryd:   the same bundles through a running ferryd on a private dbus-daemon: the timed
-            process is the ``ferry install URL`` client (no ``--config``), which hands the
-            install to ferryd over D-Bus and follows Progress until Completed, as on a
-            gateway. ferryd runs on its own gateway directory (the ``--config`` rows
-            delete theirs between installs) and is started once per size, with one untimed
-            warm-up install; before each install the bench ends the previous deployment in
-            the journal (as the reboot and its rollback would), outside the timed region
+- ``curl -o SLOT`` + ``sync SLOT`` (test-recipes §3.2), and ``curl URL 1<>SLOT`` + ``sync
+  SLOT``: in place, without the truncation of ``-o``, the semantics of a partition
+- ``openssl dgst -sha256 IMAGE``; with the in-place write, the floor of an install's CPU
+- SWUpdate 2022.12 (``-d -u URL``, streamed, signed as in §3.3), raw and zstd; it makes no
+  fsync/fdatasync/sync call at all (strace), so it is timed at its exit and + ``sync SLOT``
+- RAUC 1.8 (Debian's), a plain bundle signed with an openssl-made cert, ``rauc service`` on
+  the private bus with ``bootloader=noop``: ``rauc install FILE`` (raw: an uncompressed
+  squashfs; zstd: the compressible image in a zstd squashfs) and ``rauc install URL``,
+  which downloads the whole bundle to TMPDIR first (1.8 is built without streaming, and
+  verity bundles need NBD or device-mapper, which this kernel lacks). Its large size is
+  at most 2040 MiB: rauc < 1.15.2 skips most of the signature check on plain bundles
+  over 2 GiB (a CVE fixed in 1.15.2), so a larger bundle would measure an install that checks less
+- ``ferry --config ... install URL`` (one process), raw and zstd bundles
+- ``ferry install URL`` through a running ferryd on the private bus (the gateway's path),
+  raw and zstd; ferryd starts once per size, with one untimed warm-up install; before each
+  install the bench ends the previous deployment in the journal (as the reboot and its
+  rollback would), outside the timed region
 
-It prints MiB/s (image bytes / wall time), the per-round ratios ferry/limit and
-ferry/SWUpdate (medians), and each tool's peak RSS (``/usr/bin/time`` max RSS of the
-process, i.e. the largest single process; for the ferryd rows ferryd's own VmHWM from
-/proc/PID/status, the client's is not counted). Every tool is a whole process start to
-exit, so the standalone ferry rows include its Python start-up (~0.2-0.3 s) and the
-ferryd rows the client's (~0.2 s: start-up, dbus-next, waiting for Completed); with
-``-d`` SWUpdate has no 1 s sleep at exit (that is ``-i``, §3.4).
+CPU is user + system of every process of the tool, daemons included: each command runs in
+a transient cgroup v2 of its own, and each daemon (ferryd, ``rauc service``, the
+dbus-daemon that carries their calls and progress) in one of its own, whose ``cpu.stat``
+delta over the install is added to the client's (bench/cgroup.py). Printed as CPU seconds
+per GiB of image. Peak RSS: the largest process's high-water mark (``ru_maxrss``; for a
+daemon its VmHWM, reset before each install), as memory.peak needs the v2 memory
+controller that a hybrid host does not have.
 
-    .venv/bin/python bench/install.py            # 256 MiB and 2 GiB, 3 rounds
-    .venv/bin/python bench/install.py --quick    # 64 MiB and 256 MiB, 1 round
+After the rounds: ferryd's RSS at idle after start, during a 2 GiB zstd install, and
+after 20 installs in a row; ``ferry status`` through ferryd, median wall of 20 calls; and
+the goals of issue 22 as ratios against the floor and the in-place limit of the same run,
+each with PASS or MISS.
+
+    .venv/bin/python bench/install.py                       # 256 MiB and 2 GiB, 3 rounds
+    .venv/bin/python bench/install.py --rounds 5 --dir /var/tmp/fb --keep   # reuse bundles
+    .venv/bin/python bench/install.py --quick               # 64 and 256 MiB, 1 round
 """
 
 from __future__ import annotations
@@ -43,42 +50,74 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cgroup import (  # noqa: E402 - bench/ is not a package
+    ZERO,
+    Cgroup,
+    CgroupTree,
+    CpuUsage,
+    reset_hwm,
+    run_in,
+    vm_kb,
+)
 
 MiB = 1 << 20
+GiB = 1 << 30
 ENV_SIZE = 0x4000
-SWU = "swupdate raw over HTTP (at its exit)"
-SWU_SYNCED = "swupdate raw over HTTP + sync"
+RAUC_MAX = 2040 * MiB  # rauc < 1.15.2 checks little of a plain bundle over 2 GiB
+
+CURL_O = "curl -o slot + sync"
+IN_PLACE = "curl 1<>slot (in place) + sync"
+SHA = "openssl dgst -sha256"
+SWU_RAW = "swupdate raw + sync"
+SWU_RAW_EXIT = "swupdate raw, at its exit"
+SWU_ZSTD = "swupdate zstd + sync"
+RAUC_RAW = "rauc raw, local file + sync"
+RAUC_ZSTD = "rauc zstd, local file + sync"
+RAUC_HTTP = "rauc raw, http:// + sync"
+FERRY_RAW = "ferry --config raw"
+FERRY_ZSTD = "ferry --config zstd"
+FERRYD_RAW = "ferryd raw (D-Bus)"
+FERRYD_ZSTD = "ferryd zstd (D-Bus)"
+FERRYD_RAW_SPAN = "ferryd raw, journal span"
 
 
 @dataclass
 class Sample:
     label: str
-    size: int
+    size: int  # image bytes the tool wrote
     wall: float
+    cpu: CpuUsage
     rss_kb: int
+    client: float = 0.0  # CPU s of the command's own cgroup, without the daemons'
 
     @property
     def mibs(self) -> float:
         return self.size / MiB / self.wall if self.wall > 0 else float("inf")
 
+    @property
+    def cpu_per_gib(self) -> float:
+        return self.cpu.total / (self.size / GiB)
 
-def timed(cmd: list[str], tmp: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
-    tf = tmp / "time.out"
-    full = ["/usr/bin/time", "-f", "%e %M", "-o", str(tf), *cmd]
-    t0 = time.monotonic()
-    proc = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                         f"{proc.stderr.decode(errors='replace')[-2000:]}")
-    _e, rss = tf.read_text().split()[-2:]
-    return wall, int(rss)
+
+@dataclass
+class Memory:
+    """ferryd's RSS over its life at one size (KiB)."""
+
+    idle_after_start: int = 0
+    after_warmup: int = 0
+    during_install: dict[str, int] = field(default_factory=dict)  # label -> max VmHWM
+    after_installs: list[int] = field(default_factory=list)  # VmRSS after each of 20
+    status_walls: list[float] = field(default_factory=list)
 
 
 def make_images(d: Path, size: int) -> tuple[Path, Path]:
@@ -175,8 +214,10 @@ reboot_command = ["true"]
     return cfg
 
 
-def swupdate_bundle(d: Path, image: Path, slot: Path) -> tuple[Path, Path]:
-    """A signed .swu as in test-recipes §3.3 (EC P-256 cert with EKU emailProtection)."""
+def swupdate_bundle(d: Path, image: Path, slot: Path, zstd: bool = False) -> tuple[Path, Path]:
+    """A signed .swu as in test-recipes §3.3 (EC P-256 cert with EKU emailProtection);
+    with ``zstd`` the member is ``zstd -3`` of the image, ``compressed = "zstd"``, and
+    its sha256 is that of the compressed member (what SWUpdate hashes)."""
     sd = d / "swu"
     sd.mkdir(exist_ok=True)
     key, crt = sd / "swu.key", sd / "swu.crt"
@@ -187,24 +228,32 @@ def swupdate_bundle(d: Path, image: Path, slot: Path) -> tuple[Path, Path]:
                         "-days", "30", "-subj", "/CN=bench", "-addext",
                         "extendedKeyUsage=emailProtection"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = d / "www" / f"swupdate-{image.stat().st_size}.swu"
+    kind = "zstd" if zstd else "raw"
+    out = d / "www" / f"swupdate-{kind}-{image.stat().st_size}.swu"
     if out.exists():
         return out, crt
-    digest = subprocess.run(["openssl", "dgst", "-sha256", "-r", str(image)], check=True,
-                            capture_output=True, text=True).stdout.split()[0]
     work = sd / "pack"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    member = "rootfs.img.zst" if zstd else "rootfs.img"
+    if zstd:
+        subprocess.run(["zstd", "-q", "-3", "-T0", "-o", str(work / member), str(image)],
+                       check=True)
+    else:
+        os.link(image, work / member)
+    digest = subprocess.run(["openssl", "dgst", "-sha256", "-r", str(work / member)],
+                            check=True, capture_output=True, text=True).stdout.split()[0]
+    compressed = '\n            compressed = "zstd";' if zstd else ""
     (work / "sw-description").write_text(f"""software =
 {{
     version = "2.0.0";
     hardware-compatibility = ["1.0"];
     images: (
         {{
-            filename = "rootfs.img";
+            filename = "{member}";
             device = "{slot}";
             type = "raw";
-            sha256 = "{digest}";
+            sha256 = "{digest}";{compressed}
             installed-directly = true;
         }}
     );
@@ -213,84 +262,225 @@ def swupdate_bundle(d: Path, image: Path, slot: Path) -> tuple[Path, Path]:
     subprocess.run(["openssl", "cms", "-sign", "-in", "sw-description", "-out",
                     "sw-description.sig", "-signer", str(crt), "-inkey", str(key),
                     "-outform", "DER", "-nosmimecap", "-binary"], cwd=work, check=True)
-    os.link(image, work / "rootfs.img")
     with open(out, "wb") as f:
         subprocess.run(["cpio", "-o", "-H", "crc", "--quiet"], cwd=work, check=True,
-                       input=b"sw-description\nsw-description.sig\nrootfs.img\n", stdout=f)
+                       input=f"sw-description\nsw-description.sig\n{member}\n".encode(),
+                       stdout=f)
     shutil.rmtree(work)
     return out, crt
 
 
-class Ferryd:
-    """A private dbus-daemon for one size, and a long-running ferryd on it."""
+def rauc_bundles(d: Path, image: Path, comp: Path) -> tuple[Path, Path, Path, Path]:
+    """Plain RAUC bundles of at most RAUC_MAX bytes of each image, signed by a self-signed
+    P-256 cert that is also the keyring (``rauc bundle``), and that cert. Raw: squashfs
+    without compression (``-noI -noD -noF -noX``), so the install copies; zstd: squashfs
+    with zstd at level 3, which the kernel decompresses as rauc reads the image."""
+    rd = d / "rauc"
+    rd.mkdir(exist_ok=True)
+    key, crt = rd / "rauc.key", rd / "rauc.pem"
+    if not crt.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+                        "-out", str(crt), "-days", "3650", "-subj", "/CN=ferry bench rauc"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    n = min(image.stat().st_size, RAUC_MAX)
+    out: list[Path] = []
+    for kind, src, args in (("raw", image, "-noI -noD -noF -noX"),
+                            ("zstd", comp, "-comp zstd -Xcompression-level 3")):
+        bundle = d / "www" / f"rauc-{kind}-{n}.raucb"
+        img = rd / f"{kind}-{n}.img"
+        if not img.exists():
+            if n == src.stat().st_size:
+                os.link(src, img)
+            else:
+                with open(src, "rb") as f, open(img, "wb") as g:
+                    left = n
+                    while left:
+                        buf = f.read(min(left, 8 * MiB))
+                        g.write(buf)
+                        left -= len(buf)
+        if not bundle.exists():
+            content = rd / "content"
+            shutil.rmtree(content, ignore_errors=True)
+            content.mkdir()
+            os.link(img, content / "rootfs.img")
+            (content / "manifest.raucm").write_text(
+                "[update]\ncompatible=bench-gw\nversion=2.0.0\n\n[bundle]\nformat=plain\n\n"
+                "[image.rootfs]\nfilename=rootfs.img\n")
+            subprocess.run(["rauc", "bundle", f"--cert={crt}", f"--key={key}",
+                            f"--keyring={crt}", f"--mksquashfs-args={args}", str(content),
+                            str(bundle)], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            shutil.rmtree(content)
+        out.append(bundle)
+    return out[0], out[1], crt, rd
 
-    def __init__(self, d: Path, cfg: Path) -> None:
-        self.d, self.cfg = d, cfg
+
+def rauc_system_conf(rd: Path, slot: Path, crt: Path) -> Path:
+    """``bootloader=noop``, one dummy booted slot A and the bench's slot as B (raw)."""
+    (rd / "slotA.img").touch()
+    (rd / "mnt").mkdir(exist_ok=True)
+    conf = rd / f"system-{slot.stem}.conf"
+    conf.write_text(f"""[system]
+compatible=bench-gw
+bootloader=noop
+mountprefix={rd / 'mnt'}
+statusfile={rd / 'rauc.status'}
+max-bundle-download-size={8 * GiB}
+
+[keyring]
+path={crt}
+
+[slot.rootfs.0]
+device={rd / 'slotA.img'}
+type=raw
+bootname=A
+
+[slot.rootfs.1]
+device={slot}
+type=raw
+bootname=B
+""")
+    return conf
+
+
+class Daemons:
+    """A private dbus-daemon for one size, ferryd and ``rauc service`` on it, each in a
+    cgroup of its own so that an install's CPU counts every process that did it."""
+
+    def __init__(self, d: Path, tree: CgroupTree) -> None:
+        self.d, self.tree = d, tree
         dbus_daemon = shutil.which("dbus-daemon")
         if dbus_daemon is None:
             raise SystemExit("dbus-daemon is missing; run 'bash .ci/setup'")
-        busdir = Path(tempfile.mkdtemp(prefix="ferry-bench-bus-"))
-        self.busdir = busdir
-        conf = busdir / "bus.conf"
+        self.busdir = Path(tempfile.mkdtemp(prefix="ferry-bench-bus-"))
+        conf = self.busdir / "bus.conf"
         from ferry.sim.dbusbus import private_bus_config
 
-        conf.write_text(private_bus_config(busdir))
-        self.bus = subprocess.Popen([dbus_daemon, "--config-file", str(conf), "--nofork",
-                                     "--print-address"], stdout=subprocess.PIPE, text=True)
+        conf.write_text(private_bus_config(self.busdir))
+        self.bus_cg = tree.new("dbus-daemon")
+        self.bus = subprocess.Popen(self.bus_cg.wrap([dbus_daemon, "--config-file", str(conf),
+                                                      "--nofork", "--print-address"]),
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True)
         assert self.bus.stdout is not None
         self.address = self.bus.stdout.readline().strip()
         if not self.address.startswith("unix:"):
             self.close()
             raise SystemExit(f"dbus-daemon gave no address ({self.address!r})")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.env = dict(os.environ, FERRY_BUS_ADDRESS=self.address)
+        self.env = dict(os.environ, FERRY_BUS_ADDRESS=self.address,
+                        DBUS_SYSTEM_BUS_ADDRESS=self.address)
+        self.ferryd: subprocess.Popen[bytes] | None = None
+        self.ferryd_cg = tree.new("ferryd")
+        self.rauc: subprocess.Popen[bytes] | None = None
+        self.rauc_cg = tree.new("rauc-service")
 
-    def start(self) -> None:
-        log = open(self.d / "ferryd.log", "ab")  # noqa: SIM115 - the child holds it
-        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "ferryd"), "--config",
-                                      str(self.cfg), "--bus", self.address],
-                                     stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+    def _has_name(self, name: str) -> bool:
+        out = subprocess.run(["dbus-send", f"--bus={self.address}", "--print-reply",
+                              "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+                              "org.freedesktop.DBus.NameHasOwner", f"string:{name}"],
+                             capture_output=True, text=True)
+        return "boolean true" in out.stdout
+
+    def _start(self, cg: Cgroup, cmd: list[str], name: str, log: Path,
+               env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(cg.wrap(cmd), stdout=f, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"ferryd exited with {self.proc.returncode}; see "
-                                 f"{self.d / 'ferryd.log'}")
-            out = subprocess.run(["dbus-send", f"--bus={self.address}", "--print-reply",
-                                  "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                  "org.freedesktop.DBus.NameHasOwner",
-                                  "string:org.ferry.Ferry1"], capture_output=True, text=True)
-            if "boolean true" in out.stdout:
-                return
+            if proc.poll() is not None:
+                raise SystemExit(f"{cmd[0]} exited with {proc.returncode}; see {log}")
+            if self._has_name(name):
+                return proc
             time.sleep(0.1)
-        raise SystemExit("ferryd never took org.ferry.Ferry1")
+        raise SystemExit(f"{cmd[0]} never took {name}; see {log}")
 
-    def peak_rss_kb(self) -> int:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+    def start_ferryd(self, cfg: Path) -> None:
+        self.ferryd = self._start(self.ferryd_cg, [str(ROOT / ".venv" / "bin" / "ferryd"),
+                                                   "--config", str(cfg), "--bus",
+                                                   self.address],
+                                  "org.ferry.Ferry1", self.d / "ferryd.log", self.env)
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
+    def start_rauc(self, conf: Path, tmpdir: Path) -> None:
+        tmpdir.mkdir(exist_ok=True)
+        self.rauc = self._start(self.rauc_cg, ["rauc", "service", f"--conf={conf}",
+                                               "--override-boot-slot=A"],
+                                "de.pengutronix.rauc", self.d / "rauc.log",
+                                dict(self.env, TMPDIR=str(tmpdir)))
 
     def close(self) -> None:
-        self.stop()
-        self.bus.terminate()
-        self.bus.wait(10)
+        for proc in (self.ferryd, self.rauc, self.bus):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         shutil.rmtree(self.busdir, ignore_errors=True)
 
 
-def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[list[Sample]]:
+class Meter:
+    """Runs one tool's command in its cgroup (one per label, reused over the rounds) and
+    adds the CPU the named daemons spent meanwhile."""
+
+    def __init__(self, tree: CgroupTree, slot: Path, size: int) -> None:
+        self.tree, self.slot, self.size = tree, slot, size
+        self.cgs: dict[str, Cgroup] = {}
+
+    def run(self, label: str, cmd: Sequence[str], *, image_size: int | None = None,
+            env: dict[str, str] | None = None, then_sync: bool = False,
+            daemons: Sequence[Cgroup] = (), daemon_pids: Sequence[int] = (),
+            exit_label: str | None = None) -> list[Sample]:
+        scrub(self.slot, self.size)  # so the cmp after each tool proves that tool wrote it
+        subprocess.run(["sync"], check=True)
+        cg = self.cgs.get(label) or self.cgs.setdefault(
+            label, self.tree.new(label.split()[0].replace("/", "_")))
+        for pid in daemon_pids:
+            reset_hwm(pid)
+        before = sum((c.cpu() for c in daemons), ZERO)
+        run = run_in(cg, cmd, env)
+        if run.returncode != 0:
+            raise SystemExit(f"{label}: {' '.join(cmd)} failed ({run.returncode}):\n"
+                             f"{run.stderr.decode(errors='replace')[-2000:]}")
+        wall, cpu = run.wall, run.cpu
+        out: list[Sample] = []
+        rss = max([run.maxrss_kb, *(vm_kb(p, "VmHWM") for p in daemon_pids)])
+        n = image_size or self.size
+        if exit_label is not None:
+            out.append(Sample(exit_label, n, wall, cpu + sum(
+                (c.cpu() for c in daemons), ZERO) - before, rss, cpu.total))
+        if then_sync:
+            sync = run_in(cg, ["sync", str(self.slot)])
+            wall, cpu = wall + sync.wall, cpu + sync.cpu
+        out.append(Sample(label, n, wall, cpu + sum((c.cpu() for c in daemons), ZERO) - before,
+                          rss, cpu.total))
+        return out
+
+
+class RssSampler:
+    """VmRSS of one pid every 10 ms in a thread: the curve behind VmHWM."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, vm_kb(self.pid, "VmRSS"))
+
+    def __enter__(self) -> RssSampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def run_size(d: Path, size: int, rounds: int, tree: CgroupTree, swupdate: str,
+             memory_test: bool) -> tuple[list[list[Sample]], Memory]:
     rnd, comp = make_images(d, size)
     www = d / "www"
     www.mkdir(exist_ok=True)
@@ -302,7 +492,11 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
         f.truncate(size)
     raw_b, zst_b, ca = ferry_bundles(d, rnd, comp)
     cfg = ferry_gateway(d, slot, ca)
-    swu, swu_crt = swupdate_bundle(d, rnd, slot) if tools.get("swupdate") else (None, None)
+    swu_raw, swu_crt = swupdate_bundle(d, rnd, slot) if swupdate else (None, None)
+    swu_zst = swupdate_bundle(d, comp, slot, zstd=True)[0] if swupdate else None
+    rauc_raw, rauc_zst, rauc_crt, rd = rauc_bundles(d, rnd, comp)
+    rauc_n = min(size, RAUC_MAX)
+    rauc_img = {"raw": rd / f"raw-{rauc_n}.img", "zstd": rd / f"zstd-{rauc_n}.img"}
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                                "127.0.0.1"], cwd=www, stdout=subprocess.DEVNULL,
@@ -315,10 +509,19 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
         except OSError:
             time.sleep(0.05)
     all_rounds: list[list[Sample]] = []
+    mem = Memory()
     ferry = str(ROOT / ".venv" / "bin" / "ferry")
-    ferryd = Ferryd(d, ferry_gateway(d, slot, ca, name="gwd"))
+    daemons = Daemons(d, tree)
+    meter = Meter(tree, slot, size)
     try:
-        ferryd.start()
+        daemons.start_ferryd(ferry_gateway(d, slot, ca, name="gwd"))
+        daemons.start_rauc(rauc_system_conf(rd, slot, rauc_crt), d / "rauctmp")
+        assert daemons.ferryd is not None and daemons.rauc is not None
+        fpid = daemons.ferryd.pid
+        time.sleep(1.0)  # idle: start-up done, nothing asked of it yet
+        mem.idle_after_start = vm_kb(fpid, "VmRSS")
+        ferryd_cgs = (daemons.ferryd_cg, daemons.bus_cg)
+        rauc_cgs = (daemons.rauc_cg, daemons.bus_cg)
 
         def reset_ferryd() -> None:
             from ferry.daemon.journal import Journal
@@ -333,84 +536,98 @@ def run_size(d: Path, size: int, rounds: int, tools: dict[str, str]) -> list[lis
             with open(slot, "ab") as f:
                 f.truncate(size)
 
+        def reset_ferry() -> None:
+            shutil.rmtree(d / "gw" / "data", ignore_errors=True)
+            with open(slot, "ab") as f:  # capacity for ferry: the slot's size
+                f.truncate(size)
+
+        def check(what: str, image: Path) -> None:
+            if not cmp_slot(slot, image):
+                raise SystemExit(f"{what} did not write the image into the slot")
+
         # untimed warm-up: the lazy imports of the install path happen once per process
         reset_ferryd()  # the previous size's last deployment shares this journal
-        warm = subprocess.run([ferry, "install", f"{base}/{raw_b.name}"], env=ferryd.env,
+        warm = subprocess.run([ferry, "install", f"{base}/{raw_b.name}"], env=daemons.env,
                               capture_output=True, text=True)
         if warm.returncode != 0:
             raise SystemExit(f"ferry install through ferryd failed:\n{warm.stderr[-2000:]}")
+        time.sleep(0.5)
+        mem.after_warmup = vm_kb(fpid, "VmRSS")
         for r in range(rounds):
             samples: list[Sample] = []
-
-            def measure(label: str, cmd: list[str], env: dict[str, str] | None = None,
-                        then_sync: bool = False, unsynced_label: str | None = None,
-                        samples: list[Sample] = samples) -> None:
-                scrub(slot, size)  # so the cmp after each tool proves that tool wrote it
-                subprocess.run(["sync"], check=True)
-                wall, rss = timed(cmd, d, env)
-                if unsynced_label is not None:  # the same run, timed at the tool's exit
-                    samples.append(Sample(unsynced_label, size, wall, rss))
-                if then_sync:
-                    t0 = time.monotonic()
-                    subprocess.run(["sync", str(slot)], check=True)
-                    wall += time.monotonic() - t0
-                samples.append(Sample(label, size, wall, rss))
-
-            def reset_ferry() -> None:
-                shutil.rmtree(d / "gw" / "data", ignore_errors=True)
-                with open(slot, "ab") as f:  # capacity for ferry: the slot's size
-                    f.truncate(size)
-
-            measure("limit: curl -o slot + sync", ["curl", "-s", "-o", str(slot),
-                                                   f"{base}/{rnd.name}"], then_sync=True)
-            # the same semantics as ferry and a block device: overwrite in place (curl -o
+            add: Callable[[list[Sample]], None] = samples.extend
+            add(meter.run(CURL_O, ["curl", "-s", "-o", str(slot), f"{base}/{rnd.name}"],
+                          then_sync=True))
+            # the semantics of ferry and a block device: overwrite in place (curl -o
             # truncates, so ext4 frees and allocates every block again)
-            measure("limit: curl 1<>slot (in place) + sync",
-                    ["bash", "-c", f'curl -s "{base}/{rnd.name}" 1<>"{slot}"'],
-                    then_sync=True)
-            measure("openssl dgst -sha256", ["openssl", "dgst", "-sha256", str(rnd)])
-            if swu is not None:
+            add(meter.run(IN_PLACE, ["bash", "-c", f'curl -s "{base}/{rnd.name}" 1<>"{slot}"'],
+                          then_sync=True))
+            check("curl", rnd)
+            add(meter.run(SHA, ["openssl", "dgst", "-sha256", str(rnd)]))
+            if swu_raw is not None and swu_zst is not None:
                 tmpdir = d / "swutmp"
                 tmpdir.mkdir(exist_ok=True)
                 env = dict(os.environ, TMPDIR=str(tmpdir))
-                # SWUpdate 2022.12 calls no fsync/fdatasync/sync at all (strace), so at its
-                # exit the image may still be in the page cache: timed both at exit and
-                # with `sync SLOT`, as the limit is; ferry fsyncs the slot before it ends
-                measure(SWU_SYNCED, [tools["swupdate"], "-H", "gw:1.0", "-k",
-                                     str(swu_crt), "-d", f"-u {base}/{swu.name}"], env=env,
-                        then_sync=True, unsynced_label=SWU)
-                if not cmp_slot(slot, rnd):
-                    raise SystemExit("swupdate did not write the image into the slot")
+                swu = [swupdate, "-H", "gw:1.0", "-k", str(swu_crt), "-d"]
+                add(meter.run(SWU_RAW, [*swu, f"-u {base}/{swu_raw.name}"], env=env,
+                              then_sync=True, exit_label=SWU_RAW_EXIT))
+                check("swupdate", rnd)
+                add(meter.run(SWU_ZSTD, [*swu, f"-u {base}/{swu_zst.name}"], env=env,
+                              then_sync=True))
+                check("swupdate (zstd)", comp)
+            rauc = ["rauc", "install"]
+            for label, src, kind in ((RAUC_RAW, str(rauc_raw), "raw"),
+                                     (RAUC_ZSTD, str(rauc_zst), "zstd"),
+                                     (RAUC_HTTP, f"{base}/{rauc_raw.name}", "raw")):
+                add(meter.run(label, [*rauc, src], env=daemons.env, then_sync=True,
+                              image_size=rauc_n, daemons=rauc_cgs,
+                              daemon_pids=[daemons.rauc.pid]))
+                check(f"rauc ({label})", rauc_img[kind])
             reset_ferry()
-            measure("ferry raw over HTTP", [ferry, "--config", str(cfg), "install",
-                                            f"{base}/{raw_b.name}"])
-            if not cmp_slot(slot, rnd):
-                raise SystemExit("ferry did not write the image into the slot")
-            samples.append(Sample("ferry raw, pipeline only (journal)", size,
-                                  pipeline_seconds(d / "gw" / "data"), samples[-1].rss_kb))
+            add(meter.run(FERRY_RAW, [ferry, "--config", str(cfg), "install",
+                                      f"{base}/{raw_b.name}"]))
+            check("ferry", rnd)
             reset_ferry()
-            measure("ferry zstd over HTTP", [ferry, "--config", str(cfg), "install",
-                                             f"{base}/{zst_b.name}"])
-            if not cmp_slot(slot, comp):
-                raise SystemExit("ferry (zstd) did not write the image into the slot")
-            for kind, bundle, image in (("raw", raw_b, rnd), ("zstd", zst_b, comp)):
+            add(meter.run(FERRY_ZSTD, [ferry, "--config", str(cfg), "install",
+                                       f"{base}/{zst_b.name}"]))
+            check("ferry (zstd)", comp)
+            for label, bundle, image in ((FERRYD_RAW, raw_b, rnd), (FERRYD_ZSTD, zst_b, comp)):
                 reset_ferryd()
-                measure(f"ferryd {kind} over HTTP (D-Bus)",
-                        [ferry, "install", f"{base}/{bundle.name}"], env=ferryd.env)
-                samples[-1].rss_kb = ferryd.peak_rss_kb()
-                if not cmp_slot(slot, image):
-                    raise SystemExit(f"ferryd ({kind}) did not write the image into the slot")
-                samples.append(Sample(f"ferryd {kind}, pipeline only (journal)", size,
-                                      pipeline_seconds(d / "gwd" / "data"),
-                                      samples[-1].rss_kb))
+                with RssSampler(fpid) as sampler:
+                    add(meter.run(label, [ferry, "install", f"{base}/{bundle.name}"],
+                                  env=daemons.env, daemons=ferryd_cgs, daemon_pids=[fpid]))
+                mem.during_install[label] = max(mem.during_install.get(label, 0),
+                                                vm_kb(fpid, "VmHWM"), sampler.peak)
+                check(label, image)
+                if label == FERRYD_RAW:
+                    last = samples[-1]
+                    samples.append(Sample(FERRYD_RAW_SPAN, size,
+                                          pipeline_seconds(d / "gwd" / "data"), last.cpu,
+                                          last.rss_kb, last.client))
             all_rounds.append(samples)
-            print(f"  round {r + 1}/{rounds}: " + ", ".join(
-                f"{s.label.split(':')[0]} {s.mibs:.0f}" for s in samples), flush=True)
+            print(f"  round {r + 1}/{rounds} (load {os.getloadavg()[0]:.1f}): " + ", ".join(
+                f"{s.label.split(' + ')[0]} {s.mibs:.0f} MiB/s {s.cpu_per_gib:.2f} s/GiB"
+                for s in samples if "exit" not in s.label and "span" not in s.label),
+                flush=True)
+        if memory_test:
+            for _ in range(20):
+                reset_ferryd()
+                done = subprocess.run([ferry, "install", f"{base}/{raw_b.name}"],
+                                      env=daemons.env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"ferryd install failed:\n{done.stderr[-2000:]}")
+                mem.after_installs.append(vm_kb(fpid, "VmRSS"))
+            for _ in range(20):
+                t0 = time.monotonic()
+                st = subprocess.run([ferry, "status"], env=daemons.env, capture_output=True)
+                mem.status_walls.append(time.monotonic() - t0)
+                if st.returncode != 0:
+                    raise SystemExit(f"ferry status failed:\n{st.stderr[-2000:]!r}")
     finally:
-        ferryd.close()
+        daemons.close()
         server.terminate()
         server.wait()
-    return all_rounds
+    return all_rounds, mem
 
 
 def pipeline_seconds(data_dir: Path) -> float:
@@ -445,44 +662,102 @@ def cmp_slot(slot: Path, image: Path) -> bool:
     return proc.returncode == 0
 
 
-def report(size: int, rounds: list[list[Sample]]) -> None:
+def mmm(xs: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """median [min-max]"""
+    return (fmt.format(statistics.median(xs)) + " [" + fmt.format(min(xs)) + "-"
+            + fmt.format(max(xs)) + "]")
+
+
+def by_label(rounds: list[list[Sample]]) -> dict[str, list[Sample]]:
     labels = [s.label for s in rounds[0]]
-    print(f"\n{size // MiB} MiB image, {len(rounds)} round(s), medians:")
-    print(f"  {'what':40} {'wall s':>7} {'MiB/s':>7} {'peak RSS MiB':>13}")
-    by = {lab: [next(s for s in r if s.label == lab) for r in rounds] for lab in labels}
-    for lab in labels:
-        ss = by[lab]
-        wall = statistics.median(s.wall for s in ss)
-        mibs = statistics.median(s.mibs for s in ss)
-        rss = max(s.rss_kb for s in ss) / 1024
-        print(f"  {lab:40} {wall:7.2f} {mibs:7.0f} {rss:13.1f}")
+    return {lab: [next(s for s in r if s.label == lab) for r in rounds] for lab in labels}
 
-    def ratio(a: str, b: str) -> str:
-        if a not in by or b not in by:
-            return "n/a"
-        rs = [x.mibs / y.mibs for x, y in zip(by[a], by[b], strict=True)]
-        return f"{statistics.median(rs):.2f} [{min(rs):.2f}-{max(rs):.2f}]"
 
-    for lim in ("limit: curl 1<>slot (in place) + sync", "limit: curl -o slot + sync"):
-        print(f"  against {lim.removeprefix('limit: ')}:")
-        print(f"    ratio ferry raw / limit:      {ratio('ferry raw over HTTP', lim)}")
-        print(f"    ratio ferry pipeline / limit: "
-              f"{ratio('ferry raw, pipeline only (journal)', lim)}")
-        print(f"    ratio ferry zstd / limit:     {ratio('ferry zstd over HTTP', lim)}")
-        for kind in ("raw", "zstd"):
-            print(f"    ratio ferryd {kind:4} / limit:     "
-                  f"{ratio(f'ferryd {kind} over HTTP (D-Bus)', lim)}")
-            print(f"    ratio ferryd {kind:4} pipeline / limit: "
-                  f"{ratio(f'ferryd {kind}, pipeline only (journal)', lim)}")
-    for swu, what in ((SWU_SYNCED, "swupdate + sync"), (SWU, "swupdate at exit")):
-        print(f"  against {what} (faster than it: > 1):")
-        print(f"    ratio ferry raw / swupdate:   {ratio('ferry raw over HTTP', swu)}")
-        print(f"    ratio ferryd raw / swupdate:  {ratio('ferryd raw over HTTP (D-Bus)', swu)}")
-        print(f"    ratio ferryd zstd / swupdate: {ratio('ferryd zstd over HTTP (D-Bus)', swu)}")
+def floor_cpu(by: dict[str, list[Sample]]) -> list[float]:
+    """Per round: CPU s/GiB of sha256 + the in-place write, the least an install can burn."""
+    return [a.cpu_per_gib + b.cpu_per_gib for a, b in zip(by[SHA], by[IN_PLACE], strict=True)]
+
+
+def report(size: int, rounds: list[list[Sample]]) -> None:
+    by = by_label(rounds)
+    print(f"\n{size // MiB} MiB image, {len(rounds)} round(s), median [min-max]:")
+    print(f"  {'what':32} {'wall s':>18} {'MiB/s':>6} {'CPU s/GiB':>18} {'user+sys s':>11} "
+          f"{'RSS MiB':>8} {'client s':>8}")
+    for lab, ss in by.items():
+        cpu = [s.cpu_per_gib for s in ss]
+        us = statistics.median(s.cpu.user for s in ss)
+        sy = statistics.median(s.cpu.system for s in ss)
+        note = f" ({ss[0].size // MiB} MiB)" if ss[0].size != size else ""
+        cpu_s = "(the client's)" if "span" in lab else mmm(cpu)
+        print(f"  {lab + note:32} {mmm([s.wall for s in ss]):>18} "
+              f"{statistics.median(s.mibs for s in ss):6.0f} {cpu_s:>18} "
+              f"{us:5.2f}+{sy:<5.2f} {max(s.rss_kb for s in ss) / 1024:8.1f}"
+              + (f" {statistics.median(s.client for s in ss):8.2f}" if "ferryd" in lab
+                 or "rauc" in lab else ""))
+    fl = floor_cpu(by)
+    print(f"  {'floor: sha256 + in-place write':32} {'':>18} {'':>6} {mmm(fl):>18}")
+    if size > RAUC_MAX:
+        print(f"  rauc rows install {RAUC_MAX // MiB} MiB: rauc 1.8 skips most of the signature "
+              "check of a plain bundle over 2 GiB (fixed in 1.15.2)")
+    print("  rauc http:// downloads the whole bundle to TMPDIR, then installs from that copy")
+
+
+def ratio_rounds(a: list[Sample], b: list[Sample], key: Callable[[Sample], float]) -> list[float]:
+    return [key(x) / key(y) for x, y in zip(a, b, strict=True)]
+
+
+def goal(what: str, xs: Sequence[float], limit: float, below: bool, unit: str = "x",
+         fmt: str = "{:.2f}") -> bool:
+    med = statistics.median(xs)
+    ok = med <= limit if below else med >= limit
+    shown = mmm(xs, fmt) if len(xs) > 1 else fmt.format(med)
+    print(f"  {what:64} {shown:>20}{unit} {'<=' if below else '>='} {fmt.format(limit)}{unit}"
+          f"  {'PASS' if ok else 'MISS'}")
+    return ok
+
+
+def goals(results: list[tuple[int, list[list[Sample]], Memory]]) -> None:
+    print("\ngoals of issue 22 (ratios per round, median [min-max]):")
+    for size, rounds, _mem in results:
+        by = by_label(rounds)
+        big = size >= GiB
+        fl = floor_cpu(by)
+        n = size // MiB
+        for lab in (FERRYD_RAW, FERRYD_ZSTD):
+            cpu = [s.cpu_per_gib for s in by[lab]]
+            goal(f"CPU/GiB {lab} / floor, {n} MiB",
+                 [c / f for c, f in zip(cpu, fl, strict=True)], 1.15 if big else 1.3, True)
+        for lab, peer in ((FERRYD_RAW, RAUC_RAW), (FERRYD_ZSTD, RAUC_ZSTD)):
+            goal(f"CPU/GiB {lab} / {peer}, {n} MiB",
+                 ratio_rounds(by[lab], by[peer], lambda s: s.cpu_per_gib), 1.0, True)
+        for lab in (FERRYD_RAW, FERRYD_ZSTD):
+            goal(f"MiB/s {lab} / in-place limit, {n} MiB",
+                 ratio_rounds(by[lab], by[IN_PLACE], lambda s: s.mibs), 0.9 if big else 0.8,
+                 False)
+    for size, _rounds, mem in results:
+        n = size // MiB
+        print(f"  ferryd RSS, {n} MiB: idle after start {mem.idle_after_start / 1024:.1f} MiB, "
+              f"after the warm-up install {mem.after_warmup / 1024:.1f} MiB, peak during "
+              + ", ".join(f"{k} {v / 1024:.1f}" for k, v in mem.during_install.items())
+              + " MiB")
+        if size >= GiB and FERRYD_ZSTD in mem.during_install:
+            goal(f"ferryd peak RSS during a {n} MiB zstd install",
+                 [mem.during_install[FERRYD_ZSTD] / 1024], 40, True, " MiB", "{:.1f}")
+        if mem.after_installs:
+            a = [x / 1024 for x in mem.after_installs]
+            print(f"  ferryd VmRSS after installs 1..20 ({n} MiB raw): "
+                  + " ".join(f"{x:.1f}" for x in a) + " MiB")
+            goal("ferryd RSS after 20 installs - idle after start",
+                 [a[-1] - mem.idle_after_start / 1024], 4.0, True, " MiB", "{:.1f}")
+            print(f"    (after 20 - after the 1st: {a[-1] - a[0]:+.1f} MiB; after 20 - after "
+                  f"the warm-up: {a[-1] - mem.after_warmup / 1024:+.1f} MiB)")
+        if mem.status_walls:
+            goal("ferry status through ferryd, wall of 20 calls",
+                 [w * 1000 for w in mem.status_walls], 150, True, " ms", "{:.0f}")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="64 MiB and 256 MiB, one round")
     ap.add_argument("--sizes", help="comma-separated sizes in MiB (default 256,2048)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
@@ -492,29 +767,39 @@ def main() -> int:
     sizes = [int(s) * MiB for s in (args.sizes or ("64,256" if args.quick else "256,2048")
                                     ).split(",")]
     rounds = args.rounds or (1 if args.quick else 3)
-    for tool in ("curl", "openssl", "cpio", "/usr/bin/time", "sync", "cmp", "dbus-daemon",
-                 "dbus-send"):
+    for tool in ("curl", "openssl", "cpio", "zstd", "sync", "cmp", "dbus-daemon", "dbus-send",
+                 "rauc", "mksquashfs"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is missing; run 'bash .ci/setup'")
-    tools = {"swupdate": shutil.which("swupdate") or ""}
-    if not tools["swupdate"]:
+            raise SystemExit(f"{tool} is missing; apt install curl openssl cpio zstd "
+                             "coreutils diffutils dbus-daemon dbus rauc squashfs-tools")
+    swupdate = shutil.which("swupdate") or ""
+    if not swupdate:
         print("swupdate is missing (apt install swupdate): its rows are left out")
     d = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ferry-bench-",
                                                                dir="/var/tmp"))
     d.mkdir(parents=True, exist_ok=True)
-    need = sum(s * 4 for s in sizes)
+    need = sum(s * 9 for s in sizes)
     if shutil.disk_usage(d).free < need:
         raise SystemExit(f"{d} needs {need // MiB} MiB free")
+    tree = CgroupTree()
+    load = os.getloadavg()
     print(f"bench/install.py: sizes {[s // MiB for s in sizes]} MiB, {rounds} round(s), "
-          f"work dir {d}, load {os.getloadavg()[0]:.1f}")
+          f"work dir {d}, cgroups under {tree.parent}, load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     try:
         results = []
-        for size in sizes:
+        for i, size in enumerate(sizes):
             print(f"{size // MiB} MiB:", flush=True)
-            results.append((size, run_size(d, size, rounds, tools)))
-        for size, rs in results:
+            rs, mem = run_size(d, size, rounds, tree, swupdate, memory_test=(i == 0))
+            results.append((size, rs, mem))
+        for size, rs, _mem in results:
             report(size, rs)
+        goals(results)
+        load = os.getloadavg()
+        print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+              f"({os.cpu_count()} CPUs; every figure above shares them with that load)")
     finally:
+        tree.close()
         if not args.keep:
             shutil.rmtree(d, ignore_errors=True)
     return 0
