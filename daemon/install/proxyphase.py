@@ -15,11 +15,24 @@ population). Its transport reports each node in ``FlashResult.detail`` under
 
 A deployment whose ``info`` names ``only_targets`` (a device deployment, see
 ``devicedeploy``) flashes those targets and no other, whatever else its images match.
+
+A transport that can boot an image on trial (``Confirming``: smp-serial, MCUboot) is
+asked to stop at "booted, not confirmed"; the target's health check then decides
+between confirm and revert (``ferry.proxy.smp.settle``). Each stage is journalled in
+the deployment's info under ``trial.<target>`` before its side effect: ``health`` (the
+trial, before the health window), ``confirm`` / ``revert`` with the health reason
+(before the confirm or the reset), ``done`` once the target's row holds the outcome.
+A phase resumed after a crash or power cut picks up there: a trial without a decision
+runs its health check again, a decision is carried out again (both operations are
+safe to repeat), and a settled trial is not flashed again. A crash inside the flash
+itself leaves no trial record; flashing again finds the image running unconfirmed and
+hands back the same trial, so the health check decides in every case.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,8 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from ferry.daemon.config import TargetConfig
 from ferry.daemon.install.staging import StagedImage, check_staged
+from ferry.daemon.journal import Journal
+from ferry.daemon.testhooks.killpoint import killpoint
 from ferry.errors import FerryError
-from ferry.proxy.transport import FlashResult, Target
+from ferry.proxy.smp.settle import CONFIRM, Decision, carry_out, settle
+from ferry.proxy.transport import DEFER_CONFIRM, Confirming, FlashResult, Target, Trial, confirming
 
 if TYPE_CHECKING:
     from ferry.daemon.install.context import Context
@@ -134,8 +150,15 @@ def plan(targets: tuple[TargetConfig, ...], staged: list[dict[str, Any]]
     return jobs, unmatched
 
 
+def _option_text(value: Any) -> str:
+    """An option as the transport's string: a list (``health_command``) as shell words."""
+    if isinstance(value, list | tuple):
+        return shlex.join(str(v) for v in value)
+    return str(value)
+
+
 def make_target(tc: TargetConfig, image: dict[str, Any], force: bool) -> Target:
-    options = {str(k): str(v) for k, v in tc.options.items()}
+    options = {str(k): _option_text(v) for k, v in tc.options.items()}
     if tc.baud:
         options["baud"] = str(tc.baud)
     if force:
@@ -171,6 +194,7 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
         targets = tuple(tc for tc in targets if tc.name in only)
     jobs, unmatched = plan(targets, staged)
     done = {t.name: t.state for t in j.targets(dep_id)}
+    trials = {name: _trial_record(dep.info, name) for name in done}
     for image, why in unmatched:
         name = image.get("name") or image["filename"]
         j.set_target(dep_id, name, transport=image.get("transport", ""), state="failed",
@@ -179,15 +203,20 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
     for job in jobs:
         if done.get(job.target.name) in DONE_STATES:
             continue
-        j.set_target(dep_id, job.target.name, transport=job.target.transport, state="pending",
-                     image=job.image["filename"])
+        stage = (trials.get(job.target.name) or {}).get("stage")
+        if stage == "done":
+            continue  # settled on trial (rolled back, or refused): its row says how
+        if stage is None:
+            j.set_target(dep_id, job.target.name, transport=job.target.transport,
+                         state="pending", image=job.image["filename"])
         by_port[f"{job.target.transport}:{job.target.address}"].append(job)
 
     lock = threading.Lock()
 
     def flash_port(port_jobs: list[Job]) -> None:
         for job in port_jobs:
-            _flash_one(ctx, dep_id, job, dep.force, factory, lock)
+            _flash_one(ctx, dep_id, job, dep.force, factory, lock,
+                       trials.get(job.target.name))
 
     if by_port:
         with ThreadPoolExecutor(max_workers=min(max_parallel, len(by_port)),
@@ -210,8 +239,17 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
     clean(ctx.config.gateway.data_dir, keep_deployment=None)
 
 
+TRIAL_PREFIX = "trial."
+
+
+def _trial_record(info: dict[str, Any], name: str) -> dict[str, Any] | None:
+    record = info.get(TRIAL_PREFIX + name)
+    return record if isinstance(record, dict) and isinstance(record.get("trial"), dict) \
+        else None
+
+
 def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: TransportFactory,
-               lock: threading.Lock) -> None:
+               lock: threading.Lock, saved: dict[str, Any] | None = None) -> None:
     j = ctx.journal
     tc, image = job.target, job.image
     target = make_target(tc, image, force)
@@ -221,10 +259,18 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
         ctx.report(f"flash:{tc.name}:{message}", done, total)
 
     try:
-        check_staged(StagedImage(image["path"], image["size"], image["sha256"]))
         transport = factory(tc.transport, dict(tc.options))
-        with open(image["path"], "rb") as f:
-            result: FlashResult = transport.flash(target, f, progress=progress)
+        conf = confirming(transport)
+        if conf is not None:
+            target.options[DEFER_CONFIRM] = "1"
+        if conf is not None and saved is not None:
+            result = _resume_trial(j, dep_id, tc, target, conf, saved, progress)
+        else:
+            check_staged(StagedImage(image["path"], image["size"], image["sha256"]))
+            with open(image["path"], "rb") as f:
+                result = transport.flash(target, f, progress=progress)
+            if conf is not None and result.trial is not None:
+                result = _settle_trial(j, dep_id, tc, target, conf, result.trial, progress)
     except FerryError as err:
         j.set_target(dep_id, tc.name, transport=tc.transport, state="failed", message=str(err))
         return
@@ -243,3 +289,50 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
     j.set_target(dep_id, tc.name, transport=tc.transport, state=state,
                  version=result.version or None,
                  message=result.message or ("flashed" if result.ok else "flash failed"))
+    if _trial_record(j.get(dep_id).info, tc.name) is not None:
+        killpoint("proxy.trial.settled")
+        _stage(j, dep_id, tc.name, "done")
+
+
+def _stage(j: Journal, dep_id: int, name: str, stage: str, **items: Any) -> None:
+    """Move a target's trial record to ``stage`` (one commit; its own info key, so
+    targets settled in parallel never overwrite each other's record)."""
+    record = _trial_record(j.get(dep_id).info, name) or {}
+    record.update(items, stage=stage)
+    j.set_info(dep_id, **{TRIAL_PREFIX + name: record})
+
+
+def _settle_trial(j: Journal, dep_id: int, tc: TargetConfig, target: Target,
+                  conf: Confirming, trial: Trial, progress: Any) -> FlashResult:
+    """The image booted on trial: journal it, check health, journal the decision, act."""
+    _stage(j, dep_id, tc.name, "health", trial=trial.as_dict())
+    j.set_target(dep_id, tc.name, transport=tc.transport, state="flashing",
+                 message=f"runs {trial.version} on trial (not confirmed); checking its health")
+    killpoint("proxy.trial.booted")
+    return settle(conf, target, trial, progress=progress,
+                  record=lambda d: _record_decision(j, dep_id, tc, trial, d))
+
+
+def _record_decision(j: Journal, dep_id: int, tc: TargetConfig, trial: Trial,
+                     decision: Decision) -> None:
+    _stage(j, dep_id, tc.name, decision.action, reason=decision.reason)
+    if decision.action == CONFIRM:
+        text = f"healthy ({decision.reason}); confirming {trial.version}"
+    else:
+        back = trial.previous_version or "its previous image"
+        text = f"unhealthy: {decision.reason}; resetting it back to {back}"
+    j.set_target(dep_id, tc.name, transport=tc.transport, state="flashing", message=text)
+    killpoint("proxy.trial.decided")
+
+
+def _resume_trial(j: Journal, dep_id: int, tc: TargetConfig, target: Target,
+                  conf: Confirming, saved: dict[str, Any], progress: Any) -> FlashResult:
+    """Pick a trial up where the journal left it: no decision yet -> health check again;
+    a decision -> carry it out again (confirm and revert are safe to repeat)."""
+    trial = Trial.from_dict(saved["trial"])
+    stage = saved.get("stage")
+    log.info("resuming %s on trial (%s), stage %s", tc.name, trial.version, stage)
+    if stage in ("confirm", "revert"):
+        decision = Decision(str(stage), str(saved.get("reason", "")))
+        return carry_out(conf, target, trial, decision)
+    return _settle_trial(j, dep_id, tc, target, conf, trial, progress)

@@ -13,6 +13,13 @@ the new one is confirmed, and MCUboot reverts an unconfirmed test image on reset
    active" means "not reset yet", never "rolled back";
 5. confirm (unless test-only) and read back that it is confirmed.
 
+With the target option ``defer_confirm`` (the proxy phase and ``ferry flash`` set it)
+step 5 waits: ``flash`` returns "booted, not confirmed" (``FlashResult.trial``) and the
+caller runs the target's health check (``health``), then ``confirm`` or ``revert``
+(``trial``, ``settle``). A repeated flash that finds the image already running
+unconfirmed returns the same trial instead of confirming it: after a crash the decision
+is the health check's, never a side effect of resuming.
+
 An encrypted MCUboot image goes on as it is: ferry cannot check its plaintext hash
 (``mcuboot``), so every result carries ``encrypted`` and ``hash_checked`` in its detail,
 and the message says who checked what: MCUboot, at boot, decrypting with its key.
@@ -31,9 +38,20 @@ from typing import Any, BinaryIO
 
 from ferry.errors import FerryError
 from ferry.proxy import mcuboot
+from ferry.proxy.smp import healthspec
+from ferry.proxy.smp import trial as trials
 from ferry.proxy.smp.client import LinkError, SlotState, SmpClient, TargetTimeout
 from ferry.proxy.smp.reboot import Verdict, find, wait_after_reset
-from ferry.proxy.transport import FlashResult, Progress, Target, TargetState, no_progress
+from ferry.proxy.transport import (
+    DEFER_CONFIRM,
+    FlashResult,
+    HealthReport,
+    Progress,
+    Target,
+    TargetState,
+    Trial,
+    no_progress,
+)
 
 NAME = "smp-serial"
 TRUE = {"1", "true", "yes", "on"}
@@ -143,12 +161,15 @@ class SmpSerialTransport:
         test_only = _flag(target.options, "test_only") or (
             str(target.options.get("confirm", "1")).strip().lower() in {"0", "false", "no"})
         force = _flag(target.options, "force")
+        defer = _flag(target.options, DEFER_CONFIRM) and not test_only
+        if defer:
+            self.health_spec(target)  # a bad health option stops here, before a byte
 
         attempt = 0
         while True:
             try:
                 return self._flash_once(target, settings, data, parsed, new_hash, test_only,
-                                        force, progress)
+                                        force, progress, defer)
             except (LinkError, TargetTimeout) as err:
                 attempt += 1
                 if attempt > settings.retries:
@@ -159,7 +180,7 @@ class SmpSerialTransport:
     # -- steps -----------------------------------------------------------------------------
     def _flash_once(self, target: Target, s: Settings, data: bytes,
                     parsed: mcuboot.McubootImage, new_hash: bytes, test_only: bool,
-                    force: bool, progress: Progress) -> FlashResult:
+                    force: bool, progress: Progress, defer: bool = False) -> FlashResult:
         client = SmpClient(target.address, baud=s.baud, timeout=s.timeout)
         with client:
             params = client.read_params()
@@ -168,6 +189,11 @@ class SmpSerialTransport:
             slots = client.image_state()
             running = _slot(slots, s.image, 0)
             if running and running.hash == new_hash:
+                if not running.confirmed and defer:
+                    # booted on trial by an earlier run that did not settle it: the
+                    # health check decides, not this repeat
+                    return _on_trial(target, running, _slot(slots, s.image, 1), parsed,
+                                     {"hash": new_hash.hex(), **parsed.summary()})
                 if not running.confirmed and not test_only:
                     client.set_state(None, confirm=True)
                 return FlashResult(ok=True, version=str(parsed.version), skipped=True,
@@ -179,6 +205,7 @@ class SmpSerialTransport:
                     raise RefusedImage(
                         f"{target.name} runs {running.version}, image is older "
                         f"({parsed.version}); use --force to downgrade")
+            previous = running
             staged = _slot(slots, s.image, 1)
             resumed = 0
             if staged and staged.hash == new_hash:
@@ -232,6 +259,8 @@ class SmpSerialTransport:
                                message=f"{target.name} runs {parsed.version} in test mode "
                                        "(not confirmed: the next reset reverts it)"
                                        + _booted_note(parsed))
+        if defer:
+            return _on_trial(target, running, previous, parsed, detail)
         progress(len(data), len(data), "confirm")
         client = SmpClient(target.address, baud=s.baud, timeout=s.timeout)
         with client:
@@ -248,7 +277,40 @@ class SmpSerialTransport:
                                    + _booted_note(parsed))
 
 
+    # -- Confirming capability (ferry.proxy.transport) ---------------------------------
+    def health_spec(self, target: Target) -> healthspec.HealthSpec:
+        return healthspec.parse({**self.options, **target.options}, who=target.name)
+
+    def health(self, target: Target, trial: Trial, *, progress: Progress = no_progress
+               ) -> HealthReport:
+        s = Settings.from_options(self.options, target.options)
+        return trials.health(target, baud=s.baud, timeout=s.timeout, image=s.image,
+                             spec=self.health_spec(target), trial=trial, progress=progress)
+
+    def confirm(self, target: Target, trial: Trial) -> FlashResult:
+        s = Settings.from_options(self.options, target.options)
+        return trials.confirm(target, baud=s.baud, timeout=s.timeout, image=s.image,
+                              trial=trial)
+
+    def revert(self, target: Target, trial: Trial, reason: str) -> FlashResult:
+        s = Settings.from_options(self.options, target.options)
+        return trials.revert(target, baud=s.baud, timeout=s.timeout, image=s.image,
+                             reset_delay=s.reset_delay, boot_timeout=s.boot_timeout,
+                             trial=trial)
+
+
 _slot = find
+
+
+def _on_trial(target: Target, running: SlotState, previous: SlotState | None,
+              parsed: mcuboot.McubootImage, detail: dict[str, str]) -> FlashResult:
+    """"Booted, not confirmed": the result that hands the decision to the caller."""
+    trial = Trial(hash=running.hash.hex(), version=running.version,
+                  previous_hash=previous.hash.hex() if previous else "",
+                  previous_version=previous.version if previous else "")
+    return FlashResult(ok=True, version=running.version, detail=detail, trial=trial,
+                       message=f"{target.name} runs {parsed.version} on trial (not confirmed "
+                               "yet: the next reset reverts it)" + _booted_note(parsed))
 
 
 def _refusal(parsed: mcuboot.McubootImage) -> str:

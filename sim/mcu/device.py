@@ -7,6 +7,17 @@ image_ok unset -> TEST swap; with image_ok set -> PERM swap; primary in test mod
 boot" (config) crashes before it can confirm itself, the watchdog resets, and MCUboot
 reverts: the device comes back on its old image.
 
+An image can also boot and still be broken (``app_unhealthy``): its SMP server runs
+(echo, image state, reset all answer) but the application's own check fails, which is
+what the application-defined health group (``health_group``, a user group from
+``MGMT_GROUP_ID_PERUSER`` = 64 as ``mgmt_defines.h`` reserves) answers: an
+``err: {group, rc}`` for v2 requests, and for v1 ones ``MGMT_ERR_EUNKNOWN``, as
+``smp_translate_error_code`` gives for a group without a translation function
+(``subsys/mgmt/mcumgr/smp/src/smp.c``). Such an image stays unconfirmed unless someone
+confirms it, so a reset reverts it (MCUboot's REVERT, above); ``app_confirms`` models an
+application that calls ``boot_write_img_confirmed()`` at start-up instead, after which
+no reset brings the old image back.
+
 Encrypted images (``McuConfig.enc_key``, ``encrypted``) are decrypted as MCUboot does at
 swap time: slot 1 is validated by hashing header + decrypted payload + protected TLVs
 (``bootutil_img_hash``; a key that does not load, or a bad hash, fails
@@ -74,7 +85,7 @@ def translate_v1(group: int, rc: int) -> int:
     """``smp_translate_error_code``: a group code as the MGMT_ERR a v1 client gets."""
     if group == GROUP_IMAGE:
         return _IMG_TO_MGMT.get(rc, EUNKNOWN)
-    return EUNKNOWN
+    return EUNKNOWN  # no translation function for the group (e.g. a user group)
 
 
 @dataclass
@@ -98,6 +109,13 @@ class McuConfig:
     reenumerate: bool = False  # USB CDC-ACM: the port vanishes at reset and comes back
     reenumerate_seconds: float = 1.0  # how long the port is gone (host enumeration)
     smp_v2: bool = True  # Zephyr >= 3.3: v2 requests get ``err: {group, rc}``
+    # images other than the one the MCU first booted run, answer SMP, but fail the
+    # application's own check (the health group answers an error)
+    app_unhealthy: bool = False
+    health_group: int | None = 64  # the application's health group (None: no handler)
+    health_command: int = 0
+    health_rc: int = 1  # the application's error code when unhealthy
+    app_confirms: bool = False  # the application confirms a test image itself at start
 
 
 @dataclass
@@ -161,6 +179,7 @@ class McuDevice:
         self.silent_until = 0.0
         self.boots = 0
         self.bricked = False
+        self.factory_hash = b""  # the image the MCU first booted: always healthy
         self.log: list[str] = []
         self.lock = threading.Lock()
 
@@ -206,7 +225,19 @@ class McuDevice:
             if in_test and self.config.fails_to_boot:
                 self.log.append("app: crashed before confirming; watchdog reset")
                 continue
+            if not self.factory_hash:
+                self.factory_hash = info.hash
+            if in_test and self.config.app_confirms:
+                self.primary.image_ok = True  # boot_write_img_confirmed()
+                self.log.append("app: confirmed itself")
             return
+
+    def app_healthy(self) -> bool:
+        """Whether the running application's own check passes (see ``app_unhealthy``)."""
+        if not self.config.app_unhealthy:
+            return True
+        info = self.primary.info(self.config.public_key_pem)
+        return info is not None and info.hash == self.factory_hash
 
     def _swap_type(self) -> str:
         if self.secondary.magic:
@@ -236,6 +267,13 @@ class McuDevice:
             return {"r": str(body.get("d", ""))}, False
         if group == 0 and cmd == 5 and write:
             return {}, True
+        cfg = self.config
+        if cfg.health_group is not None and (group, cmd) == (cfg.health_group,
+                                                             cfg.health_command):
+            if self.app_healthy():
+                return {"status": "ok"}, False
+            self.log.append("app: health check failed")
+            return self._group_error(version, group, cfg.health_rc), False
         if group == 0 and cmd == 6 and not write and self.config.supports_params:
             return {"buf_size": self.config.buf_size, "buf_count": self.config.buf_count}, False
         if group == 1 and cmd == 0:
