@@ -10,7 +10,7 @@ line.
 
 Layout, zstd-compressed as a whole (the lengths compress, the hashes do not):
 
-    header  8s magic "FERRYCI1" | u32 block size | u32 average chunk in blocks
+    header  8s magic "FERRYCI1" | u32 window (8) | u32 average chunk size in bytes
             | u64 image size | u32 chunk count                          (little endian)
     entry   u32 length | u32 stored length | 32s sha256 of the chunk's bytes
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from ferry.packaging.chunker import ChunkParamError, ChunkParams
+from ferry.packaging.chunker import WINDOW, ChunkParamError, ChunkParams
 from ferry.packaging.errors import BundleError
 
 MAGIC = b"FERRYCI1"
@@ -48,8 +48,8 @@ class BadChunkIndex(BundleError):
 class ChunkIndex:
     params: ChunkParams
     image_size: int
-    lengths: array  # type: ignore[type-arg]  # u32 per chunk: bytes in the image
-    stored: array  # type: ignore[type-arg]  # u32 per chunk: bytes of its zstd frame
+    lengths: array[int]  # u32 per chunk: bytes in the image
+    stored: array[int]  # u32 per chunk: bytes of its zstd frame
     digests: bytes  # 32 bytes per chunk
 
     @property
@@ -67,8 +67,7 @@ class ChunkIndex:
 def encode_index(params: ChunkParams, image_size: int,
                  entries: list[tuple[int, int, bytes]]) -> bytes:
     """The stored member for ``entries`` (length, stored length, sha256 digest)."""
-    raw = bytearray(_HEADER.pack(MAGIC, params.block, params.avg_blocks, image_size,
-                                 len(entries)))
+    raw = bytearray(_HEADER.pack(MAGIC, WINDOW, params.avg, image_size, len(entries)))
     for length, stored, digest in entries:
         raw += _ENTRY.pack(length, stored, digest)
     return zstandard.ZstdCompressor(level=19, write_checksum=True).compress(bytes(raw))
@@ -88,11 +87,13 @@ def parse_index(data: bytes, *, what: str = "chunk index",
         raise BadChunkIndex(f"{what}: not a zstd frame ({reason})") from None
     if len(raw) < _HEADER.size:
         raise BadChunkIndex(f"{what}: {len(raw)} bytes, shorter than its header")
-    magic, block, avg, size, count = _HEADER.unpack_from(raw)
+    magic, window, avg, size, count = _HEADER.unpack_from(raw)
     if magic != MAGIC:
         raise BadChunkIndex(f"{what}: wrong magic (not a ferry chunk index)")
+    if window != WINDOW:
+        raise BadChunkIndex(f"{what}: chunker window {window}; ferry cuts with {WINDOW}")
     try:
-        params = ChunkParams(avg_blocks=avg, block=block)
+        params = ChunkParams(avg=avg)
     except ChunkParamError as err:
         raise BadChunkIndex(f"{what}: {err}") from None
     if count > MAX_CHUNKS:
@@ -108,14 +109,11 @@ def parse_index(data: bytes, *, what: str = "chunk index",
     digests = bytearray()
     total = 0
     total_stored = 0
-    last = count - 1
     for i, (length, slen, digest) in enumerate(_ENTRY.iter_unpack(
             memoryview(raw)[_HEADER.size:])):
         if length == 0 or length > params.max_chunk:
             raise BadChunkIndex(f"{what}: chunk {i} is {length} bytes; chunks are "
                                 f"1..{params.max_chunk}")
-        if i != last and length % params.block:
-            raise BadChunkIndex(f"{what}: chunk {i} ends inside a block ({length} bytes)")
         if slen == 0 or slen > length + _FRAME_SLACK:
             raise BadChunkIndex(f"{what}: chunk {i} is stored in {slen} bytes for {length}")
         total += length

@@ -73,6 +73,19 @@ def register(sub: Any) -> None:
     create.add_argument(
         "--delta-chunk",
         type=int,
+        default=16,
+        metavar="KIB",
+        help="average chunk size for --delta in KiB, a power of two (default 16)",
+    )
+    create.add_argument(
+        "--delta",
+        action="store_true",
+        help="store the rootfs as zstd chunks with a signed chunk index, so gateways fetch "
+        "only the chunks their active slot lacks (docs/bundle-format.md, Delta images)",
+    )
+    create.add_argument(
+        "--delta-chunk",
+        type=int,
         default=32,
         metavar="KIB",
         help="average chunk size for --delta, a multiple of 4 KiB (default 32)",
@@ -266,6 +279,21 @@ def _with_delta(images: list[Any], chunk_kib: int) -> list[Any]:
     return [dataclasses.replace(i, delta=params) if i.target is None else i for i in images]
 
 
+def _with_delta(images: list[Any], chunk_kib: int) -> list[Any]:
+    import dataclasses
+
+    from ferry.packaging.chunker import ChunkParamError, ChunkParams
+    from ferry.packaging.errors import BundleCreateError
+
+    try:
+        params = ChunkParams(avg=chunk_kib << 10)
+    except ChunkParamError as err:
+        raise BundleCreateError(f"--delta-chunk {chunk_kib}: {err}") from None
+    if not any(i.target is None for i in images):
+        raise BundleCreateError("--delta needs a rootfs image (--rootfs)")
+    return [dataclasses.replace(i, delta=params) if i.target is None else i for i in images]
+
+
 def _verify(args: argparse.Namespace) -> int:
     from ferry.packaging.keyring import load_keyring
     from ferry.packaging.reader import BundleReader
@@ -290,6 +318,7 @@ def _image_json(entry: Any) -> dict[str, Any]:
         "compression": entry.compressed or "none",
         "decompressed_size": entry.decompressed_size,
         "encrypted": entry.encrypted,
+        "delta_index": entry.delta.index if entry.delta is not None else None,
         "delta_index": entry.delta.index if entry.delta is not None else None,
         "delta_index": entry.delta.index if entry.delta is not None else None,
         "device": entry.device,
@@ -351,6 +380,8 @@ def _inspect(args: argparse.Namespace) -> int:
         enc = "  encrypted (AES-CBC)" if e.encrypted else ""
         print(f"    size {e.size}  compression {e.compressed or 'none'}{enc}")
         print(f"    sha256 {e.sha256}")
+        if e.delta is not None:
+            print(f"    delta  chunk index {e.delta.index} ({e.delta.size} bytes)")
         if e.delta is not None:
             print(f"    delta  chunk index {e.delta.index} ({e.delta.size} bytes)")
         if e.delta is not None:

@@ -64,17 +64,21 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _header(buf: bytes, pos: int) -> tuple[str, int, int]:
-    """(name, data offset, size) of the cpio member at ``pos``; ValueError if not one."""
-    hdr = buf[pos:pos + _HEADER_LEN]
-    if len(hdr) < _HEADER_LEN or hdr[:6] not in (b"070701", b"070702"):
+def _header(head: _Head, pos: int) -> tuple[str, int, int]:
+    """(name, data offset, size) of the cpio member at ``pos``, fetching no byte past
+    the header and its name; ValueError if it is not one."""
+    head.need(pos + _HEADER_LEN)
+    hdr = bytes(head.buf[pos:pos + _HEADER_LEN])
+    if hdr[:6] not in (b"070701", b"070702"):
         raise ValueError("not a cpio header")
     size = int(hdr[54:62], 16)
     namesize = int(hdr[94:102], 16)
     if not 2 <= namesize <= 256:
         raise ValueError("bad name size")
-    name = buf[pos + _HEADER_LEN:pos + _HEADER_LEN + namesize - 1].decode("utf-8")
-    return name, pos + _align4(_HEADER_LEN + namesize), size
+    data = pos + _align4(_HEADER_LEN + namesize)
+    head.need(data)
+    name = bytes(head.buf[pos + _HEADER_LEN:pos + _HEADER_LEN + namesize - 1]).decode("utf-8")
+    return name, data, size
 
 
 class _Head:
@@ -126,8 +130,7 @@ def probe(url: str, options: DownloadOptions | None) -> DeltaHead | None:
 
 
 def _locate(url: str, head: _Head, validator: str | None, total: int | None) -> DeltaHead | None:
-    head.need(_HEADER_LEN + 256)
-    name, data, size = _header(bytes(head.buf), 0)
+    name, data, size = _header(head, 0)
     if name != DESCRIPTION_NAME or size > (1 << 20):
         return None
     head.need(data + size)
@@ -139,14 +142,12 @@ def _locate(url: str, head: _Head, validator: str | None, total: int | None) -> 
     pos = _align4(data + size)
     expect = ["sw-description.sig", rootfs.delta.index, rootfs.filename]
     for want in expect:
-        head.need(pos + _HEADER_LEN + 256)
-        name, data, size = _header(bytes(head.buf), pos)
+        name, data, size = _header(head, pos)
         if name != want:
             return None
         if want == rootfs.filename:
             if size != rootfs.size:
                 return None
-            head.need(data)
             return DeltaHead(url=url, head=bytes(head.buf[:data]), data_start=data,
                              member_size=size, validator=validator, size=total)
         pos = _align4(data + size)

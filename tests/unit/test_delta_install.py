@@ -22,11 +22,12 @@ from ferry.daemon.boot.slotrecord import record_verified
 from ferry.daemon.install.delta import ChunkHashMismatch
 from ferry.daemon.install.pipeline import install
 from ferry.daemon.journal import Journal
-from ferry.packaging.chunker import BLOCK, ChunkParams
+from ferry.packaging.chunker import ChunkParams
 from ferry.packaging.description import TargetSpec
 from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
 
 SLOT = 4 << 20
+BLOCK = 4096  # an ext4 block: the test images change in whole blocks
 BLOCKS = 600  # 2.4 MiB images
 
 
@@ -140,7 +141,7 @@ def make_delta_bundle(gw: Gateway, out: Path, img: bytes, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "rootfs.img").write_bytes(img)
     inputs = [ImageInput(out.parent / "rootfs.img", "zstd", filename="rootfs.img.zst",
-                         delta=ChunkParams(avg_blocks=4))]
+                         delta=ChunkParams(avg=8 << 10))]
     if target is not None:
         (out.parent / "fw.bin").write_bytes(target)
         inputs.append(ImageInput(out.parent / "fw.bin", None, target=TargetSpec(
