@@ -91,15 +91,18 @@ class Trial:
     version: str
     previous_hash: str = ""
     previous_version: str = ""
+    note: str = ""  # the transport's remark for the final message (e.g. who checked what)
 
     def as_dict(self) -> dict[str, str]:
         return {"hash": self.hash, "version": self.version,
-                "previous_hash": self.previous_hash, "previous_version": self.previous_version}
+                "previous_hash": self.previous_hash, "previous_version": self.previous_version,
+                "note": self.note}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trial:
         return cls(str(data.get("hash", "")), str(data.get("version", "")),
-                   str(data.get("previous_hash", "")), str(data.get("previous_version", "")))
+                   str(data.get("previous_hash", "")), str(data.get("previous_version", "")),
+                   str(data.get("note", "")))
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,8 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
             with open(image["path"], "rb") as f:
                 result = transport.flash(target, f, progress=progress)
             if conf is not None and result.trial is not None:
-                result = _settle_trial(j, dep_id, tc, target, conf, result.trial, progress)
+                result = _settle_trial(j, dep_id, tc, target, conf, result.trial, progress,
+                                       booted=result)
     except FerryError as err:
         j.set_target(dep_id, tc.name, transport=tc.transport, state="failed", message=str(err))
         return
@@ -303,13 +304,14 @@ def _stage(j: Journal, dep_id: int, name: str, stage: str, **items: Any) -> None
 
 
 def _settle_trial(j: Journal, dep_id: int, tc: TargetConfig, target: Target,
-                  conf: Confirming, trial: Trial, progress: Any) -> FlashResult:
+                  conf: Confirming, trial: Trial, progress: Any,
+                  booted: FlashResult | None = None) -> FlashResult:
     """The image booted on trial: journal it, check health, journal the decision, act."""
     _stage(j, dep_id, tc.name, "health", trial=trial.as_dict())
     j.set_target(dep_id, tc.name, transport=tc.transport, state="flashing",
                  message=f"runs {trial.version} on trial (not confirmed); checking its health")
     killpoint("proxy.trial.booted")
-    return settle(conf, target, trial, progress=progress,
+    return settle(conf, target, trial, progress=progress, booted=booted,
                   record=lambda d: _record_decision(j, dep_id, tc, trial, d))
 
 

@@ -40,21 +40,28 @@ def decide(conf: Confirming, target: Target, trial: Trial, *, progress: Progress
     return Decision(CONFIRM if report.healthy else REVERT, report.reason)
 
 
-def carry_out(conf: Confirming, target: Target, trial: Trial, decision: Decision
-              ) -> FlashResult:
-    """Confirm or revert as decided; the result's message names the health reason."""
+def carry_out(conf: Confirming, target: Target, trial: Trial, decision: Decision, *,
+              booted: FlashResult | None = None) -> FlashResult:
+    """Confirm or revert as decided; the result's message names the health reason.
+
+    ``booted`` (the flash's own result, when this process has it) lends its detail
+    (image facts such as encryption) to the final result.
+    """
+    before = dict(booted.detail) if booted is not None else {}
     if decision.action == CONFIRM:
         result = conf.confirm(target, trial)
+        result.detail = {**before, **result.detail}
         if result.ok:
             result.detail["health"] = decision.reason
         return result
     try:
         result = conf.revert(target, trial, decision.reason)
     except FerryError as err:
-        return FlashResult(ok=False, version=trial.version, detail={"health": decision.reason},
+        return FlashResult(ok=False, version=trial.version,
+                           detail={**before, "health": decision.reason},
                            message=f"unhealthy, not confirmed: {decision.reason}; the revert "
                                    f"did not finish: {err}")
-    result.detail["health"] = decision.reason
+    result.detail = {**before, **result.detail, "health": decision.reason}
     if result.rolled_back:
         result.message = f"rolled back: {decision.reason}; {result.message}"
     else:
@@ -63,9 +70,9 @@ def carry_out(conf: Confirming, target: Target, trial: Trial, decision: Decision
 
 
 def settle(conf: Confirming, target: Target, trial: Trial, *, progress: Progress,
-           record: Record | None = None) -> FlashResult:
+           record: Record | None = None, booted: FlashResult | None = None) -> FlashResult:
     decision = decide(conf, target, trial, progress=progress)
     if record is not None:
         record(decision)
     progress(0, 0, decision.action)
-    return carry_out(conf, target, trial, decision)
+    return carry_out(conf, target, trial, decision, booted=booted)

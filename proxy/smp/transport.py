@@ -307,7 +307,8 @@ def _on_trial(target: Target, running: SlotState, previous: SlotState | None,
     """"Booted, not confirmed": the result that hands the decision to the caller."""
     trial = Trial(hash=running.hash.hex(), version=running.version,
                   previous_hash=previous.hash.hex() if previous else "",
-                  previous_version=previous.version if previous else "")
+                  previous_version=previous.version if previous else "",
+                  note=_booted_note(parsed))
     return FlashResult(ok=True, version=running.version, detail=detail, trial=trial,
                        message=f"{target.name} runs {parsed.version} on trial (not confirmed "
                                "yet: the next reset reverts it)" + _booted_note(parsed))

@@ -121,7 +121,7 @@ def confirm(target: Target, *, baud: int, timeout: float, image: int, trial: Tri
         return FlashResult(ok=False, version=now.version if now else "", detail=detail,
                            message=f"{target.name} did not confirm {trial.version}")
     return FlashResult(ok=True, version=now.version, detail=detail,
-                       message=f"{target.name} runs {trial.version}, confirmed")
+                       message=f"{target.name} runs {trial.version}, confirmed" + trial.note)
 
 
 def revert(target: Target, *, baud: int, timeout: float, image: int, reset_delay: float,
