@@ -137,8 +137,10 @@ def encrypted_rows(work: Path, pki: Path, tp_size: int, rss_sizes: list[int],
     times: dict[str, list[float]] = {"plain": [], "enc": [], "openssl": []}
     cpu: dict[str, list[float]] = {"plain": [], "enc": [], "openssl": []}
     r_plain, r_ssl = [], []
+    order = ["plain", "enc", "openssl"]
     for _ in range(rounds):
-        for what in ("plain", "enc", "openssl"):
+        order = order[1:] + order[:1]  # rotate: no run always follows the same one
+        for what in order:
             slot.unlink(missing_ok=True)
             if what == "openssl":
                 argv = [openssl, "enc", "-d", "-aes-256-cbc", "-K", aes_key, "-iv", ivt,
