@@ -246,10 +246,12 @@ class DeltaImage(io.RawIOBase):
 
 def delta_stream(index: ChunkIndex, *, url: str, options: DownloadOptions | None,
                  validator: str | None, data_start: int, active: str | Path,
-                 active_limit: int | None = None,
+                 active_limit: int | None = None, have: dict[bytes, int] | None = None,
                  ) -> tuple[DeltaImage, DeltaStats, RangeFetcher]:
-    """Plan against the active slot and return the image stream to write."""
-    have = index_slot(active, index, limit=active_limit)
+    """Plan against the active slot and return the image stream to write; ``have``:
+    the active slot's chunks when known already (daemon/install/deltacache.py)."""
+    if have is None:
+        have = index_slot(active, index, limit=active_limit)
     plan = make_plan(index, have)
     stats = DeltaStats(mode="full" if plan.full else "delta", chunks=index.count,
                        planned_bytes=plan.fetch_bytes)
@@ -265,7 +267,8 @@ def finish_stats(stats: DeltaStats, fetcher: RangeFetcher) -> dict[str, Any]:
     stats.requests = fetcher.requests
     return {"mode": stats.mode, "chunks": stats.chunks, "reused": stats.reused,
             "fetched_chunks": stats.fetched_chunks, "refetched": stats.refetched,
-            "fetched_bytes": stats.fetched_bytes, "requests": stats.requests}
+            "fetched_bytes": stats.fetched_bytes, "requests": stats.requests,
+            "notes": stats.notes[:20]}
 
 
 ProgressCb = Callable[[int], None]

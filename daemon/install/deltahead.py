@@ -54,6 +54,8 @@ class DeltaHead:
     size: int | None  # whole bundle, from Content-Range
     base: Path | None = None  # the active slot, read-only: where chunks are looked for
     base_size: int | None = None  # bytes of it that ferry wrote and verified
+    base_name: str | None = None  # its slot name, and the signed sha256 of its image
+    base_sha256: str | None = None
 
     @property
     def data_end(self) -> int:
@@ -197,7 +199,7 @@ def open_delta(url: str, options: DownloadOptions | None) -> tuple[DeltaHead, An
     return head, io.BufferedReader(_Spliced(head, options), 64 << 10)
 
 
-def delta_base(config: Config, bootloader: Any) -> tuple[Path, int] | None:
+def delta_base(config: Config, bootloader: Any) -> tuple[Path, int, str, str] | None:
     """The booted slot and its verified size, when ferry wrote and verified it.
 
     A delta is planned only against a base ferry knows: a slot whose record says
@@ -214,13 +216,14 @@ def delta_base(config: Config, bootloader: Any) -> tuple[Path, int] | None:
         record = get_record(config, booted.name)
     except FerryError:
         return None
-    if record is None or record.state != VERIFIED or not record.size:
+    if record is None or record.state != VERIFIED or not record.size or not record.sha256:
         return None
-    return Path(booted.device), record.size
+    return Path(booted.device), record.size, booted.name, record.sha256
 
 
 def open_delta_source(source: str, options: DownloadOptions | None, *,
-                      base: tuple[Path, int] | None) -> tuple[DeltaHead, OpenedSource] | None:
+                      base: tuple[Path, int, str, str] | None,
+                      ) -> tuple[DeltaHead, OpenedSource] | None:
     """The pipeline's source for a delta bundle URL; None for a path, another bundle, or
     when there is no verified base to take chunks from."""
     if not is_url(source) or base is None:
@@ -229,5 +232,5 @@ def open_delta_source(source: str, options: DownloadOptions | None, *,
     if opened is None:
         return None
     head, stream = opened
-    head.base, head.base_size = base
+    head.base, head.base_size, head.base_name, head.base_sha256 = base
     return head, OpenedSource(stream=stream, size=head.size, is_url=True, raw=stream.raw)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from ferry.daemon.config import Config
+from ferry.daemon.install import deltacache
 from ferry.daemon.install.delta import DeltaError, delta_stream, finish_stats
 from ferry.daemon.install.deltahead import DeltaHead
 from ferry.daemon.install.download import DownloadOptions
@@ -38,9 +39,15 @@ def write_rootfs_delta(cfg: Config, *, slot_name: str, slot_device: Path, active
                          "encrypted chunks one by one")
     index = parse_index(index_bytes, what=f"chunk index of {entry.filename!r}",
                         stored_size=entry.size, image_size=entry.decompressed_size)
+    have = None
+    if head.base_name is not None:
+        have = deltacache.load(cfg, head.base_name, head.base_sha256, index)
+    deltacache.drop(cfg, slot_name)  # the slot is about to change
     image, stats, fetcher = delta_stream(
         index, url=head.url, options=options, validator=head.validator,
-        data_start=head.data_start, active=active, active_limit=head.base_size)
+        data_start=head.data_start, active=active, active_limit=head.base_size,
+        have=have)
+    stats.notes.append("active slot index kept" if have is not None else "active slot read")
     try:
         res = write_slot(cast(BinaryIO, image), slot_device, compressed=None,
                          expected_size=entry.decompressed_size,
@@ -57,6 +64,7 @@ def write_rootfs_delta(cfg: Config, *, slot_name: str, slot_device: Path, active
         fetcher.close()
     record_verified(cfg, slot_name, sha256=entry.decompressed_sha256, size=res.size,
                     version=version)
+    deltacache.save(cfg, slot_name, entry.decompressed_sha256, index_bytes)
     return res.size, finish_stats(stats, fetcher)
 
 

@@ -137,7 +137,7 @@ def bootable(version: str, payload: bytes) -> bytes:
 
 
 def make_delta_bundle(gw: Gateway, out: Path, img: bytes, *,
-                      target: bytes | None = None) -> Path:
+                      target: bytes | None = None, version: str = "1.1.0") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "rootfs.img").write_bytes(img)
     inputs = [ImageInput(out.parent / "rootfs.img", "zstd", filename="rootfs.img.zst",
@@ -147,7 +147,7 @@ def make_delta_bundle(gw: Gateway, out: Path, img: bytes, *,
         inputs.append(ImageInput(out.parent / "fw.bin", None, target=TargetSpec(
             transport="dfu", name="mcu", format="bin", version="2.0")))
     signing = load_signing_key(gw.pki_dir / "signer.key", gw.pki_dir / "signer.pem")
-    create_bundle(out, signing=signing, version="1.1.0", compatible=["test-gw"],
+    create_bundle(out, signing=signing, version=version, compatible=["test-gw"],
                   images=inputs)
     return out
 
@@ -283,4 +283,53 @@ def test_without_a_verified_base_the_bundle_is_downloaded_whole(gw: Gateway,
     with RangeServer(bundle) as srv:
         install(gw.config, srv.url)
     assert srv.requests == [None]  # one plain GET, as for any bundle
+    assert gw.boot() == "B"
+
+
+def commit_new_slot(gw: Gateway) -> None:
+    from ferry.daemon.install.pipeline import make_context, resume
+
+    assert gw.boot() == "B"
+    dep = resume(make_context(gw.config))
+    assert dep is not None and (dep.state == "committed" or dep.result == "success"), dep
+
+
+def test_the_next_delta_uses_the_kept_index_of_the_slot(gw: Gateway, tmp_path: Path) -> None:
+    put_base(gw, OLD)
+    with RangeServer(make_delta_bundle(gw, tmp_path / "w1" / "b.swu", NEW)) as srv:
+        install(gw.config, srv.url)
+    assert delta_info(gw)["notes"] == ["active slot read"]
+    commit_new_slot(gw)
+    newer = bootable("1.2.0", changed_payload()[:-BLOCK] + blocks(55, 1))
+    with RangeServer(make_delta_bundle(gw, tmp_path / "w2" / "b.swu", newer,
+                                       version="1.2.0")) as srv:
+        install(gw.config, srv.url)
+    info = delta_info(gw)
+    assert info["notes"] == ["active slot index kept"]
+    assert int(info["reused"]) > int(info["chunks"]) // 2
+    assert gw.slot_path("A").read_bytes()[:len(newer)] == newer
+
+
+def test_a_wrong_kept_index_costs_fetches_not_bytes(gw: Gateway, tmp_path: Path) -> None:
+    from ferry.daemon.install import deltacache
+
+    put_base(gw, OLD)
+    # a kept index for slot A's image that does not describe its bytes
+    wrong = make_delta_bundle(gw, tmp_path / "w0" / "b.swu", NEW)
+    from ferry.packaging.keyring import load_keyring
+    from ferry.packaging.reader import BundleReader
+
+    with open(wrong, "rb") as fh:
+        reader = BundleReader(fh, load_keyring(gw.config.keyring.path))
+        for _entry, stream in reader.images():
+            stream.read()
+    assert reader.delta_index is not None
+    deltacache.save(gw.config, "rootfs.0", hashlib.sha256(OLD).hexdigest(),
+                    reader.delta_index)
+    with RangeServer(make_delta_bundle(gw, tmp_path / "w1" / "b.swu", NEW)) as srv:
+        install(gw.config, srv.url)
+    info = delta_info(gw)
+    assert info["notes"][0] == "active slot index kept"
+    assert any("changed in the active slot" in n for n in info["notes"])
+    assert gw.slot_path("B").read_bytes()[:len(NEW)] == NEW
     assert gw.boot() == "B"
