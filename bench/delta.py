@@ -329,7 +329,20 @@ def planned_bytes(bundle: Path, keyring: Path, old: Path) -> tuple[int, int, str
             plan.requests, "full" if plan.full else "delta", index.count)
 
 
-def gateway(d: Path, base: Path, ca: Path, name: str, *, record: bool) -> Path:
+def bundle_index(bundle: Path, ca: Path) -> bytes:
+    from ferry.packaging.keyring import load_keyring
+    from ferry.packaging.reader import BundleReader
+
+    with open(bundle, "rb") as fh:
+        reader = BundleReader(fh, load_keyring(ca))
+        for _entry, _stream in reader.images():
+            break
+    assert reader.delta_index is not None
+    return reader.delta_index
+
+
+def gateway(d: Path, base: Path, ca: Path, name: str, *, record: bool,
+            kept: bytes | None = None) -> Path:
     from ferry.daemon.boot.bootchooser import default_env
     from ferry.daemon.boot.bootloader import CANARY_VAR
     from ferry.daemon.boot.slotrecord import record_verified
@@ -374,8 +387,13 @@ reboot_command = ["true"]
     EnvStore.from_config(gw / "fw_env.config").initialize(
         {**default_env(config), CANARY_VAR: "1"})
     if record:  # slot A was written and verified by an earlier ferry install
-        record_verified(config, "rootfs.0", sha256=hashlib.sha256(base.read_bytes()).hexdigest(),
-                        size=base.stat().st_size, version="1.0.0")
+        sha = hashlib.sha256(base.read_bytes()).hexdigest()
+        record_verified(config, "rootfs.0", sha256=sha, size=base.stat().st_size,
+                        version="1.0.0")
+        if kept is not None:  # ... a delta install, which kept the slot's chunk index
+            from ferry.daemon.install import deltacache
+
+            deltacache.save(config, "rootfs.0", sha, kept)
     return cfg
 
 
@@ -457,18 +475,24 @@ def main() -> int:
         cfg = gateway(d, v1, ca, "gw-full", record=True)
         full_wall, full_rss = ferry_install(cfg, local.url("full.swu"), d)
         assert slot_ok(cfg, v2), "full install: slot B differs from v2"
-    with FileServer(d / "www", rate=LINK) as slow:
-        cfg = gateway(d, v1, ca, "gw-delta", record=True)
-        wall, rss = ferry_install(cfg, slow.url(bundle.name), d)
-        sent, nreq = slow.sent, len(slow.requests)
-        assert slot_ok(cfg, v2), "delta install: slot B differs from v2"
-    limit = 1.1 * sent / LINK + full_wall
     print(f"  full install, local (no throttle): {full_wall:6.2f} s, peak RSS "
           f"{full_rss / 1024:.1f} MiB")
-    print(f"  ferry delta install at 10 Mbit/s:  {wall:6.2f} s, {fmt(sent)} served in "
-          f"{nreq} requests, peak RSS {rss / 1024:.1f} MiB")
-    print(f"  limit 1.1 x bytes/link + full local: {limit:6.2f} s  -> ratio {wall / limit:.3f}")
-    print(f"  bytes served / best anchor ({fmt(best_anchor).strip()}): {sent / best_anchor:.3f}")
+    v1_delta = ferry_bundle(d, v1, f"same-{kib}.swu", kib)
+    for how, kept in (("index kept by the last delta install", bundle_index(v1_delta, ca)),
+                      ("active slot read and cut", None)):
+        with FileServer(d / "www", rate=LINK) as slow:
+            cfg = gateway(d, v1, ca, "gw-delta", record=True, kept=kept)
+            wall, rss = ferry_install(cfg, slow.url(bundle.name), d)
+            sent, nreq = slow.sent, len(slow.requests)
+            assert slot_ok(cfg, v2), "delta install: slot B differs from v2"
+        limit = 1.1 * sent / LINK + full_wall
+        print(f"  ferry delta install at 10 Mbit/s, {how}:")
+        print(f"    {wall:6.2f} s, {fmt(sent)} served in {nreq} requests, peak RSS "
+              f"{rss / 1024:.1f} MiB")
+        print(f"    limit 1.1 x bytes/link + full local: {limit:6.2f} s  -> ratio "
+              f"{wall / limit:.3f}")
+        print(f"    bytes served / best anchor ({fmt(best_anchor).strip()}): "
+              f"{sent / best_anchor:.3f}")
     print(f"  the full bundle at 10 Mbit/s would take {full_size / LINK:.0f} s")
 
     print("\n== worst case (64 MiB of random data over v1's size) and identical pair")
