@@ -84,12 +84,12 @@ def parse(options: dict[str, Any], who: str = "target") -> HealthSpec:
                                 "[\"/usr/libexec/check-sensor\"]")
     group = command_id = 0
     if kind == "smp-group":
-        group = _integer(group_raw, "health_smp_group", who, 0, 0xFFFF)
-        command_id = _integer(options.get("health_smp_command", 0) or 0,
-                              "health_smp_command", who, 0, 0xFF)
         if not str(group_raw).strip():
             raise HealthConfigError(f"{who}: health = \"smp-group\" needs health_smp_group "
                                     "(the application's SMP group id, 64 or above)")
+        group = _integer(group_raw, "health_smp_group", who, 0, 0xFFFF)
+        command_id = _integer(options.get("health_smp_command", 0) or 0,
+                              "health_smp_command", who, 0, 0xFF)
     timeout = _seconds(options.get("health_timeout_s", DEFAULT_TIMEOUT), "health_timeout_s",
                        who)
     interval = _seconds(options.get("health_interval_s", DEFAULT_INTERVAL),

@@ -309,9 +309,11 @@ def _on_trial(target: Target, running: SlotState, previous: SlotState | None,
                   previous_hash=previous.hash.hex() if previous else "",
                   previous_version=previous.version if previous else "",
                   note=_booted_note(parsed))
+    state = ("its application confirmed it itself" if running.confirmed
+             else "not confirmed yet: the next reset reverts it")
     return FlashResult(ok=True, version=running.version, detail=detail, trial=trial,
-                       message=f"{target.name} runs {parsed.version} on trial (not confirmed "
-                               "yet: the next reset reverts it)" + _booted_note(parsed))
+                       message=f"{target.name} runs {parsed.version} on trial ({state})"
+                               + _booted_note(parsed))
 
 
 def _refusal(parsed: mcuboot.McubootImage) -> str:
