@@ -78,32 +78,6 @@ def register(sub: Any) -> None:
         help="average chunk size for --delta in KiB, a power of two (default 16)",
     )
     create.add_argument(
-        "--delta",
-        action="store_true",
-        help="store the rootfs as zstd chunks with a signed chunk index, so gateways fetch "
-        "only the chunks their active slot lacks (docs/bundle-format.md, Delta images)",
-    )
-    create.add_argument(
-        "--delta-chunk",
-        type=int,
-        default=32,
-        metavar="KIB",
-        help="average chunk size for --delta, a multiple of 4 KiB (default 32)",
-    )
-    create.add_argument(
-        "--delta",
-        action="store_true",
-        help="store the rootfs as zstd chunks with a signed chunk index, so gateways fetch "
-        "only the chunks their active slot lacks (docs/bundle-format.md, Delta images)",
-    )
-    create.add_argument(
-        "--delta-chunk",
-        type=int,
-        default=32,
-        metavar="KIB",
-        help="average chunk size for --delta, a multiple of 4 KiB (default 32)",
-    )
-    create.add_argument(
         "--keyring",
         dest="new_keyring",
         metavar="NEWKEYRING.pem",
@@ -145,6 +119,12 @@ def register(sub: Any) -> None:
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
     inspect.add_argument("--keyring", metavar="CA.pem", help="verify the signer against it")
+    inspect.add_argument(
+        "--delta-base",
+        metavar="IMG",
+        help="with --keyring: what a gateway whose active slot holds IMG would fetch "
+        "of a delta rootfs (chunks present, bytes, requests)",
+    )
     inspect.add_argument("bundle", metavar="BUNDLE", help="bundle file, or - for stdin")
     inspect.set_defaults(func=_inspect)
 
@@ -217,8 +197,6 @@ def _create(args: argparse.Namespace) -> int:
             target_input(transport, name, Path(file), compress=compress, bundle_version=version)
         )
     if args.delta:
-        images = _with_delta(images, args.delta_chunk)
-    if args.delta:
         if args.encrypt_key or recipe.encrypt_key:
             raise BundleCreateError("--delta cannot be combined with encryption yet: the "
                                     "chunks are fetched and checked one by one")
@@ -243,40 +221,6 @@ def _create(args: argparse.Namespace) -> int:
         how += f", keyring version {desc.keyring_version}"
     print(f"wrote {args.output}: version {desc.version}, {len(desc.images)} image(s){how}")
     return 0
-
-
-def _with_delta(images: list[Any], chunk_kib: int) -> list[Any]:
-    import dataclasses
-
-    from ferry.packaging.chunker import ChunkParamError, ChunkParams
-    from ferry.packaging.errors import BundleCreateError
-
-    if chunk_kib % 4:
-        raise BundleCreateError(f"--delta-chunk {chunk_kib}: give a multiple of 4 (KiB)")
-    try:
-        params = ChunkParams(avg_blocks=chunk_kib // 4)
-    except ChunkParamError as err:
-        raise BundleCreateError(f"--delta-chunk {chunk_kib}: {err}") from None
-    if not any(i.target is None for i in images):
-        raise BundleCreateError("--delta needs a rootfs image (--rootfs)")
-    return [dataclasses.replace(i, delta=params) if i.target is None else i for i in images]
-
-
-def _with_delta(images: list[Any], chunk_kib: int) -> list[Any]:
-    import dataclasses
-
-    from ferry.packaging.chunker import ChunkParamError, ChunkParams
-    from ferry.packaging.errors import BundleCreateError
-
-    if chunk_kib % 4:
-        raise BundleCreateError(f"--delta-chunk {chunk_kib}: give a multiple of 4 (KiB)")
-    try:
-        params = ChunkParams(avg_blocks=chunk_kib // 4)
-    except ChunkParamError as err:
-        raise BundleCreateError(f"--delta-chunk {chunk_kib}: {err}") from None
-    if not any(i.target is None for i in images):
-        raise BundleCreateError("--delta needs a rootfs image (--rootfs)")
-    return [dataclasses.replace(i, delta=params) if i.target is None else i for i in images]
 
 
 def _with_delta(images: list[Any], chunk_kib: int) -> list[Any]:
@@ -319,8 +263,6 @@ def _image_json(entry: Any) -> dict[str, Any]:
         "decompressed_size": entry.decompressed_size,
         "encrypted": entry.encrypted,
         "delta_index": entry.delta.index if entry.delta is not None else None,
-        "delta_index": entry.delta.index if entry.delta is not None else None,
-        "delta_index": entry.delta.index if entry.delta is not None else None,
         "device": entry.device,
         "target": None,
     }
@@ -336,7 +278,40 @@ def _image_json(entry: Any) -> dict[str, Any]:
     return out
 
 
+def _delta_estimate(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The delta plan a gateway holding --delta-base would make (daemon/install/delta)."""
+    base = getattr(args, "delta_base", None)
+    if not base:
+        return None
+    from ferry.daemon.install.delta import index_slot, make_plan
+    from ferry.packaging.chunkindex import parse_index
+    from ferry.packaging.errors import BundleCreateError
+    from ferry.packaging.keyring import load_keyring
+    from ferry.packaging.reader import BundleReader
+
+    if not args.keyring:
+        raise BundleCreateError("--delta-base needs --keyring: the chunk index is read "
+                                "from a verified bundle only")
+    if not Path(base).is_file():
+        raise BundleCreateError(f"--delta-base {base}: not a file")
+    with _open(args.bundle) as fh:
+        reader = BundleReader(fh, load_keyring(args.keyring))
+        rootfs = reader.description.rootfs()
+        if rootfs is None or rootfs.delta is None:
+            raise BundleCreateError("the bundle has no delta rootfs (ferry bundle create --delta)")
+        for _entry, _stream in reader.images():
+            break  # the index member comes right before the rootfs
+    assert reader.delta_index is not None
+    index = parse_index(reader.delta_index, stored_size=rootfs.size,
+                        image_size=rootfs.decompressed_size)
+    plan = make_plan(index, index_slot(base, index))
+    return {"base": base, "chunks": index.count, "present": len(plan.local),
+            "fetch_bytes": plan.fetch_bytes, "requests": plan.requests,
+            "mode": "full" if plan.full else "delta", "member_size": rootfs.size}
+
+
 def _inspect(args: argparse.Namespace) -> int:
+    estimate = _delta_estimate(args)
     from ferry.packaging.keyring import load_keyring
     from ferry.packaging.reader import BundleReader, read_unverified
     from ferry.packaging.signature import embedded_signer
@@ -357,6 +332,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "signature_verified": verified,
             "keyring_version": desc.keyring_version,
             "images": [_image_json(e) for e in desc.images],
+            "delta_estimate": estimate,
         }
         print(json.dumps(doc, indent=2))
         return 0
@@ -382,10 +358,11 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"    sha256 {e.sha256}")
         if e.delta is not None:
             print(f"    delta  chunk index {e.delta.index} ({e.delta.size} bytes)")
-        if e.delta is not None:
-            print(f"    delta  chunk index {e.delta.index} ({e.delta.size} bytes)")
-        if e.delta is not None:
-            print(f"    delta  chunk index {e.delta.index} ({e.delta.size} bytes)")
+        if e.delta is not None and estimate is not None:
+            print(f"    against {estimate['base']}: {estimate['present']} of "
+                  f"{estimate['chunks']} chunks present, fetch {estimate['fetch_bytes']} of "
+                  f"{estimate['member_size']} bytes in {estimate['requests']} request(s) "
+                  f"({estimate['mode']})")
     return 0
 
 
