@@ -125,13 +125,42 @@ def test_uboot_chooses_slot_a_and_loads_its_kernel(first_boot: Console) -> None:
     assert "bad CRC" not in first_boot.text
 
 
-def test_systemd_reaches_multi_user(first_boot: Console) -> None:
-    assert first_boot.first(r"Reached target .*Multi-User System"), first_boot.text[-3000:]
+def test_systemd_reaches_multi_user_and_powers_off(first_boot: Console) -> None:
+    # systemd stops printing unit status on the console once the serial getty owns it,
+    # so the report unit (ordered after multi-user.target) says it
+    assert first_boot.first(r"FERRY_BOX multi-user active"), first_boot.text[-3000:]
+    assert first_boot.first(r"FERRY_BOX done"), first_boot.text[-3000:]
+    assert first_boot.returncode == 0, "QEMU did not exit by the guest's poweroff"
 
 
+def test_guest_reads_uboots_env_through_mtd(first_boot: Console) -> None:
+    """The out-of-tree physmap/CFI modules give the guest QEMU's NOR as /dev/mtd0 (both
+    banks concatenated, 256 KiB erase blocks), and libubootenv's fw_printenv reads the
+    env U-Boot saved this very boot through the box's /etc/fw_env.config."""
+    mtd = first_boot.first(r"FERRY_BOX mtd (.*)")
+    assert mtd, first_boot.text[-3000:]
+    assert re.search(r'mtd0: 08000000 00040000 "0\.flash"', mtd[1].group(1)), mtd[1].group(1)
+    env = first_boot.first(r"FERRY_BOX fw_printenv (.*)")
+    assert env, first_boot.text[-3000:]
+    values = dict(kv.split("=", 1) for kv in env[1].group(1).split() if "=" in kv)
+    # U-Boot's script took one attempt from A and saved before booting it
+    assert values.get("BOOT_A_LEFT") == "2" and values.get("BOOT_B_LEFT") == "3", env[1].group(1)
+    assert values.get("ferry_saveenv_canary") == "1", env[1].group(1)
+
+
+# ferry refuses /dev/mtd* in fw_env.config (daemon/boot/ubootenv.py: "MTD character
+# devices (erase before write) are not supported yet"), so ferryd exits at start-up on the
+# box. strict: these turn into failures the day MTD support lands, and the marks go.
+MTD_GAP = pytest.mark.xfail(strict=True, reason="ferry does not write U-Boot envs on "
+                            "/dev/mtdN yet (issue #17); ferryd exits at start on the box")
+
+
+@MTD_GAP
 def test_ferryd_ready_and_reported(first_boot: Console) -> None:
     found = first_boot.first(r"FERRY_BOX ferryd (.*)")
     assert found, first_boot.text[-3000:]
+    assert first_boot.first(r"FERRY_BOX done"), first_boot.text[-3000:]
+    assert first_boot.returncode == 0, "QEMU did not exit by the guest's poweroff"
     props = dict(kv.split("=", 1) for kv in found[1].group(1).split())
     assert props["ActiveState"] == "active" and props["SubState"] == "running", props
     assert props["NRestarts"] == "0", props
@@ -143,10 +172,9 @@ def test_ferryd_ready_and_reported(first_boot: Console) -> None:
         print(f"\nbox: QEMU start -> ferryd READY ~{kernel[0] + ready_us / 1e6:.1f} s "
               f"(kernel at {kernel[0]:.1f} s, READY {ready_us / 1e6:.1f} s after it); "
               f"report on console at {found[0]:.1f} s; ferryd {rss[1].group(1) if rss else '?'}")
-    assert first_boot.first(r"FERRY_BOX done"), first_boot.text[-3000:]
-    assert first_boot.returncode == 0, "QEMU did not exit by the guest's poweroff"
 
 
+@MTD_GAP
 def test_ferry_status_in_the_guest(first_boot: Console) -> None:
     status = status_of(first_boot)
     assert status["version"] == "1.0.0", status

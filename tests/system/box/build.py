@@ -54,6 +54,7 @@ MIB = 1024 * 1024
 VERSION = "1.0.0"
 COMPATIBLE = "qemu-box"
 LAYER = ROOT / "yocto-layer/meta-ferry"
+ENV_DEVICE = "/dev/mtd0"
 
 
 # --- cache keys ------------------------------------------------------------------------
@@ -134,8 +135,10 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
     (etc / "ferry.toml").chmod(0o640)
     shutil.copy(keyring, etc / "keyring.pem")
     (etc / "keyring.pem").chmod(0o644)
-    # QEMU's second pflash bank (the env) is /dev/mtd0 offset 64 MiB once physmap has
-    # concatenated both banks; see ENV_DEVICE in files/ and docs/box.md.
+    # QEMU's two pflash banks are one NOR node in the device tree (cfi-flash, 2 x 64 MiB);
+    # physmap concatenates them into /dev/mtd0, so U-Boot's env (bank 1, offset 0 and
+    # 0x40000: CONFIG_ENV_ADDR(_REDUND)) is at 64 MiB and 64 MiB + 256 KiB, one 256 KiB
+    # erase block each. Named as libubootenv wants it (issue #17).
     (root / "etc/fw_env.config").write_text(substitute((conf / "fw_env.config").read_text(), {
         "FERRY_ENV_DEVICE": ENV_DEVICE, "FERRY_ENV_OFFSET": "0x4000000",
         "FERRY_ENV_OFFSET_REDUND": "0x4040000", "FERRY_ENV_SIZE": "0x40000",
@@ -143,9 +146,6 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
     # Nothing in meta-ferry writes the version ferry.toml's version_file names: the
     # image does here (reported as a layer gap).
     (etc / "version").write_text(VERSION + "\n")
-
-
-ENV_DEVICE = os.environ.get("FERRY_BOX_ENV_DEVICE", "/dev/mtdblock0")
 
 
 def passwd_and_groups(root: Path) -> None:
@@ -192,6 +192,10 @@ def system_files(root: Path) -> None:
         shutil.copy(box / unit, root / "usr/lib/systemd/system" / unit)
     shutil.copy(box / "ferry-box-report", root / "usr/bin/ferry-box-report")
     (root / "usr/bin/ferry-box-report").chmod(0o755)
+    # Links that maintainer scripts (update-alternatives, dash's postinst) would make
+    for link, target in (("usr/bin/sh", "dash"), ("usr/bin/awk", "mawk")):
+        if not (root / link).exists():
+            (root / link).symlink_to(target)
     run([tool("systemd-hwdb"), "update", f"--root={root}"])
     for f in ("etc/.updated", "var/.updated"):
         (root / f).touch()
@@ -304,7 +308,20 @@ def ensure(force: bool = False) -> Path:
         shutil.rmtree(dest)
     if not dest.exists():
         build_image(tree, dest, files)
+        prune(keep={tree, dest})
     return dest
+
+
+def prune(keep: set[Path]) -> None:
+    """Old images and bases go: each image is ~250 MB on disk, a base ~200 MB. The newest
+    other image stays, for a second checkout that is one commit behind."""
+    images = sorted((p for p in CACHE.glob("box-*") if p.is_dir() and p not in keep
+                     and not p.name.startswith(("box-base-tmp", "box-tmp"))),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    spare = [p for p in images if not p.name.startswith("box-base-")][:1]
+    for p in images:
+        if p not in spare and (p.name.startswith("box-base-") or len(p.name) == 20):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
