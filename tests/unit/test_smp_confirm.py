@@ -22,16 +22,17 @@ from ferry.proxy.registry import get_transport
 from ferry.proxy.smp import healthspec
 from ferry.proxy.smp.healthspec import HealthConfigError, HealthSpec
 from ferry.proxy.smp.settle import settle
-from ferry.proxy.transport import FlashResult, Trial, confirming
+from ferry.proxy.smp.transport import SmpSerialTransport, create
+from ferry.proxy.transport import FlashResult, Target, Trial, confirming
 from ferry.sim.mcu import SimMcu
 from ferry.sim.mcu.device import EUNKNOWN, McuDevice
 
 QUICK = {"health_timeout_s": "0.6", "health_interval_s": "0.1", "boot_timeout": "10"}
 
 
-def on_trial(sim: SimMcu, **options: str) -> tuple[object, object, Trial]:
+def on_trial(sim: SimMcu, **options: str) -> tuple[SmpSerialTransport, Target, Trial]:
     """Flash NEW with defer_confirm; the image must be running, not confirmed."""
-    transport = get_transport("smp-serial", {})
+    transport = create({})
     tgt = target(sim, defer_confirm="1", **{**QUICK, **options})
     result = transport.flash(tgt, io.BytesIO(NEW), progress=lambda d, t, m: None)
     assert result.ok and result.trial is not None, result.message
@@ -40,10 +41,10 @@ def on_trial(sim: SimMcu, **options: str) -> tuple[object, object, Trial]:
     return transport, tgt, result.trial
 
 
-def finish(transport: object, tgt: object, trial: Trial) -> FlashResult:
+def finish(transport: SmpSerialTransport, tgt: Target, trial: Trial) -> FlashResult:
     conf = confirming(transport)
     assert conf is not None
-    return settle(conf, tgt, trial, progress=lambda d, t, m: None)  # type: ignore[arg-type]
+    return settle(conf, tgt, trial, progress=lambda d, t, m: None)
 
 
 def slot1_reverted(sim: SimMcu) -> bool:
@@ -173,7 +174,7 @@ def test_revert_and_confirm_are_safe_to_repeat() -> None:
 
 def test_application_that_confirms_itself_cannot_be_rolled_back() -> None:
     with running_sim(app_confirms=True, app_unhealthy=True) as sim:
-        transport = get_transport("smp-serial", {})
+        transport = create({})
         tgt = target(sim, defer_confirm="1", health_smp_group="64", **QUICK)
         booted = transport.flash(tgt, io.BytesIO(NEW), progress=lambda d, t, m: None)
         assert booted.trial is not None and "confirmed it itself" in booted.message
@@ -195,7 +196,8 @@ def test_usb_port_that_vanishes_at_the_revert_reset(tmp_path: Path) -> None:
 
 def test_target_that_stops_answering_is_left_unconfirmed_and_says_so() -> None:
     with running_sim() as sim:
-        transport, tgt, trial = on_trial(sim, boot_timeout="0.5")
+        transport, tgt, trial = on_trial(sim)
+        tgt.options["boot_timeout"] = "0.5"
         sim.device.silent_until = time.monotonic() + 3600  # the application hangs
         result = finish(transport, tgt, trial)
         assert not result.ok and not result.rolled_back
