@@ -97,6 +97,11 @@ class KeyringConfig:
     # SWUpdate's '<key hex> <ivt hex>' file (its -K): decrypts bundles whose images are
     # encrypted (docs/bundle-format.md, "Encryption"); none: such bundles are refused.
     decryption_key: Path | None = None
+    # This gateway as a recipient of bundles' key envelopes (sw-description.key, CMS
+    # EnvelopedData; docs/bundle-format.md, "Key envelope"): its PEM private key (RSA or
+    # EC) and the certificate the bundles were wrapped for. Give both or neither.
+    recipient_key: Path | None = None
+    recipient_cert: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,10 @@ def _check(cfg: Config, where: str) -> None:
     if ins.staging_reserve < 0:
         raise ConfigError(f"{where}: install.staging_reserve = {ins.staging_reserve}; "
                           "use a size in bytes, 0 or more")
+    kr = cfg.keyring
+    if (kr.recipient_key is None) != (kr.recipient_cert is None):
+        raise ConfigError(f"{where}: keyring.recipient_key and keyring.recipient_cert go "
+                          "together (the key and the certificate bundles are wrapped for)")
     names = [t.name for t in cfg.targets]
     for n in names:
         if names.count(n) > 1:

@@ -24,6 +24,7 @@ from ferry.packaging.limits import NEWC_MAX_SIZE
 
 DESCRIPTION_NAME = "sw-description"
 SIGNATURE_NAME = "sw-description.sig"
+ENVELOPE_NAME = "sw-description.key"  # the unsigned key envelope (packaging/envelope.py)
 FORMATS = ("mcuboot", "raw", "dfu", "dfuse", "zigbee-ota", "bin")
 COMPRESSIONS = ("zstd", "zlib")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -143,7 +144,7 @@ def _image(entry: Any, where: str, role: str) -> ImageEntry:
         check_name(filename)
     except BundleError as err:
         raise BadDescription(f"sw-description: {where}: {err}") from None
-    if filename in (DESCRIPTION_NAME, SIGNATURE_NAME):
+    if filename in (DESCRIPTION_NAME, SIGNATURE_NAME, ENVELOPE_NAME):
         raise BadDescription(f"sw-description: {where} uses the reserved name {shown(filename)}")
     size = _size(entry, "size", where, required=True)
     sha = _sha(entry, "sha256", where, required=True)
@@ -214,7 +215,7 @@ def _keyring(entry: Any) -> tuple[ImageEntry, int]:
         check_name(filename)
     except BundleError as err:
         raise BadDescription(f"sw-description: {where}: {err}") from None
-    if filename in (DESCRIPTION_NAME, SIGNATURE_NAME):
+    if filename in (DESCRIPTION_NAME, SIGNATURE_NAME, ENVELOPE_NAME):
         raise BadDescription(f"sw-description: {where} uses the reserved name {shown(filename)}")
     size = _size(entry, "size", where, required=True, cap=MAX_KEYRING_SIZE)
     sha = _sha(entry, "sha256", where, required=True)
@@ -278,7 +279,7 @@ def parse_description(data: bytes) -> Description:
         seen.add(image.filename)
     for image in images:
         if image.delta is not None:
-            if image.delta.index in seen | {DESCRIPTION_NAME, SIGNATURE_NAME}:
+            if image.delta.index in seen | {DESCRIPTION_NAME, SIGNATURE_NAME, ENVELOPE_NAME}:
                 raise BadDescription(f"sw-description: chunk index {shown(image.delta.index)} "
                                      "shares its name with another member")
             seen.add(image.delta.index)

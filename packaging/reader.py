@@ -13,7 +13,7 @@ import io
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, cast
 
-from ferry.packaging.cpio import CpioStreamReader
+from ferry.packaging.cpio import CpioHeader, CpioStreamReader
 from ferry.packaging.description import (
     DESCRIPTION_NAME,
     SIGNATURE_NAME,
@@ -160,6 +160,10 @@ class BundleReader:
         self.description: Description = parse_description(description)
         # a delta rootfs's chunk index, read and checked right before its rootfs
         self.delta_index: bytes | None = None
+        # the unsigned key envelope right after the signature (read_envelope())
+        self.envelope: bytes | None = None
+        self._peeked: CpioHeader | None = None
+        self._envelope_read = False
         if len(self.description.images) > self.limits.max_images:
             raise OverLimit(
                 f"sw-description lists {len(self.description.images)} images; the limit is "
@@ -171,6 +175,26 @@ class BundleReader:
                     f"image {entry.filename!r} is {entry.size} bytes, over the limit of "
                     f"{self.limits.max_member_size}"
                 )
+
+    def read_envelope(self) -> bytes | None:
+        """The key envelope member (``sw-description.key``, packaging/envelope.py) if the
+        bundle has one, else None; call it before images(). It is NOT covered by the
+        signature: only the signed aes-key-check makes the key it holds trustworthy."""
+        from ferry.packaging.envelope import ENVELOPE_NAME, MAX_ENVELOPE_SIZE
+
+        if self._envelope_read or self._started:
+            return self.envelope
+        self._envelope_read = True
+        header = self._cpio.next_header(check_crc=self.limits.check_image_crc)
+        if header.name != ENVELOPE_NAME:
+            self._peeked = header  # the first image's (or the trailer): images() takes it
+            return None
+        self.envelope = self._cpio.read_member(MAX_ENVELOPE_SIZE, f"key envelope {ENVELOPE_NAME}")
+        return self.envelope
+
+    def _next_header(self, *, check_crc: bool = True) -> CpioHeader:
+        header, self._peeked = self._peeked, None
+        return header if header is not None else self._cpio.next_header(check_crc=check_crc)
 
     @property
     def offset(self) -> int:
@@ -188,6 +212,7 @@ class BundleReader:
         """
         if self._started:
             raise BundleError("BundleReader.images() can be iterated only once")
+        self.read_envelope()
         self._started = True
         listed = {e.filename: i for i, e in enumerate(self.description.images)}
         previous: ImageStream | None = None
@@ -198,7 +223,7 @@ class BundleReader:
                 )
             if entry.delta is not None:
                 self.delta_index = self._read_delta_index(entry)
-            header = self._cpio.next_header(check_crc=self.limits.check_image_crc)
+            header = self._next_header(check_crc=self.limits.check_image_crc)
             if header.is_trailer:
                 raise MissingMember(
                     f"bundle ends without image {entry.filename!r} that sw-description lists"
@@ -235,7 +260,7 @@ class BundleReader:
             yield entry, cast(BinaryIO, stream)
         if previous is not None and not previous.finished:
             raise BundleError(f"image {previous.entry.filename!r} was not read to its end")
-        tail = self._cpio.next_header()
+        tail = self._next_header()
         if not tail.is_trailer:
             if tail.name in listed or tail.name in (DESCRIPTION_NAME, SIGNATURE_NAME):
                 raise WrongMemberOrder(f"member {tail.name!r} appears twice in the bundle")
@@ -249,7 +274,7 @@ class BundleReader:
         against its signed sha256 and size (packaging/deltaref.py) before any use."""
         ref = entry.delta
         assert ref is not None
-        header = self._cpio.next_header()
+        header = self._next_header()
         if header.is_trailer:
             raise MissingMember(f"bundle ends without the chunk index {ref.index!r} that "
                                 "sw-description lists")

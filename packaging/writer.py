@@ -30,6 +30,7 @@ from ferry.packaging.compression import CLI_TO_DESCRIPTION, compress_file
 from ferry.packaging.cpio import CpioStreamWriter, bytesum, check_name
 from ferry.packaging.description import (
     DESCRIPTION_NAME,
+    ENVELOPE_NAME,
     FORMATS,
     SIGNATURE_NAME,
     Description,
@@ -309,11 +310,14 @@ def create_bundle(
     keyring: Path | None = None,
     keyring_version: int | None = None,
     encrypt_key: AesKey | TokenAesKey | None = None,
+    envelope: bytes | None = None,
 ) -> Description:
     """Write a signed bundle to ``output`` (atomically: a temp file renamed into place).
 
     ``encrypt_key``: encrypt every image with AES-CBC as SWUpdate does (a random ivt
-    per image, recorded in its entry); see packaging/encryption.py."""
+    per image, recorded in its entry); see packaging/encryption.py. ``envelope``: that
+    key wrapped for recipients (packaging/envelope.py), written unsigned right after
+    the signature as ``sw-description.key``."""
     if not version:
         raise BundleCreateError("a bundle needs a version (--version)")
     if not compatible:
@@ -369,6 +373,8 @@ def create_bundle(
             writer = CpioStreamWriter(fh, mtime=mtime)
             writer.add_bytes(DESCRIPTION_NAME, text)
             writer.add_bytes(SIGNATURE_NAME, sig)
+            if envelope is not None:
+                writer.add_bytes(ENVELOPE_NAME, envelope)
             for prep in prepared:
                 if prep.index is not None and prep.entry.delta is not None:
                     writer.add_bytes(prep.entry.delta.index, prep.index)  # before its rootfs

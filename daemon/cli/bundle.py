@@ -1,4 +1,4 @@
-"""``ferry bundle create|verify|inspect|dev-pki``: build and check signed bundles.
+"""``ferry bundle create|encrypt|verify|inspect|dev-pki``: build and check signed bundles.
 
 Runs on a build host as well as on the gateway: it needs only ``ferry.packaging``.
 """
@@ -96,6 +96,15 @@ def register(sub: Any) -> None:
         help="encrypt every image with AES-CBC as SWUpdate does; KEYFILE holds "
         "'<key hex> <ivt hex>' (SWUpdate's -K file)",
     )
+    create.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        metavar="CERT.pem",
+        help="encrypt every image and wrap the key for this recipient (RSA-OAEP or ECDH, "
+        "CMS EnvelopedData in sw-description.key; repeatable); without --encrypt-key a "
+        "fresh random key is used",
+    )
     create.add_argument("-o", "--output", required=True, metavar="OUT.swu")
     create.set_defaults(func=_create)
 
@@ -143,6 +152,27 @@ def register(sub: Any) -> None:
     cosign.add_argument("-o", "--output", required=True, metavar="OUT.swu")
     cosign.add_argument("bundle", metavar="BUNDLE")
     cosign.set_defaults(func=_cosign)
+
+    encrypt = bsub.add_parser(
+        "encrypt",
+        help="wrap an encrypted bundle's key for more recipients (no signer needed)",
+        description="Write OUT: IN with its key envelope (sw-description.key) wrapped for "
+        "more recipients. sw-description, its signature and every image stay byte for "
+        "byte. The image key comes from a current recipient (--key/--cert) or from the "
+        "AES key file (--encrypt-key); it is checked against the signed aes-key-check.",
+    )
+    encrypt.add_argument("--to", action="append", required=True, metavar="CERT.pem",
+                         help="a recipient certificate to add (RSA or EC; repeatable)")
+    encrypt.add_argument("--key", metavar="KEY.pem",
+                         help="private key of a current recipient, to open the envelope")
+    encrypt.add_argument("--cert", metavar="CERT.pem", help="that recipient's certificate")
+    encrypt.add_argument("--encrypt-key", metavar="KEYFILE",
+                         help="the bundle's AES key file instead of a recipient's key")
+    encrypt.add_argument("--replace", action="store_true",
+                         help="wrap for the --to certificates only, dropping the others")
+    encrypt.add_argument("bundle", metavar="IN.swu")
+    encrypt.add_argument("output", metavar="OUT.swu")
+    encrypt.set_defaults(func=_encrypt)
 
     pki = bsub.add_parser(
         "dev-pki",
@@ -197,7 +227,7 @@ def _create(args: argparse.Namespace) -> int:
             target_input(transport, name, Path(file), compress=compress, bundle_version=version)
         )
     if args.delta:
-        if args.encrypt_key or recipe.encrypt_key:
+        if args.encrypt_key or recipe.encrypt_key or args.to:
             raise BundleCreateError("--delta cannot be combined with encryption yet: the "
                                     "chunks are fetched and checked one by one")
         images = _with_delta(images, args.delta_chunk)
@@ -210,13 +240,29 @@ def _create(args: argparse.Namespace) -> int:
         from ferry.packaging.encryption import load_key
 
         aes = load_key(key_path)
+    envelope = None
+    if args.to:
+        from ferry.packaging.encryption import AesKey, new_ivt
+        from ferry.packaging.envelope import load_certs, seal
+
+        certs = load_certs(args.to)
+        if aes is None:
+            import os
+
+            aes = AesKey(key=os.urandom(32), ivt=new_ivt())
+        if not isinstance(aes, AesKey):
+            raise BundleCreateError("--to wraps a key file's key; a pkcs11: AES key "
+                                    "cannot leave its token")
+        envelope = seal(aes, certs)
     desc = create_bundle(
         args.output, signing=signing, version=version, compatible=compatible, images=images,
-        encrypt_key=aes,
+        encrypt_key=aes, envelope=envelope,
         keyring=Path(args.new_keyring) if args.new_keyring else None,
         keyring_version=args.keyring_version,
     )
     how = ", encrypted (AES-CBC)" if aes is not None else ""
+    if envelope is not None:
+        how += f", key wrapped for {len(certs)} recipient(s)"
     if desc.keyring_version is not None:
         how += f", keyring version {desc.keyring_version}"
     print(f"wrote {args.output}: version {desc.version}, {len(desc.images)} image(s){how}")
@@ -236,6 +282,38 @@ def _with_delta(images: list[Any], chunk_kib: int) -> list[Any]:
     if not any(i.target is None for i in images):
         raise BundleCreateError("--delta needs a rootfs image (--rootfs)")
     return [dataclasses.replace(i, delta=params) if i.target is None else i for i in images]
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    from ferry.packaging.envelope import load_certs, load_recipient
+    from ferry.packaging.errors import BundleCreateError
+    from ferry.packaging.rewrap import rewrap_bundle
+
+    if (args.key is None) != (args.cert is None):
+        raise BundleCreateError("give --key and --cert together (a current recipient)")
+    if args.key is not None and args.encrypt_key:
+        raise BundleCreateError("give a recipient's --key/--cert or --encrypt-key, not both")
+    if Path(args.bundle).resolve() == Path(args.output).resolve():
+        raise BundleCreateError("OUT must differ from IN")
+    certs = load_certs(args.to)
+    me = load_recipient(args.key, args.cert) if args.key else None
+    aes = None
+    if args.encrypt_key:
+        from ferry.packaging.encryption import AesKey, load_key
+
+        loaded = load_key(args.encrypt_key)
+        if not isinstance(loaded, AesKey):
+            raise BundleCreateError("--encrypt-key: a pkcs11: AES key cannot leave its token")
+        aes = loaded
+    if not Path(args.bundle).is_file():
+        raise BundleCreateError(f"{args.bundle}: not a file")
+    names = rewrap_bundle(args.bundle, args.output, certs, me=me, key=aes,
+                          replace=args.replace)
+    print(f"wrote {args.output}: image key wrapped for {len(names)} recipient(s); "
+          "sw-description and its signature unchanged")
+    for name in names:
+        print(f"  {name}")
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -341,7 +341,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                 raise SlotTooSmall(
                     f"image {rootfs.filename} needs {need} bytes but slot {inactive.name} "
                     f"({inactive.device}) holds {cap}; build a smaller image")
-        aes = _decryption_key(cfg, desc)
+        aes = _decryption_key(cfg, desc, reader)
         j.end_step(dep_id, "verify", detail=f"{desc.version} signed by {reader.signer}")
 
         if rootfs is not None:
@@ -528,21 +528,50 @@ def _drop_resume_point(ctx: Context, dep_id: int) -> None:
             old.unlink(missing_ok=True)
 
 
-def _decryption_key(cfg: Config, desc: Any) -> Any:
+def _decryption_key(cfg: Config, desc: Any, reader: Any = None) -> Any:
     """The gateway's AES key when the bundle has encrypted images (None otherwise);
-    loaded while verifying, so a missing or bad key fails before any slot is touched."""
+    loaded while verifying, so a missing or bad key fails before any slot is touched.
+    From the bundle's key envelope when this gateway is one of its recipients
+    ([keyring] recipient_key), else from [keyring] decryption_key; either way it must
+    match each image's signed aes-key-check (docs/bundle-format.md, "Key envelope")."""
     if not any(e.encrypted for e in desc.images):
         return None
     from ferry.packaging.encryption import EncryptionKeyError, check_key, load_key
 
-    path = cfg.keyring.decryption_key
-    if path is None:
+    kr = cfg.keyring
+    envelope = reader.read_envelope() if reader is not None else None
+    key: Any = None
+    if envelope is not None and kr.recipient_key is not None:
+        assert kr.recipient_cert is not None  # config.py checks they come together
+        from ferry.packaging.envelope import NoRecipient, load_recipient, open_envelope
+
+        try:
+            key = open_envelope(envelope, load_recipient(kr.recipient_key, kr.recipient_cert))
+        except NoRecipient:
+            if kr.decryption_key is None:
+                raise
+    from_envelope = key is not None
+    path = kr.decryption_key
+    if key is None and path is not None:
+        key = load_key(path)
+    if key is None:
+        if envelope is not None:
+            from ferry.packaging.envelope import recipients
+
+            raise EncryptionKeyError(
+                "bundle's image key is wrapped for recipients and this gateway has no "
+                "recipient key ([keyring] recipient_key, recipient_cert); it would need the "
+                f"key of one of: {'; '.join(recipients(envelope))}")
         raise EncryptionKeyError(
             "bundle has encrypted images and this gateway has no AES key; set [keyring] "
             "decryption_key to SWUpdate's '<key> <ivt>' file")
-    key = load_key(path)
     for entry in desc.images:
         if entry.encrypted and not check_key(entry, key):
+            if from_envelope:
+                raise EncryptionKeyError(
+                    f"the key in the bundle's sw-description.key does not match image "
+                    f"{entry.filename!r}'s signed aes-key-check; the key envelope was "
+                    "tampered with or belongs to another bundle")
             raise EncryptionKeyError(
                 f"image {entry.filename!r} was encrypted with another AES key than "
                 f"[keyring] decryption_key ({path})")
