@@ -201,9 +201,11 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None,
                      image=image["filename"], message=why)
     by_port: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
-        if done.get(job.target.name) in DONE_STATES:
-            continue
         stage = (trials.get(job.target.name) or {}).get("stage")
+        if done.get(job.target.name) in DONE_STATES:
+            if stage not in (None, "done"):  # recorded ok just before a crash
+                _stage(j, dep_id, job.target.name, "done")
+            continue
         if stage == "done":
             continue  # settled on trial (rolled back, or refused): its row says how
         if stage is None:
