@@ -149,6 +149,13 @@ class BackendConfig:
     # Device polls per gateway poll interval, whatever the number of devices: the
     # traffic bound (N devices never mean N times the gateway's rate).
     device_polls_per_poll: int = 10
+    # Device actions with the same image on one broadcast medium (a LoRa multicast
+    # group, a Zigbee coordinator) are gathered this many seconds, then flashed as one
+    # campaign (ferry.daemon.backend.campaign); 0 flashes what is gathered at once.
+    campaign_window: float = 60.0
+    # Each node a LoRa [[target]] lists (option devices) is a controller of its own,
+    # so a rollout gives each node an action and ferry coalesces them into one session.
+    node_controllers: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,9 @@ class TargetConfig:
     # This target's DDI controller id when [backend] device_controllers is on;
     # default "<backend.controller_id>.<name>" (ferry.daemon.backend.controllers)
     controller_id: str | None = None
+    # This target's own DDI TargetToken, for a server without gateway tokens
+    # (goosebit 0.2.12): its polls and downloads carry it instead of the GatewayToken.
+    target_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -314,14 +324,19 @@ def _check_device_controllers(cfg: Config, where: str) -> None:
     if b.device_polls_per_poll < 1:
         raise ConfigError(f"{where}: backend.device_polls_per_poll = "
                           f"{b.device_polls_per_poll}; use 1 or more")
+    if b.campaign_window < 0:
+        raise ConfigError(f"{where}: backend.campaign_window = {b.campaign_window}; "
+                          "use 0 or more seconds")
     if not b.device_controllers:
         return
     if not b.url or not b.controller_id:
         raise ConfigError(f"{where}: backend.device_controllers needs backend.url and "
                           "backend.controller_id (device ids derive from the gateway's)")
-    if b.target_token and not b.gateway_token:
-        raise ConfigError(f"{where}: backend.device_controllers needs backend.gateway_token: "
-                          "a target_token authenticates the gateway's own controller only")
+    if b.target_token and not b.gateway_token and \
+            not (cfg.targets and all(t.target_token for t in cfg.targets)):
+        raise ConfigError(f"{where}: backend.device_controllers needs backend.gateway_token "
+                          "(or a target_token in every [[target]]): a backend.target_token "
+                          "authenticates the gateway's own controller only")
 
 
 def _build(cls: type, table: dict[str, Any], where: str, base: Path | None) -> Any:

@@ -15,9 +15,11 @@ history (actions, attributes) under that id and a changed id is a new device.
   and every server puts the id in a URL path. A target name with other characters is
   mapped to '_'; a derived id over 64 characters keeps its first 55 and a digest of the
   whole, so two long names never share an id;
-- radio nodes a transport discovers: ``<target's id>.<node address>`` with the address
-  reduced the same way (``gw-0042.lora-a.70b3d57ed0000001``) — derived here, not
-  polled yet (docs/backend.md says what is left).
+- radio nodes: ``<target's id>.<node address>`` with the address reduced the same way
+  (``gw-0042.lora-a.70b3d57ed0000001``); with ``[backend] node_controllers`` each node
+  a LoRa target lists (option ``devices``) is polled as a controller of its own
+  (:func:`node_ids`), so a rollout gives each node its own action and ferry can run
+  them as one multicast campaign (ferry.daemon.backend.campaign).
 
 Two targets whose ids come out equal, or equal to the gateway's, are refused
 (:class:`ControllerIdClash`) before anything is polled: one controller must never
@@ -84,4 +86,35 @@ def device_ids(config: Config) -> dict[str, TargetConfig]:
                 f"targets {out[cid].name} and {tc.name} both get controller id {cid!r}; "
                 "set controller_id in one of their [[target]] sections")
         out[cid] = tc
+    return out
+
+
+NODE_TRANSPORTS = ("lora",)  # transports whose [[target]] lists its nodes in the config
+
+
+def target_nodes(tc: TargetConfig) -> list[str]:
+    """The node addresses a target lists (a LoRa group's ``devices``), lower case."""
+    if tc.transport not in NODE_TRANSPORTS:
+        return []
+    raw = str(tc.options.get("devices", ""))
+    return [n.strip().lower() for n in raw.split(",") if n.strip()]
+
+
+def node_ids(config: Config) -> dict[str, tuple[TargetConfig, str]]:
+    """Every listed radio node by its controller id, (target, node address), when
+    ``[backend] node_controllers`` is on; {} otherwise. A node id equal to a target's
+    or the gateway's raises ControllerIdClash like two targets' would."""
+    if not config.backend.node_controllers:
+        return {}
+    targets = device_ids(config)
+    taken = set(targets) | {config.backend.controller_id or ""}
+    out: dict[str, tuple[TargetConfig, str]] = {}
+    for tid, tc in targets.items():
+        for node in target_nodes(tc):
+            cid = node_controller_id(tid, node)
+            if cid in taken or cid in out:
+                raise ControllerIdClash(
+                    f"target {tc.name}: node {node} gets controller id {cid!r}, which "
+                    "another target or node has; set controller_id on the target")
+            out[cid] = (tc, node)
     return out

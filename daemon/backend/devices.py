@@ -24,7 +24,12 @@ download). For each device it:
 - leaves an action of an offline device open (``proceeding``, with the reason) and
   tries again at the device's next poll;
 - records, per device, whether the server accepts the GatewayToken: a 401/403 is a
-  clear line in ``ferry status`` (``auth-refused``), not a silent retry loop.
+  clear line in ``ferry status`` (``auth-refused``), not a silent retry loop;
+- gathers the actions of devices on a broadcast medium (a LoRa group, a Zigbee
+  coordinator) that carry the same artifact, and flashes them as one campaign
+  (ferry.daemon.backend.campaign), each action told its own node's result;
+- with ``[backend] node_controllers``, polls each node a LoRa target lists as a
+  controller of its own, so that a rollout's per-node actions meet in one campaign.
 
 Device deployments wait while the gateway has a deployment (its runner is not idle,
 or the journal holds an unfinished one), and the gateway waits while a device flashes:
@@ -47,7 +52,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ferry.daemon.backend.controllers import device_ids
+from ferry.daemon.backend import campaign
+from ferry.daemon.backend.campaign import GATHERING, medium
+from ferry.daemon.backend.controllers import device_ids, node_ids
 from ferry.daemon.backend.ddi import (
     CancelRequest,
     DdiClient,
@@ -93,6 +100,16 @@ class DeviceState:
     details: list[str] = field(default_factory=list)
     last_action: str = ""  # "<id>: <result>" of the last action closed
     attributes: dict[str, str] = field(default_factory=dict)  # configData last delivered
+    node: str = ""  # a radio node's address, for a node controller
+    last_poll: float = 0.0  # when the server last answered a poll
+    campaign: str = ""  # the campaign key while gathering (ferry.daemon.backend.campaign)
+    gathered: float = 0.0  # when the action joined its campaign
+    artifact: dict[str, str] = field(default_factory=dict)  # filename, url, sha256
+
+    @property
+    def key(self) -> str:
+        """The name ``ferry status`` shows it under: target, or target/node."""
+        return f"{self.target}/{self.node}" if self.node else self.target
 
     def row(self) -> dict[str, Any]:
         """The part ``ferry status`` / ``ferry devices`` show."""
@@ -151,10 +168,16 @@ def _no_log(_msg: str) -> None:
     pass
 
 
-def device_settings(settings: DdiSettings, controller_id: str) -> DdiSettings:
+def device_settings(settings: DdiSettings, controller_id: str,
+                    target_token: str = "") -> DdiSettings:
     """The gateway's settings for a device controller: its id, and the GatewayToken
     (or no token at all on a server that allows anonymous controllers); never the
-    gateway's TargetToken, which belongs to the gateway's controller alone."""
+    gateway's TargetToken, which belongs to the gateway's controller alone. A target
+    with a TargetToken of its own (``[[target]] target_token``: goosebit, which knows
+    no gateway token) authenticates with that instead."""
+    if target_token:
+        return replace(settings, controller_id=controller_id, target_token=target_token,
+                       gateway_token="")
     return replace(settings, controller_id=controller_id, target_token="")
 
 
@@ -171,9 +194,14 @@ class DevicePoller:
         self.config = config
         self.ctx = ctx  # the install Context (journal, config, progress)
         self.ids = device_ids(config)
+        self.nodes = node_ids(config)
+        self.targets: dict[str, TargetConfig] = {
+            **self.ids, **{cid: tc for cid, (tc, _node) in self.nodes.items()}}
         base = settings or DdiSettings.from_config(config.backend)
         make = client_factory or DdiClient
-        self.clients = {cid: make(device_settings(base, cid)) for cid in self.ids}
+        self.clients = {cid: make(device_settings(base, cid, tc.target_token or ""))
+                        for cid, tc in self.targets.items()}
+        self.window = config.backend.campaign_window
         self.busy = busy or (lambda: "")
         self.factory = factory
         self.inspect = inspect if inspect is not None else self._inspect
@@ -188,10 +216,11 @@ class DevicePoller:
         self.interval = 0.0  # the gateway's poll interval, from its runner
         saved = load_states(config.gateway.data_dir)
         self.states: dict[str, DeviceState] = {}
-        for cid, tc in self.ids.items():
+        for cid, tc in self.targets.items():
+            node = self.nodes[cid][1] if cid in self.nodes else ""
             st = saved.pop(cid, None)
-            self.states[cid] = st if st is not None and st.target == tc.name else \
-                DeviceState(cid, tc.name)
+            self.states[cid] = st if st is not None and st.target == tc.name and \
+                st.node == node else DeviceState(cid, tc.name, node=node)
         for cid, st in saved.items():  # no longer in the config: never acted on
             self.log(f"backend: device controller {cid!r} (target {st.target}) is not in "
                      "the config any more; forgetting it"
@@ -227,12 +256,13 @@ class DevicePoller:
                 break
             self.tokens -= 1.0
             self.poll(st.controller_id)
+        gather = self._campaigns(self.clock())
         if not self.states:
             return None
         nxt = min(s.next_poll for s in self.states.values())
         if self.tokens < 1.0 and self.interval > 0:
             nxt = max(nxt, self.clock() + (1.0 - self.tokens) * self.interval / self.per_poll)
-        return nxt
+        return nxt if gather is None else min(nxt, gather)
 
     # -- one device -------------------------------------------------------------------------
 
@@ -248,7 +278,7 @@ class DevicePoller:
     def target(self, controller_id: str) -> TargetConfig:
         """The device of a controller id; UnknownController for an id the gateway's
         config does not give to any target."""
-        tc = self.ids.get(controller_id)
+        tc = self.targets.get(controller_id)
         if tc is None:
             raise UnknownController(f"controller id {controller_id!r} is not a device of this "
                                     "gateway (see `ferry devices`)")
@@ -263,6 +293,7 @@ class DevicePoller:
             if st.action_id and st.result:
                 self._report(st, client)
             poll = client.poll()
+            st.last_poll = self.clock()
             st.sleep = poll.sleep
             st.next_poll = self.clock() + jittered(poll.sleep, self.jitter, self.rng)
             st.status, st.message = "ok", ""
@@ -354,9 +385,30 @@ class DevicePoller:
             data["ferry.nodes"] = f"{len(nodes)} node(s), {bad} failed"
         return data
 
+    def node_attributes(self, tc: TargetConfig, node: str) -> dict[str, str]:
+        """A node controller's configData: its group's keys, its own address and the
+        result of the last flash it took part in."""
+        from ferry.daemon.backend.health import latest_nodes
+
+        rec = next((n for n in latest_nodes(self.ctx.journal, 20).get(tc.name, [])
+                    if n.node == node), None)
+        version = (rec.version or "") if rec is not None else ""
+        result = "never" if rec is None else \
+            {"ok": "success", "failed": "failure"}.get(rec.state, rec.state)
+        return {
+            "hw_boardname": "default", "hw_revision": self.config.gateway.compatible,
+            "sw_version": version or "unknown",
+            "ferry.gateway": self.config.backend.controller_id or "",
+            "ferry.target": tc.name, "ferry.transport": tc.transport,
+            "ferry.group": tc.address, "ferry.address": node,
+            "ferry.image_id": tc.image_id or "", "ferry.version": version,
+            "ferry.last_result": result,
+            "ferry.last_message": ((rec.message or "") if rec is not None else "")[:200],
+        }
+
     def _attributes(self, st: DeviceState, client: DdiClient, tc: TargetConfig, *,
                     force: bool) -> None:
-        data = self.attributes(tc)
+        data = self.node_attributes(tc, st.node) if st.node else self.attributes(tc)
         if not force and st.attributes == data:
             return
         client.put_config_data(data)
@@ -382,6 +434,7 @@ class DevicePoller:
     def _clear(self, st: DeviceState) -> None:
         st.action_id, st.action_state, st.action_message = "", "", ""
         st.dep_id, st.result, st.details = 0, "", []
+        st.campaign, st.gathered, st.artifact = "", 0.0, {}
 
     def _deployment(self, st: DeviceState, client: DdiClient, tc: TargetConfig,
                     dep: Deployment) -> None:
@@ -389,6 +442,8 @@ class DevicePoller:
             self._clear(st)
             st.action_id = dep.action_id
             self._save()
+        if st.action_state == GATHERING:  # waits for its campaign (see step)
+            return
         bundles = [a for c in dep.chunks for a in c.artifacts
                    if a.filename.endswith(BUNDLE_SUFFIXES)]
         if not bundles:
@@ -434,7 +489,114 @@ class DevicePoller:
             self._hold(st, client, OFFLINE, f"device {tc.name} is offline ({offline}); "
                        "ferry tries again at its next poll", "proceeding")
             return
+        where = medium(tc)
+        if where:
+            self._gather(st, client, where, bundles[0])
+            return
         self._flash(st, client, tc, bundles[0].filename, bundles[0].url)
+
+    # -- campaigns ------------------------------------------------------------------------
+
+    def _gather(self, st: DeviceState, client: DdiClient, where: str, bundle: Any) -> None:
+        """Join (or open) the campaign of this artifact on this medium; flashed by
+        :meth:`_campaigns` when its window ends or every peer was polled."""
+        st.campaign = campaign.campaign_key(bundle.sha256, where, st.controller_id)
+        st.gathered = self.clock()
+        st.artifact = {"filename": bundle.filename, "url": bundle.url,
+                       "sha256": bundle.sha256}
+        self._hold(st, client, GATHERING,
+                   f"gathering: {bundle.filename} goes out in one campaign with the other "
+                   f"devices on {where.split(':', 1)[0]} that get it, within "
+                   f"{self.window:.0f} s", "scheduled")
+
+    def _campaigns(self, now: float) -> float | None:
+        """Flash every campaign that is ready; the time the next one will be."""
+        nxt: float | None = None
+        groups = campaign.gathered(self.states.values())
+        for members in groups.values():
+            where = medium(self.targets[members[0].controller_id])
+            peers = [s for cid, s in self.states.items() if medium(self.targets[cid]) == where]
+            if campaign.ready(members, peers, self.window, now):
+                self._run_campaign([self.states[m.controller_id] for m in members])
+            else:
+                at = campaign.due_at(members, self.window)
+                nxt = at if nxt is None else min(nxt, at)
+        return nxt
+
+    def _run_campaign(self, members: list[DeviceState]) -> None:
+        from ferry.daemon.install.devicedeploy import DeviceBusy, start_campaign
+
+        art = members[0].artifact
+        name, url = art.get("filename", ""), art.get("url", "")
+        waiting = self.busy()
+        if waiting:
+            for st in members:
+                self._regather(st, f"waiting: the gateway is busy ({waiting}); the "
+                               "campaign starts when it is done")
+            return
+        why = link_problem(url)
+        if why:
+            for st in members:
+                self._close_quiet(st, "failure", [f"bundle {name}: its link {why}"])
+            return
+        text = f"flashing {name} in one campaign for {campaign.describe(members)}"
+        self.log(f"backend: {text}")
+        for st in members:
+            st.action_state, st.action_message = FLASHING, text
+        self._save()
+        for st in members:
+            self._feedback(st, self.clients[st.controller_id], "proceeding", [text])
+        ctx = self.ctx
+        before = ctx.progress
+        last = [-1]
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if before is not None:
+                before(phase, done, total)
+            if not phase.startswith("flash:") or total <= 0:
+                return
+            pct = done * 100 // total
+            if pct // 25 > last[0]:
+                last[0] = pct // 25
+                for st in members:
+                    self._feedback(st, self.clients[st.controller_id], "proceeding",
+                                   [f"campaign: {pct}% ({phase.split(':', 2)[-1]})"],
+                                   (pct, 100))
+
+        ctx.progress = progress
+        actions = [f"{st.controller_id}:{st.action_id}" for st in members]
+        try:
+            dep_id = start_campaign(ctx, campaign.scope(members), url, actions=actions,
+                                    factory=self.factory)
+        except DeviceBusy as exc:
+            for st in members:
+                self._regather(st, f"waiting: {exc}")
+            return
+        except FerryError as exc:
+            for st in members:
+                self._close_quiet(st, "failure", [f"bundle {name}: {exc}"])
+            return
+        finally:
+            ctx.progress = before
+        for st in members:
+            st.dep_id = dep_id
+            try:
+                self._outcome(st, self.clients[st.controller_id],
+                              self.targets[st.controller_id], name)
+            except DdiError as exc:  # kept; the device's next poll delivers it
+                self.log(f"backend: {st.controller_id}: final result not delivered: {exc}")
+        self._save()
+
+    def _regather(self, st: DeviceState, message: str) -> None:
+        """Back to waiting: the device's next poll gathers it again."""
+        st.campaign, st.gathered = "", 0.0
+        self._hold(st, self.clients[st.controller_id], WAITING, message, "scheduled")
+
+    def _close_quiet(self, st: DeviceState, result: str, details: list[str]) -> None:
+        try:
+            self._close(st, self.clients[st.controller_id], result, details)
+        except DdiError as exc:
+            self.log(f"backend: {st.controller_id}: final result not delivered: {exc}")
 
     def _inspect(self, tc: TargetConfig) -> str:
         """"" when the device answers, else why not (the transport's own look)."""
@@ -504,7 +666,15 @@ class DevicePoller:
             self._hold(st, client, WAITING, f"waiting: {dep.error or 'superseded'}",
                        "scheduled")
             return
-        lines = [f"bundle {name}: version {dep.version or '?'} for {tc.name}"]
+        lines = [f"bundle {name}: version {dep.version or '?'} for {st.key}"]
+        actions = dep.info.get("actions")
+        if isinstance(actions, list):  # a campaign: this action's own node or target
+            ok, own = campaign.member_outcome(j, dep.id, tc.name, st.node)
+            lines += own
+            lines.append(f"campaign: one flash for {len(actions)} action(s), deployment "
+                         f"{dep.id}")
+            self._close(st, client, "success" if ok else "failure", lines)
+            return
         lines += [t.line() for t in target_outcomes(j, dep.id)]
         lines += [t.line() for t in node_outcomes(j, dep.id)]
         if dep.result != "success" and dep.error:
@@ -518,7 +688,8 @@ class DevicePoller:
 
         key = f"{st.controller_id}:{st.action_id}"
         for dep in self.ctx.journal.history(limit=50):
-            if dep.origin == DEVICE_ORIGIN and dep.external_id == key:
+            if dep.origin == DEVICE_ORIGIN and (dep.external_id == key
+                                                or key in (dep.info.get("actions") or ())):
                 return None if dep.result == "cancelled" else dep
         return None
 
@@ -536,7 +707,7 @@ class DevicePoller:
         self.log(f"backend: {st.controller_id}: action {st.action_id} closed, {st.result}")
         self._clear(st)
         self._save()
-        tc = self.ids.get(st.controller_id)
+        tc = self.targets.get(st.controller_id)
         if tc is not None:
             try:
                 self._attributes(st, client, tc, force=False)
@@ -557,7 +728,7 @@ class DevicePoller:
                                [f"action {cancel.stop_id} cancelled; nothing was flashed"])
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {s.target: s.row() for s in self.states.values()}
+        return {s.key: s.row() for s in self.states.values()}
 
 
 class UnknownController(DdiError):

@@ -18,6 +18,14 @@ gateway bundle, so a device deployment is no weaker than one through the gateway
    here, an interrupted staging starts over, an interrupted flash repeats for a target
    not yet recorded ok.
 
+A campaign (ferry.daemon.backend.campaign) is one such deployment for several
+devices or nodes at once (:func:`start_campaign`): ``info["devices"]`` names its
+targets, ``info["only_nodes"]`` the nodes of a radio target it is restricted to (the
+transport's node list, a LoRa group's ``devices``, is cut to them for this flash), and
+``info["actions"]`` the ``<controller id>:<action id>`` it carries. A target of the
+campaign without an image in the bundle gets a failed row with the reason; the others
+are flashed.
+
 The gateway's version policy does not apply (the bundle's version is the device
 firmware's, not the gateway's); the transport decides what is current and skips it.
 
@@ -115,6 +123,54 @@ def start(ctx: Context, device: str, source: str, *, external_id: str,
     return dep_id
 
 
+NODES_OPTION = {"lora": "devices"}  # the option that lists a radio target's nodes
+
+
+def start_campaign(ctx: Context, scope: dict[str, list[str] | None], source: str, *,
+                   actions: list[str], factory: TransportFactory | None = None) -> int:
+    """Journal one deployment of ``source`` to every target of ``scope`` (restricted to
+    the listed nodes where a list is given) and run it to its end; returns its id.
+    DeviceBusy as :func:`start`."""
+    names = list(scope)
+    for name in names:
+        find_target(ctx.config, name)
+    pending = ctx.journal.pending()
+    if pending is not None:
+        raise DeviceBusy(f"deployment {pending.id} ({pending.version or pending.origin}) is "
+                         f"{pending.state}; the campaign waits for it")
+    only_nodes = {t: n for t, n in scope.items() if n is not None}
+    external = actions[0] if len(actions) == 1 else \
+        f"campaign:{actions[0]}+{len(actions) - 1}"
+    dep_id = ctx.journal.create(source, origin=DEVICE_ORIGIN, external_id=external,
+                                info={"device": names[0], "devices": names,
+                                      "only_targets": names, "only_nodes": only_nodes,
+                                      "actions": list(actions)})
+    run(ctx, dep_id, factory=factory)
+    return dep_id
+
+
+def _scoped(ctx: Context, info: dict[str, Any]) -> Context:
+    """The context with each restricted radio target's node list cut to the campaign's
+    nodes: the transport then runs one session for exactly those."""
+    only = info.get("only_nodes") or {}
+    if not only:
+        return ctx
+    from dataclasses import replace
+
+    targets = []
+    for tc in ctx.config.targets:
+        key = NODES_OPTION.get(tc.transport)
+        if tc.name in only and key:
+            tc = replace(tc, options={**tc.options, key: ",".join(only[tc.name])})
+        targets.append(tc)
+    return replace(ctx, config=replace(ctx.config, targets=tuple(targets)))
+
+
+def _devices(cfg: Config, info: dict[str, Any]) -> list[TargetConfig]:
+    names = info.get("devices") or [info.get("device", "")]
+    return [find_target(cfg, str(n)) for n in names]
+
+
 def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None) -> None:
     """Drive device deployment ``dep_id`` from its recorded state to its end."""
     from ferry.daemon.install.proxyphase import run as proxy_run
@@ -132,7 +188,7 @@ def run(ctx: Context, dep_id: int, *, factory: TransportFactory | None = None) -
     if dep.result is not None:  # superseded meanwhile by a local install: flash nothing
         return
     if dep.state in ("committed", "proxy"):
-        proxy_run(ctx, dep_id, factory=factory)
+        proxy_run(_scoped(ctx, dep.info), dep_id, factory=factory)
 
 
 def _fail(ctx: Context, dep_id: int, err: BaseException) -> None:
@@ -164,7 +220,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
     j = ctx.journal
     cfg = ctx.config
     dep = j.get(dep_id)
-    tc = find_target(cfg, str(dep.info.get("device", "")))
+    tcs = _devices(cfg, dep.info)
     staging.clean(cfg.gateway.data_dir, keep_deployment=None)
     j.begin_step(dep_id, "verify", state="verifying", detail=dep.source)
     src = open_source(dep.source, device_download_options(cfg))
@@ -185,15 +241,25 @@ def _prepare(ctx: Context, dep_id: int) -> None:
             raise NotForThisDevice(
                 f"bundle {desc.version} carries a gateway rootfs; a device deployment never "
                 "touches the gateway: assign it to the gateway's own controller")
-        wanted = {e.filename for e in desc.images if matches(tc, _spec(e))}
+        listed = ", ".join(sorted(f"{s['name'] or s['filename']} ({s['transport']})"
+                                  for s in map(_spec, desc.images))) or "none"
+        wanted: set[str] = set()
+        missing: list[tuple[TargetConfig, str]] = []
+        for tc in tcs:
+            hits = {e.filename for e in desc.images if matches(tc, _spec(e))}
+            wanted |= hits
+            if not hits:
+                missing.append((tc,
+                    f"bundle {desc.version} has no image for device {tc.name} ({tc.transport}"
+                    f"{', image_id ' + tc.image_id if tc.image_id else ''}); its images: "
+                    f"{listed}"))
         if not wanted:
-            listed = ", ".join(sorted(f"{s['name'] or s['filename']} ({s['transport']})"
-                                      for s in map(_spec, desc.images))) or "none"
-            raise NotForThisDevice(
-                f"bundle {desc.version} has no image for device {tc.name} ({tc.transport}"
-                f"{', image_id ' + tc.image_id if tc.image_id else ''}); its images: {listed}")
+            raise NotForThisDevice("; ".join(why for _tc, why in missing))
+        for tc, why in missing:  # a campaign's other targets are still flashed
+            j.set_target(dep_id, tc.name, transport=tc.transport, state="failed", message=why)
+        names = ", ".join(t.name for t in tcs)
         j.end_step(dep_id, "verify", detail=f"{desc.version} signed by {reader.signer}, "
-                   f"{len(wanted)} image(s) for {tc.name}")
+                   f"{len(wanted)} image(s) for {names}")
         staged: list[dict[str, Any]] = []
         for entry, stream in reader.images():
             if entry.filename not in wanted:
@@ -219,5 +285,5 @@ def _prepare(ctx: Context, dep_id: int) -> None:
     finally:
         src.stream.close()
     j.begin_step(dep_id, "commit", state="committed",
-                 detail=f"device deployment to {tc.name}: the gateway's slots are untouched")
+                 detail=f"device deployment to {names}: the gateway's slots are untouched")
     j.end_step(dep_id, "commit")

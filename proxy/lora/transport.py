@@ -197,10 +197,12 @@ class LoraTransport:
             raise LoraError(f"target {target.name}: address must be the multicast group id")
         version = opts.get("spec_version", "")
         state = self._load_state(opts, target.address)
-        if (version and opts.get("force") != "1" and state.get("version") == version
-                and state.get("ok")):
+        wanted = [e.strip().lower() for e in opts.get("devices", "").split(",") if e.strip()]
+        if version and opts.get("force") != "1" and wanted and \
+                all(node_version(state, e) == version for e in wanted):
             return FlashResult(ok=True, version=version, skipped=True,
-                               message=f"group {target.address} already has {version}")
+                               message=f"group {target.address} already has {version}",
+                               detail={f"node.{e}": "skipped" for e in wanted})
         devices = load_devices(opts)
         if "loss_estimate" not in opts and state.get("loss") is not None:
             # plan the first redundancy for the loss the nodes reported last time
@@ -245,12 +247,22 @@ class LoraTransport:
         tmp = path.with_suffix(".tmp")
         seen = [n.loss for n in report.nodes.values()
                 if n.state == "complete" and n.sent_seen > 0]
+        # a campaign may reach some of the group's nodes only (ferry's device
+        # campaigns): the others keep what the last campaign that reached them left
+        old = self._load_state(opts, group).get("nodes")
+        nodes: dict[str, Any] = dict(old) if isinstance(old, dict) else {}
+        for e, n in report.nodes.items():
+            before = nodes.get(e) if isinstance(nodes.get(e), dict) else {}
+            nodes[e] = {"state": n.state, "message": n.message, "loss": round(n.loss, 3),
+                        "version": version if n.state == "complete"
+                        else str((before or {}).get("version", ""))}
         tmp.write_text(json.dumps({
-            "version": version, "ok": report.ok, "finished": report.finished,
+            "version": version, "ok": report.ok and all(
+                v.get("version") == version for v in nodes.values() if isinstance(v, dict)),
+            "finished": report.finished,
             "session_cnt": report.session_cnt,
             "loss": round(max(seen), 3) if seen else None,
-            "nodes": {e: {"state": n.state, "message": n.message, "loss": round(n.loss, 3)}
-                      for e, n in report.nodes.items()},
+            "nodes": nodes,
         }, indent=1))
         os.replace(tmp, path)
 
@@ -268,6 +280,19 @@ class LoraTransport:
             return TargetState(reachable=False, version="", detail=detail)
         version = str(state.get("version", "")) if state.get("ok") else ""
         return TargetState(reachable=True, version=version, detail=detail)
+
+
+def node_version(state: dict[str, Any], eui: str) -> str:
+    """The version a node rebuilt in the last campaign that reached it; state files
+    written before per-node versions give the group's version to its complete nodes."""
+    nodes = state.get("nodes")
+    rec = nodes.get(eui) if isinstance(nodes, dict) else None
+    if not isinstance(rec, dict):
+        return ""
+    if "version" in rec:
+        return str(rec["version"])
+    return str(state.get("version", "")) if state.get("ok") and rec.get("state") == "complete" \
+        else ""
 
 
 def create(options: dict[str, Any]) -> LoraTransport:
