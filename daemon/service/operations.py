@@ -117,6 +117,8 @@ class GatewayEngine:
         """
         from ferry.daemon.install.proxyphase import make_target
         from ferry.proxy.registry import get_transport
+        from ferry.proxy.smp.settle import settle
+        from ferry.proxy.transport import DEFER_CONFIRM, confirming
 
         tc = self._target(target)
         transport = get_transport(tc.transport, dict(tc.options))
@@ -127,7 +129,12 @@ class GatewayEngine:
 
         log.info("flashing an image passed by descriptor onto %s", tc.name,
                  extra={"target": tc.name, "phase": "flash"})
+        conf = confirming(transport)  # MCUboot: confirmed only once healthy (settle)
+        if conf is not None:
+            t.options[DEFER_CONFIRM] = "1"
         result = transport.flash(t, image, progress=report)
+        if conf is not None and result.trial is not None:
+            result = settle(conf, t, result.trial, progress=report, booted=result)
         log.log(logging.INFO if result.ok else logging.ERROR, "%s: %s", tc.name,
                 result.message or ("ok" if result.ok else "failed"),
                 extra={"target": tc.name, "phase": "flash"})

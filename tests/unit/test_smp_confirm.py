@@ -266,3 +266,24 @@ def test_cli_flash_rolls_an_unhealthy_image_back(tmp_path: Path,
         assert main(["flash", "smp-serial", sim.port, str(image), "--no-confirm"]) == 0
         assert "test mode" in capsys.readouterr().err.rstrip().splitlines()[-1]
         assert running_version(sim) == "1.1.0" and not sim.device.primary.image_ok
+
+
+def test_ferryd_flash_method_settles_the_trial_too(tmp_path: Path) -> None:
+    """D-Bus Flash (GatewayEngine.flash) gives an unhealthy image the same fate."""
+    from install_gateway import make_gateway
+
+    from ferry.daemon.service.operations import GatewayEngine
+
+    with running_sim(app_unhealthy=True) as sim:
+        gw = make_gateway(tmp_path / "gw", extra=f"""
+[[target]]
+name = "sensor"
+transport = "smp-serial"
+address = "{sim.port}"
+options = {{ timeout = "1", health_smp_group = 64, health_timeout_s = 0.4 }}
+""")
+        engine = GatewayEngine(gw.config)
+        out = engine.flash("sensor", io.BytesIO(NEW), progress=lambda p, d, t: None)
+        assert not out["ok"] and out["rolled_back"] and out["version"] == "1.0.0"
+        assert out["message"].startswith("rolled back: application health"), out["message"]
+        assert running_version(sim) == "1.0.0"
