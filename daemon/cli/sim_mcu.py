@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
                         "AES-KW key); without it, encrypted images are refused at boot")
     parser.add_argument("--fails-to-boot", action="store_true",
                         help="new images crash before confirming, so MCUboot reverts them")
+    parser.add_argument("--app-unhealthy", action="store_true",
+                        help="new images boot and answer SMP, but the application's own "
+                        "check fails: its health group (64, command 0) answers an error")
     parser.add_argument("--reset-delay", type=float, default=0.25, metavar="S",
                         help="seconds the old image keeps answering after a reset request "
                         "(Zephyr's CONFIG_MCUMGR_GRP_OS_RESET_MS; default 0.25)")
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                        buf_count=args.buf_count, fails_to_boot=args.fails_to_boot,
                        reset_delay=args.reset_delay, reenumerate=args.usb is not None,
                        reenumerate_seconds=args.usb or 1.0, smp_v2=not args.smp_v1,
-                       supports_params=not args.no_params)
+                       supports_params=not args.no_params,
+                       app_unhealthy=args.app_unhealthy)
     if args.key:
         with open(args.key, "rb") as f:
             config.public_key_pem = f.read()

@@ -287,3 +287,29 @@ options = {{ timeout = "1", health_smp_group = 64, health_timeout_s = 0.4 }}
         assert not out["ok"] and out["rolled_back"] and out["version"] == "1.0.0"
         assert out["message"].startswith("rolled back: application health"), out["message"]
         assert running_version(sim) == "1.0.0"
+
+
+def test_sim_mcu_app_unhealthy_flag_through_both_commands(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    link = tmp_path / "ttyMCU"
+    proc = subprocess.Popen([sys.executable, "-m", "ferry.daemon.cli.main", "sim", "mcu",
+                             "--baud", "0", "--port", str(link), "--app-unhealthy"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == str(link)
+        image = tmp_path / "app.bin"
+        image.write_bytes(NEW)
+        out = subprocess.run([sys.executable, "-m", "ferry.daemon.cli.main", "flash",
+                              "smp-serial", str(link), str(image), "--reset-delay", "100ms",
+                              "--health-smp", "64", "--health-timeout", "0.5"],
+                             capture_output=True, text=True, timeout=120)
+        last = out.stderr.rstrip().splitlines()[-1]
+        assert out.returncode == 1, out.stderr
+        assert last.startswith("FAILED: rolled back: application health (SMP group 64"), last
+        assert last.endswith("runs 1.0.0 again (after a reset; MCUboot reverted 1.1.0)")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
