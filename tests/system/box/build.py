@@ -5,24 +5,20 @@ the units, sysusers, tmpfiles, the D-Bus policy, U-Boot's script and systemd mee
 (issue #17). The route is the one proven in shared/reference/test-recipes.md §4: these
 machines have no binfmt_misc and no KVM, so no arm64 code runs at build time.
 
-- ``mmdebstrap --variant=extract`` unpacks Debian's arm64 packages (packages.txt); what
-  their maintainer scripts would do (passwd, sysusers, PAM, hwdb, unit enablement) is
-  done here on the host.
-- ferry's dependencies that bookworm has too old come as aarch64 wheels (wheels.txt),
-  ferry itself as a wheel built from the checkout.
-- ferry's files go where meta-ferry's recipes (ferry.inc, ferry-conf.bb) put them.
-- Debian's kernel lacks the NOR drivers for QEMU's pflash (no MTD_PHYSMAP, no MTD_CFI):
-  physmap, cfi_probe, cfi_util, gen_probe and cfi_cmdset_0001 are built out of tree
-  from Debian's linux-source against its linux-headers, so the env appears as /dev/mtd0.
-- virtio and ext4 are modules, so a busybox initramfs loads them and switch_roots.
+- base.py: Debian's arm64 packages (packages.txt) unpacked with ``mmdebstrap
+  --variant=extract``, the NOR modules Debian's kernel lacks, the initramfs, and the
+  aarch64 wheels of ferry's dependencies that bookworm has too old (wheels.txt).
+- here: what the packages' maintainer scripts would have done (passwd, sysusers, PAM,
+  hwdb, /bin/sh and awk links, /var/run, unit enablement), ferry as a wheel of the
+  checkout, ferry's files where meta-ferry's recipes (ferry.inc, ferry-conf.bb) put
+  them, and the disk.
 - The disk is GPT: 1 = rootfs A, 2 = rootfs B (each with /boot/Image and
   /boot/initrd.img), 3 = data (/var/lib/ferry), filled with ``mkfs.ext4 -d`` (no mount).
 
 Two cache levels under /var/cache/ferry, so a change to ferry's code costs seconds and not
-a new download: ``box-base-<key>`` (Debian tree, wheels, kernel, initramfs, modules;
-keyed by this file and the package lists) and ``box-<key>`` (the disk, the env, the dev
-PKI; keyed by the base key and the content of ferry's source tree). Stdlib only: runs
-under the checkout's .venv or the system python3.
+a new download: ``box-base-<key>`` (base.py) and ``box-<key>`` (the disk, the boot
+script, the dev PKI; keyed by the base key, this file, files/ and the content of ferry's
+source tree). Stdlib only, plus the checkout's ``ferry bundle dev-pki`` and pip.
 
     python3 tests/system/box/build.py          # prints the image directory
 """
@@ -150,6 +146,9 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
 
 def passwd_and_groups(root: Path) -> None:
     """What base-passwd's, passwd's and systemd's maintainer scripts would have done."""
+    # the groups udev's postinst adds (its rules name them)
+    (root / "usr/lib/sysusers.d/box-udev.conf").write_text(
+        "".join(f"g {g} -\n" for g in ("input", "kvm", "render", "sgx")))
     share = root / "usr/share/base-passwd"
     shutil.copy(share / "passwd.master", root / "etc/passwd")
     shutil.copy(share / "group.master", root / "etc/group")
@@ -192,6 +191,12 @@ def system_files(root: Path) -> None:
         shutil.copy(box / unit, root / "usr/lib/systemd/system" / unit)
     shutil.copy(box / "ferry-box-report", root / "usr/bin/ferry-box-report")
     (root / "usr/bin/ferry-box-report").chmod(0o755)
+    # base-files' postinst: /var/run and /var/lock point into /run (dbus-next connects to
+    # /var/run/dbus/system_bus_socket; tmpfiles' "L /var/run" skips an existing directory)
+    for link, target in (("var/run", "../run"), ("var/lock", "../run/lock")):
+        if (root / link).is_dir() and not (root / link).is_symlink():
+            shutil.rmtree(root / link)
+            (root / link).symlink_to(target)
     # Links that maintainer scripts (update-alternatives, dash's postinst) would make
     for link, target in (("usr/bin/sh", "dash"), ("usr/bin/awk", "mawk")):
         if not (root / link).exists():
