@@ -187,6 +187,8 @@ class FileServer(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: FileServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
+    # as nginx does (tcp_nodelay): else every small response waits for a delayed ACK
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 WINDOW = 8  # bytes before a cut that decide it
-READ_SIZE = 4 << 20  # bytes read from the image at a time
+READ_SIZE = 1 << 20  # bytes read from the image at a time (big-int temporaries: a few x this)
 MIN_AVG = 1 << 10
 MAX_AVG = 1 << 20
 

@@ -36,6 +36,8 @@ class RangeHandler(BaseHTTPRequestHandler):
 
     server: RangeServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
+    # as nginx does (tcp_nodelay): else every small response waits for a delayed ACK
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:
         pass
