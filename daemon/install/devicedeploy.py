@@ -71,15 +71,19 @@ class NotForThisDevice(DeviceDeployError):
     """The bundle is well signed but cannot go to this device."""
 
 
-def device_download_options(config: Config) -> DownloadOptions:
+def device_download_options(config: Config, tc: TargetConfig | None = None
+                            ) -> DownloadOptions:
     """The install downloader's options with the device controllers' credential: the
     GatewayToken (a TargetToken belongs to the gateway's controller, and its
-    artifacts), on the backend's origin only (``OriginAuth``)."""
+    artifacts), or the device's own ``target_token`` when its target has one, on the
+    backend's origin only (``OriginAuth``)."""
     from ferry.daemon.install.download import DownloadOptions
 
     b = config.backend
     auth = ("Authorization", f"GatewayToken {b.gateway_token}") \
         if b.url and b.gateway_token else None
+    if b.url and tc is not None and tc.target_token:
+        auth = ("Authorization", f"TargetToken {tc.target_token}")
     return DownloadOptions(
         stall_timeout=config.install.download_stall_timeout,
         retries=config.install.download_retries,
@@ -223,7 +227,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
     tcs = _devices(cfg, dep.info)
     staging.clean(cfg.gateway.data_dir, keep_deployment=None)
     j.begin_step(dep_id, "verify", state="verifying", detail=dep.source)
-    src = open_source(dep.source, device_download_options(cfg))
+    src = open_source(dep.source, device_download_options(cfg, tcs[0]))
     try:
         limits = Limits(max_bundle_size=cfg.install.max_bundle_size)
         # the keyring in force (a rotation included), as for the gateway's own bundles;
