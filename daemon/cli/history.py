@@ -2,6 +2,10 @@
 
 Reads the journal directly (SQLite WAL allows a reader beside ferryd), so it works
 when the daemon is down, which is when a technician most needs it.
+
+A device deployment (a DDI action on a device's own controller, issue 19) names its
+controller and action, and a campaign every action it carried, so that a line here
+can be found on the server: ``controller gw1.mcu0, action 7``.
 """
 
 from __future__ import annotations
@@ -31,10 +35,41 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
 
 
+DEVICE_ORIGIN = "ddi-device"  # ferry.daemon.install.devicedeploy.DEVICE_ORIGIN
+_SHOWN_ACTIONS = 6
+
+
+def controllers(d: dict[str, Any]) -> list[dict[str, str]]:
+    """The (controller id, action id) pairs a device deployment carried: a campaign's
+    from its info, one device's from its external id ``<controller id>:<action id>``."""
+    if d.get("origin") != DEVICE_ORIGIN:
+        return []
+    keys = (d.get("info") or {}).get("actions")
+    if not isinstance(keys, list):
+        keys = [d.get("external_id") or ""]
+    out = []
+    for key in keys:
+        cid, sep, aid = str(key).rpartition(":")
+        if sep and cid:
+            out.append({"controller_id": cid, "action_id": aid})
+    return out
+
+
+def controller_line(items: list[dict[str, str]]) -> str:
+    shown = [f"{c['controller_id']} (action {c['action_id']})"
+             for c in items[:_SHOWN_ACTIONS]]
+    more = f", +{len(items) - _SHOWN_ACTIONS} more" if len(items) > _SHOWN_ACTIONS else ""
+    if len(items) == 1:
+        c = items[0]
+        return f"controller {c['controller_id']}, action {c['action_id']}"
+    return f"campaign of {len(items)} actions: {', '.join(shown)}{more}"
+
+
 def collect(journal: Any, limit: int) -> list[dict[str, Any]]:
     out = []
     for dep in journal.history(limit):
         d = dep.as_dict()
+        d["controllers"] = controllers(d)
         d["steps"] = [vars(s) | {} for s in journal.steps(dep.id)]
         d["targets"] = [vars(t) | {} for t in journal.targets(dep.id)]
         out.append(d)
@@ -69,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         slot = f" {d['from_slot']}->{d['to_slot']}" if d["to_slot"] else ""
         print(f"#{d['id']} {_when(d['created'])} UTC  {d['version'] or '?'}{slot}  {result}")
         print(f"    source: {d['source']}")
+        if d["controllers"]:
+            print(f"    {controller_line(d['controllers'])}")
         if d["error"]:
             print(f"    error: {d['error']}")
         for t in d["targets"]:

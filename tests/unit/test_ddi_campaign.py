@@ -374,3 +374,28 @@ def test_campaign_keys_scope_and_readiness():
     peer.last_poll = 120.0
     assert campaign.ready([a, b], [a, b, peer], 60.0, 121.0)  # every peer polled since
     assert campaign.due_at([a, b], 60.0) == 160.0
+
+
+# -- ferry history -------------------------------------------------------------------------------
+
+
+def test_history_names_the_controllers_of_device_deployments(server, zgw, tmp_path, capsys):
+    from ferry.daemon.cli.main import main
+
+    data = zbundle(zgw, tmp_path, "5", {"image_id": "lamp"})
+    a0 = server.device("gw1.z0").assign([("firmware", "lamp", "5", {"z.swu": data})])
+    a1 = server.device("gw1.z1").assign([("firmware", "lamp", "5", {"z.swu": data})])
+    m = make_bundle(zgw, tmp_path / "m.swu", version="2", targets=[
+        (TargetSpec("smp-serial", "mcu0", "bin", "2"), b"M" * 300)]).read_bytes()
+    am = server.device("gw1.mcu0").assign([("firmware", "mcu", "2", {"m.swu": m})])
+    zpoller(zgw).step()
+    assert main(["--config", str(zgw.config_path), "history"]) == 0
+    out = capsys.readouterr().out
+    assert f"controller gw1.mcu0, action {am}" in out
+    assert (f"campaign of 2 actions: gw1.z0 (action {a0}), gw1.z1 (action {a1})") in out
+    assert main(["--config", str(zgw.config_path), "history", "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    by_id = {tuple(c["controller_id"] for c in d["controllers"]): d for d in items}
+    assert set(by_id) == {("gw1.mcu0",), ("gw1.z0", "gw1.z1")}
+    assert by_id[("gw1.mcu0",)]["controllers"] == [{"controller_id": "gw1.mcu0",
+                                                     "action_id": am}]
