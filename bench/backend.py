@@ -1,8 +1,19 @@
 """Device controllers' polling cost: requests per hour and pick-up latency for 1, 10 and 200
-devices behind one gateway, against tests/ddi_server.py (issue #19).
+devices behind one gateway, against tests/ddi_server.py (issue #19); and what a campaign
+saves on the radio: one LoRa multicast session for 100 nodes against 100 sessions of one.
 
 Run: .venv/bin/python bench/backend.py [--hours 2] [--sleep 60] [--per-poll 10]
                                        [--probes 40] [--seed 1]
+                                       [--campaign-nodes 100] [--image 4096]
+
+The campaign rows run the real ``lora`` transport and FUOTA session code against the
+LoRa simulator (sim/lora: nodes with LoRaMac-node's FragDecoder, 5 % downlink loss per
+node, simulated time): once with every node in one session (what ferry's campaign
+coalescing does with a rollout's 100 node actions), then once per node (what 100 device
+actions flashed one by one would cost). Frames and time on air are the simulator's and
+the session's own counts (``Report.airtime``: the multicast fragments' and status
+requests' time on air at the data rate, which the 10 % duty cycle of the RX2 sub-band
+turns into wall time). Printed: the ratio unicast ÷ campaign, against the node count.
 
 Real HTTP to the OpenAPI-checked fixture on loopback (every request and answer is
 validated, and counted by the server), in simulated time: the poller's clock is a
@@ -28,6 +39,7 @@ counted in the steady state). Printed against limits of the same run:
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import statistics
 import sys
@@ -145,6 +157,68 @@ def run(n: int, *, hours: float, sleep: int, per_poll: int, probes: int,
     }
 
 
+def lora_sessions(n: int, size: int, seed: int, *, one_session: bool) -> dict[str, float]:
+    """Flash ``n`` simulated nodes one image: in one session, or one session each."""
+    import json as _json
+
+    from ferry.proxy.lora.transport import LoraTransport
+    from ferry.proxy.transport import Target
+    from ferry.sim.lora.network import Bernoulli, SimClock, SimNetwork
+    from ferry.sim.lora.node import Node
+
+    rng = random.Random(seed)
+    clock = SimClock()
+    nodes, keys = {}, {}
+    for i in range(n):
+        eui = f"70b3d57e{i:08x}"
+        key = rng.randbytes(16)
+        nodes[eui] = Node(eui, key, clock_offset=rng.uniform(-30, 30))
+        keys[eui] = key.hex()
+    net = SimNetwork(clock, nodes, {e: Bernoulli(0.05) for e in nodes}, seed=seed)
+    image = rng.randbytes(size)
+    out = {"sessions": 0.0, "fragments": 0.0, "airtime": 0.0, "wall": 0.0, "ok": 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        keys_file = Path(tmp) / "keys.json"
+        keys_file.write_text(_json.dumps(keys))
+        groups = [list(nodes)] if one_session else [[e] for e in nodes]
+        for devs in groups:
+            t = LoraTransport({"keys_file": str(keys_file), "application_id": "bench",
+                               "dr": "5", "answer_timeout": "120", "start_margin": "200"},
+                              network_factory=lambda _o: net, clock=clock)
+            start = clock.now()
+            res = t.flash(Target("grp", "lora", "grp", options={"devices": ",".join(devs)}),
+                          io.BytesIO(image), progress=lambda *_a: None)
+            report = t.last_report
+            assert report is not None
+            out["sessions"] += 1
+            out["fragments"] += report.fragments_sent
+            out["airtime"] += report.airtime
+            out["wall"] += clock.now() - start
+            out["ok"] += sum(1 for k, v in res.detail.items()
+                             if k.startswith("node.") and v.startswith("complete"))
+    out["multicast_frames"] = float(net.stats.multicast)
+    out["unicast_frames"] = float(net.stats.unicast)
+    out["uplinks"] = float(net.stats.uplinks)
+    return out
+
+
+def campaign_rows(n: int, size: int, seed: int) -> None:
+    one = lora_sessions(n, size, seed, one_session=True)
+    each = lora_sessions(n, size, seed, one_session=False)
+    print(f"\nLoRa: {n} nodes, one {size}-byte image, DR5, 5 % loss per node (sim/lora)")
+    print(f"{'':>20} {'sessions':>8} {'mc frames':>9} {'uc frames':>9} {'uplinks':>8} "
+          f"{'airtime':>8} {'wall':>8} {'nodes ok':>8}")
+    for label, r in (("1 campaign", one), (f"{n} unicast sessions", each)):
+        print(f"{label:>20} {int(r['sessions']):>8} {int(r['multicast_frames']):>9} "
+              f"{int(r['unicast_frames']):>9} {int(r['uplinks']):>8} {r['airtime']:>7.0f}s "
+              f"{r['wall'] / 3600:>7.1f}h {int(r['ok']):>8}")
+    frames = each["multicast_frames"] / max(one["multicast_frames"], 1.0)
+    air = each["airtime"] / max(one["airtime"], 1e-9)
+    wall = each["wall"] / max(one["wall"], 1e-9)
+    print(f"unicast ÷ campaign: multicast frames {frames:.1f}x, airtime {air:.1f}x, "
+          f"wall {wall:.1f}x (limit: {n}x, the node count)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hours", type=float, default=2.0)
@@ -152,7 +226,13 @@ def main() -> None:
     ap.add_argument("--per-poll", type=int, default=10, help="device_polls_per_poll")
     ap.add_argument("--probes", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--campaign-nodes", type=int, default=100)
+    ap.add_argument("--image", type=int, default=4096, help="campaign image bytes")
+    ap.add_argument("--campaign-only", action="store_true")
     args = ap.parse_args()
+    if args.campaign_only:
+        campaign_rows(args.campaign_nodes, args.image, args.seed)
+        return
     print(f"simulated {args.hours} h, polling.sleep {args.sleep} s for the gateway and every "
           f"device, device_polls_per_poll {args.per_poll}, {args.probes} probe actions")
     print(f"{'devices':>7} {'req/h':>8} {'/naive':>7} {'/bound':>7} {'pickup med':>10} "
@@ -168,6 +248,7 @@ def main() -> None:
           "after every device's first poll; /naive: ÷ (1+N) polls per gateway interval; /bound: ÷ "
           "(1+per_poll) per interval + 2 per probe; max/gw: pick-up ÷ the gateway interval; "
           "max/exp: ÷ max(1, N/per_poll) intervals (the jittered sleep may add 10 %)")
+    campaign_rows(args.campaign_nodes, args.image, args.seed)
 
 
 if __name__ == "__main__":
