@@ -97,8 +97,8 @@ def _check_key(desc: Description, key: AesKey, source: str) -> None:
     for entry in encrypted:
         if not check_key(entry, key):
             raise BundleCreateError(
-                f"the key from {source} does not match image {entry.filename!r}'s "
-                "aes-key-check; it is not this bundle's key")
+                f"the key from {source} does not match the aes-key-check of image "
+                f"{entry.filename!r}; it is not this bundle's key")
 
 
 def new_envelope(old: bytes | None, desc: Description, certs: Sequence[x509.Certificate],

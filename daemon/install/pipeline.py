@@ -569,8 +569,8 @@ def _decryption_key(cfg: Config, desc: Any, reader: Any = None) -> Any:
         if entry.encrypted and not check_key(entry, key):
             if from_envelope:
                 raise EncryptionKeyError(
-                    f"the key in the bundle's sw-description.key does not match image "
-                    f"{entry.filename!r}'s signed aes-key-check; the key envelope was "
+                    f"the key in the bundle's sw-description.key does not match the signed "
+                    f"aes-key-check of image {entry.filename!r}; the key envelope was "
                     "tampered with or belongs to another bundle")
             raise EncryptionKeyError(
                 f"image {entry.filename!r} was encrypted with another AES key than "

@@ -485,7 +485,7 @@ def test_swapped_envelope_is_refused_by_the_signed_key_check(
     assert len(evil) == len(env)  # same layout: a swap in place keeps the cpio sizes
     swapped = tmp_path / "swapped.swu"
     swapped.write_bytes(data.replace(env, evil))
-    refused(gw, swapped, EncryptionKeyError, "does not match .* signed aes-key-check")
+    refused(gw, swapped, EncryptionKeyError, "does not match the signed aes-key-check")
 
 
 def test_tampered_envelope_bytes_are_refused_in_one_line(
