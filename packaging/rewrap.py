@@ -101,6 +101,21 @@ def _check_key(desc: Description, key: AesKey, source: str) -> None:
                 f"{entry.filename!r}; it is not this bundle's key")
 
 
+def peek_envelope(stream: BinaryIO) -> bytes | None:
+    """The key envelope member of a bundle, WITHOUT checking anything it is next to:
+    for display (``ferry bundle inspect``) only. None when the bundle has none."""
+    cpio = CpioStreamReader(stream, Limits())
+    lim = cpio.limits
+    for name, cap in ((DESCRIPTION_NAME, lim.max_description_size),
+                      (SIGNATURE_NAME, lim.max_signature_size)):
+        if cpio.next_header().name != name:
+            return None
+        cpio.read_member(cap, name)
+    if cpio.next_header(check_crc=False).name != ENVELOPE_NAME:
+        return None
+    return cpio.read_member(MAX_ENVELOPE_SIZE, f"key envelope {ENVELOPE_NAME}")
+
+
 def new_envelope(old: bytes | None, desc: Description, certs: Sequence[x509.Certificate],
                  *, me: Recipient | None, key: AesKey | None, replace: bool) -> bytes:
     """The envelope OUT gets: IN's with ``certs`` added (``old``, opened by ``me``), or, with

@@ -388,6 +388,18 @@ def _delta_estimate(args: argparse.Namespace) -> dict[str, Any] | None:
             "mode": "full" if plan.full else "delta", "member_size": rootfs.size}
 
 
+def _recipients(path: str) -> list[str] | None:
+    """Who the bundle's key envelope names (None: no envelope, or read from stdin)."""
+    if path == "-":
+        return None
+    from ferry.packaging.envelope import recipients
+    from ferry.packaging.rewrap import peek_envelope
+
+    with _open(path) as fh:
+        der = peek_envelope(fh)
+    return recipients(der) if der is not None else None
+
+
 def _inspect(args: argparse.Namespace) -> int:
     estimate = _delta_estimate(args)
     from ferry.packaging.keyring import load_keyring
@@ -402,6 +414,7 @@ def _inspect(args: argparse.Namespace) -> int:
         else:
             desc, _raw, sig = read_unverified(fh)
             signer, verified = (embedded_signer(sig) if sig else None), False
+    wrapped_for = _recipients(args.bundle) if any(e.encrypted for e in desc.images) else None
     if getattr(args, "json", False):
         doc = {
             "version": desc.version,
@@ -411,6 +424,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "keyring_version": desc.keyring_version,
             "images": [_image_json(e) for e in desc.images],
             "delta_estimate": estimate,
+            "recipients": wrapped_for,
         }
         print(json.dumps(doc, indent=2))
         return 0
@@ -420,6 +434,10 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"signer:     {signer or 'unsigned'} ({state})")
     if desc.keyring_version is not None:
         print(f"keyring:    new keyring version {desc.keyring_version}")
+    if wrapped_for is not None:
+        print(f"key:        wrapped for {len(wrapped_for)} recipient(s) in sw-description.key")
+        for name in wrapped_for:
+            print(f"              {name}")
     print("images:")
     for e in desc.images:
         if e.target is not None:

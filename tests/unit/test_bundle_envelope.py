@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,11 @@ def test_rewrap_keeps_signature_and_images_byte_identical(
             open_envelope(ma["sw-description.key"], people["rsa"].recipient))
     assert main(["bundle", "verify", "--keyring", str(pki / "ca.pem"), str(b)]) == 0
     assert len(b.read_bytes()) % 512 == 0
+    capsys.readouterr()
+    assert main(["bundle", "inspect", "--json", str(b)]) == 0
+    shown = json.loads(capsys.readouterr().out)["recipients"]
+    assert len(shown) == 3 and shown[0].startswith("RSA issuer 'Common Name: fleet device CA'")
+    assert f"serial {people['p384'].x509.serial_number:#x}" in shown[2]
 
 
 def test_rewrap_by_a_non_recipient_is_refused(pki: Path, tmp_path: Path,
