@@ -70,3 +70,13 @@ def load(config: Config, slot: str, image_sha256: str | None,
             found[digest] = offset
         offset += kept.lengths[i]
     return found
+
+
+def keep_after_full(config: Config, slot: str, entry: object, index: bytes) -> None:
+    """A delta bundle installed whole (a path, no usable base, the fallback of a
+    server without Range): its verified index describes the slot just written too."""
+    sha = getattr(entry, "decompressed_sha256", None)
+    if sha and not getattr(entry, "encrypted", False):
+        save(config, slot, sha, index)
+    else:
+        drop(config, slot)

@@ -381,6 +381,10 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                     aes=aes,
                 )
                 j.end_step(dep_id, "write", state="written", detail=f"{res.size} bytes")
+                if delta is None and reader.delta_index is not None:
+                    from ferry.daemon.install.deltacache import keep_after_full
+
+                    keep_after_full(cfg, inactive.name, entry, reader.delta_index)
                 _drop_resume_point(ctx, dep_id)
             elif entry.role == "keyring":
                 new_keyring = stream.read()  # at most 1 MiB, hash-checked at its end

@@ -335,3 +335,16 @@ def test_a_wrong_kept_index_costs_fetches_not_bytes(gw: Gateway, tmp_path: Path)
     assert any("changed in the active slot" in n for n in info["notes"])
     assert gw.slot_path("B").read_bytes()[:len(NEW)] == NEW
     assert gw.boot() == "B"
+
+
+def test_a_delta_bundle_installed_whole_keeps_its_index(gw: Gateway, tmp_path: Path) -> None:
+    put_base(gw, OLD, record=False)
+    install(gw.config, str(make_delta_bundle(gw, tmp_path / "w1" / "b.swu", NEW)))  # a path
+    commit_new_slot(gw)
+    newer = bootable("1.2.0", changed_payload()[:-BLOCK] + blocks(56, 1))
+    with RangeServer(make_delta_bundle(gw, tmp_path / "w2" / "b.swu", newer,
+                                       version="1.2.0")) as srv:
+        install(gw.config, srv.url)
+    info = delta_info(gw)
+    assert info["notes"] == ["active slot index kept"] and info["mode"] == "delta"
+    assert gw.slot_path("A").read_bytes()[:len(newer)] == newer
