@@ -146,6 +146,7 @@ class TargetEntry:
     image_id: str = ""
     baud: int | None = None
     options: dict[str, str] = field(default_factory=dict)
+    target_token: str = ""  # its own DDI TargetToken (a device controller on goosebit)
 
 
 @dataclass
@@ -157,6 +158,7 @@ class SimGateway:
     health_window: float = 4.0
     backend_url: str = ""
     controller_id: str = "ferry-demo-gw-1"
+    device_controllers: bool = False  # each [[target]] a DDI controller of its own
     targets: list[TargetEntry] = field(default_factory=list)
     keyring: Path | None = None
     on_boot: Callable[[str, dict[str, str]], None] | None = None
@@ -248,7 +250,10 @@ class SimGateway:
                   f'checks = [["{self.root / "bin" / "app-check"}"]]', ""]
         if self.backend_url:
             lines += ["[backend]", f'url = "{self.backend_url}"',
-                      f'controller_id = "{self.controller_id}"', "poll_jitter = 0.0", ""]
+                      f'controller_id = "{self.controller_id}"', "poll_jitter = 0.0"]
+            if self.device_controllers:
+                lines.append("device_controllers = true")
+            lines.append("")
         for t in self.targets:
             lines += ["[[target]]", f'name = "{t.name}"', f'transport = "{t.transport}"',
                       f'address = "{t.address}"']
@@ -256,6 +261,8 @@ class SimGateway:
                 lines.append(f'image_id = "{t.image_id}"')
             if t.baud:
                 lines.append(f"baud = {t.baud}")
+            if t.target_token:
+                lines.append(f'target_token = "{t.target_token}"')
             if t.options:
                 opts = ", ".join(f'{k} = "{v}"' for k, v in t.options.items())
                 lines.append(f"options = {{ {opts} }}")

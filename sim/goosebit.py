@@ -6,6 +6,17 @@ pinned web stack (FastAPI, Tortoise ORM, pydantic) must not mix with ferry's:
 variable ``FERRY_GOOSEBIT_VENV`` points at another one. The recipe (aerich schema
 first, uvicorn bound to loopback, admin via /setup, JWT from /login) is the one in
 shared/reference/update-clients.md §10.
+
+Device tokens: goosebit 0.2.12 reads only ``Authorization: TargetToken <token>``
+(``updater/routes.py``, ``validate_device_token``; any other header counts as none),
+so it cannot take hawkBit's GatewayToken. What it has instead is a token per device:
+``PUT /api/v1/devices`` with ``auth_token`` (``api/v1/devices/routes.py``) creates the
+device and sets it, and ``device_auth.mode`` decides who must send one
+(``settings/schema.py``, ``DeviceAuthMode``): ``lax`` lets devices without a token
+poll and makes a device that has one send it (a 401 otherwise), ``strict`` makes
+every device send one. ``device_auth="lax"`` starts it that way, :meth:`register_device`
+gives one device its token: the route by which ``ferry demo`` makes the MCU a
+controller of its own (``[[target]] target_token``).
 """
 
 from __future__ import annotations
@@ -72,6 +83,7 @@ class Goosebit:
     port: int = 0  # 0: pick a free one
     poll_time: str = "00:00:01"
     tenant: str = "DEFAULT"
+    device_auth: str = ""  # "", "lax", "strict" or "setup": goosebit's device_auth.mode
     venv: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""
@@ -114,7 +126,9 @@ class Goosebit:
             f"artifacts_dir: {self.state_dir / 'artifacts'}\n"
             f"secret_key: {secret}\n"
             f'poll_time: "{self.poll_time}"\n'
-            f"tenant: {self.tenant}\n")
+            f"tenant: {self.tenant}\n"
+            + (f"device_auth:\n  enable: true\n  mode: {self.device_auth}\n"
+               if self.device_auth else ""))
         (self.state_dir / "pyproject.toml").write_text(
             "[tool.aerich]\n"
             'tortoise_orm = "goosebit.db.config.TORTOISE_CONF"\n'
@@ -205,6 +219,12 @@ class Goosebit:
         r = self.session.patch(self.url + "/api/v1/devices",
                                json={"devices": [device], **fields}, timeout=30)
         self._check(r, "device update")
+
+    def register_device(self, device: str, token: str) -> None:
+        """Create ``device`` (if new) with its own TargetToken (PUT /api/v1/devices)."""
+        r = self.session.put(self.url + "/api/v1/devices",
+                             json={"devices": [device], "auth_token": token}, timeout=30)
+        self._check(r, f"registration of {device}")
 
     def devices(self) -> list[dict[str, Any]]:
         r = self.session.get(self.url + "/api/v1/devices", timeout=30)

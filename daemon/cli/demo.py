@@ -7,12 +7,22 @@ and assigned in goosebit, and the gateway side (the DDI runner over the real ins
 pipeline, boot check and proxy phase) takes it to the end. It ends with ``ferry
 status`` beside goosebit's view of the device. Exit code 0 means the story ended as
 it should (committed and flashed; with ``--fail health``: rolled back and reported).
+
+The second act (after a successful gateway update, issue 19): the MCU is a DDI
+controller of its own (``[backend] device_controllers``). goosebit 0.2.12 knows no
+GatewayToken, so the demo takes goosebit's own route: device auth in ``lax`` mode and
+a TargetToken for the MCU's device set through goosebit's API, which ferry sends for
+that device (``[[target]] target_token``). The operator assigns a target-only bundle
+to the MCU alone; ferry's device poller flashes it through the real SMP transport and
+reports to the MCU's action, and the demo prints both goosebit views: the MCU's entry
+finished on the new firmware, the gateway's entry unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -29,7 +39,9 @@ COMPATIBLE = "ferry-demo-gw"
 CONTROLLER_ID = "ferry-demo-gw-1"
 OLD_VERSION, NEW_VERSION = "1.0.0", "2.0.0"
 MCU_OLD, MCU_NEW = (1, 0, 0, 0), (1, 4, 0, 0)
+MCU_ALONE, MCU_ALONE_VERSION = (1, 5, 0, 0), "1.5.0"  # the second act's firmware
 STEPS = 7
+STEPS_TWO_ACTS = 10
 
 
 def register(sub: Any) -> None:
@@ -58,8 +70,9 @@ def register(sub: Any) -> None:
 class Display:
     """Numbered steps and indented detail lines, with elapsed seconds, for a console."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: Any = None, steps: int = STEPS) -> None:
         self.stream = stream or sys.stdout
+        self.steps = steps
         self.t0 = time.monotonic()
         self.lock = threading.Lock()
 
@@ -69,7 +82,7 @@ class Display:
             self.stream.flush()
 
     def step(self, n: int, text: str) -> None:
-        self._out(f"\n[{n}/{STEPS}] {text}")
+        self._out(f"\n[{n}/{self.steps}] {text}")
 
     def info(self, text: str) -> None:
         self._out(f"  {time.monotonic() - self.t0:6.1f}s  {text}")
@@ -92,6 +105,7 @@ class Demo:
     bundle: Path | None = None
     progress_seen: dict[str, int] = field(default_factory=dict)
     real_uboot: bool = False
+    mcu_token: str = field(default_factory=lambda: secrets.token_hex(12))
 
     # -- the story --------------------------------------------------------------------
 
@@ -106,6 +120,8 @@ class Demo:
         self._assign()
         outcome = self._deploy()
         ok = self._ending(outcome)
+        if ok and self.ui.steps == STEPS_TWO_ACTS and self.mcu is not None:
+            ok = self._act_two()
         if a.keep:
             self._keep()
         return exitcodes.OK if ok else exitcodes.FAILED
@@ -129,7 +145,7 @@ class Demo:
         from ferry.sim.goosebit import Goosebit
 
         self.ui.step(1, "backend: goosebit, a hawkBit-DDI server (PyPI), on 127.0.0.1")
-        gb = Goosebit(self.workdir / "goosebit", port=self.args.port)
+        gb = Goosebit(self.workdir / "goosebit", port=self.args.port, device_auth="lax")
         gb.start(timeout=180)
         self.goosebit = gb
         self.cleanup.append(gb.stop)
@@ -165,7 +181,8 @@ class Demo:
         pki = write_dev_pki(self.workdir / "pki")
         targets = []
         if self.mcu is not None:
-            targets.append(TargetEntry("mcu0", "smp-serial", self.mcu.port, baud=115200))
+            targets.append(TargetEntry("mcu0", "smp-serial", self.mcu.port, baud=115200,
+                                       target_token=self.mcu_token))
         gw_root = self.workdir / "gateway"
 
         def on_boot(slot: str, rootfs: dict[str, str]) -> None:
@@ -184,7 +201,8 @@ class Demo:
 
         gw = SimGateway(gw_root, compatible=COMPATIBLE, keyring=pki.ca_cert,
                         backend_url=self.goosebit.url, controller_id=CONTROLLER_ID,
-                        targets=targets, on_boot=on_boot, real_uboot=self.real_uboot)
+                        device_controllers=self.mcu is not None, targets=targets,
+                        on_boot=on_boot, real_uboot=self.real_uboot)
         self.gateway = gw
         gw.create(OLD_VERSION)
         os.environ["FERRY_BOOT_ID_PATH"] = str(gw.boot_id_path)
@@ -347,6 +365,116 @@ class Demo:
               "expected; see the lines above and the logs in " + str(self.workdir))
         return ok
 
+    # -- the second act: the MCU as a controller of its own ----------------------------------
+
+    def _act_two(self) -> bool:
+        from ferry.daemon.backend.controllers import device_ids
+        from ferry.daemon.backend.devices import DevicePoller
+        from ferry.daemon.config import load_config
+        from ferry.daemon.install.pipeline import make_context
+
+        config = load_config(self.gateway.config_path)
+        cid = next(c for c, tc in device_ids(config).items() if tc.name == "mcu0")
+        self.ui.step(8, f"operator: the MCU as a device of its own in goosebit ({cid})")
+        self.goosebit.register_device(cid, self.mcu_token)
+        refused = self._poll_without_token(config, cid)
+        self.ui.info("goosebit 0.2.12 reads only TargetToken (no GatewayToken): device auth "
+                     f"is in lax mode and PUT /api/v1/devices gave {cid} a token of its "
+                     f"own, [[target]] target_token in ferry.toml; a poll without it: "
+                     f"{refused}")
+        ctx = make_context(config, progress=self._progress)
+        self.progress_seen.clear()
+        poller = DevicePoller(config, ctx, log=lambda m: None)
+        poller.step()
+        row = poller.status()["mcu0"]
+        self.ui.info(f"ferry polls {cid} with its TargetToken: {row['backend']}; its "
+                     "configData (transport, address, running version) went up")
+        gw_before = self.goosebit.device(CONTROLLER_ID)
+        bundle = self._build_mcu_bundle()
+        self.ui.step(9, f"operator: a target-only bundle (MCU firmware {MCU_ALONE_VERSION}, "
+                     "no rootfs) assigned to the MCU alone")
+        sw = self.goosebit.upload(bundle)
+        self.goosebit.assign(cid, sw)
+        self.ui.info(f"software {sw} assigned to {cid}; the gateway's own entry is not "
+                     "touched")
+        self.ui.step(10, "the MCU's controller: poll, download, verify, flash, report; "
+                     "both goosebit views")
+        st = poller.states[cid]
+        deadline = time.monotonic() + 120
+        while not st.last_action and time.monotonic() < deadline:
+            st.next_poll = min(st.next_poll, time.time())
+            poller.step()
+            if not st.last_action:
+                time.sleep(0.5)
+        self.ui.info(f"action {st.last_action or '(none closed)'}")
+        return self._ending_two(cid, gw_before)
+
+    def _poll_without_token(self, config: Any, cid: str) -> str:
+        from dataclasses import replace
+
+        from ferry.daemon.backend import ddi
+
+        settings = replace(ddi.DdiSettings.from_config(config.backend), controller_id=cid,
+                           target_token="", gateway_token="")
+        try:
+            ddi.DdiClient(settings).poll()
+        except ddi.DdiHttpError as exc:
+            return f"HTTP {exc.status}, refused"
+        except ddi.DdiError as exc:
+            return f"failed ({exc})"
+        return "ANSWERED (device auth is off?)"
+
+    def _build_mcu_bundle(self) -> Path:
+        from ferry.packaging.description import TargetSpec
+        from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+        from ferry.sim.mcu import image as mcu_image
+
+        out = self.workdir / "bundles"
+        fw = out / f"mcu0-{MCU_ALONE_VERSION}.bin"
+        fw.write_bytes(mcu_image.build(MCU_ALONE, b"demo firmware 1.5.0\n" * 600))
+        pki = self.workdir / "pki"
+        bundle = out / f"ferry-demo-mcu0-{MCU_ALONE_VERSION}.swu"
+        create_bundle(bundle, signing=load_signing_key(pki / "signer.key", pki / "signer.pem"),
+                      version=MCU_ALONE_VERSION, compatible=[COMPATIBLE],
+                      images=[ImageInput(fw, None, TargetSpec("smp-serial", "mcu0", "mcuboot",
+                                                              MCU_ALONE_VERSION))])
+        return bundle
+
+    def _view(self, device: str) -> list[str]:
+        dev = self.goosebit.device(device)
+        log = self.goosebit.log(device).strip().splitlines()
+        return ["goosebit: device " + device, "-" * (17 + len(device)),
+                f"state:      {dev.get('last_state')}",
+                f"sw_version: {dev.get('sw_version')}",
+                f"assigned:   {(dev.get('assigned_software') or {}).get('version')}",
+                "action log:", *[f"  {line}" for line in log[-6:]]]
+
+    def _ending_two(self, cid: str, gw_before: dict[str, Any]) -> bool:
+        from ferry.daemon.backend.health import transport_inspect
+
+        left, right = self._view(CONTROLLER_ID), self._view(cid)
+        colw = max(len(x) for x in left) + 3
+        if shutil.get_terminal_size((80, 24)).columns >= colw + max(len(x) for x in right):
+            for i in range(max(len(left), len(right))):
+                lt = left[i] if i < len(left) else ""
+                print(lt.ljust(colw) + (right[i] if i < len(right) else ""))
+        else:
+            print("\n".join(left) + "\n\n" + "\n".join(right))
+        gw, mcu = self.goosebit.device(CONTROLLER_ID), self.goosebit.device(cid)
+        health = self.pipeline.health()
+        tc = next(t for t in self.pipeline.config.targets if t.name == "mcu0")
+        running = transport_inspect(tc).version
+        same = all(gw.get(k) == gw_before.get(k) for k in ("sw_version", "last_state"))
+        ok = (mcu.get("last_state") == "Finished" and mcu.get("sw_version") == MCU_ALONE_VERSION
+              and running.startswith(MCU_ALONE_VERSION) and same
+              and health.gateway.booted_slot == "B" and health.gateway.version == NEW_VERSION)
+        print()
+        print(f"ACT TWO OK: mcu0 runs {running} and its goosebit entry shows it finished; the "
+              f"gateway's entry is unchanged ({gw.get('sw_version')}, {gw.get('last_state')})"
+              if ok else "ACT TWO FAILED: the MCU's own deployment did not end as expected; "
+              f"see the lines above and the logs in {self.workdir}")
+        return ok
+
     def _keep(self) -> None:
         gw = self.gateway
         cfg = gw.config_path
@@ -388,7 +516,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         workdir = Path(tempfile.mkdtemp(prefix="ferry-demo-"))
         temp = True
-    ui = Display()
+    ui = Display(steps=STEPS if args.fail else STEPS_TWO_ACTS)
     print("ferry demo: one bundle, from the operator's click to every device behind the "
           "gateway" + (" (with a failing health check)" if args.fail else ""))
     demo = Demo(args, ui, workdir)

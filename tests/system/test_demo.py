@@ -39,14 +39,26 @@ def test_demo_happy_path(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "DEMO OK" in out
-    for step in range(1, 8):
-        assert f"[{step}/7]" in out
+    for step in range(1, 11):
+        assert f"[{step}/10]" in out
     assert "goosebit is up at http://127.0.0.1:" in out
     assert "gateway boots: U-Boot picks slot B, rootfs version 2.0.0" in out
     assert "mcu0: upload 100%" in out
     assert "state:      Finished" in out and "sw_version: 2.0.0" in out
     assert "target mcu0: ok version 1.4.0" in out
     assert "overall:   OK" in out
+    # the second act: the MCU as a controller of its own, goosebit's per-device token
+    assert "device controllers: 1" in out and "ferry-demo-gw-1.mcu0" in out
+    assert "a poll without it: HTTP 401, refused" in out
+    assert "ferry polls ferry-demo-gw-1.mcu0 with its TargetToken: ok" in out
+    act_two = out[out.index("[10/10]"):]
+    assert "mcu0: upload 100%" in act_two and "staging target firmware" in act_two
+    assert re.search(r"goosebit: device ferry-demo-gw-1 +goosebit: device "
+                     r"ferry-demo-gw-1\.mcu0", act_two)
+    assert re.search(r"sw_version: 2\.0\.0 +sw_version: 1\.5\.0", act_two)
+    assert "target mcu0: ok version 1.5.0" in act_two
+    assert "ACT TWO OK: mcu0 runs 1.5.0" in out
+    assert "gateway's entry is unchanged (2.0.0, Finished)" in out
     # everything it started is gone: nothing listens on goosebit's port any more
     port = int(re.search(r"goosebit is up at http://127\.0\.0\.1:(\d+)", out).group(1))
     with pytest.raises(ConnectionRefusedError):
@@ -64,6 +76,7 @@ def test_demo_fail_health_rolls_back(tmp_path):
     assert "state:      Error" in out and "sw_version: 1.0.0" in out
     assert "health check failed" in out and "app.service: failed to start" in out
     assert "mcu0: upload" not in out  # the MCU was left alone
+    assert "[8/" not in out and "ACT TWO" not in out  # no second act after a rollback
 
 
 @pytest.mark.system
