@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
@@ -88,11 +88,20 @@ class _EccCmsSharedInfo(core.Sequence):
     ]
 
 
+class TokenKey(Protocol):
+    """A recipient's private key that stays in a PKCS#11 token (envelope_token.py)."""
+
+    def oaep_decrypt(self, ciphertext: bytes, hash_name: str, mgf_hash: str,
+                     label: bytes | None) -> bytes: ...
+
+    def ecdh(self, point: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Recipient:
     """A private key and its certificate: who can open an envelope."""
 
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | TokenKey
     cert: x509.Certificate
 
     def __repr__(self) -> str:  # never print key material into a log
@@ -125,10 +134,10 @@ def load_certs(paths: Sequence[str | Path]) -> list[x509.Certificate]:
 
 def load_recipient(key_path: str | Path, cert_path: str | Path) -> Recipient:
     """A recipient key file and the certificate it belongs to (checked to match)."""
-    if str(key_path).startswith("pkcs11:"):
-        raise EnvelopeError(
-            f"{key_path}: a recipient key in a PKCS#11 token is not supported yet (the "
-            "token would have to do RSA-OAEP or ECDH); give a PEM key file")
+    if str(key_path).startswith("pkcs11:"):  # the token unwraps (envelope_token.py)
+        from ferry.packaging.envelope_token import load_token_recipient
+
+        return load_token_recipient(str(key_path), load_certs([cert_path])[0])
     try:
         key = serialization.load_pem_private_key(_read(Path(key_path), "key"), password=None)
     except (ValueError, TypeError):
@@ -304,7 +313,7 @@ def seal(key: AesKey, certs: Sequence[x509.Certificate]) -> bytes:
 
 
 # -- opening ------------------------------------------------------------------------------
-def _unwrap_ktri(ktri: cms.KeyTransRecipientInfo, key: rsa.RSAPrivateKey) -> bytes:
+def _unwrap_ktri(ktri: cms.KeyTransRecipientInfo, key: rsa.RSAPrivateKey | TokenKey) -> bytes:
     alg = ktri["key_encryption_algorithm"]
     if alg["algorithm"].native != "rsaes_oaep":
         raise EnvelopeError(
@@ -318,13 +327,16 @@ def _unwrap_ktri(ktri: cms.KeyTransRecipientInfo, key: rsa.RSAPrivateKey) -> byt
     if hash_name not in _HASHES or mgf_hash not in _HASHES:
         raise EnvelopeError(f"{ENVELOPE_NAME}: RSA-OAEP with {hash_name}/{mgf_hash} is "
                             "not supported")
-    return key.decrypt(bytes(ktri["encrypted_key"].native), asym_padding.OAEP(
+    wrapped = bytes(ktri["encrypted_key"].native)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return key.oaep_decrypt(wrapped, hash_name, mgf_hash, label)
+    return key.decrypt(wrapped, asym_padding.OAEP(
         mgf=asym_padding.MGF1(_HASHES[mgf_hash]()), algorithm=_HASHES[hash_name](),
         label=label))
 
 
 def _unwrap_kari(kari: cms.KeyAgreeRecipientInfo, rek: cms.RecipientEncryptedKey,
-                 key: ec.EllipticCurvePrivateKey) -> bytes:
+                 key: ec.EllipticCurvePrivateKey | TokenKey, curve: ec.EllipticCurve) -> bytes:
     alg = kari["key_encryption_algorithm"]
     oid = alg["algorithm"].dotted
     if oid not in _KDF_SCHEMES:
@@ -339,8 +351,12 @@ def _unwrap_kari(kari: cms.KeyAgreeRecipientInfo, rek: cms.RecipientEncryptedKey
         raise EnvelopeError(f"{ENVELOPE_NAME}: EC recipient without an ephemeral "
                             "originator key (static-static ECDH is not supported)")
     point = bytes(originator.chosen["public_key"].native)
-    eph = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
-    shared = key.exchange(ec.ECDH(), eph)
+    eph = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)  # on the curve?
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        shared = key.exchange(ec.ECDH(), eph)
+    else:
+        shared = key.ecdh(eph.public_bytes(serialization.Encoding.X962,
+                                           serialization.PublicFormat.UncompressedPoint))
     ukm = kari["ukm"].native if kari["ukm"].native is not None else None
     kek = _kek(shared, wrap, _KDF_SCHEMES[oid], ukm)
     return aes_key_unwrap(kek, bytes(rek["encrypted_key"].native))
@@ -348,14 +364,17 @@ def _unwrap_kari(kari: cms.KeyAgreeRecipientInfo, rek: cms.RecipientEncryptedKey
 
 def _cek(env: cms.EnvelopedData, me: Recipient) -> bytes | None:
     """The content-encryption key from the first recipient entry that names ``me``."""
+    pub = me.cert.public_key()
     for info in env["recipient_infos"]:
-        if (info.name == "ktri" and isinstance(me.key, rsa.RSAPrivateKey)
+        if (info.name == "ktri" and isinstance(pub, rsa.RSAPublicKey)
+                and not isinstance(me.key, ec.EllipticCurvePrivateKey)
                 and _matches(info.chosen["rid"], me.cert)):
             return _unwrap_ktri(info.chosen, me.key)
-        if info.name == "kari" and isinstance(me.key, ec.EllipticCurvePrivateKey):
+        if (info.name == "kari" and isinstance(pub, ec.EllipticCurvePublicKey)
+                and not isinstance(me.key, rsa.RSAPrivateKey)):
             for rek in info.chosen["recipient_encrypted_keys"]:
                 if _matches(rek["rid"], me.cert):
-                    return _unwrap_kari(info.chosen, rek, me.key)
+                    return _unwrap_kari(info.chosen, rek, me.key, pub.curve)
     return None
 
 

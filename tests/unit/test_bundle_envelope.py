@@ -10,8 +10,10 @@ import datetime
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asn1crypto import cms
@@ -38,7 +40,7 @@ from ferry.packaging.envelope import (
     open_envelope,
     seal,
 )
-from ferry.packaging.errors import BadDescription, UnlistedMember
+from ferry.packaging.errors import BadDescription, BundleError, UnlistedMember
 from ferry.packaging.keyring import load_keyring
 from ferry.packaging.reader import BundleReader
 from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
@@ -197,7 +199,7 @@ def test_add_recipients_keeps_the_old_entries_byte_for_byte(people: dict[str, Wh
 def test_recipient_key_and_cert_must_match(people: dict[str, Who]) -> None:
     with pytest.raises(EnvelopeError, match="does not belong"):
         load_recipient(people["rsa"].key, people["ec"].cert)
-    with pytest.raises(EnvelopeError, match="not supported yet"):
+    with pytest.raises(BundleError, match="which PKCS#11 module"):  # a token key: below
         load_recipient("pkcs11:token=gw;object=k", people["ec"].cert)
 
 
@@ -505,3 +507,79 @@ def test_tampered_envelope_bytes_are_refused_in_one_line(
     tampered = tmp_path / "t.swu"
     tampered.write_bytes(data.replace(env, bytes(bad)))
     refused(gw, tampered, EnvelopeError, "sw-description.key")
+
+
+# -- the recipient key in a PKCS#11 token (SoftHSM2) ---------------------------------------
+@pytest.fixture(scope="module")
+def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from pkcs11_token import softhsm_token
+
+    with softhsm_token(tmp_path_factory.mktemp("softhsm")) as tok:
+        yield tok
+
+
+def token_certs(token: Any) -> dict[str, Path]:
+    """rsa-signer: imported RSA-2048, cert a file; ec-signer: P-256 generated in the token."""
+    return {"rsa-signer": token.rsa.signer_cert, "ec-signer": token.ec_cert}
+
+
+@pytest.mark.parametrize("obj", ["rsa-signer", "ec-signer"])
+def test_token_recipient_opens_the_envelope(token: Any, obj: str) -> None:
+    cert = token_certs(token)[obj]
+    me = load_recipient(token.key_uri(obj), cert)
+    assert "1234" not in repr(me.key)
+    der = seal(KEY, [x509.load_pem_x509_certificate(cert.read_bytes())])
+    assert open_envelope(der, me) == KEY  # RSA: SHA-256 OAEP, decoded by ferry (below)
+
+
+def test_token_recipient_errors_are_one_line(token: Any, people: dict[str, Who]) -> None:
+    from ferry.packaging.pkcs11 import Pkcs11Error
+
+    with pytest.raises(Pkcs11Error, match="does not belong to the recipient") as err:
+        load_recipient(token.key_uri("ec-signer"), people["ec"].cert)
+    assert "\n" not in str(err.value)
+    with pytest.raises(Pkcs11Error, match="pin-source"):
+        load_recipient(token.uri("ec-signer"), token.ec_cert)  # pin-value= in the URI
+    # a tampered RSA wrap through the token's raw-RSA path is the envelope's one line
+    me = load_recipient(token.key_uri("rsa-signer"), token.rsa.signer_cert)
+    der = seal(KEY, [me.cert])
+    wrapped = parsed(der)["recipient_infos"][0].chosen["encrypted_key"].native
+    with pytest.raises(EnvelopeError, match="corrupt or tampered"):
+        open_envelope(_flip(der, der.index(wrapped) + 10), me)
+
+
+def test_oaep_decode_matches_cryptography_and_refuses_garbage() -> None:
+    from ferry.packaging.envelope_token import oaep_decode
+
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    n, d = priv.public_key().public_numbers().n, priv.private_numbers().d
+    from cryptography.hazmat.primitives.asymmetric import padding as ap
+    for h, mgf, label in [("sha256", "sha256", None), ("sha1", "sha1", None),
+                          ("sha384", "sha256", b"lbl")]:
+        algo = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384()}
+        ct = priv.public_key().encrypt(b"secret" * 5, ap.OAEP(
+            mgf=ap.MGF1(algo[mgf]), algorithm=algo[h], label=label))
+        raw = pow(int.from_bytes(ct), d, n).to_bytes(256)
+        assert oaep_decode(raw, 256, h, mgf, label) == b"secret" * 5
+        with pytest.raises(EnvelopeError):
+            oaep_decode(raw, 256, h, mgf, b"other label")
+        with pytest.raises(EnvelopeError):
+            oaep_decode(_flip(raw, 100), 256, h, mgf, label)
+
+
+def test_gateway_with_its_recipient_key_in_a_token_installs(
+        token: Any, gw: Gateway, tmp_path: Path) -> None:
+    uri = token.key_uri("ec-signer")
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(re.sub(
+        r"(\[keyring\]\npath = .*\n)",
+        lambda m: m[1] + f'recipient_key = "{uri}"\nrecipient_cert = "{token.ec_cert}"\n',
+        text))
+    assert str(gw.config.keyring.recipient_key) == uri
+    who = Who(key=Path("/nonexistent"), cert=token.ec_cert)
+    image = make_image("1.1.0", 120_001)
+    bundle = gw_bundle(gw, tmp_path / "b.swu", image, who)
+    run_install(gw, bundle)
+    assert gw.slot_path("B").read_bytes()[: len(image)] == image
+    rec = get_record(gw.config, "rootfs.1")
+    assert rec is not None and rec.verified
