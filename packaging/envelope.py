@@ -135,9 +135,10 @@ def load_certs(paths: Sequence[str | Path]) -> list[x509.Certificate]:
 def load_recipient(key_path: str | Path, cert_path: str | Path) -> Recipient:
     """A recipient key file and the certificate it belongs to (checked to match)."""
     if str(key_path).startswith("pkcs11:"):  # the token unwraps (envelope_token.py)
-        from ferry.packaging.envelope_token import load_token_recipient
+        from ferry.packaging.envelope_token import load_token_key
 
-        return load_token_recipient(str(key_path), load_certs([cert_path])[0])
+        cert = load_certs([cert_path])[0]
+        return Recipient(key=load_token_key(str(key_path), cert), cert=cert)
     try:
         key = serialization.load_pem_private_key(_read(Path(key_path), "key"), password=None)
     except (ValueError, TypeError):

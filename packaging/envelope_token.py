@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 
-from ferry.packaging.envelope import ENVELOPE_NAME, EnvelopeError, Recipient
 from ferry.packaging.pkcs11 import (
     Pkcs11Error,
     Pkcs11Uri,
@@ -62,12 +61,12 @@ def _mgf1(seed: bytes, length: int, hash_name: str) -> bytes:
 
 def oaep_decode(em: bytes, k: int, hash_name: str, mgf_hash: str, label: bytes | None) -> bytes:
     """EME-OAEP decoding (RFC 8017 section 7.1.2, step 3) of a raw RSA result, with one
-    error for every way it can fail (which check failed is not told)."""
+    error for every way it can fail (which check failed is not told): a ValueError,
+    which packaging/envelope.py turns into its one-line "corrupt or tampered"."""
     h_len = hashlib.new(hash_name).digest_size
     em = em.rjust(k, b"\0")
     if len(em) != k or k < 2 * h_len + 2:
-        raise EnvelopeError(f"{ENVELOPE_NAME}: cannot unwrap the key; the envelope is "
-                            "corrupt or tampered")
+        raise ValueError("OAEP decoding failed")
     y, masked_seed, masked_db = em[0], em[1:1 + h_len], em[1 + h_len:]
     seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1(masked_db, h_len, mgf_hash),
                                        strict=True))
@@ -78,14 +77,15 @@ def oaep_decode(em: bytes, k: int, hash_name: str, mgf_hash: str, label: bytes |
     one = rest.find(b"\x01")
     good = good and y == 0 and one >= 0 and not any(rest[:max(one, 0)])
     if not good:
-        raise EnvelopeError(f"{ENVELOPE_NAME}: cannot unwrap the key; the envelope is "
-                            "corrupt or tampered")
+        raise ValueError("OAEP decoding failed")
     return rest[one + 1:]
 
 
 @dataclass(frozen=True)
 class TokenRecipientKey:
-    """envelope.TokenKey for a private key in a token (each call one session)."""
+    """envelope.TokenKey for a private key in a token (each call one session). This
+    module does not import envelope.py (which imports it lazily): errors in the data
+    are ValueErrors that envelope.py words, errors of the token are Pkcs11Errors."""
 
     uri: Pkcs11Uri
     modulus_bytes: int = 0  # RSA only
@@ -109,8 +109,7 @@ class TokenRecipientKey:
                     p11.exceptions.MechanismInvalid):
                 pass  # the token's OAEP lacks this hash: raw RSA, OAEP decoded here
             except p11.exceptions.PKCS11Error:
-                raise EnvelopeError(f"{ENVELOPE_NAME}: cannot unwrap the key; the envelope "
-                                    "is corrupt or tampered") from None
+                raise ValueError("the token's OAEP decryption failed") from None
             try:
                 raw = bytes(key.decrypt(ciphertext, mechanism=p11.Mechanism.RSA_X_509))
             except p11.exceptions.PKCS11Error as err:
@@ -134,7 +133,7 @@ class TokenRecipientKey:
                 raise self._fail("do ECDH", err) from None
 
 
-def load_token_recipient(uri_text: str, cert: x509.Certificate) -> Recipient:
+def load_token_key(uri_text: str, cert: x509.Certificate) -> TokenRecipientKey:
     """The token key of ``uri_text`` as the recipient named by ``cert``, after a probe
     unwrap (RSA) or key agreement (EC) proved that they belong together."""
     uri = parse_uri(uri_text)
@@ -150,7 +149,7 @@ def load_token_recipient(uri_text: str, cert: x509.Certificate) -> Recipient:
             mgf=asym_padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
         try:
             ok = key.oaep_decrypt(wrapped, "sha256", "sha256", None) == probe
-        except EnvelopeError:
+        except ValueError:
             ok = False
     elif isinstance(pub, ec.EllipticCurvePublicKey):
         key = TokenRecipientKey(uri)
@@ -159,8 +158,8 @@ def load_token_recipient(uri_text: str, cert: x509.Certificate) -> Recipient:
                                               serialization.PublicFormat.UncompressedPoint)
         ok = hmac.compare_digest(key.ecdh(point), eph.exchange(ec.ECDH(), pub))
     else:
-        raise EnvelopeError("only RSA and EC certificates can be recipients")
+        raise Pkcs11Error("only RSA and EC certificates can be recipients")
     if not ok:
         raise Pkcs11Error(f"{uri.redacted()}: the token's key does not belong to the "
                           f"recipient certificate {cert.subject.rfc4514_string()}")
-    return Recipient(key=key, cert=cert)
+    return key
