@@ -313,3 +313,13 @@ def test_sim_mcu_app_unhealthy_flag_through_both_commands(tmp_path: Path) -> Non
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_build_without_echo_handler_is_judged_by_its_image_list() -> None:
+    """CONFIG_MCUMGR_GRP_OS_ECHO off: echo answers MGMT_ERR_ENOTSUP, which still proves
+    the SMP server runs; the image list then decides (the old confirm-on-answer rule)."""
+    with running_sim() as sim:
+        sim.device.faults.error_rc[(0, 0)] = 8  # MGMT_ERR_ENOTSUP for echo
+        transport, tgt, trial = on_trial(sim)
+        result = finish(transport, tgt, trial)
+        assert result.ok and sim.device.primary.image_ok, result.message
