@@ -178,3 +178,39 @@ def test_hostile_delta_descriptions_are_one_line(rootfs: str, target: str, why: 
         parse_description(_desc(rootfs, target))
     assert why in str(err.value) and "\n" not in str(err.value)
     assert isinstance(err.value, BundleError)
+
+
+def test_cli_create_delta_and_inspect_against_a_base(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from ferry.packaging.devpki import write_dev_pki
+
+    root = Path(__file__).resolve().parents[2]
+    pki = write_dev_pki(tmp_path / "pki")
+    old = os.urandom(400 << 10) + bytes(200 << 10)
+    new = old[:100_000] + b"changed" + old[100_000:]
+    (tmp_path / "old.img").write_bytes(old)
+    (tmp_path / "new.img").write_bytes(new)
+
+    def ferry(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ferry.daemon.cli.main", "bundle", *args],
+                              capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+
+    made = ferry("create", "--key", str(pki.signer_key), "--cert", str(pki.signer_cert),
+                 "--version", "2", "--compatible", "hw", "--rootfs", "new.img", "--delta",
+                 "--delta-chunk", "8", "-o", "b.swu")
+    assert made.returncode == 0, made.stderr
+    shown = ferry("inspect", "--keyring", str(pki.ca_cert), "--delta-base", "old.img", "b.swu")
+    assert shown.returncode == 0, shown.stderr
+    assert "chunk index new.img.zst.cidx" in shown.stdout
+    line = next(x for x in shown.stdout.splitlines() if "against old.img" in x)
+    present, total = (int(v) for v in line.split(": ")[1].split(" chunks")[0].split(" of "))
+    assert total - 3 <= present < total  # the chunk around the change, at most its neighbours
+    refused = ferry("inspect", "--delta-base", "old.img", "b.swu")
+    assert refused.returncode == 1 and "needs --keyring" in refused.stderr
+    bad = ferry("create", "--key", str(pki.signer_key), "--cert", str(pki.signer_cert),
+                "--version", "2", "--compatible", "hw", "--rootfs", "new.img", "--delta",
+                "--delta-chunk", "12", "-o", "c.swu")
+    assert bad.returncode == 1 and "power of two" in bad.stderr
