@@ -141,8 +141,9 @@ def load_states(data_dir: str | Path) -> dict[str, DeviceState]:
 
 
 def status_rows(config: Config, data_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Per target name: its controller id and current action, for ``ferry status``
-    and ``ferry devices``. Empty when device controllers are off."""
+    """Per target name (and ``<target>/<node>`` for node controllers): its controller
+    id and current action, for ``ferry status`` and ``ferry devices``. Empty when
+    device controllers are off."""
     if not config.backend.device_controllers:
         return {}
     try:
@@ -158,6 +159,15 @@ def status_rows(config: Config, data_dir: str | Path) -> dict[str, dict[str, Any
         if st is None or st.target != tc.name:
             st = DeviceState(cid, tc.name, status="not polled yet")
         out[tc.name] = st.row()
+    try:
+        nodes = node_ids(config)
+    except FerryError:
+        nodes = {}
+    for cid, (tc, node) in nodes.items():  # "<target>/<node>", after the targets
+        st = saved.get(cid)
+        if st is None or st.target != tc.name or st.node != node:
+            st = DeviceState(cid, tc.name, node=node, status="not polled yet")
+        out[st.key] = st.row()
     return out
 
 

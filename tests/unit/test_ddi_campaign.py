@@ -22,7 +22,7 @@ from install_gateway import make_bundle, make_gateway
 
 from ferry.daemon.backend import campaign, ddi
 from ferry.daemon.backend.controllers import ControllerIdClash, node_ids
-from ferry.daemon.backend.devices import DevicePoller, DeviceState, load_states
+from ferry.daemon.backend.devices import DevicePoller, DeviceState, load_states, status_rows
 from ferry.daemon.config import TargetConfig, config_from_dict
 from ferry.daemon.install.pipeline import make_context
 from ferry.daemon.journal import Journal
@@ -137,6 +137,10 @@ def test_each_listed_lora_node_is_a_controller_of_its_own(server, tmp_path, monk
     assert attrs["ferry.address"] == EUIS[0] and attrs["ferry.group"] == "grp1"
     assert attrs["ferry.last_result"] == "never"
     assert p.status()[f"lora-a/{EUIS[0]}"]["controller_id"] == node_id(EUIS[0])
+    rows = status_rows(gw.config, gw.data_dir)  # what ferry status / ferry devices show
+    assert list(rows) == ["lora-a", *(f"lora-a/{e}" for e in EUIS)]
+    assert rows[f"lora-a/{EUIS[1]}"]["controller_id"] == node_id(EUIS[1])
+    assert rows[f"lora-a/{EUIS[1]}"]["backend"] == "ok"
     clash = config_from_dict({"gateway": {"compatible": "x"},
                               "backend": {"url": "http://h", "controller_id": "g",
                                           "node_controllers": True},
@@ -186,6 +190,44 @@ def test_a_rollout_to_three_lora_nodes_is_one_multicast_session(server, tmp_path
         "result"]["finished"] == "success"
     p.step()
     assert server.devices[node_id(EUIS[0])].config_data["ferry.version"] == "2.0.0"
+
+
+def test_a_campaign_cut_short_resumes_for_its_nodes_and_reports_each_once(
+        server, tmp_path, monkeypatch):
+    """A crash before the flash: ferryd's start-up resume runs the campaign's one
+    session for its nodes only, and a new poller reports every action without
+    flashing again."""
+    from ferry.daemon.install import proxyphase
+    from ferry.daemon.install.pipeline import resume
+
+    gw, world = lora_gateway(tmp_path, server, monkeypatch)
+    fw = random.Random(9).randbytes(1000)
+    data = lora_bundle(gw, tmp_path, fw)
+    aids = {e: server.device(node_id(e)).assign([("firmware", "l", "2.0.0",
+                                                  {"l.swu": data})]) for e in EUIS[1:3]}
+
+    def crash(ctx, dep_id, factory=None):
+        raise KeyboardInterrupt  # the process dies here, before any frame goes out
+
+    monkeypatch.setattr(proxyphase, "run", crash)
+    with pytest.raises(KeyboardInterrupt):
+        lora_poller(gw, world, Clock()).step()
+    monkeypatch.undo()
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(gw.boot_id))
+    assert world.sessions == []
+    saved = load_states(gw.data_dir)
+    assert {saved[node_id(e)].action_state for e in EUIS[1:3]} == {"flashing"}
+    monkeypatch.setattr("ferry.daemon.install.proxyphase._default_factory", world.factory)
+    resume(make_context(gw.config))  # ferryd's start-up
+    assert world.sessions == [EUIS[1:3]]
+    later = Clock()
+    later.now += 5
+    lora_poller(gw, world, later).step()  # a new ferryd: the same actions, already done
+    assert len(world.sessions) == 1
+    for e in EUIS[1:3]:
+        fb = server.device(node_id(e)).actions[aids[e]].feedback
+        closed = [f for f in fb if f["status"]["execution"] == "closed"]
+        assert len(closed) == 1 and closed[0]["status"]["result"]["finished"] == "success"
 
 
 def test_a_dead_node_fails_its_own_action_only(server, tmp_path, monkeypatch):
