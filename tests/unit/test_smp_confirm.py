@@ -323,3 +323,57 @@ def test_build_without_echo_handler_is_judged_by_its_image_list() -> None:
         transport, tgt, trial = on_trial(sim)
         result = finish(transport, tgt, trial)
         assert result.ok and sim.device.primary.image_ok, result.message
+
+
+@pytest.mark.parametrize("smp_v2", [True, False], ids=["v2", "v1"])
+def test_smpclient_reads_the_simulated_health_group_as_ferry_does(smp_v2: bool) -> None:
+    """An independent SMP client (smpclient, .ci/deps/smp.pip) sees the same health
+    answers ferry acts on: a success map when healthy; ``err: {group 64, rc 1}`` (v2) or
+    ``MGMT_ERR_EUNKNOWN`` (v1) when the application's check fails."""
+    import asyncio
+
+    from smp import error as smperr
+    from smp import header, message
+    from smp.user import intercreate
+    from smpclient import SMPClient
+    from smpclient.transport.serial import SMPSerialTransport
+
+    from ferry.proxy.smp.client import SmpClient
+    from ferry.proxy.smp.header import Op
+    from ferry.proxy.smp.smp import SmpError
+
+    # smp's only user group enum is Intercreate's (64); its command 1 stands in for the
+    # application's health command here
+    class HealthResponse(message.ReadResponse):
+        _GROUP_ID = header.UserGroupId.INTERCREATE
+        _COMMAND_ID = header.CommandId.Intercreate.UPLOAD
+        status: str
+
+    class HealthRead(message.ReadRequest):
+        _GROUP_ID = header.UserGroupId.INTERCREATE
+        _COMMAND_ID = header.CommandId.Intercreate.UPLOAD
+        _Response = HealthResponse
+        _ErrorV1 = intercreate.ErrorV1
+        _ErrorV2 = intercreate.ErrorV2
+
+    command = int(header.CommandId.Intercreate.UPLOAD)
+    with running_sim(smp_v2=smp_v2, health_command=command) as sim:
+        async def ask() -> object:
+            async with SMPClient(SMPSerialTransport(), sim.port, timeout_s=5) as client:
+                return await client.request(HealthRead())
+
+        healthy = asyncio.run(ask())
+        assert isinstance(healthy, HealthResponse) and healthy.status == "ok"
+        sim.device.config.app_unhealthy = True
+        sim.device.factory_hash = b"another image"  # what runs now is a "new" image
+        broken = asyncio.run(ask())
+        with SmpClient(sim.port, timeout=2) as ours, pytest.raises(SmpError) as err:
+            ours.request(Op.READ, (64, command), {}, "health")
+        if smp_v2:
+            assert isinstance(broken, smperr.ErrorV2), broken
+            assert (int(broken.err.group), int(broken.err.rc)) == (64, 1)
+            assert (err.value.group, err.value.rc) == (64, 1)
+        else:
+            assert isinstance(broken, smperr.ErrorV1), broken
+            assert broken.rc == smperr.MGMT_ERR.EUNKNOWN
+            assert err.value.group is None and err.value.rc == 1
