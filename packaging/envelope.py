@@ -51,7 +51,7 @@ from ferry.packaging.description import ENVELOPE_NAME
 from ferry.packaging.encryption import AesKey, EncryptionKeyError, parse_key
 from ferry.packaging.errors import BundleError
 
-MAX_ENVELOPE_SIZE = 256 * 1024  # ~800 RSA-2048 or ~1500 P-256 recipients
+MAX_ENVELOPE_SIZE = 256 * 1024  # ~600 RSA-2048 or ~1300 P-256 recipients
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
