@@ -224,6 +224,7 @@ class DevicePoller:
         self.tokens = float(self.per_poll)
         self.refilled = clock()
         self.interval = 0.0  # the gateway's poll interval, from its runner
+        self._turn: float | None = None  # the time of the scheduler turn polling now
         saved = load_states(config.gateway.data_dir)
         self.states: dict[str, DeviceState] = {}
         for cid, tc in self.targets.items():
@@ -261,11 +262,15 @@ class DevicePoller:
         when the budget is spent until the gateway's next interval refills it)."""
         now = self.clock()
         self._refill(now)
-        for st in self.due(now):
-            if self.tokens < 1.0:
-                break
-            self.tokens -= 1.0
-            self.poll(st.controller_id)
+        self._turn = now  # polls of one turn count as simultaneous for the campaigns
+        try:
+            for st in self.due(now):
+                if self.tokens < 1.0:
+                    break
+                self.tokens -= 1.0
+                self.poll(st.controller_id)
+        finally:
+            self._turn = None
         gather = self._campaigns(self.clock())
         if not self.states:
             return None
@@ -303,7 +308,7 @@ class DevicePoller:
             if st.action_id and st.result:
                 self._report(st, client)
             poll = client.poll()
-            st.last_poll = self.clock()
+            st.last_poll = self._turn if self._turn is not None else self.clock()
             st.sleep = poll.sleep
             st.next_poll = self.clock() + jittered(poll.sleep, self.jitter, self.rng)
             st.status, st.message = "ok", ""
@@ -511,7 +516,7 @@ class DevicePoller:
         """Join (or open) the campaign of this artifact on this medium; flashed by
         :meth:`_campaigns` when its window ends or every peer was polled."""
         st.campaign = campaign.campaign_key(bundle.sha256, where, st.controller_id)
-        st.gathered = self.clock()
+        st.gathered = st.last_poll or self.clock()  # the poll that showed the action
         st.artifact = {"filename": bundle.filename, "url": bundle.url,
                        "sha256": bundle.sha256}
         self._hold(st, client, GATHERING,

@@ -230,6 +230,25 @@ def test_a_campaign_cut_short_resumes_for_its_nodes_and_reports_each_once(
         assert len(closed) == 1 and closed[0]["status"]["result"]["finished"] == "success"
 
 
+class Ticking(Clock):
+    """Wall time moves on with every look, as it does between real requests."""
+
+    def __call__(self) -> float:
+        self.now += 0.003
+        return self.now
+
+
+def test_the_polls_of_one_turn_count_as_simultaneous(server, tmp_path, monkeypatch):
+    gw, world = lora_gateway(tmp_path, server, monkeypatch, window=600.0)
+    data = lora_bundle(gw, tmp_path, random.Random(10).randbytes(900))
+    # the last node's action: every peer was polled earlier in the same turn
+    aid = server.device(node_id(EUIS[3])).assign([("firmware", "l", "2", {"l.swu": data})])
+    lora_poller(gw, world, Ticking()).step()
+    assert world.sessions == [[EUIS[3]]]  # not held back for the 600 s window
+    assert server.device(node_id(EUIS[3])).actions[aid].feedback[-1]["status"][
+        "result"]["finished"] == "success"
+
+
 def test_a_dead_node_fails_its_own_action_only(server, tmp_path, monkeypatch):
     dead = EUIS[1]
     gw, world = lora_gateway(tmp_path, server, monkeypatch, dead=dead)
