@@ -591,6 +591,12 @@ class DevicePoller:
             for st in members:
                 self._close_quiet(st, "failure", [f"bundle {name}: {exc}"])
             return
+        except Exception as exc:  # a bug or a transport's surprise: each member's next
+            # poll finds the journaled deployment (or gathers again); the others go on
+            self.log(f"backend: campaign {campaign.describe(members)}: "
+                     f"{type(exc).__name__}: {exc}"[:300])
+            self._save()
+            return
         finally:
             ctx.progress = before
         for st in members:

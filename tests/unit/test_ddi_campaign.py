@@ -460,3 +460,34 @@ def test_history_names_the_controllers_of_device_deployments(server, zgw, tmp_pa
     assert set(by_id) == {("gw1.mcu0",), ("gw1.z0", "gw1.z1")}
     assert by_id[("gw1.mcu0",)]["controllers"] == [{"controller_id": "gw1.mcu0",
                                                      "action_id": am}]
+
+
+def test_a_surprise_in_a_campaign_leaves_its_actions_to_the_next_poll(server, zgw, tmp_path,
+                                                                       monkeypatch):
+    from ferry.daemon.install import devicedeploy
+
+    data = zbundle(zgw, tmp_path, "5", {"image_id": "lamp"})
+    aid = server.device("gw1.z0").assign([("firmware", "lamp", "5", {"z.swu": data})])
+    real = devicedeploy.start_campaign
+    calls = []
+
+    def surprise(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transport bug")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(devicedeploy, "start_campaign", surprise)
+    logged: list[str] = []
+    cfg = zgw.config
+    clock = Clock()
+    p = DevicePoller(cfg, make_context(cfg), factory=lambda n, o: FakeZigbee(n), clock=clock,
+                     log=logged.append)
+    p.step()
+    assert any("RuntimeError: transport bug" in m for m in logged)
+    assert FakeZigbee.flashed == [] and server.device("gw1.z0").actions[aid].state == "open"
+    clock.now += 3600  # its next poll: gathered again, flashed, reported
+    p.step()
+    assert FakeZigbee.flashed == ["z0"] and len(calls) == 2
+    assert server.device("gw1.z0").actions[aid].feedback[-1]["status"]["result"][
+        "finished"] == "success"
