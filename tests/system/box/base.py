@@ -1,12 +1,12 @@
 """The Debian part of the gateway in a box: arm64 tree, kernel, NOR modules, initramfs.
 
-Slow and network-bound (mmdebstrap from Debian's archive, wheels from PyPI, ~45 s), so
+Slow and network-bound (mmdebstrap from Debian's archive, wheels from PyPI, ~70 s), so
 it is cached on its own (``box-base-<key>``, keyed by this file, the package lists and
 the initramfs /init) and survives any change to ferry's code; build.py explains the
 whole route. No arm64 code runs here: these machines have no binfmt_misc.
 
-- ``mmdebstrap --variant=extract`` unpacks packages.txt (+ the kernel headers and source
-  for the modules below, removed afterwards).
+- ``mmdebstrap --variant=extract`` unpacks packages.txt into the tree, and the headers
+  and source of the tree's kernel into a scratch tree for the modules below.
 - Debian's kernel lacks the NOR drivers for QEMU's pflash (no MTD_PHYSMAP, no MTD_CFI):
   physmap, cfi_probe, cfi_util, gen_probe and cfi_cmdset_0001 are built out of tree
   from Debian's linux-source against its linux-headers (MODVERSIONS match; the modules
@@ -35,8 +35,11 @@ CACHE = Path(os.environ.get("FERRY_BOX_CACHE", "/var/cache/ferry"))
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr/setup00.sh"
-# Only needed to build the MTD modules; removed from the tree afterwards.
-BUILD_ONLY = ("linux-headers-arm64", "linux-source-6.1")
+# Only needed to build the NOR modules: unpacked into a scratch tree of their own (they
+# pull in gcc-12 for arm64 and the like, ~150 MB the image does not need).
+def build_only(kver: str) -> list[str]:
+    series = ".".join(kver.split("-")[0].split(".")[:2])  # 6.1.0-50-arm64 -> 6.1
+    return [f"linux-headers-{kver}", f"linux-source-{series}"]
 # Kernel modules kept in the image (globs under lib/modules/<kver>/kernel), plus their
 # dependencies. Everything else (~290 MB) goes.
 KEEP_MODULES = (
@@ -119,17 +122,17 @@ def kernel_release(root: Path) -> str:
     return found[0]
 
 
-def mmdebstrap(root: Path) -> None:
-    pkgs = lines(HERE / "packages.txt") + list(BUILD_ONLY)
+def mmdebstrap(root: Path, pkgs: list[str]) -> None:
     log(f"mmdebstrap {len(pkgs)} packages (arm64, extract) into {root}")
     run([tool("mmdebstrap"), "--mode=root", "--variant=extract", "--architectures=arm64",
          f"--setup-hook={MERGED_USR_HOOK}", "--include=" + ",".join(pkgs), SUITE, root,
          MIRROR])
 
 
-def build_mtd_modules(root: Path, kver: str, work: Path) -> list[Path]:
-    """physmap + CFI for QEMU's pflash, built against the tree's own headers."""
-    src_tar = next((root / "usr/src").glob("linux-source-*.tar.xz"))
+def build_mtd_modules(root: Path, kbuild: Path, kver: str, work: Path) -> list[Path]:
+    """physmap + CFI for QEMU's pflash, built against the headers of the image's kernel
+    (unpacked in ``kbuild``) and installed into ``root``'s lib/modules/<kver>/extra."""
+    src_tar = next((kbuild / "usr/src").glob("linux-source-*.tar.xz"))
     run(["tar", "-xJf", src_tar, "-C", work, "--wildcards", "*/drivers/mtd/chips/*",
          "*/drivers/mtd/maps/*"])
     srcdir = next(work.glob("linux-source-*"))
@@ -139,12 +142,12 @@ def build_mtd_modules(root: Path, kver: str, work: Path) -> list[Path]:
         for n in names:
             shutil.copy(srcdir / "drivers/mtd" / sub / n, mod / n)
     (mod / "Kbuild").write_text(MTD_KBUILD)
-    hdr = root / f"usr/src/linux-headers-{kver}"
-    common = next((root / "usr/src").glob("linux-headers-*-common"))
+    hdr = kbuild / f"usr/src/linux-headers-{kver}"
+    common = next((kbuild / "usr/src").glob("linux-headers-*-common"))
     # The headers point at Debian's absolute paths and at the arm64 kbuild tools; use
     # this tree's copies and the host's kbuild (linux-kbuild-6.1, amd64).
     mk = hdr / "Makefile"
-    mk.write_text(mk.read_text().replace("include /usr/src/", f"include {root}/usr/src/"))
+    mk.write_text(mk.read_text().replace("include /usr/src/", f"include {kbuild}/usr/src/"))
     for d in (hdr, common):
         for name in ("scripts", "tools"):
             link = d / name
@@ -259,7 +262,8 @@ def slim(root: Path) -> None:
     for d in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
               "usr/src", "var/cache/apt", "var/lib/apt/lists"):
         shutil.rmtree(root / d, ignore_errors=True)
-    for p in (root / "usr/lib").glob("linux-kbuild-*"):
+    # device trees: QEMU hands U-Boot and the kernel its own
+    for p in (root / "usr/lib").glob("linux-image-*"):
         shutil.rmtree(p)
     (root / "usr/share/doc").mkdir()
 
@@ -269,10 +273,12 @@ def build_base(dest: Path) -> None:
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="box-base-tmp-") as tmp:
         work = Path(tmp)
         root = work / "root"
-        mmdebstrap(root)
+        mmdebstrap(root, lines(HERE / "packages.txt"))
         kver = kernel_release(root)
+        kbuild = work / "kbuild"
+        mmdebstrap(kbuild, build_only(kver))
         log(f"building physmap/CFI modules against linux-headers-{kver}")
-        build_mtd_modules(root, kver, work)
+        build_mtd_modules(root, kbuild, kver, work)
         deps = modules_dep(root, kver)
         out = work / "out"
         out.mkdir()
