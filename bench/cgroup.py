@@ -152,7 +152,7 @@ def run_in(cg: Cgroup, cmd: Sequence[str], env: dict[str, str] | None = None) ->
         wall = time.monotonic() - t0
         text = Path(tf.name).read_text().split()
     # a descendant left behind still counts until it exits; wait for the cgroup to empty
-    for _ in range(100):
+    for _ in range(1500):  # 30 s
         if not cg.pids():
             break
         time.sleep(0.02)
