@@ -8,13 +8,15 @@ same slot file, from the same local ``python -m http.server``:
 - ``openssl dgst -sha256 IMAGE``; with the in-place write, the floor of an install's CPU
 - SWUpdate 2022.12 (``-d -u URL``, streamed, signed as in §3.3), raw and zstd; it makes no
   fsync/fdatasync/sync call at all (strace), so it is timed at its exit and + ``sync SLOT``
-- RAUC 1.8 (Debian's), a plain bundle signed with an openssl-made cert, ``rauc service`` on
-  the private bus with ``bootloader=noop``: ``rauc install FILE`` (raw: an uncompressed
-  squashfs; zstd: the compressible image in a zstd squashfs) and ``rauc install URL``,
-  which downloads the whole bundle to TMPDIR first (1.8 is built without streaming, and
-  verity bundles need NBD or device-mapper, which this kernel lacks). Its large size is
-  at most 2040 MiB: rauc < 1.15.2 skips most of the signature check on plain bundles
-  over 2 GiB (a CVE fixed in 1.15.2), so a larger bundle would measure an install that checks less
+- RAUC 1.8 (Debian's ``rauc``, which the bench apt-installs as root when missing: no
+  test needs it, so .ci/deps does not), a plain bundle signed with an openssl-made cert,
+  ``rauc service`` on the private bus with ``bootloader=noop``: ``rauc install FILE``
+  (raw: an uncompressed squashfs; zstd: the compressible image in a zstd squashfs) and
+  ``rauc install URL``, which downloads the whole bundle to TMPDIR first (1.8 is built
+  without streaming, and verity bundles need NBD or device-mapper, which this kernel
+  lacks). Its large size is at most 2040 MiB: rauc < 1.15.2 skips most of the signature
+  check on plain bundles over 2 GiB (a CVE fixed in 1.15.2), so a larger bundle would
+  measure an install that checks less
 - ``ferry --config ... install URL`` (one process), raw and zstd bundles
 - ``ferry install URL`` through a running ferryd on the private bus (the gateway's path),
   raw and zstd; ferryd starts once per size, with one untimed warm-up install; before each
@@ -779,6 +781,12 @@ def main() -> int:
     sizes = [int(s) * MiB for s in (args.sizes or ("64,256" if args.quick else "256,2048")
                                     ).split(",")]
     rounds = args.rounds or (1 if args.quick else 3)
+    if (shutil.which("rauc") is None or shutil.which("mksquashfs") is None) and os.geteuid() == 0:
+        # the RAUC rows only: no test needs rauc, so .ci/deps does not install it
+        print("installing Debian's rauc and squashfs-tools for the RAUC rows", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "rauc", "squashfs-tools"],
+                       check=False, stdout=subprocess.DEVNULL,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     for tool in ("curl", "openssl", "cpio", "zstd", "sync", "cmp", "dbus-daemon", "dbus-send",
                  "rauc", "mksquashfs"):
         if shutil.which(tool) is None:
