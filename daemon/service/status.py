@@ -151,8 +151,19 @@ def device_controllers(config: Config) -> dict[str, Any]:
     if not rows:
         return {}
     return {"device_controllers": {
-        "auth": "GatewayToken" if config.backend.gateway_token else "none",
+        "auth": _device_auth(config),
         "controllers": [{"target": name, **row} for name, row in rows.items()]}}
+
+
+def _device_auth(config: Config) -> str:
+    """How the device controllers authenticate, as devices.device_settings decides it: a
+    target's own TargetToken first (goosebit, which knows no GatewayToken), else the
+    tenant's GatewayToken."""
+    own = sum(1 for t in config.targets if t.target_token)
+    if config.targets and own == len(config.targets):
+        return "TargetToken (per target)"
+    shared = "GatewayToken" if config.backend.gateway_token else "none"
+    return f"{shared}, TargetToken for {own} target(s)" if own else shared
 
 
 def keyring(config: Config, bootloader: Bootloader) -> dict[str, Any]:

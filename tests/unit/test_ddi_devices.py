@@ -655,3 +655,21 @@ def test_a_cancel_link_into_another_controllers_path_is_refused(server, gw, tmp_
     st = load_states(gw.data_dir)["gw1.mcu0"]
     assert st.status == "error" and "another controller's path" in st.message
     assert other.cancel.feedback == [] and other.actions[aid].state == "open"
+
+
+def test_status_names_the_token_each_device_controller_uses():
+    # devices.device_settings: a target's own TargetToken first (goosebit), else the
+    # tenant's GatewayToken; ferry status said "none" for the goosebit route.
+    from ferry.daemon.service.status import _device_auth
+
+    def cfg(gateway_token: str, tokens: list[str]) -> Any:
+        return config_from_dict({
+            "gateway": {"compatible": "x"},
+            "backend": {"url": "http://h", "controller_id": "gw1", "gateway_token": gateway_token},
+            "target": [{"name": f"t{i}", "transport": "dfu", **({"target_token": t} if t else {})}
+                       for i, t in enumerate(tokens)]})
+
+    assert _device_auth(cfg("", ["a", "b"])) == "TargetToken (per target)"
+    assert _device_auth(cfg("g", ["", ""])) == "GatewayToken"
+    assert _device_auth(cfg("g", ["a", ""])) == "GatewayToken, TargetToken for 1 target(s)"
+    assert _device_auth(cfg("", ["", ""])) == "none"
