@@ -116,7 +116,7 @@ def status_of(console: Console) -> dict:
     found = console.first(r"FERRY_BOX_STATUS (\{.*\})\s*$")
     assert found, "no `ferry status --json` on the console:\n" + "\n".join(
         line for _, line in console.lines if "FERRY_BOX" in line)
-    return json.loads(found[1].group(1))  # type: ignore[no-any-return]
+    return json.loads(found[1].group(1))
 
 
 def test_uboot_chooses_slot_a_and_loads_its_kernel(first_boot: Console) -> None:

@@ -77,7 +77,7 @@ def run(argv: Sequence[str | Path], **kw: object) -> subprocess.CompletedProcess
     if proc.returncode != 0:
         sys.exit(f"box: {' '.join(cmd[:4])} ... failed ({proc.returncode}):\n"
                  f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return proc  # type: ignore[no-any-return]
+    return proc
 
 
 def tool(name: str) -> str:

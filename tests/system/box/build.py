@@ -161,8 +161,8 @@ def passwd_and_groups(root: Path) -> None:
     (root / "etc/shadow").chmod(0o640)
     (root / "etc/gshadow").write_text("".join(f"{g}:*::\n" for g in groups))
     (root / "etc/gshadow").chmod(0o640)
-    for f in ("shadow", "gshadow"):
-        os.chown(root / "etc" / f, 0, group_id(root, "shadow"))
+    for name in ("shadow", "gshadow"):
+        os.chown(root / "etc" / name, 0, group_id(root, "shadow"))
     pam = root / "etc/pam.d"
     for f in (root / "usr/share/pam").glob("common-*"):
         if not f.name.endswith(".md5sums"):
