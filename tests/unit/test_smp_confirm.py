@@ -102,11 +102,10 @@ def test_healthy_application_group_is_confirmed() -> None:
 def test_group_without_handler_stops_at_once_and_reverts() -> None:
     with running_sim(health_group=None) as sim:
         transport, tgt, trial = on_trial(sim, health_smp_group="70", health_timeout_s="30")
-        t0 = time.monotonic()
         result = finish(transport, tgt, trial)
         assert result.rolled_back and "MGMT_ERR_ENOTSUP" in result.message
+        # one try, not the 30 s window: "after N tries" is only said at the window's end
         assert "no handler" in result.message and "tries" not in result.message
-        assert time.monotonic() - t0 < 25  # did not sit out the 30 s window
         assert running_version(sim) == "1.0.0"
 
 
