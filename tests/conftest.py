@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,13 @@ def _path_has_venv(monkeypatch: pytest.MonkeyPatch) -> None:
     # Peer tools installed from PyPI (imgtool, smpmgr, swugenerator, goosebit) live in
     # the venv's bin; make subprocesses find them the same way CI does.
     monkeypatch.setenv("PATH", f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """ferryd's main() and ``ferry --config`` set the process umask to 027, as they
+    should; called in-process by a test, that would leak into every later test's files."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
