@@ -144,6 +144,27 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
     (etc / "version").write_text(VERSION + "\n")
 
 
+def _pam(kind: str, unix: str, additional: str = "") -> str:
+    return (f"{kind}\t{unix}\n{kind}\trequisite\t\t\tpam_deny.so\n"
+            f"{kind}\trequired\t\t\tpam_permit.so\n{additional}")
+
+
+# What pam-auth-update writes into /etc/pam.d/common-* with only the "unix" profile
+# (/usr/share/pam-configs/unix): the templates in /usr/share/pam still hold its
+# $auth_primary-style markers, and a login through them is always refused.
+PAM_COMMON = {
+    "common-auth": _pam("auth", "[success=1 default=ignore]\tpam_unix.so nullok"),
+    "common-account": _pam(
+        "account", "[success=1 new_authtok_reqd=done default=ignore]\tpam_unix.so"),
+    "common-password": _pam(
+        "password", "[success=1 default=ignore]\tpam_unix.so obscure yescrypt"),
+    "common-session": _pam("session", "[default=1]\t\t\tpam_permit.so",
+                           "session\trequired\tpam_unix.so\n"),
+    "common-session-noninteractive": _pam("session", "[default=1]\t\t\tpam_permit.so",
+                                          "session\trequired\tpam_unix.so\n"),
+}
+
+
 def passwd_and_groups(root: Path) -> None:
     """What base-passwd's, passwd's and systemd's maintainer scripts would have done."""
     # the groups udev's postinst adds (its rules name them)
@@ -153,6 +174,12 @@ def passwd_and_groups(root: Path) -> None:
     shutil.copy(share / "passwd.master", root / "etc/passwd")
     shutil.copy(share / "group.master", root / "etc/group")
     run([tool("systemd-sysusers"), f"--root={root}"])
+    # pwconv/grpconv (base-passwd's postinst runs "shadowconfig on"): the password
+    # field becomes "x", the hash moves to shadow; a "*" left in passwd locks the login
+    for name in ("passwd", "group"):
+        f = root / "etc" / name
+        rows = [ln.split(":") for ln in f.read_text().splitlines() if ln]
+        f.write_text("".join(":".join([r[0], "x", *r[2:]]) + "\n" for r in rows))
     users = [ln.split(":")[0] for ln in (root / "etc/passwd").read_text().splitlines()]
     groups = [ln.split(":")[0] for ln in (root / "etc/group").read_text().splitlines()]
     # Empty root password: the console login of a development box (docs/box.md).
@@ -163,10 +190,8 @@ def passwd_and_groups(root: Path) -> None:
     (root / "etc/gshadow").chmod(0o640)
     for name in ("shadow", "gshadow"):
         os.chown(root / "etc" / name, 0, group_id(root, "shadow"))
-    pam = root / "etc/pam.d"
-    for f in (root / "usr/share/pam").glob("common-*"):
-        if not f.name.endswith(".md5sums"):
-            shutil.copy(f, pam / f.name)
+    for name, text in PAM_COMMON.items():
+        (root / "etc/pam.d" / name).write_text(text)
 
 
 def group_id(root: Path, name: str) -> int:
