@@ -52,6 +52,7 @@ STATUS_ASKS = 3
 FALSE_DONE = 1e-4  # accepted chance that a v1 node's silent tail was loss, not completion
 MIN_LOSS_FOR_GAP = 0.05
 PRIOR_FRAMES = 20
+CONFIRM_FIRST_SD = 2.5  # bench/lora.py: best p95 of fragments sent over 0..3
 
 
 def _class_c_refusal(a: object) -> str:
@@ -73,6 +74,27 @@ def done_gap(loss: float) -> int:
     """Fragments after a v1 node's last index that must go unheard to call it finished."""
     p = min(max(loss, MIN_LOSS_FOR_GAP), 0.9)
     return max(2, math.ceil(math.log(FALSE_DONE) / math.log(p)))
+
+
+def posterior_gap(lost: float, heard: float) -> int:
+    """The done gap for a node whose loss is known only from `lost` of `lost + heard` frames.
+
+    The loss p itself is uncertain, so the false-done chance of a gap g is p^g averaged
+    over p's Beta(lost + ½, heard + ½) posterior: E[p^g] = Π_{i<g} (a+i)/(a+b+i). That
+    is the chance an unfinished node with this record lost all g frames, with nothing
+    assumed about p beyond what it reported; it replaces the p^g at p's upper 95 %
+    bound, which counts the uncertainty twice (at 20 % loss and M = 429 it asked for 7
+    frames where 6 give 7e-5). Never below ``done_gap(MIN_LOSS_FOR_GAP)``.
+    """
+    a, b = max(lost, 0.0) + 0.5, max(heard, 0.0) + 0.5
+    floor = done_gap(MIN_LOSS_FOR_GAP)
+    risk, g = 1.0, 0
+    while g < 64:
+        risk *= (a + g) / (a + b + g)
+        g += 1
+        if risk <= FALSE_DONE and g >= floor:
+            return g
+    return g
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,7 @@ class Report:
     finished: float = 0.0
     nodes: dict[str, NodeResult] = field(default_factory=dict)
     session_cnt: int = 0  # the v2 SessionCnt this campaign used
+    bursts: list[int] = field(default_factory=list)  # fragments per broadcast: first, top-ups
 
     @property
     def ok(self) -> bool:
@@ -415,6 +438,9 @@ class Campaign:
                 break
             sent += 1
             self.report.fragments_sent = n
+            if n == first:
+                self.report.bursts.append(0)
+            self.report.bursts[-1] += 1
             self.progress(min(n, enc.m) * enc.frag_size if n <= enc.m else total, total,
                           "fragments" if n <= enc.m else "parity")
         return sent
@@ -453,7 +479,7 @@ class Campaign:
                 if collect():
                     break
             sent = self.report.fragments_sent
-            worst, confirm = 0, 0
+            worst, confirm, sure_need = 0, 0, False
             for eui in waiting:
                 node = self.report.nodes[eui]
                 if node.state != "pending":
@@ -464,8 +490,13 @@ class Campaign:
                     # or a tenth of the block if it never answered
                     worst = max(worst, node.need if node.missing >= 0
                                 else top_up_for(p.m // 10 + 1, loss))
+                    sure_need = True
                     continue
                 need, spread, gap_short = self._judge(node, a, sent, p.m)
+                # a v1 node whose last index is within the gap and whose need is within
+                # CONFIRM_FIRST_SD of nothing may well be finished: its parity losses are
+                # known only on average, so most such nodes are
+                maybe_done = gap_short > 0 and need <= CONFIRM_FIRST_SD * max(spread, 1.0)
                 if node.state == "pending":
                     # a node losing more than half gets its rest in the next round
                     loss = max(loss, min(node.loss, TOP_UP_MAX_LOSS))
@@ -473,6 +504,7 @@ class Campaign:
                                                          TOP_UP_MAX_LOSS), spread), gap_short)
                     worst = max(worst, node.need)
                     confirm = max(confirm, gap_short)
+                    sure_need = sure_need or (node.need > 0 and not maybe_done)
             if worst == 0 and confirm == 0:
                 if any(self.report.nodes[e].state == "pending" for e in waiting):
                     # v2 nodes that look finished: their FragDataBlockReceivedReq decides
@@ -482,7 +514,11 @@ class Campaign:
                 continue
             if round_no == o.max_rounds:
                 break  # that status round only confirmed the last top-up
-            extra = max(worst, confirm)
+            # Confirm first: when every node still waited for may be finished, send
+            # only the frames that prove it; a node that was not finished shows it by
+            # its index moving, and gets its top-up in the next round (one status round
+            # of wall time instead of a top-up sized for a need it mostly no longer has)
+            extra = max(worst, confirm) if sure_need or confirm == 0 else confirm
             self.log(f"top-up: {worst} parity for the neediest node, {confirm} to confirm a "
                      f"finished v1 node; sending {extra} (loss up to {loss:.2f})")
             first = self.report.fragments_sent + 1
@@ -520,11 +556,12 @@ class Campaign:
         tail_data = max(0, min(sent, m) - a.last_index)
         lost = a.missing + tail_data
         p_hat = self._loss_belief(node, m)
-        # the gap is judged at the loss's upper 95 % bound, not its estimate: an
-        # optimistic p is what would call a node with a lost tail done
-        seen = min(a.last_index, m) + PRIOR_FRAMES
-        p_high = min(p_hat + 1.645 * math.sqrt(p_hat * (1 - p_hat) / seen), 0.9)
-        gap_needed = self.opts.done_gap or done_gap(p_high)
+        # the gap is judged over the whole posterior of the node's loss, not at its
+        # estimate: an optimistic p is what would call a node with a lost tail done
+        seen = min(a.last_index, m)
+        lost_seen = min(a.missing, seen) + PRIOR_FRAMES * self.opts.loss_estimate
+        gap_needed = self.opts.done_gap or posterior_gap(
+            lost_seen, seen + PRIOR_FRAMES - lost_seen)
         gap = sent - a.last_index
         parity_heard_max = max(0, a.last_index - m)
         frozen = a.last_index > m and gap >= gap_needed and parity_heard_max >= a.missing
