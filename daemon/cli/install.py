@@ -39,14 +39,16 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferry.daemon.config import DEFAULT_PATH, load_config
-    from ferry.daemon.install.pipeline import install, make_context, resume
-
     if not args.source and not args.resume:
         print("ferry install: give a bundle path or URL, or --resume", file=sys.stderr)
         return exitcodes.USAGE
     if not args.config and not args.resume:
         return run_via_ferryd(args)
+    # Only the standalone install pays for the pipeline's imports (journal, sqlite3,
+    # packaging): a third of the CPU of a client that just hands the bundle to ferryd.
+    from ferry.daemon.config import DEFAULT_PATH, load_config
+    from ferry.daemon.install.pipeline import install, make_context, resume
+
     config = load_config(args.config or DEFAULT_PATH)
     bars: dict[str, ProgressBar] = {}
     quiet = bool(getattr(args, "json", False))

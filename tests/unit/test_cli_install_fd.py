@@ -54,3 +54,21 @@ def test_ferryd_leaving_mid_install_is_reported_not_waited_for(monkeypatch, caps
     err = capsys.readouterr().err
     assert "install interrupted: ferryd stopped" in err
     assert "run 'ferry install' again" in err
+
+
+def test_the_client_does_not_import_the_pipeline_it_hands_the_bundle_to_ferryd() -> None:
+    # The pipeline's imports (journal, sqlite3, packaging) were a third of the CPU of a
+    # `ferry install` that only hands the bundle to ferryd (bench/install.py, issue #22).
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from ferry.daemon.cli import install\n"
+              "install.run_via_ferryd = lambda args: 0\n"
+              "from ferry.daemon.cli.main import main\n"
+              "rc = main(['install', 'https://fleet.example/b.swu'])\n"
+              "mods = sys.modules\n"
+              "print(rc, 'ferry.daemon.install.pipeline' in mods, 'sqlite3' in mods)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["0", "False", "False"], (out.stdout, out.stderr)
