@@ -20,6 +20,14 @@ Every write goes to the copy that is *not* current, in full, and is fsynced befo
 anything marks the old copy obsolete; a power cut at any byte leaves one valid copy
 holding either the old or the new env. A single-copy env is rewritten in place and is
 not power-safe; see docs/bootloader.md.
+
+On ``/dev/mtdN`` (NOR, through daemon/boot/mtd.py) a copy is rewritten as libubootenv's
+``libubootenv_mtdwrite`` and U-Boot's env/flash.c do: MEMGETINFO (NOR only: NAND's bad
+blocks are refused), unlock and erase its sectors one by one, write it with the flag
+byte still 0xFF, read it back, then program the flag, then the old copy's flag to 0 in
+the boolean scheme. NOR can program that byte without an erase because every step
+only clears bits. ``/dev/mtdblockN`` is refused: its cache erases and rewrites behind
+ferry's back.
 """
 
 from __future__ import annotations
@@ -34,7 +42,19 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ferry.daemon.boot.mtd import (
+    MTD_MLCNANDFLASH,
+    MTD_NANDFLASH,
+    MTD_NORFLASH,
+    MTD_WRITEABLE,
+    Mtd,
+    MtdInfo,
+    block_device_hint,
+    is_mtd_char,
+    open_kernel_mtd,
+)
 from ferry.errors import FerryError
 
 ACTIVE = 1
@@ -57,12 +77,18 @@ class EnvDevice:
     offset: int
     size: int
     sector_size: int
+    explicit_sector: bool = True  # False: not in fw_env.config (MTD: the erase block)
 
-    def erase_span(self) -> tuple[int, int]:
+    @property
+    def is_mtd(self) -> bool:
+        return is_mtd_char(self.path)
+
+    def erase_span(self, sector: int | None = None) -> tuple[int, int]:
         """Byte range that erasing this copy touches (whole sectors)."""
-        start = self.offset - self.offset % self.sector_size
+        sector = sector or self.sector_size
+        start = self.offset - self.offset % sector
         end = self.offset + self.size
-        end += -end % self.sector_size
+        end += -end % sector
         return start, end
 
 
@@ -107,13 +133,15 @@ def parse_fw_env_config(text: str, *, origin: str = "fw_env.config") -> EnvLayou
         offset = _int(parts[1], where)
         size = _int(parts[2], where)
         sector = _int(parts[3], where) if len(parts) > 3 else 0
+        explicit = sector != 0
         if sector == 0:
-            sector = size  # libubootenv's default: one sector per copy
+            # libubootenv's default: one sector per copy (on MTD: the erase block)
+            sector = size
         if offset < 0:
             raise EnvError(f"{where}: negative offsets (from the device end) are not supported")
         if size < 16:
             raise EnvError(f"{where}: env size {size} is too small")
-        devices.append(EnvDevice(Path(parts[0]), offset, size, sector))
+        devices.append(EnvDevice(Path(parts[0]), offset, size, sector, explicit))
     if not devices:
         raise EnvError(f"{origin}: no env device configured")
     if len(devices) > 2:
@@ -130,11 +158,9 @@ def parse_fw_env_config(text: str, *, origin: str = "fw_env.config") -> EnvLayou
                     "destroy the other (check offsets and sector size)"
                 )
     for d in devices:
-        if str(d.path).startswith("/dev/mtd"):
-            raise EnvError(
-                f"{origin}: {d.path}: MTD character devices (erase before write) are not "
-                "supported yet; use a block device or file"
-            )
+        hint = block_device_hint(d.path)
+        if hint is not None:
+            raise EnvError(f"{origin}: {hint}")
     return EnvLayout(tuple(devices))
 
 
@@ -149,7 +175,7 @@ def load_layout(path: str | Path) -> EnvLayout:
     layout = parse_fw_env_config(text, origin=str(p))
     anchored = tuple(
         EnvDevice(d.path if d.path.is_absolute() else p.parent / d.path, d.offset, d.size,
-                  d.sector_size)
+                  d.sector_size, d.explicit_sector)
         for d in layout.devices
     )
     return EnvLayout(anchored)
@@ -254,6 +280,32 @@ def select_copy(copies: tuple[Copy, ...], flags: str) -> int:
     return 0 if fa >= fb else 1
 
 
+def mtd_sector_size(dev: EnvDevice, info: MtdInfo) -> int:
+    """The unit one copy is erased in, after refusing what ferry cannot write safely.
+
+    NOR only: NAND has bad blocks, which libubootenv skips with the 5th column of
+    fw_env.config and U-Boot's env/nand.c with its own range logic; ferry does neither.
+    """
+    if info.type != MTD_NORFLASH:
+        kind = "NAND (bad blocks)" if info.type in (MTD_NANDFLASH, MTD_MLCNANDFLASH) \
+            else info.type_name
+        raise EnvError(f"{dev.path} is {kind} flash: ferry writes U-Boot envs on "
+                       "bad-block-free NOR only (docs/bootloader.md)")
+    if not info.flags & MTD_WRITEABLE:
+        raise EnvError(f"{dev.path} is a read-only MTD partition; the env partition must "
+                       "be writable (check the device tree's read-only property)")
+    erase = info.erasesize or 1
+    sector = dev.sector_size if dev.explicit_sector else erase
+    if sector % erase:
+        raise EnvError(f"{dev.path}: sector size {sector:#x} in fw_env.config is not a "
+                       f"multiple of the flash's erase block ({erase:#x})")
+    _start, end = dev.erase_span(sector)
+    if end > info.size:
+        raise EnvError(f"{dev.path}: env copy at {dev.offset:#x} (+{dev.size:#x}) ends "
+                       f"beyond the device ({info.size:#x} bytes)")
+    return sector
+
+
 # --- the store: locked read-modify-write ---------------------------------------------
 
 
@@ -279,6 +331,8 @@ class EnvStore:
     flags: str = "incremental"
     lock_file: Path | None = None
     sink: _Sink | None = None
+    # how /dev/mtdN is opened: the kernel's ioctls, or a fake NOR in the unit tests
+    open_mtd: Callable[[Path, bool], Mtd] = open_kernel_mtd
 
     @classmethod
     def from_config(
@@ -295,6 +349,11 @@ class EnvStore:
     def read_copies(self) -> tuple[Copy, ...]:
         out = []
         for d in self.layout.devices:
+            if d.is_mtd:
+                with self._mtd(d, writable=False) as (m, _sector):
+                    raw = self._mtd_call(d, "reading", d.offset, m.read, d.offset, d.size)
+                out.append(decode_copy(raw, redundant=self.layout.redundant))
+                continue
             try:
                 with open(d.path, "rb") as f:
                     f.seek(d.offset)
@@ -368,13 +427,101 @@ class EnvStore:
             # Only now, with the new copy durable, retire the old one (one byte; on NOR
             # a 1 -> 0 program needs no erase).
             old = self.layout.devices[current]
-            self._write_bytes(old, old.offset + 4, bytes([OBSOLETE]))
+            if old.is_mtd:
+                self._mtd_program(old, old.offset + 4, bytes([OBSOLETE]))
+            else:
+                self._write_bytes(old, old.offset + 4, bytes([OBSOLETE]))
         else:
             flag = (old_flag + 1) & 0xFF
             self._write_copy(self.layout.devices[target], encode_copy(env, size, flag=flag))
 
     def _write_copy(self, dev: EnvDevice, blob: bytes) -> None:
-        self._write_bytes(dev, dev.offset, blob)
+        if dev.is_mtd:
+            self._mtd_write_copy(dev, blob)
+        else:
+            self._write_bytes(dev, dev.offset, blob)
+
+    # --- MTD (NOR): erase before write, flag last, read back ---
+
+    @contextlib.contextmanager
+    def _mtd(self, dev: EnvDevice, *, writable: bool) -> Iterator[tuple[Mtd, int]]:
+        """The opened device and the sector size to erase by, after MEMGETINFO's checks."""
+        try:
+            m = self.open_mtd(dev.path, writable)
+        except OSError as err:
+            raise EnvError(f"cannot open env device {dev.path}: {err.strerror}") from err
+        try:
+            info = self._mtd_call(dev, "MEMGETINFO on", 0, m.info)
+            sector = mtd_sector_size(dev, info)
+            if self.layout.redundant and all(d.path == dev.path for d in self.layout.devices):
+                a, b = (d.erase_span(sector) for d in self.layout.devices)
+                if a[0] < b[1] and b[0] < a[1]:
+                    raise EnvError(
+                        f"{dev.path}: both env copies share an erase block of "
+                        f"{sector:#x} bytes; erasing one would destroy the other")
+            yield m, sector
+        finally:
+            m.close()
+
+    def _mtd_call(self, dev: EnvDevice, what: str, offset: int,
+                  fn: Callable[..., bytes | MtdInfo | None], *args: int | bytes) -> Any:
+        try:
+            return fn(*args)
+        except OSError as err:
+            raise EnvError(f"{what} {dev.path} at {offset:#x} failed: "
+                           f"{err.strerror or err}") from err
+
+    def _mtd_write_copy(self, dev: EnvDevice, blob: bytes) -> None:
+        """Erase the copy's sectors, write it with its flag byte still erased, read it
+        back, then program the flag: until that last byte U-Boot and ``select_copy``
+        see either a bad CRC or an unflagged copy, never a half-written one chosen.
+        Bytes that share the sectors but not the copy are read first and put back, as
+        U-Boot's env/flash.c does for a sector larger than the env."""
+        redundant = self.layout.redundant
+        with self._mtd(dev, writable=True) as (m, sector):
+            start, end = dev.erase_span(sector)
+            keep = bytearray(self._mtd_call(dev, "reading", start, m.read, start,
+                                            end - start))
+            body = bytearray(blob)
+            flag = body[4] if redundant else None
+            if redundant:
+                body[4] = 0xFF
+            rel = dev.offset - start
+            keep[rel:rel + len(body)] = body
+            image = bytes(keep)
+            for s in range(start, end, sector):
+                self._mtd_call(dev, "unlocking", s, m.unlock, s, sector)
+                self._mtd_call(dev, "erasing", s, m.erase, s, sector)
+            for lo, hi in ((start, dev.offset), (dev.offset, dev.offset + len(body)),
+                           (dev.offset + len(body), end)):
+                part = image[lo - start:hi - start]
+                if part and part.count(0xFF) != len(part):
+                    self._mtd_call(dev, "writing", lo, m.write, lo, part)
+            back = self._mtd_call(dev, "reading back", start, m.read, start, end - start)
+            if back != image:
+                bad = next(i for i, (x, y) in enumerate(zip(back, image, strict=True)) if x != y)
+                raise EnvError(f"{dev.path}: the env did not read back as written at "
+                               f"{start + bad:#x} (a locked or worn-out sector?)")
+            if flag is not None:
+                self._program(dev, m, dev.offset + 4, bytes([flag]))
+
+    def _mtd_program(self, dev: EnvDevice, offset: int, data: bytes) -> None:
+        with self._mtd(dev, writable=True) as (m, sector):
+            s = offset - offset % sector
+            self._mtd_call(dev, "unlocking", s, m.unlock, s, sector)
+            self._program(dev, m, offset, data)
+
+    def _program(self, dev: EnvDevice, m: Mtd, offset: int, data: bytes) -> None:
+        """Program bytes without an erase: only possible where every bit goes 1 -> 0."""
+        old = self._mtd_call(dev, "reading", offset, m.read, offset, len(data))
+        if any(o & n != n for o, n in zip(old, data, strict=True)):
+            raise EnvError(f"{dev.path}: cannot program {data.hex()} over {old.hex()} at "
+                           f"{offset:#x} without an erase")
+        self._mtd_call(dev, "writing", offset, m.write, offset, data)
+        back = self._mtd_call(dev, "reading back", offset, m.read, offset, len(data))
+        if back != data:
+            raise EnvError(f"{dev.path}: {offset:#x} reads {back.hex()} after programming "
+                           f"{data.hex()} (a locked sector?)")
 
     def _write_bytes(self, dev: EnvDevice, offset: int, blob: bytes) -> None:
         sink = self.sink or _Sink()

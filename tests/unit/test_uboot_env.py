@@ -67,7 +67,7 @@ def test_fw_env_config_parsing():
         ("/dev/x 0 0x1000\n/dev/x 0x1000 0x2000\n", "differ in size"),
         # 64 KiB sectors: copies 4 KiB apart share one erase sector
         ("/dev/x 0 0x1000 0x10000\n/dev/x 0x1000 0x1000 0x10000\n", "erase sector"),
-        ("/dev/mtd1 0 0x1000 0x10000\n", "MTD"),
+        ("/dev/mtdblock1 0 0x1000 0x10000\n", "char device /dev/mtd1"),
         ("a 0 0x1000\nb 0 0x1000\nc 0 0x1000\n", "one or two"),
     ],
 )
