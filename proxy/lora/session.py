@@ -154,7 +154,6 @@ class Report:
     nodes: dict[str, NodeResult] = field(default_factory=dict)
     session_cnt: int = 0  # the v2 SessionCnt this campaign used
     bursts: list[int] = field(default_factory=list)  # fragments per broadcast: first, top-ups
-    inline_asks: int = 0  # status requests sent inside a burst (also in status_rounds)
 
     @property
     def ok(self) -> bool:
@@ -183,12 +182,6 @@ class Campaign:
         self.synced: set[str] = set()
         self._last_version: dict[str, int] = {}
         self.duty = DutyCycle(opts.duty_cycle, clock)
-        self._asks: list[tuple[float, int]] = []  # inline status asks: (time, fragments sent)
-        self._inline: dict[str, tuple[fragmentation.FragSessionStatusAns, int]] = {}
-        self._sent_at: dict[int, int] = {}  # id(FragSessionStatusAns) -> fragments sent
-        self._in_burst = False
-        self._ask_every = 1
-        self._answered_ask: dict[str, float] = {}  # time of the ask a node's last answer was for
 
     # -- uplinks ------------------------------------------------------------------
 
@@ -217,8 +210,6 @@ class Campaign:
                                                  ans.frag_index))
                         self._block_received(eui, ans)
                         continue
-                    if isinstance(ans, fragmentation.FragSessionStatusAns):
-                        self._status_answer(eui, ans)
                     if isinstance(ans, package.PackageVersionAns) and \
                             ans.package_identifier == fragmentation.PACKAGE_IDENTIFIER:
                         self._last_version[eui] = ans.package_version
@@ -356,12 +347,7 @@ class Campaign:
         # (5) wait for SessionTime (+1 s for clock error), then broadcast
         self._pump_until(clocksync.gps_to_unix(session.session_time) + 1.0)
         self.report.broadcast_started = self.clock.now()
-        # inline asks one answer spread apart, from where a median node can be proven
-        # done: its expected finish (M + 2 lines heard) plus the done gap
-        self._ask_every = max(1, math.ceil(o.status_timeout / per_frame))
-        lp = min(max(o.loss_estimate, 0.0), 0.9)
-        self._broadcast(enc, 1, p.initial, len(image), end_unix,
-                        ask_from=math.ceil((p.m + 2) / (1 - lp)) + done_gap(lp))
+        self._broadcast(enc, 1, p.initial, len(image), end_unix)
         # (6) status rounds and top-ups
         self._rounds(enc, active, p, len(image), end_unix)
         return self._finish("")
@@ -442,36 +428,15 @@ class Campaign:
         self.report.airtime = self.duty.airtime
         return True
 
-    def _pending(self) -> list[NodeResult]:
-        return [n for n in self.report.nodes.values() if n.state == "pending"]
-
     def _broadcast(self, enc: fragmentation.Encoder, first: int, last: int, total: int,
-                   end_unix: float, ask_from: int | None = None) -> int:
-        """Send fragments first..last; stop early once no node is waited for.
-
-        From index ``ask_from`` on, a FragSessionStatusReq goes out inline every
-        ``_ask_every`` fragments while a v1 node is waited for (v2 nodes say it
-        themselves), so a node that finished early is proven done without waiting
-        for the end of the burst. The stream goes on while the answers come in.
-        """
+                   end_unix: float) -> int:
+        """Send fragments first..last; stop early once no node is waited for (v2 nodes
+        say it themselves, FragDataBlockReceivedReq, while the stream runs)."""
         sent = 0
-        next_ask = ask_from
-        self._in_burst = True
-        req = fragmentation.frag_session_status_req(self.opts.frag_index,
-                                                    all_participants=True)
         for n in range(first, last + 1):
-            self._judge_inline(enc.m)
-            if not self._pending():
+            if not any(x.state == "pending" for x in self.report.nodes.values()):
                 self.log(f"every node done after fragment {n - 1}: stopping the burst")
                 break
-            # none in the burst's last answer spread: the round's own ask must not be
-            # taken for one of these (its answer would be judged on the shorter gap)
-            if next_ask is not None and next_ask < n <= last - self._ask_every and any(
-                    x.version == 1 for x in self._pending()):
-                if self._send_group(req, end_unix):
-                    self.report.inline_asks += 1
-                    self._asked()
-                next_ask = n - 1 + self._ask_every
             frame = fragmentation.data_fragment(self.opts.frag_index, n, enc.fragment(n))
             if not self._send_group(frame, end_unix):
                 self.log("class C window closed before all fragments went out")
@@ -483,37 +448,7 @@ class Campaign:
             self.report.bursts[-1] += 1
             self.progress(min(n, enc.m) * enc.frag_size if n <= enc.m else total, total,
                           "fragments" if n <= enc.m else "parity")
-        self._in_burst = False
-        self._inline.clear()
         return sent
-
-    def _judge_inline(self, m: int) -> None:
-        """Judge the status answers to inline asks that came in during the burst."""
-        for eui, (ans, sent_at) in list(self._inline.items()):
-            del self._inline[eui]
-            node = self.report.nodes[eui]
-            if node.state == "pending" and node.version == 1:
-                self._judge(node, ans, sent_at, m)
-
-    def _asked(self) -> None:
-        now = self.clock.now()
-        self._asks = [(t, s) for t, s in self._asks if t >= now - self.opts.status_timeout]
-        self._asks.append((now, self.report.fragments_sent))
-
-    def _status_answer(self, eui: str, ans: fragmentation.FragSessionStatusAns) -> None:
-        """Pair an answer with the ask it answers: the earliest one sent within
-        ``status_timeout`` (the nodes' answer spread) before it arrived, so the gap it
-        proves is never longer than the one the node saw, even when fragments went out
-        between two asks."""
-        now = self.clock.now()
-        after = self._answered_ask.get(eui, -math.inf)  # one answer per ask heard
-        asks = [(t, s) for t, s in self._asks
-                if max(now - self.opts.status_timeout, after) < t <= now]
-        if asks:
-            self._answered_ask[eui] = asks[0][0]
-        self._sent_at[id(ans)] = asks[0][1] if asks else self.report.fragments_sent
-        if self._in_burst:
-            self._inline[eui] = (ans, self._sent_at[id(ans)])
 
     def _rounds(self, enc: fragmentation.Encoder, active: list[str], p: Plan, total: int,
                 end_unix: float) -> None:
@@ -544,7 +479,6 @@ class Campaign:
             for _ask in range(STATUS_ASKS):
                 if not self._send_group(req, end_unix):
                     break
-                self._asked()
                 self.report.status_rounds += 1
                 self._pump_until(self.clock.now() + o.status_timeout, collect)
                 if collect():
@@ -563,8 +497,7 @@ class Campaign:
                                 else top_up_for(p.m // 10 + 1, loss))
                     sure_need = True
                     continue
-                need, spread, gap_short = self._judge(node, a, self._sent_at.get(id(a), sent),
-                                                      p.m)
+                need, spread, gap_short = self._judge(node, a, sent, p.m)
                 # a v1 node whose last index is within the gap and whose need is within
                 # CONFIRM_FIRST_SD of nothing may well be finished: its parity losses are
                 # known only on average, so most such nodes are
@@ -595,8 +528,7 @@ class Campaign:
                      f"finished v1 node; sending {extra} (loss up to {loss:.2f})")
             first = self.report.fragments_sent + 1
             last = min(first + extra - 1, fragmentation.MAX_N)
-            if first > last or self._broadcast(enc, first, last, total, end_unix,
-                                               ask_from=first + confirm) == 0:
+            if first > last or self._broadcast(enc, first, last, total, end_unix) == 0:
                 break
 
     def _loss_belief(self, node: NodeResult, m: int) -> float:

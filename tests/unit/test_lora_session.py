@@ -55,7 +55,7 @@ def test_group_with_random_burst_and_late_nodes_rebuilds_image():
     assert report.status_rounds >= 1
     assert report.fragments_sent > report.plan.initial  # the late node forced a top-up
     assert report.airtime == pytest.approx(report.fragments_sent * report.plan.airtime
-                                           + (report.status_rounds + report.inline_asks)
+                                           + report.status_rounds
                                            * downlink_airtime(2, 5), rel=1e-6)
 
 
