@@ -19,7 +19,12 @@ Printed against limits of the same run:
   code needs (least n with P(Binomial(n, 1−p) >= M) >= 0.95): at M <= 10 even that
   exceeds 1.05·M/(1−p), so 1.05 cannot hold there and the bound is the honest limit;
 - success rate, airtime and broadcast wall time under the 10 % duty cycle ÷ the same for
-  M/(1−p) frames back to back, and the whole campaign including the class A setup.
+  M/(1−p) frames back to back, and the whole campaign including the class A setup;
+- where the fragments go, per session: the first round, the top-ups (and how many of
+  those only confirmed), and for v1 nodes the bound no completion rule can beat: the
+  index F the simulated node's decoder finished on (read from the simulator, which knows
+  it) plus the done gap, that many fragments must go out before a v1 node is provably
+  done. Its p95 ÷ M/(1−p) is the floor of the v1 rows.
 """
 
 from __future__ import annotations
@@ -30,10 +35,31 @@ import random
 import statistics
 import time
 
+import ferry.daemon.cli.simrun_lora as simrun
 from ferry.daemon.cli.simrun_lora import simulate
 from ferry.proxy.lora.airtime import EU868_RX2_DUTY_CYCLE
 from ferry.proxy.lora.scheduler import plan
-from ferry.proxy.lora.session import Options
+from ferry.proxy.lora.session import PRIOR_FRAMES, Options, posterior_gap
+from ferry.sim.lora.decoder import FINISHED
+from ferry.sim.lora.node import Node
+
+FINISHED_AT: dict[str, int] = {}
+
+
+class TruthNode(Node):
+    """The simulated node, remembering the index its decoder finished on (bench only)."""
+
+    def _fragment(self, p: bytes, at: float) -> list[tuple[float, int, bytes]]:
+        word = int.from_bytes(p[1:3], "little") if len(p) >= 3 else 0
+        s = self.frag.get(word >> 14)
+        before = s.status if s is not None else None
+        out = super()._fragment(p, at)
+        if s is not None and before != s.status and s.status >= FINISHED:
+            FINISHED_AT[self.dev_eui] = word & 0x3FFF
+        return out
+
+
+simrun.Node = TruthNode  # type: ignore[misc]  # simulate() builds its nodes from this name
 
 SMALL_MS = (2, 3, 4, 5, 6, 8, 10, 20, 50)
 
@@ -60,9 +86,11 @@ def run(loss: float, planned: float, sessions: int, nodes: int, size: int, ts004
     ideal_air = ideal * p0.airtime
     ideal_wall = ideal_air / EU868_RX2_DUTY_CYCLE
     ratios, airs, walls, totals, rounds = [], [], [], [], []
+    firsts, tops, confirms, floors = [], [], [], []
     ok = 0
     t0 = time.perf_counter()
     for seed in range(sessions):
+        FINISHED_AT.clear()
         out = simulate(image, nodes=nodes, loss=loss, seed=1000 + seed,
                        opts=Options(dr=5, loss_estimate=planned), ts004=ts004)
         r = out.report
@@ -72,6 +100,12 @@ def run(loss: float, planned: float, sessions: int, nodes: int, size: int, ts004
         walls.append(r.finished - r.broadcast_started)
         totals.append(r.wall_time)
         rounds.append(r.status_rounds)
+        firsts.append(r.bursts[0] if r.bursts else 0)
+        tops.append(sum(r.bursts[1:]))
+        confirms.append(sum(1 for b in r.bursts[1:] if b <= 8))
+        if ts004 == "1" and len(FINISHED_AT) == nodes:
+            floors.append(max(f + _gap(f, r.plan.m, r.nodes, planned)
+                              for f in FINISHED_AT.values()))
     cpu = time.perf_counter() - t0
     print(f"loss {loss:.0%} (planned for {planned:.0%}), TS004 v{ts004} nodes: M = {p0.m} "
           f"fragments of {p0.frag_size} B, first redundancy {p0.redundancy}; limit "
@@ -90,7 +124,23 @@ def run(loss: float, planned: float, sessions: int, nodes: int, size: int, ts004
     print(f"  broadcast wall time: median {statistics.median(walls) / 60:.1f} min  p95 "
           f"{pct(walls, 0.95) / 60:.1f} min  (/ limit {statistics.median(walls) / ideal_wall:.3f})"
           f"; whole campaign incl. setup median {statistics.median(totals) / 60:.1f} min")
+    print(f"  where they go: first round {statistics.median(firsts):.0f}; top-ups median "
+          f"{statistics.median(tops):.0f} p95 {pct(tops, 0.95):.0f} fragments in "
+          f"{sum(1 for t in tops if t)} sessions; {sum(confirms)} top-ups of <= 8 frames "
+          "(confirming)")
+    if floors:
+        print(f"  v1 floor, decoder's finishing index + done gap: median "
+              f"{statistics.median(floors) / ideal:.3f}  p95 {pct(floors, 0.95) / ideal:.3f} "
+              "(no v1 completion rule can send fewer)")
     print(f"  simulation cost: {cpu:.1f} s CPU for {sessions} sessions")
+
+
+def _gap(finished: int, m: int, nodes: dict, planned: float) -> int:
+    """The done gap ferry's rule asks of a node with its reported data loss."""
+    missing = max(n.missing for n in nodes.values()) if nodes else 0
+    seen = min(finished, m)
+    lost = min(max(missing, 0), seen) + PRIOR_FRAMES * planned
+    return posterior_gap(lost, seen + PRIOR_FRAMES - lost)
 
 
 def small(loss: float, sessions: int, ts004: str) -> None:
