@@ -22,6 +22,10 @@ same slot file, from the same local ``python -m http.server``:
   raw and zstd; ferryd starts once per size, with one untimed warm-up install; before each
   install the bench ends the previous deployment in the journal (as the reboot and its
   rollback would), outside the timed region
+- the raw image encrypted as SWUpdate does (``ferry bundle create --encrypt-key``,
+  AES-256-CBC) through the same ferryd, which holds the key (``[keyring]
+  decryption_key``), beside ``openssl enc -d -aes-256-cbc`` of the same image's ciphertext
+  into /dev/null (issue 18: an encrypted install at >= 0.9 of the unencrypted one)
 
 CPU is user + system of every process of the tool, daemons included: each command runs in
 a transient cgroup v2 of its own, and each daemon (ferryd, ``rauc service``, the
@@ -91,6 +95,9 @@ FERRY_ZSTD = "ferry --config zstd"
 FERRYD_RAW = "ferryd raw (D-Bus)"
 FERRYD_ZSTD = "ferryd zstd (D-Bus)"
 FERRYD_RAW_SPAN = "ferryd raw, journal span"
+FERRYD_ENC = "ferryd raw AES-256-CBC (D-Bus)"
+OPENSSL_DEC = "openssl enc -d -aes-256-cbc"
+ENCRYPTED_GOAL = 0.9  # issue 18: an encrypted install at >= 0.9 of the unencrypted one
 
 
 @dataclass
@@ -177,7 +184,33 @@ def ferry_bundles(d: Path, image: Path, comp: Path) -> tuple[Path, Path, Path]:
     return raw, zst, pdir / "ca.pem"
 
 
-def ferry_gateway(d: Path, slot: Path, ca: Path, name: str = "gw") -> Path:
+def encrypted_bundle(d: Path, image: Path) -> tuple[Path, Path, Path]:
+    """The raw image encrypted as SWUpdate does (AES-256-CBC, ``--encrypt-key``), its
+    key file, and the same image encrypted by ``openssl enc`` with that key: the
+    ciphertext ``openssl enc -d`` is timed on."""
+    from ferry.packaging.encryption import load_key
+    from ferry.packaging.writer import ImageInput, create_bundle, load_signing_key
+
+    pdir = d / "pki"
+    key_file = pdir / "aes.key"
+    if not key_file.exists():
+        key_file.write_text(f"{os.urandom(32).hex()} {os.urandom(16).hex()}\n")
+    key_hex, iv_hex = key_file.read_text().split()
+    enc = d / "www" / f"ferry-enc-{image.stat().st_size}.swu"
+    if not enc.exists():
+        create_bundle(enc, signing=load_signing_key(pdir / "signer.key", pdir / "signer.pem"),
+                      version="2.0.0", compatible=["bench-gw"],
+                      images=[ImageInput(path=image, compress=None, filename="rootfs.img")],
+                      encrypt_key=load_key(key_file))
+    cipher = d / f"{image.name}.aes"
+    if not cipher.exists():
+        subprocess.run(["openssl", "enc", "-aes-256-cbc", "-nosalt", "-K", key_hex, "-iv",
+                        iv_hex, "-in", str(image), "-out", str(cipher)], check=True)
+    return enc, key_file, cipher
+
+
+def ferry_gateway(d: Path, slot: Path, ca: Path, name: str = "gw",
+                  aes_key: Path | None = None) -> Path:
     from ferry.daemon.boot.bootchooser import default_env
     from ferry.daemon.boot.bootloader import CANARY_VAR
     from ferry.daemon.boot.ubootenv import EnvStore
@@ -210,6 +243,7 @@ bootname = "B"
 device = "{slot}"
 [keyring]
 path = "{ca}"
+{f'decryption_key = "{aes_key}"' if aes_key else ""}
 [install]
 reboot_command = ["true"]
 """)
@@ -496,6 +530,7 @@ def run_size(d: Path, size: int, rounds: int, tree: CgroupTree, swupdate: str,
     with open(slot, "wb") as f:
         f.truncate(size)
     raw_b, zst_b, ca = ferry_bundles(d, rnd, comp)
+    enc_b, aes_key, cipher = encrypted_bundle(d, rnd)
     cfg = ferry_gateway(d, slot, ca)
     swu_raw, swu_crt = swupdate_bundle(d, rnd, slot) if swupdate else (None, None)
     swu_zst = swupdate_bundle(d, comp, slot, zstd=True)[0] if swupdate else None
@@ -519,7 +554,7 @@ def run_size(d: Path, size: int, rounds: int, tree: CgroupTree, swupdate: str,
     daemons = Daemons(d, tree)
     meter = Meter(tree, slot, size)
     try:
-        daemons.start_ferryd(ferry_gateway(d, slot, ca, name="gwd"))
+        daemons.start_ferryd(ferry_gateway(d, slot, ca, name="gwd", aes_key=aes_key))
         daemons.start_rauc(rauc_system_conf(rd, slot, rauc_crt), d / "rauctmp")
         assert daemons.ferryd is not None and daemons.rauc is not None
         fpid = daemons.ferryd.pid
@@ -573,6 +608,10 @@ def run_size(d: Path, size: int, rounds: int, tree: CgroupTree, swupdate: str,
                           then_sync=True))
             check("curl", rnd)
             add(meter.run(SHA, ["openssl", "dgst", "-sha256", str(rnd)]))
+            key_hex, iv_hex = aes_key.read_text().split()
+            add(meter.run(OPENSSL_DEC, ["openssl", "enc", "-d", "-aes-256-cbc", "-nosalt",
+                                        "-K", key_hex, "-iv", iv_hex, "-in", str(cipher),
+                                        "-out", "/dev/null"]))
             if swu_raw is not None and swu_zst is not None:
                 tmpdir = d / "swutmp"
                 tmpdir.mkdir(exist_ok=True)
@@ -600,7 +639,8 @@ def run_size(d: Path, size: int, rounds: int, tree: CgroupTree, swupdate: str,
             add(meter.run(FERRY_ZSTD, [ferry, "--config", str(cfg), "install",
                                        f"{base}/{zst_b.name}"]))
             check("ferry (zstd)", comp)
-            for label, bundle, image in ((FERRYD_RAW, raw_b, rnd), (FERRYD_ZSTD, zst_b, comp)):
+            for label, bundle, image in ((FERRYD_RAW, raw_b, rnd), (FERRYD_ZSTD, zst_b, comp),
+                                         (FERRYD_ENC, enc_b, rnd)):
                 reset_ferryd()
                 with RssSampler(fpid) as sampler:
                     add(meter.run(label, [ferry, "install", f"{base}/{bundle.name}"],
@@ -745,6 +785,17 @@ def goals(results: list[tuple[int, list[list[Sample]], Memory]]) -> None:
             goal(f"MiB/s {lab} / in-place limit, {n} MiB",
                  ratio_rounds(by[lab], by[IN_PLACE], lambda s: s.mibs), 0.9 if big else 0.8,
                  False)
+    print("\ngoals of issue 18 (encrypted install through ferryd, per round):")
+    for size, rounds, _mem in results:
+        by = by_label(rounds)
+        n = size // MiB
+        if FERRYD_ENC in by:
+            goal(f"MiB/s {FERRYD_ENC} / {FERRYD_RAW}, {n} MiB",
+                 ratio_rounds(by[FERRYD_ENC], by[FERRYD_RAW], lambda s: s.mibs),
+                 ENCRYPTED_GOAL, False)
+            print(f"  {'MiB/s ' + FERRYD_ENC + ' / ' + OPENSSL_DEC + f', {n} MiB':64} "
+                  f"{mmm(ratio_rounds(by[FERRYD_ENC], by[OPENSSL_DEC], lambda s: s.mibs)):>20}x"
+                  "  (openssl decrypts into /dev/null: no hash, no write)")
     for size, _rounds, mem in results:
         n = size // MiB
         print(f"  ferryd RSS, {n} MiB: idle after start {mem.idle_after_start / 1024:.1f} MiB "
