@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +44,18 @@ Probe = Callable[[], tuple[bool, bool, str]]
 
 
 def systemd_probe(required_units: Sequence[str], bus_address: str | None = None) -> Probe:
-    """systemd's SystemState and the ActiveState of each required unit, over D-Bus."""
+    """The boot judged the way systemd-boot-check-no-failures does, plus required units.
+
+    Both callers run inside the boot transaction: ferry-health.service is ordered
+    Before=boot-complete.target, and ferryd's own resume starts during boot. While any
+    start job is queued, and the health check's own job is one, systemd reports
+    SystemState "starting", so waiting for "running" can never end (the box: "health
+    window of 300 s ran out: system is starting"). So the answer comes from what has
+    already happened: any failed unit (NFailedUnits, named by ListUnitsFiltered) fails
+    at once, as does a system in maintenance or stopping; each required unit must be
+    ActiveState "active", and one that is still starting or has a start job queued is
+    waited for within the window.
+    """
 
     def probe() -> tuple[bool, bool, str]:
         import asyncio  # only on this path: its import costs a CLI ~30 ms
@@ -52,6 +63,13 @@ def systemd_probe(required_units: Sequence[str], bus_address: str | None = None)
         return asyncio.run(_systemd_state(list(required_units), bus_address))
 
     return probe
+
+
+# SystemState values that fail at once: a failed unit (degraded), the rescue or
+# emergency target (maintenance), a shutdown under way, or no manager at all.
+FAILED_SYSTEM_STATES = ("degraded", "maintenance", "stopping", "offline", "unknown")
+MANAGER = "org.freedesktop.systemd1.Manager"
+ROOT = "/org/freedesktop/systemd1"
 
 
 async def _systemd_state(units: list[str], bus_address: str | None) -> tuple[bool, bool, str]:
@@ -64,40 +82,61 @@ async def _systemd_state(units: list[str], bus_address: str | None) -> tuple[boo
     except Exception as exc:
         return False, False, f"system bus not reachable: {exc}"
 
-    async def prop(path: str, iface: str, name: str) -> str | None:
+    async def call(path: str, iface: str, member: str, signature: str,
+                   body: list[object]) -> list[object] | None:
         reply = await bus.call(Message(
-            destination="org.freedesktop.systemd1", path=path,
-            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
-            body=[iface, name]))
+            destination="org.freedesktop.systemd1", path=path, interface=iface,
+            member=member, signature=signature, body=body))
         if reply is None or reply.message_type == MessageType.ERROR:
             return None
-        value = reply.body[0]
-        return str(value.value if isinstance(value, Variant) else value)
+        return list(reply.body)
+
+    async def prop(path: str, iface: str, name: str) -> object | None:
+        body = await call(path, "org.freedesktop.DBus.Properties", "Get", "ss", [iface, name])
+        if body is None:
+            return None
+        value = body[0]
+        return value.value if isinstance(value, Variant) else value
 
     try:
-        state = await prop("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
-                           "SystemState")
+        state = await prop(ROOT, MANAGER, "SystemState")
         if state is None:
             return False, False, "systemd does not answer on the bus"
-        if state in ("initializing", "starting"):
-            return False, False, f"system is {state}"
-        if state != "running":
-            return True, False, f"systemd reports the system {state}"
+        if state in FAILED_SYSTEM_STATES:
+            return True, False, f"systemd reports the system {state}" + await _failed(call)
+        n_failed = await prop(ROOT, MANAGER, "NFailedUnits")
+        if isinstance(n_failed, int) and n_failed > 0:
+            return True, False, (f"{n_failed} unit(s) failed while the system is {state}"
+                                 + await _failed(call))
         for unit in units:
-            reply = await bus.call(Message(
-                destination="org.freedesktop.systemd1", path="/org/freedesktop/systemd1",
-                interface="org.freedesktop.systemd1.Manager", member="LoadUnit",
-                signature="s", body=[unit]))
-            if reply is None or reply.message_type == MessageType.ERROR:
+            loaded = await call(ROOT, MANAGER, "LoadUnit", "s", [unit])
+            if loaded is None:
                 return True, False, f"required unit {unit} is unknown to systemd"
-            active = await prop(reply.body[0], "org.freedesktop.systemd1.Unit", "ActiveState")
-            if active in ("activating", "reloading"):
-                return False, False, f"required unit {unit} is {active}"
-            if active != "active":
-                return False, False, f"required unit {unit} is {active}"
-        return True, True, "system running, required units active"
+            path = str(loaded[0])
+            active = await prop(path, "org.freedesktop.systemd1.Unit", "ActiveState")
+            if active == "active":
+                continue
+            if active == "failed":
+                return True, False, f"required unit {unit} is failed"
+            job = await prop(path, "org.freedesktop.systemd1.Unit", "Job")
+            queued = isinstance(job, list | tuple) and len(job) == 2 and job[0] != 0
+            return False, False, (f"required unit {unit} is {active}"
+                                  + (" (start job queued)" if queued else
+                                     " and no job will start it"))
+        return True, True, (f"no failed units, required units active (system {state})"
+                            if units else f"no failed units (system {state})")
     finally:
         bus.disconnect()
+
+
+async def _failed(call: Callable[..., Awaitable[list[object] | None]]) -> str:
+    """': a.service, b.mount' from ListUnitsFiltered(["failed"]), or '' if it cannot tell."""
+    body = await call(ROOT, MANAGER, "ListUnitsFiltered", "as", [["failed"]])
+    rows = body[0] if body else None
+    if not isinstance(rows, list):
+        return ""
+    names = sorted(str(row[0]) for row in rows)
+    return (": " + ", ".join(names)) if names else ""
 
 
 def command_probe(argv: Sequence[str], timeout: float) -> Probe:

@@ -2,6 +2,7 @@
 daemon) carrying a stand-in for systemd's and logind's objects."""
 
 import asyncio
+import re
 import shutil
 import subprocess
 import threading
@@ -32,29 +33,65 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 """
 
 
+def _unit_path(name: str) -> str:
+    return "/org/freedesktop/systemd1/unit/" + name.replace(".", "_2e").replace("-", "_2d")
+
+
+def _now(steps: list[str]) -> str:
+    """The next of a scripted sequence of states; the last one stays."""
+    return steps.pop(0) if len(steps) > 1 else steps[0]
+
+
 class Manager(ServiceInterface):
+    """systemd1's Manager as the health check reads it (org.freedesktop.systemd1(5)):
+    SystemState stays "starting" while any job is queued, NFailedUnits counts units in
+    ActiveState "failed", ListUnitsFiltered(["failed"]) names them."""
+
     def __init__(self, state: dict[str, Any]) -> None:
         super().__init__("org.freedesktop.systemd1.Manager")
         self.state = state
 
     @dbus_property(access=PropertyAccess.READ)
     def SystemState(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
-        steps: list[str] = self.state["system"]
-        return steps.pop(0) if len(steps) > 1 else steps[0]
+        return _now(self.state["system"])
+
+    def _failed(self) -> list[str]:
+        return sorted(n for n, u in self.state["objects"].items() if u.current() == "failed")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NFailedUnits(self) -> "u":  # type: ignore[name-defined]  # noqa: F821
+        return len(self._failed())
+
+    @method()
+    def ListUnitsFiltered(self, states: "as") -> "a(ssssssouso)":  # type: ignore[valid-type]  # noqa: F722, F821
+        return [[n, "", "loaded", "failed", "failed", "", _unit_path(n), 0, "", "/"]
+                for n in self._failed() if "failed" in states]
 
     @method()
     def LoadUnit(self, name: "s") -> "o":  # type: ignore[name-defined]  # noqa: F821
-        return "/org/freedesktop/systemd1/unit/" + name.replace(".", "_2e").replace("-", "_2d")
+        return _unit_path(name)
 
 
 class Unit(ServiceInterface):
-    def __init__(self, active: str) -> None:
+    def __init__(self, active: str | list[str], job: int) -> None:
         super().__init__("org.freedesktop.systemd1.Unit")
-        self.active = active
+        self.steps = [active] if isinstance(active, str) else list(active)
+        self.job = job
+        self.seen = self.steps[0]
+
+    def current(self) -> str:
+        return self.seen
 
     @dbus_property(access=PropertyAccess.READ)
     def ActiveState(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
-        return self.active
+        self.seen = _now(self.steps)
+        return self.seen
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Job(self) -> "(uo)":  # type: ignore[name-defined]  # noqa: F821
+        if self.seen == "active":
+            return [0, "/"]
+        return [self.job, f"/org/freedesktop/systemd1/job/{self.job}"] if self.job else [0, "/"]
 
 
 class Login(ServiceInterface):
@@ -79,7 +116,8 @@ def bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     address = proc.stdout.readline().strip()
-    state: dict[str, Any] = {"system": ["running"], "units": {}, "reboots": []}
+    state: dict[str, Any] = {"system": ["running"], "units": {}, "jobs": {}, "objects": {},
+                             "reboots": []}
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
@@ -88,9 +126,9 @@ def bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
         state["bus"] = b
         b.export("/org/freedesktop/systemd1", Manager(state))
         for name, active in state["units"].items():
-            path = "/org/freedesktop/systemd1/unit/" + name.replace(".", "_2e").replace(
-                "-", "_2d")
-            b.export(path, Unit(active))
+            unit = Unit(active, state["jobs"].get(name, 0))
+            state["objects"][name] = unit
+            b.export(_unit_path(name), unit)
         await b.request_name("org.freedesktop.systemd1")
         b.export("/org/freedesktop/login1", Login(state["reboots"]))
         await b.request_name("org.freedesktop.login1")
@@ -101,8 +139,11 @@ def bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
         loop.run_until_complete(serve())
         loop.run_forever()
 
-    state["start"] = lambda: (threading.Thread(target=run, daemon=True).start(),
-                              ready.wait(30))
+    def start() -> None:
+        threading.Thread(target=run, daemon=True).start()
+        assert ready.wait(30), "the stand-in systemd did not come up"
+
+    state["start"] = start
     state["address"] = address
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
     try:
@@ -124,26 +165,96 @@ def test_running_system_with_active_units_passes(bus: dict[str, Any]) -> None:
     assert res.ok, res.reason
 
 
-def test_degraded_system_fails_at_once(bus: dict[str, Any]) -> None:
+def test_degraded_system_fails_at_once_naming_the_failed_units(bus: dict[str, Any]) -> None:
     bus["system"] = ["degraded"]
+    bus["units"] = {"modem.service": "failed"}
     bus["start"]()
     res = run_health(HealthConfig(window_seconds=30), poll=0.05)
-    assert not res.ok and "degraded" in res.reason
+    assert not res.ok and "degraded" in res.reason and "modem.service" in res.reason
 
 
-def test_starting_system_is_waited_for(bus: dict[str, Any]) -> None:
-    bus["system"] = ["starting", "starting", "running"]
+def test_starting_with_the_health_units_own_job_queued_passes(bus: dict[str, Any]) -> None:
+    """What real systemd shows ferry-health.service (docs/box.md): its own start job
+    keeps SystemState "starting" until the check ends. The old check waited for
+    "running" here and failed when the window ran out ("system is starting")."""
+    bus["system"] = ["starting"]
+    bus["units"] = {"ferry-health.service": "activating", "boot-complete.target": "inactive",
+                    "app.service": "active"}
+    bus["jobs"] = {"ferry-health.service": 311, "boot-complete.target": 312}
     bus["start"]()
-    res = run_health(HealthConfig(window_seconds=30), poll=0.05)
+    res = run_health(HealthConfig(window_seconds=30, required_units=("app.service",)),
+                     poll=0.05)
     assert res.ok, res.reason
 
 
-def test_failed_unit_fails_when_the_window_ends(bus: dict[str, Any]) -> None:
-    bus["units"] = {"app.service": "failed"}
+def test_failed_unit_fails_at_once_while_the_system_is_starting(bus: dict[str, Any]) -> None:
+    bus["system"] = ["starting"]
+    bus["units"] = {"ferry-health.service": "activating", "modem.service": "failed"}
+    bus["jobs"] = {"ferry-health.service": 311}
+    bus["start"]()
+    res = run_health(HealthConfig(window_seconds=30), poll=0.05)
+    assert not res.ok
+    assert res.reason == "1 unit(s) failed while the system is starting: modem.service"
+
+
+def test_maintenance_fails_at_once(bus: dict[str, Any]) -> None:
+    bus["system"] = ["maintenance"]
+    bus["start"]()
+    res = run_health(HealthConfig(window_seconds=30), poll=0.05)
+    assert not res.ok and "maintenance" in res.reason and "ran out" not in res.reason
+
+
+def test_required_unit_still_starting_is_waited_for(bus: dict[str, Any]) -> None:
+    bus["system"] = ["starting"]
+    bus["units"] = {"app.service": ["activating", "activating", "active"]}
+    bus["jobs"] = {"app.service": 77}
+    bus["start"]()
+    res = run_health(HealthConfig(window_seconds=30, required_units=("app.service",)),
+                     poll=0.05)
+    assert res.ok, res.reason
+
+
+def test_required_unit_not_active_fails_when_the_window_ends(bus: dict[str, Any]) -> None:
+    bus["system"] = ["starting"]
+    bus["units"] = {"app.service": "inactive"}
     bus["start"]()
     res = run_health(HealthConfig(window_seconds=0.3, required_units=("app.service",)),
                      poll=0.05)
-    assert not res.ok and "app.service is failed" in res.reason
+    assert not res.ok
+    assert "ran out" in res.reason
+    assert "required unit app.service is inactive and no job will start it" in res.reason
+
+
+def test_required_unit_with_a_queued_job_fails_when_the_window_ends(
+        bus: dict[str, Any]) -> None:
+    bus["system"] = ["starting"]
+    bus["units"] = {"app.service": "activating"}
+    bus["jobs"] = {"app.service": 77}
+    bus["start"]()
+    res = run_health(HealthConfig(window_seconds=0.3, required_units=("app.service",)),
+                     poll=0.05)
+    assert not res.ok and "app.service is activating (start job queued)" in res.reason
+
+
+def test_failed_required_unit_fails_naming_it(bus: dict[str, Any]) -> None:
+    bus["system"] = ["running"]
+    bus["units"] = {"app.service": "failed"}
+    bus["start"]()
+    res = run_health(HealthConfig(window_seconds=30, required_units=("app.service",)),
+                     poll=0.05)
+    assert not res.ok and "app.service" in res.reason and "ran out" not in res.reason
+
+
+def test_health_unit_has_a_start_timeout_beyond_the_default_window() -> None:
+    """A oneshot has no start timeout unless given one (systemd.service(5)); a hung
+    check must end before boot-complete.target waits forever, but after the check's own
+    window so its reason is what the journal shows."""
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "ferry-health.service")
+    text = unit.read_text()
+    m = re.search(r"^TimeoutStartSec=(\d+)s$", text, re.M)
+    assert m, "ferry-health.service has no TimeoutStartSec="
+    assert int(m.group(1)) > HealthConfig().window_seconds
+    assert "DefaultDependencies=no" not in text  # stops with shutdown.target
 
 
 def test_reboot_asks_logind(bus: dict[str, Any]) -> None:
