@@ -26,8 +26,9 @@ On ``/dev/mtdN`` (NOR, through daemon/boot/mtd.py) a copy is rewritten as libubo
 blocks are refused), unlock and erase its sectors one by one, write it with the flag
 byte still 0xFF, read it back, then program the flag, then the old copy's flag to 0 in
 the boolean scheme. NOR can program that byte without an erase because every step
-only clears bits. ``/dev/mtdblockN`` is refused: its cache erases and rewrites behind
-ferry's back.
+only clears bits; it goes out in an aligned 32-byte unit with the bytes around it as
+they are, as U-Boot's CFI driver writes it. ``/dev/mtdblockN`` is refused: its cache
+erases and rewrites behind ferry's back.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ from ferry.errors import FerryError
 
 ACTIVE = 1
 OBSOLETE = 0
+# A flag byte on NOR is programmed inside an aligned unit this wide, the widest bus word
+# the kernel's CFI maps know (MAP_BANKWIDTH_32, include/linux/mtd/map.h): see _program.
+PROGRAM_UNIT = 32
 
 
 class EnvError(FerryError):
@@ -512,16 +516,31 @@ class EnvStore:
             self._program(dev, m, offset, data)
 
     def _program(self, dev: EnvDevice, m: Mtd, offset: int, data: bytes) -> None:
-        """Program bytes without an erase: only possible where every bit goes 1 -> 0."""
-        old = self._mtd_call(dev, "reading", offset, m.read, offset, len(data))
-        if any(o & n != n for o, n in zip(old, data, strict=True)):
-            raise EnvError(f"{dev.path}: cannot program {data.hex()} over {old.hex()} at "
+        """Program bytes without an erase: only possible where every bit goes 1 -> 0.
+
+        The bytes go out inside a whole aligned unit of PROGRAM_UNIT bytes that carries
+        the flash's current content around them, as U-Boot's CFI driver does
+        (drivers/mtd/cfi_flash.c, write_buff: the word around an unaligned byte is
+        filled from flash_read8), never as a lone byte. The kernel's CFI driver pads a
+        partial bus word with 0xFF, which real NOR ignores (it only clears bits) but an
+        emulated flash that stores words as given does not: QEMU's pflash turned the
+        three env bytes after a lone flag byte into 0xFF (the box, issue #17).
+        Re-programming a byte with the value it holds clears no new bit."""
+        lo = offset - offset % PROGRAM_UNIT
+        hi = lo + -(-(offset + len(data) - lo) // PROGRAM_UNIT) * PROGRAM_UNIT
+        old = self._mtd_call(dev, "reading", lo, m.read, lo, hi - lo)
+        unit = bytearray(old)
+        unit[offset - lo:offset - lo + len(data)] = data
+        if any(o & n != n for o, n in zip(old, unit, strict=True)):
+            raise EnvError(f"{dev.path}: cannot program {data.hex()} over "
+                           f"{old[offset - lo:offset - lo + len(data)].hex()} at "
                            f"{offset:#x} without an erase")
-        self._mtd_call(dev, "writing", offset, m.write, offset, data)
-        back = self._mtd_call(dev, "reading back", offset, m.read, offset, len(data))
-        if back != data:
-            raise EnvError(f"{dev.path}: {offset:#x} reads {back.hex()} after programming "
-                           f"{data.hex()} (a locked sector?)")
+        self._mtd_call(dev, "writing", lo, m.write, lo, bytes(unit))
+        back = self._mtd_call(dev, "reading back", lo, m.read, lo, hi - lo)
+        if back != unit:
+            bad = next(i for i, (x, y) in enumerate(zip(back, unit, strict=True)) if x != y)
+            raise EnvError(f"{dev.path}: {lo + bad:#x} reads {back[bad]:#04x} after "
+                           f"programming {unit[bad]:#04x} (a locked sector?)")
 
     def _write_bytes(self, dev: EnvDevice, offset: int, blob: bytes) -> None:
         sink = self.sink or _Sink()

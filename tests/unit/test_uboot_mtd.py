@@ -103,6 +103,24 @@ class FakeNor:
         pass
 
 
+@dataclass
+class QemuPflash(FakeNor):
+    """QEMU's pflash_cfi01 behind the kernel's CFI driver, as the box showed it: the
+    driver pads a partial bus word (4 bytes on the virt board's two x16 chips) with
+    0xFF, and QEMU stores each programmed word as given instead of ANDing it into the
+    cells (hw/block/pflash_cfi01.c, pflash_data_write). A lone byte written there turns
+    its word's other bytes into 0xFF."""
+
+    bank: int = 4
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.log.append(("write", offset, len(data)))
+        lo = offset - offset % self.bank
+        hi = offset + len(data) + (-(offset + len(data))) % self.bank
+        padded = b"\xff" * (offset - lo) + data + b"\xff" * (hi - offset - len(data))
+        self.data[lo:hi] = padded
+
+
 def store_on(nor: FakeNor, config: str, flags: str = "boolean") -> EnvStore:
     layout = parse_fw_env_config(config)
     return EnvStore(layout, flags, open_mtd=lambda path, writable: nor)
@@ -210,9 +228,10 @@ def test_update_erases_only_the_inactive_copy_and_sets_its_flag_last() -> None:
     store.update({"BOOT_ORDER": "B A"})
     # copy 0 (0x200) is active: copy 1 (0x400) is erased and written, its flag byte
     # programmed 0xFF -> 0x01 last, then copy 0's flag 0x01 -> 0x00
+    # (each flag inside its aligned 32-byte unit, the bytes around it as they are)
     assert nor.log == [
         ("unlock", 0x400, ERASE), ("erase", 0x400, ERASE), ("write", 0x400, SIZE),
-        ("write", 0x404, 1), ("unlock", 0x200, ERASE), ("write", 0x204, 1),
+        ("write", 0x400, 32), ("unlock", 0x200, ERASE), ("write", 0x200, 32),
     ]
     a, b = copies_of(nor)
     assert (a[4], b[4]) == (0, 1) and crc_ok(a) and crc_ok(b)
@@ -373,3 +392,19 @@ def test_select_copy_reads_what_a_cut_before_the_flag_leaves() -> None:
     fresh = decode_copy(bytes(new), redundant=True)
     assert select_copy((old, fresh), "boolean") == 1
     assert select_copy((fresh, old), "boolean") == 0
+
+
+def test_flags_survive_a_flash_that_stores_padded_words_as_given() -> None:
+    """The box (QEMU's pflash): programming a flag byte alone wiped the next three env
+    bytes of both copies, so ferry and fw_printenv found no valid env after the first
+    ``ferry mark``. Written inside a unit carrying the current bytes, both copies keep
+    their CRC."""
+    nor = QemuPflash()
+    store = store_on(nor, REDUNDANT)
+    store.initialize(ENV)
+    for i in range(3):
+        store.update({"n": str(i)})
+        a, b = copies_of(nor)
+        assert crc_ok(a) and crc_ok(b), i
+        assert sorted((a[4], b[4])) == [0, 1]
+        assert store.read()["n"] == str(i)
