@@ -678,3 +678,61 @@ def test_ferry_toml_is_readable_by_root_and_group_ferry_only() -> None:
     assert "0644 ${D}${sysconfdir}/ferry/ferry.toml" not in body
     assert re.search(r"^inherit .*\buseradd\b", text, re.M)
     assert re.search(r'^GROUPADD_PARAM:\$\{PN\} = ".*\bferry\b', text, re.M)
+
+
+def _run_install(recipe: Path, function: str, variables: dict[str, str], d: Path) -> None:
+    """Run a recipe's install shell function with BitBake's ${VAR} expansion of the
+    given variables (innermost first, so ${SYSTEMD_SERVICE:${PN}} works); any other
+    ${...} left in the body fails the test."""
+    body = _shell_function(recipe.read_text(), re.escape(function))
+    # chgrp needs the group useradd makes in the real build; here only modes are checked
+    script = body.replace("chgrp ferry ", ": ")
+    values = {"D": str(d), **variables}
+    for _ in range(3):
+        script = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_:]*)\}",
+                        lambda m: values.get(m.group(1), m.group(0)), script)
+    assert "${" not in script, script
+    subprocess.run(["bash", "-euc", script], check=True)
+
+
+def test_ferry_installs_every_file_of_systemd_dir_where_the_box_needs_it(
+        tmp_path: Path) -> None:
+    """The gateway in a box (issue #17) found org.ferry.Ferry1.service not installed, so
+    nothing D-Bus-activated ferryd on a Yocto image; every file in systemd/ has a place."""
+    d = tmp_path / "image"
+    _run_install(FERRY_BB, "do_install:append:class-target", {
+        "S": str(ROOT), "systemd_system_unitdir": "/usr/lib/systemd/system",
+        "datadir": "/usr/share", "nonarch_libdir": "/usr/lib", "PN": "ferry",
+        "SYSTEMD_SERVICE:ferry": _assignment(FERRY_BB.read_text(),
+                                             r"SYSTEMD_SERVICE:\$\{PN\}")}, d)
+    installed = {p.name for p in d.rglob("*") if p.is_file()}
+    expected = {p.name for p in (ROOT / "systemd").iterdir()} - {"ferry.tmpfiles",
+                                                                 "ferry.sysusers"}
+    assert expected <= installed, expected - installed
+    assert (d / "usr/share/dbus-1/system-services/org.ferry.Ferry1.service").is_file()
+    assert (d / "usr/lib/tmpfiles.d/ferry.conf").is_file()
+    assert (d / "usr/lib/sysusers.d/ferry.conf").is_file()
+    files = re.search(r'^FILES:\$\{PN\} \+= "(.*?)"', FERRY_BB.read_text(), re.M | re.S)
+    assert files and "${datadir}/dbus-1/system-services" in files.group(1)
+
+
+def test_ferry_conf_writes_the_version_file_that_ferry_toml_names(tmp_path: Path) -> None:
+    """The box found no /etc/ferry/version although the layer's ferry.toml names it."""
+    recipe = LAYER / "recipes-core" / "ferry" / "ferry-conf.bb"
+    assert 'FERRY_GATEWAY_VERSION ??= "${DISTRO_VERSION}"' in recipe.read_text()
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("ferry.toml", "fw_env.config", "example-ca.cert.pem"):
+        shutil.copy(LAYER / "recipes-core" / "ferry" / "files" / name, src / name)
+    d = tmp_path / "image"
+    _run_install(recipe, "do_install", {
+        "S": str(src), "sysconfdir": "/etc", "FERRY_GATEWAY_VERSION": "1.4.0",
+        "FERRY_KEYRING_FILE": str(src / "example-ca.cert.pem"),
+        **{f"FERRY_{k}": "x" for k in ("COMPATIBLE", "BOOT_SCHEME", "ENV_FLAGS",
+                                       "SLOT_A_DEVICE", "SLOT_B_DEVICE", "ENV_DEVICE",
+                                       "ENV_OFFSET", "ENV_OFFSET_REDUND", "ENV_SIZE",
+                                       "ENV_SECTOR")}}, d)
+    toml = tomllib.loads((d / "etc/ferry/ferry.toml").read_text())
+    version_file = Path(toml["gateway"]["version_file"])
+    assert (d / version_file.relative_to("/")).read_text() == "1.4.0\n"
+    assert (d / version_file.relative_to("/")).stat().st_mode & 0o777 == 0o644

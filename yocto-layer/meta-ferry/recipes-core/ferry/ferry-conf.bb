@@ -1,7 +1,8 @@
 # nooelint: oelint.file.underscores - named like meta-rauc's rauc-conf.bb: it is product
 # configuration with no upstream version of its own
 SUMMARY = "ferry gateway configuration, keyring and U-Boot env location"
-DESCRIPTION = "Installs /etc/ferry/ferry.toml, the bundle keyring and /etc/fw_env.config. \
+DESCRIPTION = "Installs /etc/ferry/ferry.toml, /etc/ferry/version, the bundle keyring and \
+               /etc/fw_env.config. \
                Meant to be replaced or bbappended per product: set the FERRY_* variables \
                below, or put your own files in a bbappend's FILESEXTRAPATHS."
 # nooelint: oelint.vars.homepageping - the build hosts that lint this layer have no network
@@ -33,6 +34,11 @@ FERRY_ENV_OFFSET ??= "0x400000"
 FERRY_ENV_OFFSET_REDUND ??= "0x440000"
 FERRY_ENV_SIZE ??= "0x40000"
 FERRY_ENV_SECTOR ??= "0x40000"
+# The gateway's own version, written to /etc/ferry/version (ferry.toml's version_file):
+# what ferry reports to the backend and compares a bundle's version with. The default is
+# the one ferry-bundle.bbclass signs into the bundle (FERRY_BUNDLE_VERSION), so the image
+# a bundle carries reports the version the bundle was made for.
+FERRY_GATEWAY_VERSION ??= "${DISTRO_VERSION}"
 # The trust anchors bundles must chain to. The example CA has no private key anywhere,
 # so a device that still carries it accepts no bundle at all.
 FERRY_KEYRING_FILE ??= "${S}/example-ca.cert.pem"
@@ -64,6 +70,8 @@ do_install() {
     chgrp ferry ${D}${sysconfdir}/ferry/ferry.toml
     chmod 0640 ${D}${sysconfdir}/ferry/ferry.toml
     install -m 0644 ${FERRY_KEYRING_FILE} ${D}${sysconfdir}/ferry/keyring.pem
+    echo "${FERRY_GATEWAY_VERSION}" > ${D}${sysconfdir}/ferry/version
+    chmod 0644 ${D}${sysconfdir}/ferry/version
     sed -e 's|@FERRY_ENV_DEVICE@|${FERRY_ENV_DEVICE}|g' \
         -e 's|@FERRY_ENV_OFFSET@|${FERRY_ENV_OFFSET}|' \
         -e 's|@FERRY_ENV_OFFSET_REDUND@|${FERRY_ENV_OFFSET_REDUND}|' \

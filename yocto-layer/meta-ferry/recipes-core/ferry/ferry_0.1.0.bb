@@ -45,6 +45,10 @@ do_install:append:class-target() {
     done
     install -d ${D}${datadir}/dbus-1/system.d
     install -m 0644 ${S}/systemd/org.ferry.Ferry1.conf ${D}${datadir}/dbus-1/system.d/
+    # D-Bus activation: a `ferry` call starts ferryd (SystemdService=ferryd.service) when
+    # it is not running, as on Debian; without it the CLI falls back or fails (the box).
+    install -d ${D}${datadir}/dbus-1/system-services
+    install -m 0644 ${S}/systemd/org.ferry.Ferry1.service ${D}${datadir}/dbus-1/system-services/
     install -d ${D}${nonarch_libdir}/tmpfiles.d
     install -m 0644 ${S}/systemd/ferry.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/ferry.conf
     install -d ${D}${nonarch_libdir}/sysusers.d
@@ -53,6 +57,7 @@ do_install:append:class-target() {
 
 FILES:${PN} += "\
     ${datadir}/dbus-1/system.d \
+    ${datadir}/dbus-1/system-services \
     ${nonarch_libdir}/sysusers.d \
     ${nonarch_libdir}/tmpfiles.d \
 "
