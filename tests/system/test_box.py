@@ -102,18 +102,37 @@ def image() -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_boot(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Console:
-    d = tmp_path_factory.mktemp("box")
-    m = machine.Machine(d, image)
+def box(image: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    m = machine.Machine(tmp_path_factory.mktemp("box"), image)
     m.provision(report=True)
-    console = boot(m, d / "console.log")
-    LAST_LOG.write_text((d / "console.log").read_text())
-    print(f"\nbox console: {LAST_LOG}")
+    return m
+
+
+def _boot_and_keep_log(m: object, name: str) -> Console:
+    d: Path = m.dir  # type: ignore[attr-defined]
+    console = boot(m, d / f"{name}.log")
+    last = LAST_LOG.with_name(f"box-last-{name}.log") if name != "console" else LAST_LOG
+    last.write_text((d / f"{name}.log").read_text())
+    print(f"\nbox console: {last}")
     return console
 
 
-def status_of(console: Console) -> dict:
-    found = console.first(r"FERRY_BOX_STATUS (\{.*\})\s*$")
+@pytest.fixture(scope="module")
+def first_boot(box: object) -> Console:
+    return _boot_and_keep_log(box, "console")
+
+
+@pytest.fixture(scope="module")
+def second_boot(box: object, first_boot: Console) -> Console:
+    """The same flash and disk powered on again: the env ferry wrote in the first boot
+    (``ferry mark bad B`` in ferry-box-report) is what U-Boot reads now."""
+    return _boot_and_keep_log(box, "second-console")
+
+
+def status_of(console: Console, marker: str = "FERRY_BOX_STATUS") -> dict:
+    """``ferry --json status`` in the guest: FERRY_BOX_STATUS before the health check
+    (the counters U-Boot left), FERRY_BOX_FINAL_STATUS after the boot was committed."""
+    found = console.first(rf"{marker} (\{{.*\}})\s*$")
     assert found, "no `ferry status --json` on the console:\n" + "\n".join(
         line for _, line in console.lines if "FERRY_BOX" in line)
     return json.loads(found[1].group(1))
@@ -159,8 +178,6 @@ def test_config_readable_by_group_ferry_only(first_boot: Console) -> None:
     assert perms(first_boot)["/etc/ferry/ferry.toml"] == "root:ferry:640"
 
 
-@pytest.mark.xfail(strict=True, reason="ferryd.service's StateDirectory=ferry re-owns "
-                   "/var/lib/ferry to root:root at each start (docs/box.md)")
 def test_state_directory_keeps_group_ferry(first_boot: Console) -> None:
     """ferry.tmpfiles: group ferry may look into the journal's directory."""
     p = perms(first_boot)
@@ -168,14 +185,6 @@ def test_state_directory_keeps_group_ferry(first_boot: Console) -> None:
     assert p["/var/lib/ferry/staging"] == "root:ferry:750", p
 
 
-# ferry refuses /dev/mtd* in fw_env.config (daemon/boot/ubootenv.py: "MTD character
-# devices (erase before write) are not supported yet"), so ferryd exits at start-up on the
-# box. strict: these turn into failures the day MTD support lands, and the marks go.
-MTD_GAP = pytest.mark.xfail(strict=True, reason="ferry does not write U-Boot envs on "
-                            "/dev/mtdN yet (issue #17); ferryd exits at start on the box")
-
-
-@MTD_GAP
 def test_ferryd_ready_and_reported(first_boot: Console) -> None:
     found = first_boot.first(r"FERRY_BOX ferryd (.*)")
     assert found, first_boot.text[-3000:]
@@ -194,7 +203,6 @@ def test_ferryd_ready_and_reported(first_boot: Console) -> None:
               f"report on console at {found[0]:.1f} s; ferryd {rss[1].group(1) if rss else '?'}")
 
 
-@MTD_GAP
 def test_ferry_status_in_the_guest(first_boot: Console) -> None:
     status = status_of(first_boot)
     assert status["version"] == "1.0.0", status
@@ -204,3 +212,59 @@ def test_ferry_status_in_the_guest(first_boot: Console) -> None:
     slots = {s["bootname"]: s for s in boot["slots"]}
     assert slots["A"]["booted"] is True and slots["B"]["booted"] is False, slots
     assert slots["A"]["device"] == "/dev/vda1", slots
+
+
+def _kv(console: Console, marker: str) -> dict[str, str]:
+    found = console.first(rf"FERRY_BOX {marker} (.*)")
+    assert found, console.text[-3000:]
+    return dict(kv.split("=", 1) for kv in found[1].group(1).split() if "=" in kv)
+
+
+def test_health_passes_and_mark_good_commits_under_systemd(first_boot: Console,
+                                                          second_boot: Console) -> None:
+    """ferry-health.service passes inside the boot transaction (it used to wait for
+    SystemState "running", which its own start job kept "starting", until its window ran
+    out), boot-complete.target is reached and ferry-mark-good.service commits the slot:
+    ferry, asked by the mark-good unit, rewrote the env on /dev/mtd0 and A has its three
+    attempts back, as libubootenv and ferry status read it."""
+    for console in (first_boot, second_boot):
+        units = _kv(console, "units")
+        assert units == {"health": "active", "mark-good": "active",
+                         "boot-complete": "active"}, units
+        assert _kv(console, "fw_printenv-committed").get("BOOT_A_LEFT") == "3"
+        final = status_of(console, "FERRY_BOX_FINAL_STATUS")["bootloader"]
+        assert final["committed"] is True, final
+        slots = {s["bootname"]: s for s in final["slots"]}
+        assert slots["A"]["attempts_left"] == 3, slots
+    failed = first_boot.first(r"FERRY_BOX failed(.*)")
+    assert failed and failed[1].group(1).strip() == "", failed
+
+
+def test_ferry_writes_the_env_through_mtd_and_uboot_boots_by_it(
+        first_boot: Console, second_boot: Console) -> None:
+    """ferry -> U-Boot: ferryd (asked by ``ferry mark bad B`` over D-Bus) rewrote the
+    env on /dev/mtd0 (erase, write, flag last, old copy's flag cleared); libubootenv
+    reads it at once, and the next power-on's U-Boot boots by it (B has no attempts)."""
+    mark = _kv(first_boot, "mark")
+    assert mark.get("rc") == "0", first_boot.first(r"FERRY_BOX mark .*")
+    after = _kv(first_boot, "fw_printenv-after")
+    assert after == {"BOOT_ORDER": "A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}, after
+    flags = first_boot.first(r"FERRY_BOX env-flags (\S+) (\S+)")
+    assert flags and sorted(flags[1].groups()) == ["00", "01"], first_boot.text[-3000:]
+    # the commit gave A three attempts again; the second boot's U-Boot took one
+    assert second_boot.first(r"FERRY: boot slot=A A_LEFT=2 B_LEFT=0"), \
+        second_boot.text[-3000:]
+    assert "bad CRC" not in second_boot.text
+    assert second_boot.first(r"FERRY_BOX done"), second_boot.text[-3000:]
+
+
+def test_ferry_reads_what_uboots_saveenv_wrote(first_boot: Console,
+                                               second_boot: Console) -> None:
+    """U-Boot -> ferry: the attempt counters the boot script saved (``saveenv`` on the
+    same NOR, before the kernel) are what ``ferry status --json`` shows in each boot
+    before the health check commits it."""
+    for console, left in ((first_boot, {"A": 2, "B": 3}), (second_boot, {"A": 2, "B": 0})):
+        slots = {s["bootname"]: s for s in status_of(console)["bootloader"]["slots"]}
+        assert {k: v["attempts_left"] for k, v in slots.items()} == left, slots
+    slots = {s["bootname"]: s for s in status_of(second_boot)["bootloader"]["slots"]}
+    assert slots["B"]["good"] is False and slots["A"]["booted"] is True, slots

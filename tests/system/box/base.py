@@ -10,7 +10,8 @@ whole route. No arm64 code runs here: these machines have no binfmt_misc.
 - Debian's kernel lacks the NOR drivers for QEMU's pflash (no MTD_PHYSMAP, no MTD_CFI):
   physmap, cfi_probe, cfi_util, gen_probe and cfi_cmdset_0001 are built out of tree
   from Debian's linux-source against its linux-headers (MODVERSIONS match; the modules
-  are unsigned, which this kernel allows and logs as a taint).
+  are unsigned, which this kernel allows and logs as a taint). cfi_cmdset_0001 is
+  built to program word by word: QEMU's write-to-buffer emulation fails under it.
 - Modules are pruned to virtio, ext4, MTD and what they depend on.
 - virtio and ext4 are modules, so a busybox initramfs loads them and switch_roots.
 - ferry's dependencies that bookworm has too old come as aarch64 wheels (wheels.txt).
@@ -141,6 +142,17 @@ def build_mtd_modules(root: Path, kbuild: Path, kver: str, work: Path) -> list[P
     for sub, names in MTD_SOURCES.items():
         for n in names:
             shutil.copy(srcdir / "drivers/mtd" / sub / n, mod / n)
+    # QEMU's pflash_cfi01 emulates write-to-buffer (0xE8) only roughly (it logs "Write
+    # to buffer emulation is flawed" under -d unimp): on the virt board's two
+    # interleaved x16 chips the kernel's buffered writes end in "0.flash: buffer write
+    # error (status timeout)" and the writer hangs (seen on the box). The driver's own
+    # compile-time switch for such chips makes it program word by word, as U-Boot's
+    # CFI driver on this board does; what reaches the flash is the same bytes.
+    cmdset = mod / "cfi_cmdset_0001.c"
+    text = cmdset.read_text()
+    if "#define FORCE_WORD_WRITE 0" not in text:
+        raise SystemExit("box: cfi_cmdset_0001.c has no FORCE_WORD_WRITE switch to set")
+    cmdset.write_text(text.replace("#define FORCE_WORD_WRITE 0", "#define FORCE_WORD_WRITE 1"))
     (mod / "Kbuild").write_text(MTD_KBUILD)
     hdr = kbuild / f"usr/src/linux-headers-{kver}"
     common = next((kbuild / "usr/src").glob("linux-headers-*-common"))

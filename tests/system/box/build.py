@@ -119,6 +119,10 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
     policy = root / "usr/share/dbus-1/system.d"
     policy.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "systemd/org.ferry.Ferry1.conf", policy / "org.ferry.Ferry1.conf")
+    activation = root / "usr/share/dbus-1/system-services"
+    activation.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "systemd/org.ferry.Ferry1.service",
+                activation / "org.ferry.Ferry1.service")
     shutil.copy(ROOT / "systemd/ferry.tmpfiles", root / "usr/lib/tmpfiles.d/ferry.conf")
     shutil.copy(ROOT / "systemd/ferry.sysusers", root / "usr/lib/sysusers.d/ferry.conf")
     conf = LAYER / "recipes-core/ferry/files"
@@ -139,8 +143,7 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
         "FERRY_ENV_DEVICE": ENV_DEVICE, "FERRY_ENV_OFFSET": "0x4000000",
         "FERRY_ENV_OFFSET_REDUND": "0x4040000", "FERRY_ENV_SIZE": "0x40000",
         "FERRY_ENV_SECTOR": "0x40000"}))
-    # Nothing in meta-ferry writes the version ferry.toml's version_file names: the
-    # image does here (reported as a layer gap).
+    # ferry-conf.bb's do_install: FERRY_GATEWAY_VERSION into the version_file
     (etc / "version").write_text(VERSION + "\n")
 
 
@@ -212,7 +215,7 @@ def system_files(root: Path) -> None:
         "PARTLABEL=data /var/lib/ferry ext4 defaults 0 2\n")
     (root / "var/lib/ferry").mkdir(parents=True, exist_ok=True)
     box = HERE / "files"
-    for unit in ("ferry-box-report.service",):
+    for unit in ("ferry-box-early.service", "ferry-box-report.service"):
         shutil.copy(box / unit, root / "usr/lib/systemd/system" / unit)
     shutil.copy(box / "ferry-box-report", root / "usr/bin/ferry-box-report")
     (root / "usr/bin/ferry-box-report").chmod(0o755)
@@ -231,7 +234,8 @@ def system_files(root: Path) -> None:
         (root / f).touch()
     run([tool("systemctl"), f"--root={root}", "set-default", "multi-user.target"])
     run([tool("systemctl"), f"--root={root}", "enable", "ferryd.service",
-         "ferry-health.service", "ferry-mark-good.service", "ferry-box-report.service"])
+         "ferry-health.service", "ferry-mark-good.service", "ferry-box-early.service",
+         "ferry-box-report.service"])
 
 
 def compile_python(root: Path) -> None:
