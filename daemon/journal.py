@@ -210,6 +210,34 @@ class Journal:
     def open(cls, data_dir: str | Path) -> Journal:
         return cls(Path(data_dir) / cls.FILENAME)
 
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Journal:
+        """A reader beside ferryd for someone who may read the journal but not write
+        it: a technician in group ``ferry`` (files 0640 root:ferry). The default open
+        sets WAL mode and migrates, which needs write access, and failed on the box with
+        a traceback. ``mode=ro`` reads the WAL through a private index when the -shm
+        file cannot be written (SQLite >= 3.22); a schema this ferry does not know is
+        refused instead of migrated."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=30, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as err:
+            raise JournalError(
+                f"cannot read the journal {self.path}: {err}; ferry history needs root or "
+                "group ferry") from err
+        if version != SCHEMA_VERSION:
+            self._conn.close()
+            raise JournalError(
+                f"journal {self.path} has schema {version}, this ferry reads {SCHEMA_VERSION}; "
+                "ferryd migrates it when it starts")
+        return self
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

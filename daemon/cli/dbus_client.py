@@ -61,7 +61,14 @@ async def connect() -> MessageBus:
 
 
 def _raise(err_name: str, text: str) -> None:
-    if err_name in (dbus_api.ERROR_DENIED, "org.freedesktop.DBus.Error.AccessDenied"):
+    if err_name == "org.freedesktop.DBus.Error.AccessDenied":
+        # The bus's own refusal ("Rejected send message, 2 matched rules; ..." with the
+        # whole rule dump, as seen on the box): say which rule and what to do instead.
+        raise PermissionDenied(
+            "permission denied by the D-Bus policy (org.ferry.Ferry1.conf): only root and "
+            "members of group ferry may change ferry's state; ask an administrator to add "
+            "you to group ferry")
+    if err_name == dbus_api.ERROR_DENIED:
         raise PermissionDenied(f"permission denied: {text}")
     if err_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
                     "org.freedesktop.DBus.Error.NameHasNoOwner"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from typing import Any
@@ -78,19 +79,26 @@ def collect(journal: Any, limit: int) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from ferry.daemon.config import DEFAULT_PATH, load_config
-    from ferry.daemon.journal import Journal
+    from ferry.daemon.journal import Journal, JournalError
 
     config = load_config(args.config or DEFAULT_PATH)
     db = config.gateway.data_dir / Journal.FILENAME
-    if not db.exists():
+    try:
+        exists = db.exists()
+    except PermissionError as err:
+        raise JournalError(f"cannot read the journal {db}: {err.strerror}; ferry history "
+                           "needs root or group ferry") from err
+    if not exists:
         if getattr(args, "json", False):
             print("[]")
         else:
             print("no deployments yet")
         return exitcodes.OK
-    journal = Journal(db)
+    journal = Journal.open_readonly(db)
     try:
         items = collect(journal, args.limit)
+    except sqlite3.Error as err:
+        raise JournalError(f"cannot read the journal {db}: {err}") from err
     finally:
         journal.close()
     if getattr(args, "json", False):

@@ -110,3 +110,50 @@ def test_advisory_write_failure_is_only_logged(tmp_path: Path,
     j.progress(dep, 1, 2)  # no exception: the next real step reports a broken journal
     assert "journal progress not recorded" in caplog.text
     assert j._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_history_reads_as_a_group_member_who_cannot_write(tmp_path: Path) -> None:
+    """The box (issue #17): ``ferry history`` as a technician in group ferry (journal
+    0640 root:ferry in a 0750 directory, ferryd holding it open in WAL mode) died with
+    a traceback, because the reader set WAL mode and migrated, which needs write
+    access. uid/gid 65534 stands in for the technician here."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="ferry-hist-"))
+    try:
+        base.chmod(0o755)
+        data = base / "data"
+        data.mkdir()
+        writer = Journal.open(data)  # stays open, as ferryd's: -wal and -shm exist
+        dep = writer.create("https://x/b.swu", origin="cli", external_id=None, force=False)
+        writer.finish(dep, "success")
+        cfg = base / "ferry.toml"
+        cfg.write_text(f'[gateway]\ncompatible = "t"\nversion = "1.0.0"\n'
+                       f'data_dir = "{data}"\n')
+        for f in (cfg, *data.iterdir()):
+            os.chown(f, 0, 65534)
+            f.chmod(0o640)
+        os.chown(data, 0, 65534)
+        data.chmod(0o750)
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                str(Path(sys.executable).parent / "ferry"), "--config", str(cfg),
+                "history", "--json"]
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        out = subprocess.run(argv, capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert '"result": "success"' in out.stdout
+        # the reader changed nothing the writer owns
+        assert all(f.stat().st_uid == 0 for f in data.iterdir())
+        # someone outside the group: one line naming who may read it, no traceback
+        data.chmod(0o700)
+        denied = subprocess.run(argv, capture_output=True, text=True, env=env)
+        assert denied.returncode != 0 and "Traceback" not in denied.stderr
+        assert denied.stderr.startswith("ferry: ")
+        writer.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -87,7 +87,7 @@ def _directive(text: str, name: str) -> str:
     return found[0].strip()
 
 
-def test_state_directory_is_tmpfiles_root_ferry_0750_and_umask_is_027() -> None:
+def test_state_directory_is_tmpfiles_root_ferry_2750_and_umask_is_027() -> None:
     """tmpfiles alone owns /var/lib/ferry. A ``StateDirectory=`` would be chowned by
     systemd to the unit's User=/Group= (root:root, ferryd has none) at every start
     (systemd.exec(5)), taking group ferry's read access to the journal away: seen on
@@ -97,7 +97,8 @@ def test_state_directory_is_tmpfiles_root_ferry_0750_and_umask_is_027() -> None:
     tmpfiles = (ROOT / "systemd" / "ferry.tmpfiles").read_text()
     dirs = {line.split()[1]: line.split()[2:5] for line in tmpfiles.splitlines()
             if line.startswith("d ")}
-    assert dirs["/var/lib/ferry"] == ["0750", "root", "ferry"]
+    # setgid: files ferryd creates there (the journal) get group ferry, not root
+    assert dirs["/var/lib/ferry"] == ["2750", "root", "ferry"]
     assert dirs["/var/lib/ferry/staging"] == ["0750", "root", "ferry"]
     assert not re.findall(r"^StateDirectory(Mode)?=", unit, re.M)
     assert "/var/lib/ferry" in _directive(unit, "ReadWritePaths").split()
