@@ -145,3 +145,11 @@ def test_standalone_cli_sets_umask_027_only_as_the_gateway(tmp_path: Path) -> No
         got[name] = out.stdout.split()[0] if out.stdout.split() else (out.stdout, out.stderr)
     assert got["gateway"] == "0o27", got
     assert got["build host"] == "0o22", got
+
+
+def test_ferryd_does_not_wait_for_the_network() -> None:
+    """The box booted without a NIC: ferryd (and with it the health check and the boot's
+    commit) started only when systemd-networkd-wait-online gave up, 2 minutes later."""
+    unit = (ROOT / "systemd" / "ferryd.service").read_text()
+    lines = [ln for ln in unit.splitlines() if not ln.startswith("#")]
+    assert not any("network-online.target" in ln for ln in lines), unit
