@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -66,9 +67,11 @@ class Console:
         return None
 
 
-def boot(m: object, log: Path) -> Console:
-    """Power on once; read the console line by line, with arrival times, until QEMU exits."""
-    argv = m.argv()  # type: ignore[attr-defined]
+def boot(m: object, log: Path, server_port: int | None = None,
+         timeout: float = BOOT_TIMEOUT) -> Console:
+    """Power on once; read the console line by line, with arrival times, until QEMU exits
+    (the guest's poweroff or reboot: QEMU runs with -no-reboot)."""
+    argv = m.argv(server_port)  # type: ignore[attr-defined]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -87,7 +90,7 @@ def boot(m: object, log: Path) -> Console:
     th = threading.Thread(target=reader, daemon=True)
     th.start()
     try:
-        proc.wait(timeout=BOOT_TIMEOUT)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -181,7 +184,7 @@ def test_config_readable_by_group_ferry_only(first_boot: Console) -> None:
 def test_state_directory_keeps_group_ferry(first_boot: Console) -> None:
     """ferry.tmpfiles: group ferry may look into the journal's directory."""
     p = perms(first_boot)
-    assert p["/var/lib/ferry"] == "root:ferry:750", p
+    assert p["/var/lib/ferry"] == "root:ferry:2750", p
     assert p["/var/lib/ferry/staging"] == "root:ferry:750", p
 
 
@@ -268,3 +271,103 @@ def test_ferry_reads_what_uboots_saveenv_wrote(first_boot: Console,
         assert {k: v["attempts_left"] for k, v in slots.items()} == left, slots
     slots = {s["bootname"]: s for s in status_of(second_boot)["bootloader"]["slots"]}
     assert slots["B"]["good"] is False and slots["A"]["booted"] is True, slots
+
+
+def test_field_technician_in_group_ferry_and_other_users(first_boot: Console) -> None:
+    """Issue #17, scenario 5: ``ferry status`` (over D-Bus) and ``ferry history`` (the
+    journal on the data partition, read-only) work for a member of group ferry. Another
+    local user may read status, as docs/security.md promises every local user, but the
+    D-Bus policy refuses them anything that changes state, and the file modes refuse
+    them the journal and the config; each with a one-line message, no traceback."""
+    marks = ("tech-status", "tech-history", "guest-status", "guest-history", "guest-mark")
+    lines = {m: first_boot.first(rf"FERRY_BOX as-{m} rc=(\d+) (.*)") for m in marks}
+    assert all(lines.values()), first_boot.text[-3000:]
+    got = {m: (int(f[1].group(1)), f[1].group(2)) for m, f in lines.items() if f}
+    assert got["tech-status"][0] == 0 and "1.0.0" in got["tech-status"][1], got
+    assert got["tech-history"][0] == 0 and "Traceback" not in got["tech-history"][1], got
+    assert got["guest-status"][0] == 0, got
+    for m in ("guest-history", "guest-mark"):
+        rc, text = got[m]
+        assert rc != 0 and "Traceback" not in text and text.startswith("ferry"), got
+    assert "D-Bus policy" in got["guest-mark"][1] and "group ferry" in got["guest-mark"][1], got
+    # the refused mark changed nothing: B was still good until ferry mark bad B as root
+    assert _kv(first_boot, "fw_printenv-committed").get("BOOT_B_LEFT") == "3"
+
+
+
+# --- issue #17, scenario 1: an update from a server, through ferryd, across a reboot ----
+
+INSTALL_TIMEOUT = 1200.0  # seconds: 512 MiB decompressed, hashed and written under TCG
+
+
+class _Server:
+    """The update server on the host's loopback: the image directory over HTTP, and the
+    requests it saw (the guest reaches it only through QEMU's guestfwd)."""
+
+    def __init__(self, root: Path) -> None:
+        import functools
+        import http.server
+
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: object) -> None:
+                seen.append(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}")
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def updated(image: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Console, Console, _Server]]:
+    """A factory-fresh box told (kernel command line) to install 2.0.0 from the server:
+    the boot that installs and reboots, then the power-on after it."""
+    server = _Server(image)
+    m = machine.Machine(tmp_path_factory.mktemp("box-update"), image)
+    m.provision(report=True, install=build.UPDATE_BUNDLE)
+    try:
+        installing = boot(m, m.dir / "install.log", server.port, INSTALL_TIMEOUT)
+        LAST_LOG.with_name("box-last-install.log").write_text(
+            (m.dir / "install.log").read_text())
+        after = boot(m, m.dir / "after-update.log", server.port)
+        LAST_LOG.with_name("box-last-after-update.log").write_text(
+            (m.dir / "after-update.log").read_text())
+        yield installing, after, server
+    finally:
+        server.close()
+
+
+def test_update_from_the_server_commits_on_slot_b(
+        updated: tuple[Console, Console, _Server]) -> None:
+    """Scenario 1: ferryd streams 2.0.0 from the server into slot B and reboots through
+    systemd; U-Boot boots B by the env ferry wrote on the NOR; the health check passes,
+    mark-good commits, and ferry reports 2.0.0 on B with the deployment a success."""
+    installing, after, server = updated
+    found = installing.first(r"FERRY_BOX install rc=(\d+) from=(\S+) to=(\S+)(.*)")
+    assert found, installing.text[-4000:]
+    assert found[1].group(1) == "0", found[1].group(0)
+    assert installing.returncode == 0, "QEMU did not exit by the guest's reboot"
+    assert not installing.first(r"FERRY_BOX no reboot after the install")
+    assert any(r.startswith(f"GET /{build.UPDATE_BUNDLE} 200") for r in server.requests), \
+        server.requests
+    print(f"\nbox: update 1.0.0 -> 2.0.0: ferry install took "
+          f"{float(found[1].group(3)) - float(found[1].group(2)):.0f} s in the guest (TCG)")
+    assert after.first(r"FERRY: boot slot=B"), after.text[-4000:]
+    assert _kv(after, "units") == {"health": "active", "mark-good": "active",
+                                   "boot-complete": "active"}, after.text[-4000:]
+    status = status_of(after, "FERRY_BOX_RESUMED_STATUS")
+    assert status["version"] == "2.0.0", status
+    boot_state = status["bootloader"]
+    assert boot_state["booted"] == "B" and boot_state["committed"] is True, boot_state
+    assert status["install"]["pending"] is None, status["install"]
+    last = status["install"]["last"]
+    assert last and last["result"] == "success" and last["version"] == "2.0.0", last
+    assert after.returncode == 0 and after.first(r"FERRY_BOX done")

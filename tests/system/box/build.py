@@ -48,6 +48,10 @@ SLOT_SIZE = 512 * 1024 * 1024
 DATA_SIZE = 64 * 1024 * 1024
 MIB = 1024 * 1024
 VERSION = "1.0.0"
+# The update the box installs (issue #17, scenario 1): the same tree with this version,
+# as a signed bundle next to the disk. Slot B's kernel is its own copy, loaded from B.
+UPDATE_VERSION = "2.0.0"
+UPDATE_BUNDLE = f"update-{UPDATE_VERSION}.swu"
 COMPATIBLE = "qemu-box"
 LAYER = ROOT / "yocto-layer/meta-ferry"
 ENV_DEVICE = "/dev/mtd0"
@@ -173,6 +177,10 @@ def passwd_and_groups(root: Path) -> None:
     # the groups udev's postinst adds (its rules name them)
     (root / "usr/lib/sysusers.d/box-udev.conf").write_text(
         "".join(f"g {g} -\n" for g in ("input", "kvm", "render", "sgx")))
+    # issue #17, scenario 5: a field technician in group ferry, and a user who is not
+    (root / "usr/lib/sysusers.d/box-people.conf").write_text(
+        'u tech - "field technician" /home/tech /bin/sh\nm tech ferry\n'
+        'u guest - "another local user" /home/guest /bin/sh\n')
     share = root / "usr/share/base-passwd"
     shutil.copy(share / "passwd.master", root / "etc/passwd")
     shutil.copy(share / "group.master", root / "etc/group")
@@ -214,6 +222,10 @@ def system_files(root: Path) -> None:
         "# / is mounted rw by the initramfs from root= (the slot U-Boot chose)\n"
         "PARTLABEL=data /var/lib/ferry ext4 defaults 0 2\n")
     (root / "var/lib/ferry").mkdir(parents=True, exist_ok=True)
+    # DHCP from QEMU's user network (the update server is its one forwarded address)
+    (root / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
+    (root / "etc/systemd/network/20-box.network").write_text(
+        "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n")
     box = HERE / "files"
     for unit in ("ferry-box-early.service", "ferry-box-report.service"):
         shutil.copy(box / unit, root / "usr/lib/systemd/system" / unit)
@@ -235,7 +247,10 @@ def system_files(root: Path) -> None:
     run([tool("systemctl"), f"--root={root}", "set-default", "multi-user.target"])
     run([tool("systemctl"), f"--root={root}", "enable", "ferryd.service",
          "ferry-health.service", "ferry-mark-good.service", "ferry-box-early.service",
-         "ferry-box-report.service"])
+         "ferry-box-report.service", "systemd-networkd.service"])
+    # systemd-networkd's [Install] Also= enables wait-online, which fails on the boots
+    # without a NIC, and a failed unit fails ferry's health check (docs/box.md)
+    run([tool("systemctl"), f"--root={root}", "disable", "systemd-networkd-wait-online.service"])
 
 
 def compile_python(root: Path) -> None:
@@ -302,6 +317,13 @@ def build_image(base: Path, dest: Path, files: list[Path]) -> None:
         shutil.copy(base / "initrd.img", boot / "initrd.img")
         slot = work / "slot.ext4"
         mkfs(root, slot, SLOT_SIZE, "rootfs")
+        (root / "etc/ferry/version").write_text(UPDATE_VERSION + "\n")
+        update = work / "update.ext4"
+        mkfs(root, update, SLOT_SIZE, "rootfs")
+        run([ferry_cli(), "bundle", "create", "--key", pki / "signer.key", "--cert",
+             pki / "signer.pem", "--version", UPDATE_VERSION, "--compatible", COMPATIBLE,
+             "--rootfs", update, "-o", out / UPDATE_BUNDLE])
+        update.unlink()
         datatree = work / "data"
         datatree.mkdir(mode=0o750)
         os.chown(datatree, 0, ferry_gid)
@@ -312,7 +334,7 @@ def build_image(base: Path, dest: Path, files: list[Path]) -> None:
              "ferry bootchooser", "-d",
              LAYER / "recipes-bsp/u-boot/files/boot-bootchooser.cmd", out / "boot.scr"])
         (out / "manifest.json").write_text(json.dumps({
-            "version": VERSION, "compatible": COMPATIBLE,
+            "version": VERSION, "compatible": COMPATIBLE, "update": UPDATE_BUNDLE,
             "kernel": (base / "kernel-release").read_text().strip(),
             "env_device": ENV_DEVICE, "base": base.name, "built": time.time(),
         }, indent=1) + "\n")

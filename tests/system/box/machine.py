@@ -40,14 +40,24 @@ FERRY_BOOT = (
 )
 
 
-def board_env(report: bool = False) -> dict[str, str]:
+# The update server as the guest sees it: QEMU's user network forwards this address
+# (guestfwd) to a port on the host's loopback, and nothing else is reachable.
+SERVER_IP = "10.0.2.100"
+SERVER_PORT = 8080
+
+
+def board_env(report: bool = False, install: str | None = None) -> dict[str, str]:
     """The board's default env: a saved env replaces U-Boot's compiled-in one entirely,
-    so the load addresses are set here (test-recipes §4.3)."""
+    so the load addresses are set here (test-recipes §4.3). ``install`` (a bundle's
+    path on the update server) has ferry-box-report install it on a 1.0.0 gateway."""
+    args = BOOTARGS + (" ferry_box.report" if report else "")
+    if install:
+        args += f" ferry_box.install=http://{SERVER_IP}:{SERVER_PORT}/{install}"
     return {
         "kernel_addr_r": KERNEL_ADDR, "ramdisk_addr_r": RAMDISK_ADDR,
         "fdt_high": "0xffffffff", "initrd_high": "0xffffffff",
         "BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3",
-        "bootargs": BOOTARGS + (" ferry_box.report" if report else ""),
+        "bootargs": args,
         "ferry_boot": FERRY_BOOT,
     }
 
@@ -67,19 +77,30 @@ class Machine:
         self.board = QemuUBoot(self.dir, self.uboot)
         self.disk = self.dir / "disk.img"
 
-    def provision(self, report: bool = False) -> None:
+    def provision(self, report: bool = False, install: str | None = None) -> None:
         """Factory state: both slots as built, an erased NOR with the board's env."""
         self.dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "--sparse=always", str(self.image / "disk.img"),
                         str(self.disk)], check=True)
-        self.board.provision(board_env(report))
+        self.board.provision(board_env(report, install))
         # fw_printenv on the host (libubootenv) reads the same copies as U-Boot
         (self.dir / "fw_env.config").write_text(self.board.fw_env_config())
 
-    def argv(self) -> list[str]:
+    def argv(self, server_port: int | None = None) -> list[str]:
+        """QEMU's command line; with ``server_port``, a virtio NIC on QEMU's user network
+        with ``restrict=on`` (no route out) and one forwarded address, SERVER_IP:
+        SERVER_PORT, relayed by socat to that port on the host's loopback (a new relay
+        per connection, so downloads can reconnect)."""
+        # (-nic user,model=virtio-net-device is refused by virt: "requested NIC ... was
+        # not created"; the virtio-mmio NIC needs -netdev + -device)
+        net = ["-nic", "none"]
+        if server_port is not None:
+            net = ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:{SERVER_IP}:"
+                              f"{SERVER_PORT}-cmd:socat - TCP:127.0.0.1:{server_port}",
+                   "-device", "virtio-net-device,netdev=net0"]
         return [
             "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "1024",
-            "-smp", "2", "-nographic", "-no-reboot", "-nic", "none",
+            "-smp", "2", "-nographic", "-no-reboot", *net,
             "-bios", str(self.uboot),
             "-drive", f"if=pflash,format=raw,index=1,file={self.board.flash}",
             "-device", f"loader,file={self.board.script},addr={SCRIPT_ADDR:#x},force-raw=on",
@@ -97,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="boot DIR's disk and flash as they are (no factory reset)")
     p.add_argument("--report", action="store_true",
                    help="print ferry status on the console and power off (as the test)")
+    p.add_argument("--server-port", type=int, default=None, metavar="PORT",
+                   help=f"give the guest a NIC whose only reachable address, "
+                        f"{SERVER_IP}:{SERVER_PORT}, is PORT on the host's loopback "
+                        f"(an update server: docs/box.md)")
     args = p.parse_args(argv)
     image = args.image
     if image is None:
@@ -107,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     m = Machine(args.dir.resolve(), image)
     if not (args.keep and m.disk.exists()):
         m.provision(report=args.report)
-    print("box: " + " ".join(m.argv()), file=sys.stderr)
+    print("box: " + " ".join(m.argv(args.server_port)), file=sys.stderr)
     if shutil.which("qemu-system-aarch64") is None:
         sys.exit("box: qemu-system-aarch64 missing: run 'bash .ci/setup'")
-    os.execvp("qemu-system-aarch64", m.argv())
+    os.execvp("qemu-system-aarch64", m.argv(args.server_port))
 
 
 if __name__ == "__main__":
