@@ -52,6 +52,12 @@ VERSION = "1.0.0"
 # as a signed bundle next to the disk. Slot B's kernel is its own copy, loaded from B.
 UPDATE_VERSION = "2.0.0"
 UPDATE_BUNDLE = f"update-{UPDATE_VERSION}.swu"
+# Scenario 2: the image's application (box-app.service, in [health] required_units)
+# fails. Scenario 3: the kernel never reaches userspace (an initramfs that is not one:
+# no root file system, the kernel panics and, with panic=-1, resets).
+HEALTH_FAIL_BUNDLE = "update-3.0.0-app-fails.swu"
+PANIC_BUNDLE = "update-4.0.0-kernel-panics.swu"
+BOX_APP = "#!/bin/sh\n# the product's application: [health] required_units names it\nexit {}\n"
 COMPATIBLE = "qemu-box"
 LAYER = ROOT / "yocto-layer/meta-ferry"
 ENV_DEVICE = "/dev/mtd0"
@@ -135,8 +141,16 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
     (etc / "ferry.toml").write_text(substitute((conf / "ferry.toml").read_text(), {
         "FERRY_COMPATIBLE": COMPATIBLE, "FERRY_BOOT_SCHEME": "bootchooser",
         "FERRY_ENV_FLAGS": "boolean", "FERRY_SLOT_A_DEVICE": "/dev/vda1",
-        "FERRY_SLOT_B_DEVICE": "/dev/vda2"}))
+        "FERRY_SLOT_B_DEVICE": "/dev/vda2"}) + (
+        "\n# the box's product part (docs/box.md): its application must be running\n"
+        "[health]\nrequired_units = [\"box-app.service\"]\n"))
     (etc / "ferry.toml").chmod(0o640)
+    (root / "usr/bin/box-app").write_text(BOX_APP.format(0))
+    (root / "usr/bin/box-app").chmod(0o755)
+    (root / "usr/lib/systemd/system/box-app.service").write_text(
+        "[Unit]\nDescription=the product's application in the box\n\n[Service]\n"
+        "Type=oneshot\nRemainAfterExit=yes\nExecStart=/usr/bin/box-app\n\n"
+        "[Install]\nWantedBy=multi-user.target\n")
     shutil.copy(keyring, etc / "keyring.pem")
     (etc / "keyring.pem").chmod(0o644)
     # QEMU's two pflash banks are one NOR node in the device tree (cfi-flash, 2 x 64 MiB);
@@ -247,7 +261,7 @@ def system_files(root: Path) -> None:
     run([tool("systemctl"), f"--root={root}", "set-default", "multi-user.target"])
     run([tool("systemctl"), f"--root={root}", "enable", "ferryd.service",
          "ferry-health.service", "ferry-mark-good.service", "ferry-box-early.service",
-         "ferry-box-report.service", "systemd-networkd.service"])
+         "ferry-box-report.service", "systemd-networkd.service", "box-app.service"])
     # systemd-networkd's [Install] Also= enables wait-online, which fails on the boots
     # without a NIC, and a failed unit fails ferry's health check (docs/box.md)
     run([tool("systemctl"), f"--root={root}", "disable", "systemd-networkd-wait-online.service"])
@@ -317,13 +331,12 @@ def build_image(base: Path, dest: Path, files: list[Path]) -> None:
         shutil.copy(base / "initrd.img", boot / "initrd.img")
         slot = work / "slot.ext4"
         mkfs(root, slot, SLOT_SIZE, "rootfs")
-        (root / "etc/ferry/version").write_text(UPDATE_VERSION + "\n")
-        update = work / "update.ext4"
-        mkfs(root, update, SLOT_SIZE, "rootfs")
-        run([ferry_cli(), "bundle", "create", "--key", pki / "signer.key", "--cert",
-             pki / "signer.pem", "--version", UPDATE_VERSION, "--compatible", COMPATIBLE,
-             "--rootfs", update, "-o", out / UPDATE_BUNDLE])
-        update.unlink()
+        make_bundle(root, work, pki, UPDATE_VERSION, out / UPDATE_BUNDLE)
+        (root / "usr/bin/box-app").write_text(BOX_APP.format(1))
+        make_bundle(root, work, pki, "3.0.0", out / HEALTH_FAIL_BUNDLE)
+        (root / "usr/bin/box-app").write_text(BOX_APP.format(0))
+        (root / "boot/initrd.img").write_bytes(b"\0" * 4096)
+        make_bundle(root, work, pki, "4.0.0", out / PANIC_BUNDLE)
         datatree = work / "data"
         datatree.mkdir(mode=0o750)
         os.chown(datatree, 0, ferry_gid)
@@ -335,11 +348,23 @@ def build_image(base: Path, dest: Path, files: list[Path]) -> None:
              LAYER / "recipes-bsp/u-boot/files/boot-bootchooser.cmd", out / "boot.scr"])
         (out / "manifest.json").write_text(json.dumps({
             "version": VERSION, "compatible": COMPATIBLE, "update": UPDATE_BUNDLE,
+            "health_fail": HEALTH_FAIL_BUNDLE, "panic": PANIC_BUNDLE,
             "kernel": (base / "kernel-release").read_text().strip(),
             "env_device": ENV_DEVICE, "base": base.name, "built": time.time(),
         }, indent=1) + "\n")
         out.rename(dest)
     log(f"image built in {time.monotonic() - t0:.0f} s: {dest}")
+
+
+def make_bundle(root: Path, work: Path, pki: Path, version: str, dest: Path) -> None:
+    """The tree as it is now, as version ``version``, in a signed rootfs bundle."""
+    (root / "etc/ferry/version").write_text(version + "\n")
+    image = work / "update.ext4"
+    mkfs(root, image, SLOT_SIZE, "rootfs")
+    run([ferry_cli(), "bundle", "create", "--key", pki / "signer.key", "--cert",
+         pki / "signer.pem", "--version", version, "--compatible", COMPATIBLE,
+         "--rootfs", image, "-o", dest])
+    image.unlink()
 
 
 def ferry_cli() -> str:
