@@ -1,15 +1,22 @@
-"""The gateway in a box boots: U-Boot -> ferry's boot script -> Debian kernel -> systemd
--> ferryd, and ferry inside reports the slot U-Boot chose (issue #17, first part).
+"""The gateway in a box (issue #17): U-Boot -> ferry's boot script -> Debian kernel ->
+systemd -> ferryd, then updates through it, judged from outside.
 
-Asserted from outside only, on the serial console: U-Boot's own "FERRY: boot slot=A"
-line, systemd reaching multi-user, ferryd active after its READY (Type=notify), and the
-JSON of ``ferry status`` as run in the guest by ferry-box-report.service (from
-tests/system/box/files). Time to READY and ferryd's RSS are printed, not asserted: TCG on
-a shared 2-core machine is too noisy to hold a limit (bench/ is the place for that).
+Asserted from outside only: U-Boot's own "FERRY: boot slot=..." lines on the serial
+console, and what the guest's test units (tests/system/box/files: ferry-box-early before
+the health check, ferry-box-report after the commit) print there, ``ferry --json
+status`` among it; for the updates, also the requests the update server saw. Times and
+ferryd's RSS are printed, not asserted: TCG on a shared 2-core machine is too noisy to
+hold a limit (bench/ is the place for that).
 
-One boot per test run (a TCG boot costs tens of seconds); every assertion reads the same
-console. The image comes from tests/system/box/build.py, cached in /var/cache/ferry and
-re-assembled only when ferry's sources changed.
+- Two power-ons of one factory image share their consoles (boot, NOR env both ways,
+  commit under systemd, permissions, a technician and another user: scenario 5).
+- Each update scenario powers a factory-fresh copy on until it has settled: 2.0.0
+  committed on B (1), a failing application rolled back (2), a kernel that panics left
+  behind by U-Boot (3), power cuts during the update (4).
+
+The image comes from tests/system/box/build.py, cached in /var/cache/ferry and
+re-assembled only when ferry's sources changed. About 13 minutes for the whole file on
+the 2-core machine once the image is cached.
 """
 
 from __future__ import annotations
