@@ -25,6 +25,7 @@ import importlib.util
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -400,3 +401,60 @@ def test_kernel_that_never_reaches_userspace_falls_back_to_a(
     last = _back_on_a(run)
     print(f"\nbox: kernel panic on B -> U-Boot back on A after {len(run.boots)} "
           f"power-ons: {last.get('error')}")
+
+
+# --- issue #17, scenario 1 as an operator runs it: goosebit assigns 2.0.0 ---------------
+
+
+def test_goosebit_assigns_the_update_and_sees_it_finished(
+        image: Path, tmp_path: Path) -> None:
+    """Scenario 1 through the backend: goosebit (a real hawkBit DDI server on the host's
+    loopback, the guest's only reachable address) has 2.0.0 assigned to the box. ferryd
+    polls it, streams the bundle into B, reboots through systemd; U-Boot boots B, health
+    and mark-good commit, and ferryd reports back: goosebit's REST API shows the action
+    finished and sw_version 2.0.0."""
+    import threading
+
+    from ferry.sim.goosebit import Goosebit, GoosebitError
+
+    with Goosebit(tmp_path / "goosebit", poll_time="00:00:05", device_auth="lax") as gb:
+        gb.register_device(build.CONTROLLER_ID, build.TARGET_TOKEN)
+        software = gb.upload(image / build.UPDATE_BUNDLE)
+        assigned: list[str] = []
+
+        def operator() -> None:
+            # goosebit refuses the assignment (422, "not compatible with the device's
+            # hardware") until the box's first poll has told it its hardware
+            # (configData), as an operator would find in the UI
+            for _ in range(300):
+                try:
+                    gb.assign(build.CONTROLLER_ID, software)
+                    assigned.append("yes")
+                    return
+                except GoosebitError as err:
+                    assigned[:] = [str(err)]
+                    time.sleep(2)
+
+        th = threading.Thread(target=operator, daemon=True)
+        th.start()
+        run = console.run_update(machine, image, tmp_path / "box", gb, None)
+        th.join(timeout=5)
+        LAST_LOG.with_name("box-last-goosebit.log").write_text(
+            "\n\n".join(c.text for c in run.boots))
+        device = gb.device(build.CONTROLLER_ID)
+        log = gb.log(build.CONTROLLER_ID)
+    assert assigned[-1:] == ["yes"], assigned
+    # the factory boot ended in ferryd's reboot (which may come before ferry-box-report
+    # reaches its wait), not in the report's poweroff
+    assert run.boots[0].first(r"reboot: Restarting system"), run.boots[0].text[-3000:]
+    assert not run.boots[0].first(r"FERRY_BOX no deployment from the backend")
+    assert run.boots[0].returncode == 0 and run.boots[0].cut_at is None
+    final = run.final
+    assert final, "not settled:\n" + run.boots[-1].text[-4000:]
+    assert run.boots[-1].first(r"FERRY: boot slot=B")
+    assert final["version"] == "2.0.0" and final["bootloader"]["booted"] == "B", final
+    assert final["bootloader"]["committed"] is True, final["bootloader"]
+    assert device.get("last_state") == "Finished", (device, log[-1500:])
+    assert device.get("sw_version") == "2.0.0", (device, log[-1500:])
+    print(f"\nbox: goosebit -> 2.0.0 on B in {len(run.boots)} power-ons; goosebit: "
+          f"{device.get('last_state')}, sw_version {device.get('sw_version')}")

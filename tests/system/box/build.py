@@ -59,6 +59,10 @@ HEALTH_FAIL_BUNDLE = "update-3.0.0-app-fails.swu"
 PANIC_BUNDLE = "update-4.0.0-kernel-panics.swu"
 BOX_APP = "#!/bin/sh\n# the product's application: [health] required_units names it\nexit {}\n"
 COMPATIBLE = "qemu-box"
+# The box as a controller of goosebit (scenario 1 with a backend), with its own token:
+# a test device's credential, not a secret.
+CONTROLLER_ID = "ferry-box"
+TARGET_TOKEN = "ferry-box-test-token"
 LAYER = ROOT / "yocto-layer/meta-ferry"
 ENV_DEVICE = "/dev/mtd0"
 
@@ -143,7 +147,10 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
         "FERRY_ENV_FLAGS": "boolean", "FERRY_SLOT_A_DEVICE": "/dev/vda1",
         "FERRY_SLOT_B_DEVICE": "/dev/vda2"}) + (
         "\n# the box's product part (docs/box.md): its application must be running\n"
-        "[health]\nrequired_units = [\"box-app.service\"]\n"))
+        "[health]\nrequired_units = [\"box-app.service\"]\n"
+        "\n# goosebit on the host, as the guest reaches it (machine.py: SERVER_IP)\n"
+        f"[backend]\nurl = \"http://10.0.2.100:8080\"\ntenant = \"DEFAULT\"\n"
+        f"controller_id = \"{CONTROLLER_ID}\"\ntarget_token = \"{TARGET_TOKEN}\"\n"))
     (etc / "ferry.toml").chmod(0o640)
     (root / "usr/bin/box-app").write_text(BOX_APP.format(0))
     (root / "usr/bin/box-app").chmod(0o755)

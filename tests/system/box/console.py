@@ -185,14 +185,16 @@ class CutRun:
                        f"committed {boot['committed']}, last {last}")
 
 
-def run_update(machine_mod: Any, image: Path, workdir: Path, server: UpdateServer,
-               bundle: str, cut: Cut | None = None, max_boots: int = 5,
+def run_update(machine_mod: Any, image: Path, workdir: Path, server: Any,
+               bundle: str | None, cut: Cut | None = None, max_boots: int = 5,
                install_timeout: float = 1200.0) -> CutRun:
-    """A factory-fresh box told to install ``bundle``; the power goes at ``cut`` (in the
-    first power-on whose console matches it); then power-ons until one ends with
-    ferry-box-report's settled status, or ``max_boots``."""
+    """A factory-fresh box told to install ``bundle`` (None: to wait for the backend's
+    deployment, ``server`` being the backend); the power goes at ``cut`` (in the first
+    power-on whose console matches it); then power-ons until one ends with
+    ferry-box-report's settled status, or ``max_boots``. ``server`` has a ``port`` on
+    the host's loopback."""
     m = machine_mod.Machine(workdir, image)
-    m.provision(report=True, install=bundle)
+    m.provision(report=True, install=bundle, backend=bundle is None)
     run = CutRun(cut or Cut("$^", 0.0, "none"))
     for n in range(max_boots):
         pending_cut = cut if cut and not any(b.cut_at is not None for b in run.boots) else None

@@ -46,13 +46,17 @@ SERVER_IP = "10.0.2.100"
 SERVER_PORT = 8080
 
 
-def board_env(report: bool = False, install: str | None = None) -> dict[str, str]:
+def board_env(report: bool = False, install: str | None = None,
+              backend: bool = False) -> dict[str, str]:
     """The board's default env: a saved env replaces U-Boot's compiled-in one entirely,
     so the load addresses are set here (test-recipes §4.3). ``install`` (a bundle's
-    path on the update server) has ferry-box-report install it on a 1.0.0 gateway."""
+    path on the update server) has ferry-box-report install it on a 1.0.0 gateway;
+    ``backend`` has it wait for the deployment the backend (goosebit) assigned."""
     args = BOOTARGS + (" ferry_box.report" if report else "")
     if install:
         args += f" ferry_box.install=http://{SERVER_IP}:{SERVER_PORT}/{install}"
+    if backend:
+        args += " ferry_box.backend"
     return {
         "kernel_addr_r": KERNEL_ADDR, "ramdisk_addr_r": RAMDISK_ADDR,
         "fdt_high": "0xffffffff", "initrd_high": "0xffffffff",
@@ -77,12 +81,13 @@ class Machine:
         self.board = QemuUBoot(self.dir, self.uboot)
         self.disk = self.dir / "disk.img"
 
-    def provision(self, report: bool = False, install: str | None = None) -> None:
+    def provision(self, report: bool = False, install: str | None = None,
+                  backend: bool = False) -> None:
         """Factory state: both slots as built, an erased NOR with the board's env."""
         self.dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "--sparse=always", str(self.image / "disk.img"),
                         str(self.disk)], check=True)
-        self.board.provision(board_env(report, install))
+        self.board.provision(board_env(report, install, backend))
         # fw_printenv on the host (libubootenv) reads the same copies as U-Boot
         (self.dir / "fw_env.config").write_text(self.board.fw_env_config())
 
