@@ -377,7 +377,12 @@ class Journal:
 
     def begin_step(self, dep_id: int, name: str, state: str | None = None,
                    detail: str | None = None) -> None:
-        """Record that ``name`` is about to happen (and move the state) in one commit."""
+        """Record that ``name`` is about to happen (and move the state) in one commit.
+
+        Each step is also logged: the system log then tells, line by line, where an
+        update was when something happened to the gateway (a power cut, a reboot)."""
+        log.info("deployment %d: %s%s", dep_id, name, f" ({detail})" if detail else "",
+                 extra={"deployment_id": dep_id, "phase": state or name})
         now = time.time()
         with self._tx() as c:
             c.execute(

@@ -113,6 +113,9 @@ class HealthReport:
     reason: str
     attempts: int = 1
     final: bool = False  # no point asking again (the trial image no longer runs)
+    # the trial image no longer runs because the target reset and its bootloader brought
+    # the previous image back: nobody judged the image (a power cut does this too)
+    reverted: bool = False
 
 
 class Confirming(Protocol):

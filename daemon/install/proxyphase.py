@@ -27,6 +27,13 @@ runs its health check again, a decision is carried out again (both operations ar
 safe to repeat), and a settled trial is not flashed again. A crash inside the flash
 itself leaves no trial record; flashing again finds the image running unconfirmed and
 hands back the same trial, so the health check decides in every case.
+
+A power cut that reaches the device too (an MCU on the gateway's supply) resets it while
+its image is on trial, and MCUboot brings the previous image back: nobody judged the
+new image. So a resumed trial that finds the device back on its previous image without
+a decision, or before a decided confirm reached it, flashes it again, at most
+``MAX_REFLASH`` times per deployment (an image that crashes at every boot looks the
+same from outside); after that the target is recorded rolled back as usual.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from ferry.daemon.install.staging import StagedImage, check_staged
 from ferry.daemon.journal import Journal
 from ferry.daemon.testhooks.killpoint import killpoint
 from ferry.errors import FerryError
-from ferry.proxy.smp.settle import CONFIRM, Decision, carry_out, settle
+from ferry.proxy.smp.settle import CONFIRM, REVERT, Decision, carry_out, settle
 from ferry.proxy.transport import DEFER_CONFIRM, Confirming, FlashResult, Target, Trial, confirming
 
 if TYPE_CHECKING:
@@ -54,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DONE_STATES = ("ok", "skipped")
+MAX_REFLASH = 2  # flashes again of a trial the device reverted by itself, per target
 
 NODE_PREFIX = "node."
 # a transport's per-node words -> journal node states (ok | skipped | failed)
@@ -256,6 +264,9 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
     tc, image = job.target, job.image
     target = make_target(tc, image, force)
     j.set_target(dep_id, tc.name, transport=tc.transport, state="flashing")
+    log.info("flashing %s (%s at %s) with %s %s", tc.name, tc.transport, tc.address,
+             image["filename"], image.get("version") or "",
+             extra={"deployment_id": dep_id, "phase": "proxy"})
 
     def progress(done: int, total: int, message: str) -> None:
         ctx.report(f"flash:{tc.name}:{message}", done, total)
@@ -265,8 +276,11 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
         conf = confirming(transport)
         if conf is not None:
             target.options[DEFER_CONFIRM] = "1"
+        resumed = None
         if conf is not None and saved is not None:
-            result = _resume_trial(j, dep_id, tc, target, conf, saved, progress)
+            resumed = _resume_trial(j, dep_id, tc, target, conf, saved, progress)
+        if resumed is not None:
+            result = resumed
         else:
             check_staged(StagedImage(image["path"], image["size"], image["sha256"]))
             with open(image["path"], "rb") as f:
@@ -276,6 +290,8 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
                                        booted=result)
     except FerryError as err:
         j.set_target(dep_id, tc.name, transport=tc.transport, state="failed", message=str(err))
+        log.warning("%s: failed: %s", tc.name, err,
+                    extra={"deployment_id": dep_id, "phase": "proxy"})
         return
     except Exception as err:
         log.exception("flashing %s failed", tc.name)
@@ -292,6 +308,8 @@ def _flash_one(ctx: Context, dep_id: int, job: Job, force: bool, factory: Transp
     j.set_target(dep_id, tc.name, transport=tc.transport, state=state,
                  version=result.version or None,
                  message=result.message or ("flashed" if result.ok else "flash failed"))
+    log.info("%s: %s%s", tc.name, state, f" ({result.message})" if result.message else "",
+             extra={"deployment_id": dep_id, "phase": "proxy"})
     if _trial_record(j.get(dep_id).info, tc.name) is not None:
         killpoint("proxy.trial.settled")
         _stage(j, dep_id, tc.name, "done")
@@ -307,14 +325,21 @@ def _stage(j: Journal, dep_id: int, name: str, stage: str, **items: Any) -> None
 
 def _settle_trial(j: Journal, dep_id: int, tc: TargetConfig, target: Target,
                   conf: Confirming, trial: Trial, progress: Any,
-                  booted: FlashResult | None = None) -> FlashResult:
-    """The image booted on trial: journal it, check health, journal the decision, act."""
+                  booted: FlashResult | None = None,
+                  decided: list[Decision] | None = None) -> FlashResult:
+    """The image booted on trial: journal it, check health, journal the decision, act.
+    ``decided`` gets the decision, for a caller that wants to know why."""
     _stage(j, dep_id, tc.name, "health", trial=trial.as_dict())
     j.set_target(dep_id, tc.name, transport=tc.transport, state="flashing",
                  message=f"runs {trial.version} on trial (not confirmed); checking its health")
     killpoint("proxy.trial.booted")
-    return settle(conf, target, trial, progress=progress, booted=booted,
-                  record=lambda d: _record_decision(j, dep_id, tc, trial, d))
+
+    def record(d: Decision) -> None:
+        if decided is not None:
+            decided.append(d)
+        _record_decision(j, dep_id, tc, trial, d)
+
+    return settle(conf, target, trial, progress=progress, booted=booted, record=record)
 
 
 def _record_decision(j: Journal, dep_id: int, tc: TargetConfig, trial: Trial,
@@ -330,13 +355,33 @@ def _record_decision(j: Journal, dep_id: int, tc: TargetConfig, trial: Trial,
 
 
 def _resume_trial(j: Journal, dep_id: int, tc: TargetConfig, target: Target,
-                  conf: Confirming, saved: dict[str, Any], progress: Any) -> FlashResult:
+                  conf: Confirming, saved: dict[str, Any], progress: Any
+                  ) -> FlashResult | None:
     """Pick a trial up where the journal left it: no decision yet -> health check again;
-    a decision -> carry it out again (confirm and revert are safe to repeat)."""
+    a decision -> carry it out again (confirm and revert are safe to repeat). None: the
+    device had reverted the image by itself before it was judged (or before the
+    confirm reached it), so it is to be flashed again (see the module's docstring)."""
     trial = Trial.from_dict(saved["trial"])
     stage = saved.get("stage")
+    reflashed = int(saved.get("reflashed", 0) or 0)
     log.info("resuming %s on trial (%s), stage %s", tc.name, trial.version, stage)
-    if stage in ("confirm", "revert"):
-        decision = Decision(str(stage), str(saved.get("reason", "")))
-        return carry_out(conf, target, trial, decision)
-    return _settle_trial(j, dep_id, tc, target, conf, trial, progress)
+    if stage == "revert":
+        return carry_out(conf, target, trial, Decision(REVERT, str(saved.get("reason", ""))))
+    if stage == "confirm":
+        result = carry_out(conf, target, trial, Decision(CONFIRM, str(saved.get("reason", ""))))
+        if result.ok or not result.rolled_back or reflashed >= MAX_REFLASH:
+            return result
+        why = result.message
+    else:
+        decided: list[Decision] = []
+        result = _settle_trial(j, dep_id, tc, target, conf, trial, progress,
+                               decided=decided)
+        if not (decided and decided[0].reverted) or reflashed >= MAX_REFLASH:
+            return result
+        why = decided[0].reason
+    log.warning("%s: reverted to %s by itself before %s was judged (%s); flashing it "
+                "again (%d of %d)", tc.name, trial.previous_version or "its previous image",
+                trial.version, why, reflashed + 1, MAX_REFLASH,
+                extra={"deployment_id": dep_id, "phase": "proxy"})
+    _stage(j, dep_id, tc.name, "reflash", reflashed=reflashed + 1)
+    return None

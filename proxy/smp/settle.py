@@ -25,6 +25,9 @@ REVERT = "revert"
 class Decision:
     action: str  # CONFIRM | REVERT
     reason: str  # the health check's last word, for a person
+    # REVERT because the target had already reverted by itself (HealthReport.reverted):
+    # the image was never judged, so a caller resuming after a power cut may flash again
+    reverted: bool = False
 
 
 Record = Callable[[Decision], None]
@@ -37,7 +40,8 @@ def decide(conf: Confirming, target: Target, trial: Trial, *, progress: Progress
         report = conf.health(target, trial, progress=progress)
     except FerryError as err:
         return Decision(REVERT, f"health check failed: {err}")
-    return Decision(CONFIRM if report.healthy else REVERT, report.reason)
+    return Decision(CONFIRM if report.healthy else REVERT, report.reason,
+                    reverted=report.reverted)
 
 
 def carry_out(conf: Confirming, target: Target, trial: Trial, decision: Decision, *,

@@ -22,6 +22,7 @@ says so instead of resetting it for nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import time
@@ -46,6 +47,7 @@ def health(target: Target, *, baud: int, timeout: float, image: int, spec: Healt
            trial: Trial, progress: Progress | None = None) -> HealthReport:
     """The target's health window (``healthspec.poll``) with SMP probes."""
     want = bytes.fromhex(trial.hash)
+    reverted: list[bool] = []
 
     def probe(left: float) -> tuple[bool, str, bool]:
         wait = min(timeout, max(left, 1.0))
@@ -57,6 +59,8 @@ def health(target: Target, *, baud: int, timeout: float, image: int, spec: Healt
                 slots = client.image_state(timeout=wait, retries=0)
                 now = running(slots, image)
                 if now is None or now.hash != want:
+                    reverted[:] = [now is not None and bool(trial.previous_hash)
+                                   and now.hash.hex() == trial.previous_hash]
                     what = f"{now.version} ({now.hash.hex()[:12]})" if now else "no image"
                     return False, (f"it runs {what}, not the trial image {trial.version}: it "
                                    "reset while on trial and MCUboot reverted it"), True
@@ -73,7 +77,10 @@ def health(target: Target, *, baud: int, timeout: float, image: int, spec: Healt
             return ok, why, False
         return True, f"{spec.describe()} passed", False
 
-    return poll(probe, spec, progress=progress)
+    report = poll(probe, spec, progress=progress)
+    if not report.healthy and report.final and reverted == [True]:
+        return dataclasses.replace(report, reverted=True)
+    return report
 
 
 def _echo(client: SmpClient, wait: float) -> bool:

@@ -129,6 +129,20 @@ class SimMcu:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def power_cycle(self) -> None:
+        """The supply the MCU shares with the gateway goes and comes back (a power cut):
+        a reset requested or an upload in progress is lost with the RAM, and MCUboot
+        runs again on what the flash holds. The UART stays (a board's pins do not
+        re-enumerate), so a client's port stays valid."""
+        with self._reset_lock:
+            if self._reset_timer is not None:
+                self._reset_timer.cancel()
+                self._reset_timer = None
+        with self.device.lock:
+            self.device.upload = None
+            self.device.log.append("power cut")
+            self.device.boot()
+
     def unplug(self) -> None:
         """The USB-serial adapter disappears: the port closes and its path vanishes."""
         self._halt_threads()

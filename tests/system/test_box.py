@@ -10,9 +10,12 @@ hold a limit (bench/ is the place for that).
 
 - Two power-ons of one factory image share their consoles (boot, NOR env both ways,
   commit under systemd, permissions, a technician and another user: scenario 5).
-- Each update scenario powers a factory-fresh copy on until it has settled: 2.0.0
-  committed on B (1), a failing application rolled back (2), a kernel that panics left
-  behind by U-Boot (3), power cuts during the update (4).
+- Each update scenario powers a factory-fresh copy on, with the product's MCU on the
+  board's second UART (ferry's simulated SMP MCU behind a host pty) and goosebit on
+  the host's loopback assigning the bundle, until it has settled: 2.0.0 committed on B
+  and the MCU flashed and confirmed (1), a failing application rolled back with the MCU
+  untouched (2), a kernel that panics left behind by U-Boot (3), power cuts in the slot
+  write, the health window and the MCU's flash (4); goosebit's view is asserted in each.
 
 The image comes from tests/system/box/build.py, cached in /var/cache/ferry and
 re-assembled only when ferry's sources changed. About 13 minutes for the whole file on
@@ -25,7 +28,6 @@ import importlib.util
 import json
 import re
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -256,97 +258,139 @@ def test_field_technician_in_group_ferry_and_other_users(first_boot: Any) -> Non
 
 
 
-# --- issue #17, scenario 1: an update from a server, through ferryd, across a reboot ----
+# --- issue #17, scenarios 1-4, as an operator runs them: goosebit assigns the update ----
+#
+# Each scenario powers a factory-fresh box on (its MCU on the second UART) with goosebit
+# on the host's loopback, the guest's only reachable address. goosebit has the bundle
+# assigned to the box; ferryd polls it, streams the bundle into B, reboots through
+# systemd, and the power-ons go on until ferry-box-report prints a settled status.
 
 INSTALL_TIMEOUT = 1200.0  # seconds: 512 MiB decompressed, hashed and written under TCG
 
 
+def backend(image: Path, workdir: Path, bundle: str) -> Any:
+    return console.Backend(workdir / "goosebit", build.CONTROLLER_ID, build.TARGET_TOKEN,
+                           image / bundle)
+
+
+def keep_logs(run: Any, name: str) -> None:
+    LAST_LOG.with_name(f"box-last-{name}.log").write_text(
+        "\n\n".join(c.text for c in run.boots))
+
+
+def step_times(c: Any) -> dict[str, float]:
+    """Console arrival time of each of ferry's journal steps (ferry-box-follow)."""
+    seen: dict[str, float] = {}
+    for t, line in c.lines:
+        m = re.search(r"FERRY_BOX_J .*deployment \d+: (\w+)", line)
+        if m and m.group(1) not in seen:
+            seen[m.group(1)] = t
+    return seen
+
+
 @pytest.fixture(scope="module")
-def updated(image: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[Any, Any, Any]]:
-    """A factory-fresh box told (kernel command line) to install 2.0.0 from the server:
-    the boot that installs and reboots, then the power-on after it."""
-    server = console.UpdateServer(image)
-    m = machine.Machine(tmp_path_factory.mktemp("box-update"), image)
-    m.provision(report=True, install=build.UPDATE_BUNDLE)
+def scenario_1(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    workdir = tmp_path_factory.mktemp("box-goosebit")
+    server = backend(image, workdir, build.UPDATE_BUNDLE)
     try:
-        installing = boot(m, m.dir / "install.log", server.port, INSTALL_TIMEOUT)
-        LAST_LOG.with_name("box-last-install.log").write_text(
-            (m.dir / "install.log").read_text())
-        after = boot(m, m.dir / "after-update.log", server.port)
-        LAST_LOG.with_name("box-last-after-update.log").write_text(
-            (m.dir / "after-update.log").read_text())
-        yield installing, after, server
+        run = console.run_update(machine, image, workdir / "box", server, None,
+                                 install_timeout=INSTALL_TIMEOUT)
+        keep_logs(run, "goosebit")
+        yield run, server.assigned
     finally:
         server.close()
 
 
-def test_update_from_the_server_commits_on_slot_b(
-        updated: tuple[Any, Any, Any]) -> None:
-    """Scenario 1: ferryd streams 2.0.0 from the server into slot B and reboots through
-    systemd; U-Boot boots B by the env ferry wrote on the NOR; the health check passes,
-    mark-good commits, and ferry reports 2.0.0 on B with the deployment a success."""
-    installing, after, server = updated
-    found = installing.first(r"FERRY_BOX install rc=(\d+) from=(\S+) to=(\S+)(.*)")
-    assert found, installing.text[-4000:]
-    assert found[1].group(1) == "0", found[1].group(0)
-    assert installing.returncode == 0, "QEMU did not exit by the guest's reboot"
-    assert not installing.first(r"FERRY_BOX no reboot after the install")
-    assert any(r.startswith(f"GET /{build.UPDATE_BUNDLE} 200") for r in server.requests), \
-        server.requests
-    print(f"\nbox: update 1.0.0 -> 2.0.0: ferry install took "
-          f"{float(found[1].group(3)) - float(found[1].group(2)):.0f} s in the guest (TCG)")
-    assert after.first(r"FERRY: boot slot=B"), after.text[-4000:]
-    assert _kv(after, "units") == {"health": "active", "mark-good": "active",
-                                   "boot-complete": "active"}, after.text[-4000:]
-    status = status_of(after, "FERRY_BOX_RESUMED_STATUS")
-    assert status["version"] == "2.0.0", status
-    boot_state = status["bootloader"]
-    assert boot_state["booted"] == "B" and boot_state["committed"] is True, boot_state
-    assert status["install"]["pending"] is None, status["install"]
-    last = status["install"]["last"]
+def test_goosebit_assigns_the_update_and_sees_it_finished(scenario_1: Any) -> None:
+    """Scenario 1: goosebit has 2.0.0 assigned to the box. ferryd polls it, streams the
+    bundle into B and reboots through systemd; U-Boot boots B by the env ferry wrote on
+    the NOR, health and mark-good commit, and ferryd reports back: goosebit's REST API
+    shows the action finished and sw_version 2.0.0."""
+    run, assigned = scenario_1
+    assert assigned[-1:] == ["yes"], assigned
+    # the factory boot ended in ferryd's reboot (which may come before ferry-box-report
+    # reaches its wait), not in the report's poweroff
+    first = run.boots[0]
+    assert first.first(r"reboot: Restarting system"), first.text[-3000:]
+    assert not first.first(r"FERRY_BOX no deployment from the backend")
+    assert first.returncode == 0 and first.cut_at is None
+    final = run.final
+    assert final, "not settled:\n" + run.boots[-1].text[-4000:]
+    assert run.boots[-1].first(r"FERRY: boot slot=B")
+    assert _kv(run.boots[-1], "units") == {"health": "active", "mark-good": "active",
+                                           "boot-complete": "active"}
+    assert final["version"] == "2.0.0" and final["bootloader"]["booted"] == "B", final
+    assert final["bootloader"]["committed"] is True, final["bootloader"]
+    last = final["install"]["last"]
     assert last and last["result"] == "success" and last["version"] == "2.0.0", last
-    assert after.returncode == 0 and after.first(r"FERRY_BOX done")
+    view = run.backend
+    assert view.get("last_state") == "Finished", (view, view["log"][-1500:])
+    assert view.get("sw_version") == "2.0.0", view
+    steps = step_times(first)
+    took = (f"{steps['reboot'] - steps['verify']:.0f} s" if {"verify", "reboot"} <= set(steps)
+            else "?")
+    print(f"\nbox: goosebit -> 2.0.0 on B in {len(run.boots)} power-ons; download, write and "
+          f"switch took {took} in the guest (TCG); goosebit: {view.get('last_state')}, "
+          f"sw_version {view.get('sw_version')}")
+
+
+def test_the_mcu_behind_the_gateway_is_flashed_and_confirmed(scenario_1: Any) -> None:
+    """Scenario 1, the device behind the gateway: once B is committed, ferryd's proxy
+    phase flashes the MCU on the board's second UART (/dev/ttyAMA1, a real tty in the
+    guest) over SMP with the bundle's imgtool-signed image; MCUboot swaps it in on
+    trial, and ferry confirms it only after its health check. The MCU's own flash holds
+    2.0.0 confirmed; ferry's status and goosebit's log say so."""
+    run, _ = scenario_1
+    mcu = run.mcu
+    assert (mcu["version"], mcu["confirmed"]) == ("2.0.0", True), mcu
+    assert "boot: swap test" in mcu["log"], mcu["log"]
+    targets = {t["name"]: t for t in run.final["targets"]}
+    mcu0 = targets[build.MCU_TARGET]
+    assert (mcu0["version"], mcu0["address"]) == ("2.0.0", build.MCU_PORT), mcu0
+    assert mcu0["last_result"] == "success", mcu0
+    # flashed after the gateway's commit, in the boot of B
+    b_boot = run.boots[-1]
+    commit = b_boot.first(r"FERRY_BOX_J .*deployment \d+: commit")
+    flash = b_boot.first(r"FERRY_BOX_J .*flashing mcu0")
+    assert commit and flash and commit[0] <= flash[0], b_boot.text[-3000:]
+    assert build.MCU_TARGET in run.backend["log"], run.backend["log"][-1500:]
 
 
 # --- issue #17, scenario 4: power cuts during the update --------------------------------
 
-# Three cuts in CI (bench/box_powercut.py runs as many as asked, at random moments): in
-# the download and slot write, near its end (the env switch), and in the first boot of
-# B before its health check and commit.
+# Three cuts in CI (bench/box_powercut.py runs as many as asked, at random moments in
+# every phase): in the slot write, in the health window of B's first boot, and in the
+# MCU's flash. The MCU shares the gateway's power: it loses its RAM too.
 CUTS = [
-    console.Cut(console.INSTALL_START, 6.0, "download + slot write"),
-    console.Cut(console.INSTALL_START, 16.0, "end of the write / env switch"),
-    console.Cut(console.FIRST_BOOT_OF_B, 12.0, "first boot of B, before the commit"),
+    console.Cut(console.SLOT_WRITE, 4.0, "slot write"),
+    console.Cut(console.HEALTH_WINDOW, 1.0, "health window of B's first boot"),
+    console.Cut(console.MCU_FLASH, 3.0, "MCU flash"),
 ]
 
 
-@pytest.fixture(scope="module")
-def update_server(image: Path) -> Iterator[Any]:
-    server = console.UpdateServer(image)
-    yield server
-    server.close()
-
-
 @pytest.mark.parametrize("cut", CUTS, ids=[c.label for c in CUTS])
-def test_power_cut_during_the_update(cut: Any, image: Path, update_server: Any,
-                                     tmp_path: Path) -> None:
-    """Scenario 4: SIGKILL of QEMU (the power goes) at a moment the console shows, then
-    power-ons until ferry-box-report prints a settled status. The gateway boots every
-    time, U-Boot never finds a torn env, and the run ends committed on B with 2.0.0 or
-    back on A with 1.0.0 and the deployment's failure in the journal."""
-    run = console.run_update(machine, image, tmp_path, update_server, build.UPDATE_BUNDLE,
-                             cut)
+def test_power_cut_during_the_update(cut: Any, image: Path, tmp_path: Path) -> None:
+    """Scenario 4: SIGKILL of QEMU (the power goes) at a step ferry's log shows on the
+    console, then power-ons until ferry-box-report prints a settled status. The gateway
+    boots every time, U-Boot never finds a torn env, and the run ends committed on B
+    with 2.0.0 and the MCU on 2.0.0 confirmed, or back on A with 1.0.0 and the MCU
+    untouched; goosebit's view agrees."""
+    server = backend(image, tmp_path, build.UPDATE_BUNDLE)
+    try:
+        run = console.run_update(machine, image, tmp_path / "box", server, None, cut,
+                                 install_timeout=INSTALL_TIMEOUT)
+    finally:
+        server.close()
     for i, c in enumerate(run.boots):
         LAST_LOG.with_name(f"box-last-cut-{CUTS.index(cut)}-{i + 1}.log").write_text(
             c.text)
     ok, how = run.verdict()
-    cut_at = next((c.cut_at for c in run.boots if c.cut_at is not None), None)
-    print(f"\nbox: cut '{cut.label}' at {cut_at} s of its power-on; "
-          f"{len(run.boots)} power-ons; {how}")
+    cut_boot = next((c for c in run.boots if c.cut_at is not None), None)
+    cut_at = cut_boot.cut_at if cut_boot else None
+    print(f"\nbox: cut '{cut.label}' at {cut_at} s of its power-on "
+          f"({cut_boot.landed() if cut_boot else '-'}); {len(run.boots)} power-ons; {how}")
     assert cut_at is not None, "the cut never happened: " + run.boots[0].text[-3000:]
     assert ok, how + "\n" + run.boots[-1].text[-4000:]
-
 
 
 # --- issue #17, scenarios 2 and 3: updates that must not stay ----------------------------
@@ -362,99 +406,62 @@ def _back_on_a(run: Any) -> dict[str, Any]:
     assert last and last["result"] not in (None, "success"), last
     slots = {s["bootname"]: s for s in boot_state["slots"]}
     assert slots["B"]["good"] is False, slots
+    # the MCU was not touched: the gateway never got to its proxy phase
+    mcu = run.mcu
+    assert (mcu["version"], mcu["confirmed"], mcu["slot1"], mcu["boots"]) == \
+        ("1.0.0", True, None, 1), mcu
+    # goosebit shows the action failed, with ferry's reason
+    view = run.backend
+    assert view.get("last_state") == "Error", (view, view["log"][-1500:])
+    assert view.get("sw_version") == "1.0.0", view
     return dict(last)
 
 
-def test_health_failure_on_the_new_slot_rolls_back_to_a(
-        image: Path, update_server: Any, tmp_path: Path) -> None:
+def test_health_failure_on_the_new_slot_rolls_back_to_a(image: Path,
+                                                        tmp_path: Path) -> None:
     """Scenario 2: 3.0.0's application (box-app.service, in [health] required_units)
     fails. The health check fails on B, ferry marks B bad and reboots, U-Boot boots A,
-    and ferry on A reports the deployment failed, naming the unit."""
-    run = console.run_update(machine, image, tmp_path, update_server,
-                             build.HEALTH_FAIL_BUNDLE)
-    LAST_LOG.with_name("box-last-health-fail.log").write_text(
-        "\n\n".join(c.text for c in run.boots))
-    assert run.boots[0].first(r"FERRY_BOX install rc=0"), run.boots[0].text[-3000:]
+    and ferry on A reports the deployment failed, naming the unit, to goosebit. The
+    MCU is not touched."""
+    server = backend(image, tmp_path, build.HEALTH_FAIL_BUNDLE)
+    try:
+        run = console.run_update(machine, image, tmp_path / "box", server, None,
+                                 install_timeout=INSTALL_TIMEOUT)
+    finally:
+        server.close()
+    keep_logs(run, "health-fail")
+    assert run.boots[0].first(r"FERRY_BOX_J .*deployment \d+: reboot"), \
+        run.boots[0].text[-3000:]
     assert any(c.first(r"FERRY: boot slot=B") for c in run.boots[1:]), "B never booted"
     assert run.boots[-1].first(r"FERRY: boot slot=A"), run.boots[-1].text[-3000:]
     last = _back_on_a(run)
     assert "box-app.service" in (last.get("error") or ""), last
+    assert "box-app.service" in run.backend["log"], run.backend["log"][-1500:]
     print(f"\nbox: health failure -> back on A after {len(run.boots)} power-ons: "
-          f"{last.get('error')}")
+          f"{last.get('error')}; goosebit: {run.backend.get('last_state')}")
 
 
-def test_kernel_that_never_reaches_userspace_falls_back_to_a(
-        image: Path, update_server: Any, tmp_path: Path) -> None:
+def test_kernel_that_never_reaches_userspace_falls_back_to_a(image: Path,
+                                                             tmp_path: Path) -> None:
     """Scenario 3: 4.0.0's kernel panics before userspace (its initramfs is not one), so
     nothing of ferry runs on B: U-Boot's attempts on B run out and it boots A by itself.
-    ferry on A finds it booted the old slot and reports the deployment failed."""
-    run = console.run_update(machine, image, tmp_path, update_server, build.PANIC_BUNDLE,
-                             max_boots=7)
-    LAST_LOG.with_name("box-last-panic.log").write_text(
-        "\n\n".join(c.text for c in run.boots))
-    assert run.boots[0].first(r"FERRY_BOX install rc=0"), run.boots[0].text[-3000:]
+    ferry on A finds it booted the old slot and reports the failed slot to goosebit."""
+    server = backend(image, tmp_path, build.PANIC_BUNDLE)
+    try:
+        run = console.run_update(machine, image, tmp_path / "box", server, None,
+                                 max_boots=7, install_timeout=INSTALL_TIMEOUT)
+    finally:
+        server.close()
+    keep_logs(run, "panic")
+    assert run.boots[0].first(r"FERRY_BOX_J .*deployment \d+: reboot"), \
+        run.boots[0].text[-3000:]
     b_boots = [c for c in run.boots if c.first(r"FERRY: boot slot=B")]
     assert len(b_boots) == 3, [c.first(r"FERRY: boot slot=\S+ .*") for c in run.boots]
     assert all(c.first(r"Kernel panic") for c in b_boots), b_boots[0].text[-3000:]
     assert run.boots[-1].first(r"FERRY: boot slot=A A_LEFT=\d+ B_LEFT=0"), \
         run.boots[-1].text[-3000:]
     last = _back_on_a(run)
+    assert "expected B: U-Boot fell back" in (last.get("error") or ""), last
+    assert "U-Boot fell back" in run.backend["log"], run.backend["log"][-1500:]
     print(f"\nbox: kernel panic on B -> U-Boot back on A after {len(run.boots)} "
-          f"power-ons: {last.get('error')}")
-
-
-# --- issue #17, scenario 1 as an operator runs it: goosebit assigns 2.0.0 ---------------
-
-
-def test_goosebit_assigns_the_update_and_sees_it_finished(
-        image: Path, tmp_path: Path) -> None:
-    """Scenario 1 through the backend: goosebit (a real hawkBit DDI server on the host's
-    loopback, the guest's only reachable address) has 2.0.0 assigned to the box. ferryd
-    polls it, streams the bundle into B, reboots through systemd; U-Boot boots B, health
-    and mark-good commit, and ferryd reports back: goosebit's REST API shows the action
-    finished and sw_version 2.0.0."""
-    import threading
-
-    from ferry.sim.goosebit import Goosebit, GoosebitError
-
-    with Goosebit(tmp_path / "goosebit", poll_time="00:00:05", device_auth="lax") as gb:
-        gb.register_device(build.CONTROLLER_ID, build.TARGET_TOKEN)
-        software = gb.upload(image / build.UPDATE_BUNDLE)
-        assigned: list[str] = []
-
-        def operator() -> None:
-            # goosebit refuses the assignment (422, "not compatible with the device's
-            # hardware") until the box's first poll has told it its hardware
-            # (configData), as an operator would find in the UI
-            for _ in range(300):
-                try:
-                    gb.assign(build.CONTROLLER_ID, software)
-                    assigned.append("yes")
-                    return
-                except GoosebitError as err:
-                    assigned[:] = [str(err)]
-                    time.sleep(2)
-
-        th = threading.Thread(target=operator, daemon=True)
-        th.start()
-        run = console.run_update(machine, image, tmp_path / "box", gb, None)
-        th.join(timeout=5)
-        LAST_LOG.with_name("box-last-goosebit.log").write_text(
-            "\n\n".join(c.text for c in run.boots))
-        device = gb.device(build.CONTROLLER_ID)
-        log = gb.log(build.CONTROLLER_ID)
-    assert assigned[-1:] == ["yes"], assigned
-    # the factory boot ended in ferryd's reboot (which may come before ferry-box-report
-    # reaches its wait), not in the report's poweroff
-    assert run.boots[0].first(r"reboot: Restarting system"), run.boots[0].text[-3000:]
-    assert not run.boots[0].first(r"FERRY_BOX no deployment from the backend")
-    assert run.boots[0].returncode == 0 and run.boots[0].cut_at is None
-    final = run.final
-    assert final, "not settled:\n" + run.boots[-1].text[-4000:]
-    assert run.boots[-1].first(r"FERRY: boot slot=B")
-    assert final["version"] == "2.0.0" and final["bootloader"]["booted"] == "B", final
-    assert final["bootloader"]["committed"] is True, final["bootloader"]
-    assert device.get("last_state") == "Finished", (device, log[-1500:])
-    assert device.get("sw_version") == "2.0.0", (device, log[-1500:])
-    print(f"\nbox: goosebit -> 2.0.0 on B in {len(run.boots)} power-ons; goosebit: "
-          f"{device.get('last_state')}, sw_version {device.get('sw_version')}")
+          f"power-ons: {last.get('error')}; goosebit: {run.backend.get('last_state')}")

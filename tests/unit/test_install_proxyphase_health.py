@@ -87,8 +87,8 @@ def phase(gw: Gateway, j: Journal, dep: int) -> None:
     run(make_context(gw.config, journal=j), dep)
 
 
-def killed_phase(gw: Gateway, dep: int, point: str) -> None:
-    env = dict(os.environ, FERRY_TEST_KILL_AT=f"{point}:1",
+def killed_phase(gw: Gateway, dep: int, point: str, nth: int = 1) -> None:
+    env = dict(os.environ, FERRY_TEST_KILL_AT=f"{point}:{nth}",
                FERRY_BOOT_ID_PATH=str(gw.boot_id))
     done = subprocess.run([sys.executable, "-c", CHILD, str(gw.config_path), str(dep)],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -220,3 +220,52 @@ def test_kill_inside_the_flash_after_the_reset_still_checks_health(
     [row] = j.targets(dep)
     assert row.state == "rolled-back" and running_version(sim) == "1.0.0", row.message
     assert (row.message or "").startswith("rolled back: application health")
+
+
+@pytest.mark.parametrize("point", ["proxy.trial.booted", "proxy.trial.decided"])
+def test_power_cut_reverts_the_trial_and_the_resumed_phase_flashes_again(
+        tmp_path: Path, sim_factory: Any, point: str) -> None:
+    """The power goes for the gateway and the MCU alike while the image is on trial
+    (before the health check decided, or after it decided to confirm but before the
+    confirm reached the MCU): MCUboot reverts the unconfirmed image at power-on. Nobody
+    judged the image, so the resumed phase flashes it again and the health check
+    decides; it is not reported rolled back."""
+    sim = sim_factory()
+    gw, j, dep = setup(tmp_path, sim)
+    killed_phase(gw, dep, point)
+    assert running_version(sim) == "1.1.0" and not sim.device.primary.image_ok
+    sim.power_cycle()  # the MCU shares the gateway's supply
+    assert running_version(sim) == "1.0.0" and "boot: revert" in sim.device.log
+    uploads = sim.device.log.count("boot: swap test")
+
+    phase(gw, j, dep)
+    [row] = j.targets(dep)
+    assert row.state == "ok" and row.version == "1.1.0", row.message
+    assert running_version(sim) == "1.1.0" and sim.device.primary.image_ok
+    assert sim.device.log.count("boot: swap test") == uploads + 1  # flashed once more
+    record = trial_record(j, dep)
+    assert record["stage"] == "done" and record["reflashed"] == 1, record
+    assert j.get(dep).result == "success"
+
+
+def test_flashing_again_after_reverts_is_bounded(tmp_path: Path, sim_factory: Any) -> None:
+    """An image the MCU reverts at every resume (a power cut each time, or an image that
+    crashes after its health check) is flashed again at most MAX_REFLASH times; then
+    the target is recorded rolled back, with MCUboot's revert as the reason."""
+    from ferry.daemon.install.proxyphase import MAX_REFLASH
+
+    sim = sim_factory()
+    gw, j, dep = setup(tmp_path, sim)
+    killed_phase(gw, dep, "proxy.trial.booted")
+    for _ in range(MAX_REFLASH):
+        sim.power_cycle()
+        # the resume checks the reverted trial (1st pass), flashes again and is cut
+        # once the new trial booted (2nd pass)
+        killed_phase(gw, dep, "proxy.trial.booted", nth=2)
+    sim.power_cycle()
+    phase(gw, j, dep)
+    [row] = j.targets(dep)
+    assert row.state == "rolled-back" and row.version == "1.0.0", row.message
+    assert "reset while on trial and MCUboot reverted it" in (row.message or "")
+    assert trial_record(j, dep)["reflashed"] == MAX_REFLASH
+    assert j.get(dep).result == "failure"

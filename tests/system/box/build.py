@@ -58,7 +58,28 @@ UPDATE_BUNDLE = f"update-{UPDATE_VERSION}.swu"
 HEALTH_FAIL_BUNDLE = "update-3.0.0-app-fails.swu"
 PANIC_BUNDLE = "update-4.0.0-kernel-panics.swu"
 BOX_APP = "#!/bin/sh\n# the product's application: [health] required_units names it\nexit {}\n"
+# The product's own health check ([health] checks): the application must still be up
+# after a few seconds, as a product's self-test that talks to its app would take. It
+# also gives the health window a width a power cut can land in (issue #17, scenario 4).
+BOX_APP_SELFTEST = ("#!/bin/sh\n# the product's self-test: [health] checks runs it\n"
+                    "sleep 2\nexec systemctl is-active --quiet box-app.service\n")
 COMPATIBLE = "qemu-box"
+# The MCU behind the gateway (issue #17): ferry's simulated SMP/MCUboot MCU on the
+# board's second UART (/dev/ttyAMA1 in the guest, a host pty outside). Its images are
+# signed by imgtool (the peer: MCUboot's own tool) with the box's MCU key; the MCU runs
+# MCU_FACTORY from the factory, and each update bundle carries the MCU image of its own
+# version for target MCU_TARGET.
+MCU_TARGET = "mcu0"
+MCU_PORT = "/dev/ttyAMA1"
+MCU_KEY = "mcu-key.pem"  # imgtool keygen (ecdsa-p256): signs the images
+MCU_PUBLIC_KEY = "mcu-key.pub.pem"  # what the MCU's bootloader verifies against
+MCU_FACTORY = "mcu-1.0.0.bin"
+MCU_SLOT_SIZE = 0x40000  # sim/mcu's McuConfig default: 256 KiB per slot
+MCU_APP_SIZE = 48 * 1024  # ~6 s over SMP at 115200 baud
+
+
+def mcu_image(version: str) -> str:
+    return f"mcu-{version}.bin"
 # The box as a controller of goosebit (scenario 1 with a backend), with its own token:
 # a test device's credential, not a secret.
 CONTROLLER_ID = "ferry-box"
@@ -148,12 +169,18 @@ def install_ferry(root: Path, wheel: Path, keyring: Path) -> None:
         "FERRY_SLOT_B_DEVICE": "/dev/vda2"}) + (
         "\n# the box's product part (docs/box.md): its application must be running\n"
         "[health]\nrequired_units = [\"box-app.service\"]\n"
+        "checks = [[\"/usr/bin/box-app-selftest\"]]\n"
         "\n# goosebit on the host, as the guest reaches it (machine.py: SERVER_IP)\n"
         f"[backend]\nurl = \"http://10.0.2.100:8080\"\ntenant = \"DEFAULT\"\n"
-        f"controller_id = \"{CONTROLLER_ID}\"\ntarget_token = \"{TARGET_TOKEN}\"\n"))
+        f"controller_id = \"{CONTROLLER_ID}\"\ntarget_token = \"{TARGET_TOKEN}\"\n"
+        "\n# the product's MCU on the board's second UART (SMP over MCUboot)\n"
+        f"[[target]]\nname = \"{MCU_TARGET}\"\ntransport = \"smp-serial\"\n"
+        f"address = \"{MCU_PORT}\"\nbaud = 115200\n"))
     (etc / "ferry.toml").chmod(0o640)
     (root / "usr/bin/box-app").write_text(BOX_APP.format(0))
     (root / "usr/bin/box-app").chmod(0o755)
+    (root / "usr/bin/box-app-selftest").write_text(BOX_APP_SELFTEST)
+    (root / "usr/bin/box-app-selftest").chmod(0o755)
     (root / "usr/lib/systemd/system/box-app.service").write_text(
         "[Unit]\nDescription=the product's application in the box\n\n[Service]\n"
         "Type=oneshot\nRemainAfterExit=yes\nExecStart=/usr/bin/box-app\n\n"
@@ -248,7 +275,8 @@ def system_files(root: Path) -> None:
     (root / "etc/systemd/network/20-box.network").write_text(
         "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n")
     box = HERE / "files"
-    for unit in ("ferry-box-early.service", "ferry-box-report.service"):
+    for unit in ("ferry-box-early.service", "ferry-box-report.service",
+                 "ferry-box-follow.service"):
         shutil.copy(box / unit, root / "usr/lib/systemd/system" / unit)
     shutil.copy(box / "ferry-box-report", root / "usr/bin/ferry-box-report")
     (root / "usr/bin/ferry-box-report").chmod(0o755)
@@ -268,7 +296,8 @@ def system_files(root: Path) -> None:
     run([tool("systemctl"), f"--root={root}", "set-default", "multi-user.target"])
     run([tool("systemctl"), f"--root={root}", "enable", "ferryd.service",
          "ferry-health.service", "ferry-mark-good.service", "ferry-box-early.service",
-         "ferry-box-report.service", "systemd-networkd.service", "box-app.service"])
+         "ferry-box-report.service", "ferry-box-follow.service", "systemd-networkd.service",
+         "box-app.service"])
     # systemd-networkd's [Install] Also= enables wait-online, which fails on the boots
     # without a NIC, and a failed unit fails ferry's health check (docs/box.md)
     run([tool("systemctl"), f"--root={root}", "disable", "systemd-networkd-wait-online.service"])
@@ -338,12 +367,13 @@ def build_image(base: Path, dest: Path, files: list[Path]) -> None:
         shutil.copy(base / "initrd.img", boot / "initrd.img")
         slot = work / "slot.ext4"
         mkfs(root, slot, SLOT_SIZE, "rootfs")
-        make_bundle(root, work, pki, UPDATE_VERSION, out / UPDATE_BUNDLE)
+        mcu_images(out, ("1.0.0", UPDATE_VERSION, "3.0.0", "4.0.0"))
+        make_bundle(root, work, pki, UPDATE_VERSION, out / UPDATE_BUNDLE, out)
         (root / "usr/bin/box-app").write_text(BOX_APP.format(1))
-        make_bundle(root, work, pki, "3.0.0", out / HEALTH_FAIL_BUNDLE)
+        make_bundle(root, work, pki, "3.0.0", out / HEALTH_FAIL_BUNDLE, out)
         (root / "usr/bin/box-app").write_text(BOX_APP.format(0))
         (root / "boot/initrd.img").write_bytes(b"\0" * 4096)
-        make_bundle(root, work, pki, "4.0.0", out / PANIC_BUNDLE)
+        make_bundle(root, work, pki, "4.0.0", out / PANIC_BUNDLE, out)
         datatree = work / "data"
         datatree.mkdir(mode=0o750)
         os.chown(datatree, 0, ferry_gid)
@@ -356,6 +386,8 @@ def build_image(base: Path, dest: Path, files: list[Path]) -> None:
         (out / "manifest.json").write_text(json.dumps({
             "version": VERSION, "compatible": COMPATIBLE, "update": UPDATE_BUNDLE,
             "health_fail": HEALTH_FAIL_BUNDLE, "panic": PANIC_BUNDLE,
+            "mcu": {"target": MCU_TARGET, "port": MCU_PORT, "factory": MCU_FACTORY,
+                    "public_key": MCU_PUBLIC_KEY},
             "kernel": (base / "kernel-release").read_text().strip(),
             "env_device": ENV_DEVICE, "base": base.name, "built": time.time(),
         }, indent=1) + "\n")
@@ -363,20 +395,42 @@ def build_image(base: Path, dest: Path, files: list[Path]) -> None:
     log(f"image built in {time.monotonic() - t0:.0f} s: {dest}")
 
 
-def make_bundle(root: Path, work: Path, pki: Path, version: str, dest: Path) -> None:
-    """The tree as it is now, as version ``version``, in a signed rootfs bundle."""
+def make_bundle(root: Path, work: Path, pki: Path, version: str, dest: Path,
+                out: Path) -> None:
+    """The tree as it is now, as version ``version``, in a signed bundle with the MCU's
+    image of the same version."""
     (root / "etc/ferry/version").write_text(version + "\n")
     image = work / "update.ext4"
     mkfs(root, image, SLOT_SIZE, "rootfs")
     run([ferry_cli(), "bundle", "create", "--key", pki / "signer.key", "--cert",
          pki / "signer.pem", "--version", version, "--compatible", COMPATIBLE,
-         "--rootfs", image, "-o", dest])
+         "--rootfs", image, "--target",
+         f"smp-serial:{MCU_TARGET}={out / mcu_image(version)}", "-o", dest])
     image.unlink()
 
 
+def mcu_images(out: Path, versions: Sequence[str]) -> None:
+    """MCUboot images of the MCU's application, one per version, signed by imgtool."""
+    imgtool = venv_tool("imgtool")
+    run([imgtool, "keygen", "-k", out / MCU_KEY, "-t", "ecdsa-p256"])
+    run([imgtool, "getpub", "-k", out / MCU_KEY, "-e", "pem", "-o", out / MCU_PUBLIC_KEY])
+    for version in versions:
+        app = out / f"mcu-app-{version}.bin"
+        app.write_bytes(os.urandom(MCU_APP_SIZE))
+        run([imgtool, "sign", "-k", out / MCU_KEY, "--align", "4", "-H", "0x200",
+             "--pad-header", "-S", hex(MCU_SLOT_SIZE), "-v", version, app,
+             out / mcu_image(version)])
+        app.unlink()
+
+
+def venv_tool(name: str) -> str:
+    """The checkout's venv's tool (imgtool, ferry: .ci/setup installs them there)."""
+    venv = ROOT / ".venv/bin" / name
+    return str(venv) if venv.exists() else tool(name)
+
+
 def ferry_cli() -> str:
-    venv = ROOT / ".venv/bin/ferry"
-    return str(venv) if venv.exists() else tool("ferry")
+    return venv_tool("ferry")
 
 
 def ensure(force: bool = False) -> Path:

@@ -8,6 +8,12 @@ placed in memory by QEMU's loader device and sourced by ``bootcmd``. ``ferry_boo
 board's part of the script contract, loads /boot/Image and /boot/initrd.img from the
 slot the script chose and ``booti``s them.
 
+The product's MCU sits on the board's second UART (QEMU's virt board grows a second PL011
+when ``-serial`` is given twice; the guest sees /dev/ttyAMA1): ferry's simulated SMP MCU
+with MCUboot behind it (sim/mcu), on a host pty QEMU opens as a tty. It lives outside
+QEMU, so it keeps its flash across the gateway's power-ons; a power cut reaches it
+through ``power_cut`` (it shares the gateway's supply).
+
 A machine directory holds a private copy of the disk and the flash, so runs never touch
 the cached image. By hand (docs/box.md):
 
@@ -17,6 +23,7 @@ the cached image. By hand (docs/box.md):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.sim.mcu import McuConfig, SimMcu
 from ferry.sim.uboot_qemu import SCRIPT_ADDR, QemuUBoot, redundant_build
 
 KERNEL_ADDR = "0x40400000"
@@ -72,6 +80,8 @@ class Machine:
 
     dir: Path
     image: Path
+    mcu: SimMcu | None = None  # the MCU on the second UART (attach_mcu)
+    mcu_tty: str | None = None  # or a tty of one started elsewhere (``ferry sim mcu``)
 
     def __post_init__(self) -> None:
         self.uboot = redundant_build()
@@ -91,6 +101,26 @@ class Machine:
         # fw_printenv on the host (libubootenv) reads the same copies as U-Boot
         (self.dir / "fw_env.config").write_text(self.board.fw_env_config())
 
+    def attach_mcu(self) -> SimMcu:
+        """The product's MCU, as it left the factory: the image's MCU_FACTORY running,
+        confirmed, its bootloader checking the box's MCU key; at 115200 baud."""
+        info = json.loads((self.image / "manifest.json").read_text())["mcu"]
+        config = McuConfig(baud=115200,
+                           public_key_pem=(self.image / info["public_key"]).read_bytes())
+        self.mcu = SimMcu(config, running=(self.image / info["factory"]).read_bytes(),
+                          link=self.dir / "mcu.tty").start()
+        return self.mcu
+
+    def power_cut(self) -> None:
+        """What the MCU sees of the gateway's power cut (QEMU's SIGKILL is the rest)."""
+        if self.mcu is not None:
+            self.mcu.power_cycle()
+
+    def close(self) -> None:
+        if self.mcu is not None:
+            self.mcu.stop()
+            self.mcu = None
+
     def argv(self, server_port: int | None = None) -> list[str]:
         """QEMU's command line; with ``server_port``, a virtio NIC on QEMU's user network
         with ``restrict=on`` (no route out) and one forwarded address, SERVER_IP:
@@ -103,9 +133,14 @@ class Machine:
             net = ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:{SERVER_IP}:"
                               f"{SERVER_PORT}-cmd:socat - TCP:127.0.0.1:{server_port}",
                    "-device", "virtio-net-device,netdev=net0"]
+        # the console stays the first UART (ttyAMA0, stdio); the MCU's is the second
+        tty = self.mcu.port if self.mcu is not None else self.mcu_tty
+        serial = [] if tty is None else [
+            "-serial", "mon:stdio", "-chardev", f"serial,id=mcu,path={tty}",
+            "-serial", "chardev:mcu"]
         return [
             "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "1024",
-            "-smp", "2", "-nographic", "-no-reboot", *net,
+            "-smp", "2", "-nographic", "-no-reboot", *net, *serial,
             "-bios", str(self.uboot),
             "-drive", f"if=pflash,format=raw,index=1,file={self.board.flash}",
             "-device", f"loader,file={self.board.script},addr={SCRIPT_ADDR:#x},force-raw=on",
@@ -127,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"give the guest a NIC whose only reachable address, "
                         f"{SERVER_IP}:{SERVER_PORT}, is PORT on the host's loopback "
                         f"(an update server: docs/box.md)")
+    p.add_argument("--mcu", metavar="TTY", default=None,
+                   help="a simulated MCU's port for the board's second UART (the guest's "
+                        "/dev/ttyAMA1), e.g. from 'ferry sim mcu --port TTY' (docs/box.md)")
     args = p.parse_args(argv)
     image = args.image
     if image is None:
@@ -134,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         import build
 
         image = build.ensure()
-    m = Machine(args.dir.resolve(), image)
+    m = Machine(args.dir.resolve(), image, mcu_tty=args.mcu)
     if not (args.keep and m.disk.exists()):
         m.provision(report=args.report)
     print("box: " + " ".join(m.argv(args.server_port)), file=sys.stderr)
