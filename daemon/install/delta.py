@@ -12,6 +12,15 @@ Safety rests on three hashes, none of them new to ferry's trust chain:
 - the slot writer checks the whole slot's sha256 against the signed
   ``decompressed-sha256``, exactly as for a full install, and fsyncs.
 
+A download cut short (a power cut, a dropped link, ferryd killed) is not fetched again:
+the slot writer writes the image in order, so the inactive slot already holds a prefix
+of it. Before fetching, the chunks the active slot lacks are looked for at their own
+offsets in the inactive slot, in order, until the first one whose bytes do not hash
+right (the end of what was written); those are kept where they are (read back, hashed
+again, written back unchanged). On a first install that costs one chunk's read. Like
+the active slot, the inactive slot's old bytes are never trusted: only a chunk whose
+sha256 is the index's is used, and the whole slot's sha256 is checked at the end.
+
 The active slot is only ever opened read-only. The plan compares what the delta costs
 (the missing chunks' stored bytes, in ranges merged across small gaps, plus a request's
 overhead each) with the whole rootfs member; when the delta would cost as much or more
@@ -20,7 +29,8 @@ way. An identical pair makes no request at all.
 
 Memory: the index (40 bytes a chunk, plus a dict entry for each chunk digest) and one
 chunk at a time; never the image. A restart after a power cut plans again from the
-active slot, so it fetches only the missing chunks again, not the whole image.
+active slot and from what the interrupted write left in the inactive slot, so it fetches
+only the chunks that never arrived.
 """
 
 from __future__ import annotations
@@ -64,6 +74,9 @@ class DeltaPlan:
     local: dict[int, int]  # chunk number -> offset in the active slot
     fetch_bytes: int
     full: bool  # the whole member in one request: the delta would not pay
+    # chunk number -> its own offset in the inactive slot, where an interrupted write
+    # already put it (find_in_place)
+    in_place: dict[int, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -75,6 +88,7 @@ class DeltaStats:
     mode: str = "delta"  # "delta" | "full"
     chunks: int = 0
     reused: int = 0
+    kept: int = 0  # already in the inactive slot from an interrupted write
     fetched_chunks: int = 0
     refetched: int = 0
     fetched_bytes: int = 0
@@ -116,15 +130,45 @@ def index_slot(device: str | Path, index: ChunkIndex, *,
     return found
 
 
+def find_in_place(slot: str | Path, index: ChunkIndex, have: dict[bytes, int]
+                  ) -> dict[int, int]:
+    """Chunks the active slot lacks that the inactive slot already holds at their own
+    offsets: the prefix an interrupted write left, in order, up to the first chunk
+    whose bytes there do not hash right. One chunk's read when nothing was written."""
+    found: dict[int, int] = {}
+    try:
+        fd = os.open(slot, os.O_RDONLY)
+    except OSError:
+        return found
+    try:
+        offset = 0
+        for i in range(index.count):
+            length = index.lengths[i]
+            digest = index.digest(i)
+            if digest not in have:
+                data = os.pread(fd, length, offset)
+                if len(data) != length or hashlib.sha256(data).digest() != digest:
+                    break
+                found[i] = offset
+            offset += length
+    finally:
+        os.close(fd)
+    return found
+
+
 def make_plan(index: ChunkIndex, have: dict[bytes, int], *,
-              merge_gap: int = MERGE_GAP, overhead: int = REQUEST_OVERHEAD) -> DeltaPlan:
+              merge_gap: int = MERGE_GAP, overhead: int = REQUEST_OVERHEAD,
+              in_place: dict[int, int] | None = None) -> DeltaPlan:
     offs = stored_offsets(index)
     local: dict[int, int] = {}
+    kept = in_place or {}
     ranges: list[tuple[int, int]] = []
     for i in range(index.count):
         where = have.get(index.digest(i))
         if where is not None:
             local[i] = where
+            continue
+        if i in kept:
             continue
         if ranges and offs[i] - offs[ranges[-1][1] + 1] <= merge_gap:
             ranges[-1] = (ranges[-1][0], i)
@@ -133,10 +177,11 @@ def make_plan(index: ChunkIndex, have: dict[bytes, int], *,
     fetch = sum(offs[b + 1] - offs[a] for a, b in ranges)
     cost = fetch + overhead * len(ranges)
     whole = offs[-1] + overhead
-    if ranges and cost >= whole:
+    if ranges and cost >= whole and not kept:
         return DeltaPlan(ranges=[(0, index.count - 1)], local={}, fetch_bytes=offs[-1],
                          full=True)
-    return DeltaPlan(ranges=ranges, local=local, fetch_bytes=fetch, full=False)
+    return DeltaPlan(ranges=ranges, local=local, fetch_bytes=fetch, full=False,
+                     in_place=dict(kept))
 
 
 class DeltaImage(io.RawIOBase):
@@ -144,7 +189,8 @@ class DeltaImage(io.RawIOBase):
     writer consumes like any decompressed image (it checks the whole sha256)."""
 
     def __init__(self, index: ChunkIndex, plan: DeltaPlan, active: str | Path,
-                 fetcher: RangeFetcher, data_start: int, stats: DeltaStats) -> None:
+                 fetcher: RangeFetcher, data_start: int, stats: DeltaStats,
+                 slot: str | Path | None = None) -> None:
         super().__init__()
         self._index = index
         self._plan = plan
@@ -153,6 +199,10 @@ class DeltaImage(io.RawIOBase):
         self._base = data_start
         self._stats = stats
         self._active: Any = open(active, "rb", buffering=0) if plan.local else None  # noqa: SIM115
+        # the inactive slot, read just ahead of the writer (which writes the same bytes
+        # back): chunks an interrupted write already put there
+        self._slot: Any = (open(slot, "rb", buffering=0)  # noqa: SIM115
+                           if plan.in_place and slot is not None else None)
         self._dctx = zstandard.ZstdDecompressor()
         self._chunks = self._produce()
         self._buf = memoryview(b"")
@@ -172,8 +222,9 @@ class DeltaImage(io.RawIOBase):
         return n
 
     def close(self) -> None:
-        if self._active is not None:
-            self._active.close()
+        for f in (self._active, self._slot):
+            if f is not None:
+                f.close()
         super().close()
 
     # -- chunks ------------------------------------------------------------------
@@ -199,14 +250,22 @@ class DeltaImage(io.RawIOBase):
         return data
 
     def _local(self, i: int) -> bytes:
-        offset = self._plan.local[i]
         length = self._index.lengths[i]
-        data = os.pread(self._active.fileno(), length, offset)
-        if len(data) == length and hashlib.sha256(data).digest() == self._index.digest(i):
-            self._stats.reused += 1
-            return data
-        # the active slot changed since it was indexed: never trust the base
-        self._stats.notes.append(f"chunk {i} changed in the active slot; fetched")
+        kept = self._plan.in_place.get(i)
+        if kept is not None and self._slot is not None:
+            data = os.pread(self._slot.fileno(), length, kept)
+            if len(data) == length and hashlib.sha256(data).digest() == self._index.digest(i):
+                self._stats.kept += 1
+                return data
+            self._stats.notes.append(f"chunk {i} changed in the inactive slot; fetched")
+        else:
+            offset = self._plan.local[i]
+            data = os.pread(self._active.fileno(), length, offset)
+            if len(data) == length and hashlib.sha256(data).digest() == self._index.digest(i):
+                self._stats.reused += 1
+                return data
+            # the active slot changed since it was indexed: never trust the base
+            self._stats.notes.append(f"chunk {i} changed in the active slot; fetched")
         self._stats.fetched_chunks += 1
         frame = self._fetcher.get(self._base + self._offs[i], self._index.stored[i])
         return self._decode(i, frame) or self._refetch(i)
@@ -233,7 +292,7 @@ class DeltaImage(io.RawIOBase):
                 yield self._local(i)
                 i += 1
             for n, frame in self._fetched(first, last):
-                if n in plan.local:  # a gap merged into the range: the copy is local
+                if n in plan.local or n in plan.in_place:  # a gap merged into the range
                     yield self._local(n)
                 else:
                     self._stats.fetched_chunks += 1
@@ -247,25 +306,32 @@ class DeltaImage(io.RawIOBase):
 def delta_stream(index: ChunkIndex, *, url: str, options: DownloadOptions | None,
                  validator: str | None, data_start: int, active: str | Path,
                  active_limit: int | None = None, have: dict[bytes, int] | None = None,
+                 slot: str | Path | None = None,
                  ) -> tuple[DeltaImage, DeltaStats, RangeFetcher]:
-    """Plan against the active slot and return the image stream to write; ``have``:
-    the active slot's chunks when known already (daemon/install/deltacache.py)."""
+    """Plan against the active slot (and ``slot``, the inactive one about to be
+    written, for what an interrupted write left there) and return the image stream to
+    write; ``have``: the active slot's chunks when known already
+    (daemon/install/deltacache.py)."""
     if have is None:
         have = index_slot(active, index, limit=active_limit)
-    plan = make_plan(index, have)
+    in_place = find_in_place(slot, index, have) if slot is not None else {}
+    plan = make_plan(index, have, in_place=in_place)
     stats = DeltaStats(mode="full" if plan.full else "delta", chunks=index.count,
                        planned_bytes=plan.fetch_bytes)
-    log.info("delta rootfs: %d chunks, %d in the active slot, fetching %d bytes in %d "
-             "requests (%s)", index.count, len(plan.local), plan.fetch_bytes,
-             plan.requests, stats.mode)
+    log.info("delta rootfs: %d chunks, %d in the active slot, %d already in the slot "
+             "being written, fetching %d bytes in %d requests (%s)", index.count,
+             len(plan.local), len(plan.in_place), plan.fetch_bytes, plan.requests,
+             stats.mode)
     fetcher = RangeFetcher(url, options, validator=validator)
-    return DeltaImage(index, plan, active, fetcher, data_start, stats), stats, fetcher
+    return (DeltaImage(index, plan, active, fetcher, data_start, stats, slot=slot), stats,
+            fetcher)
 
 
 def finish_stats(stats: DeltaStats, fetcher: RangeFetcher) -> dict[str, Any]:
     stats.fetched_bytes = fetcher.bytes
     stats.requests = fetcher.requests
     return {"mode": stats.mode, "chunks": stats.chunks, "reused": stats.reused,
+            "kept": stats.kept,
             "fetched_chunks": stats.fetched_chunks, "refetched": stats.refetched,
             "fetched_bytes": stats.fetched_bytes, "requests": stats.requests,
             "notes": stats.notes[:20]}

@@ -46,7 +46,7 @@ def write_rootfs_delta(cfg: Config, *, slot_name: str, slot_device: Path, active
     image, stats, fetcher = delta_stream(
         index, url=head.url, options=options, validator=head.validator,
         data_start=head.data_start, active=active, active_limit=head.base_size,
-        have=have)
+        have=have, slot=slot_device)
     stats.notes.append("active slot index kept" if have is not None else "active slot read")
     try:
         res = write_slot(cast(BinaryIO, image), slot_device, compressed=None,

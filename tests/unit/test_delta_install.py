@@ -348,3 +348,56 @@ def test_a_delta_bundle_installed_whole_keeps_its_index(gw: Gateway, tmp_path: P
     info = delta_info(gw)
     assert info["notes"] == ["active slot index kept"] and info["mode"] == "delta"
     assert gw.slot_path("A").read_bytes()[:len(newer)] == newer
+
+
+def test_a_delta_write_cut_short_resumes_without_fetching_again(gw: Gateway,
+                                                              tmp_path: Path) -> None:
+    """A power cut in the middle of a delta install's slot write (SIGKILL of the
+    installing process, forked here): the resumed deployment finds the chunks the
+    interrupted write already put into the inactive slot at their own offsets, hashes
+    them, keeps them, and fetches only the chunks that never arrived."""
+    import os
+    import signal
+
+    from ferry.daemon.install.pipeline import make_context, resume
+
+    put_base(gw, OLD)
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW)
+    with RangeServer(bundle) as srv:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                from ferry.daemon.install import slotwriter
+                from ferry.daemon.testhooks import killpoint
+
+                os.environ["FERRY_TEST_KILL_AT"] = "slot.write:24"
+                killpoint._parsed = False
+                killpoint._counts.clear()
+                slotwriter.CHUNK = 64 << 10  # 24 x 64 KiB: past half of the 2.4 MiB image
+                install(gw.config, srv.url)
+            finally:
+                os._exit(99)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        before = srv.sent
+        dep = resume(make_context(gw.config))
+        resumed_bytes = srv.sent - before
+    assert dep is not None
+    assert gw.slot_path("B").read_bytes()[:len(NEW)] == NEW
+    assert gw.boot() == "B" and gw.running_version() == "1.1.0"
+    info = delta_info(gw)
+    missing = int(info["chunks"]) - int(info["reused"])
+    assert int(info["kept"]) > 0 and info["refetched"] == 0, info
+    assert int(info["kept"]) + int(info["fetched_chunks"]) == missing, info
+    # the chunks fetched after the cut are fewer bytes than the whole delta a gateway
+    # with this base fetches (ferry bundle inspect's estimate of the same plan)
+    import json
+
+    (tmp_path / "old.img").write_bytes(OLD)
+    out = gw.ferry("bundle", "inspect", "--json", "--keyring", str(gw.pki_dir / "ca.pem"),
+                   "--delta-base", str(tmp_path / "old.img"), str(bundle))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    whole_delta = int(doc["delta_estimate"]["fetch_bytes"])
+    assert 0 < int(info["fetched_bytes"]) < whole_delta, (info, whole_delta)
+    assert resumed_bytes < before + whole_delta
