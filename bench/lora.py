@@ -35,31 +35,10 @@ import random
 import statistics
 import time
 
-import ferry.daemon.cli.simrun_lora as simrun
 from ferry.daemon.cli.simrun_lora import simulate
 from ferry.proxy.lora.airtime import EU868_RX2_DUTY_CYCLE
 from ferry.proxy.lora.scheduler import plan
 from ferry.proxy.lora.session import PRIOR_FRAMES, Options, posterior_gap
-from ferry.sim.lora.decoder import FINISHED
-from ferry.sim.lora.node import Node
-
-FINISHED_AT: dict[str, int] = {}
-
-
-class TruthNode(Node):
-    """The simulated node, remembering the index its decoder finished on (bench only)."""
-
-    def _fragment(self, p: bytes, at: float) -> list[tuple[float, int, bytes]]:
-        word = int.from_bytes(p[1:3], "little") if len(p) >= 3 else 0
-        s = self.frag.get(word >> 14)
-        before = s.status if s is not None else None
-        out = super()._fragment(p, at)
-        if s is not None and before != s.status and s.status >= FINISHED:
-            FINISHED_AT[self.dev_eui] = word & 0x3FFF
-        return out
-
-
-simrun.Node = TruthNode  # type: ignore[misc]  # simulate() builds its nodes from this name
 
 SMALL_MS = (2, 3, 4, 5, 6, 8, 10, 20, 50)
 
@@ -90,7 +69,6 @@ def run(loss: float, planned: float, sessions: int, nodes: int, size: int, ts004
     ok = 0
     t0 = time.perf_counter()
     for seed in range(sessions):
-        FINISHED_AT.clear()
         out = simulate(image, nodes=nodes, loss=loss, seed=1000 + seed,
                        opts=Options(dr=5, loss_estimate=planned), ts004=ts004)
         r = out.report
@@ -103,9 +81,9 @@ def run(loss: float, planned: float, sessions: int, nodes: int, size: int, ts004
         firsts.append(r.bursts[0] if r.bursts else 0)
         tops.append(sum(r.bursts[1:]))
         confirms.append(sum(1 for b in r.bursts[1:] if b <= 8))
-        if ts004 == "1" and len(FINISHED_AT) == nodes:
+        if ts004 == "1" and len(out.finished_at) == nodes:
             floors.append(max(f + _gap(f, r.plan.m, r.nodes, planned)
-                              for f in FINISHED_AT.values()))
+                              for f in out.finished_at.values()))
     cpu = time.perf_counter() - t0
     print(f"loss {loss:.0%} (planned for {planned:.0%}), TS004 v{ts004} nodes: M = {p0.m} "
           f"fragments of {p0.frag_size} B, first redundancy {p0.redundancy}; limit "

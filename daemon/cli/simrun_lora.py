@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ferry.proxy.lora.errors import LoraError
 from ferry.proxy.lora.scheduler import NodeLimits
@@ -25,6 +25,8 @@ class SimOutcome:
     report: Report
     rebuilt: int  # nodes whose rebuilt image equals the one sent
     nodes: int
+    # per node, the fragment index its decoder finished on (the simulator's ground truth)
+    finished_at: dict[str, int] = field(default_factory=dict)
 
 
 def simulate(image: bytes, *, nodes: int = 10, loss: float = 0.1, burst: bool = False,
@@ -61,7 +63,9 @@ def simulate(image: bytes, *, nodes: int = 10, loss: float = 0.1, burst: bool = 
     o = opts or Options()
     report = Campaign(net, clock, "sim-group", devices, o).run(image)
     rebuilt = sum(1 for n in sim_nodes.values() if n.image == image)
-    return SimOutcome(report, rebuilt, nodes)
+    finished = {eui: min(n.finished_at.values()) for eui, n in sim_nodes.items()
+                if n.finished_at}
+    return SimOutcome(report, rebuilt, nodes, finished)
 
 
 def run(args: argparse.Namespace) -> int:

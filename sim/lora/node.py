@@ -106,6 +106,10 @@ class Node:
     session_cnt_prev: dict[int, int] = field(default_factory=dict)
     image: bytes | None = None
     log: list[str] = field(default_factory=list)
+    # the fragment index N the decoder finished on, per FragIndex: ground truth that a
+    # real node never reports (TS004 v1 has no "done"), for benches and tests to hold
+    # ferry's completion rule against
+    finished_at: dict[int, int] = field(default_factory=dict)
     synced: bool = False
     token: int = 0
     resync_left: int = 0
@@ -323,6 +327,7 @@ class Node:
             self.session_cnt_prev[idx] = s.session_cnt
         if s.status < FINISHED:
             return []
+        self.finished_at.setdefault(idx, n)
         block = s.dec.block()
         if s.dec.rebuilt:
             self.image = block

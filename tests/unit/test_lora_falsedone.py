@@ -16,36 +16,20 @@ import random
 import re
 
 from ferry.proxy.lora.session import FALSE_DONE, Campaign, Device, Options, posterior_gap
-from ferry.sim.lora.decoder import FINISHED
 from ferry.sim.lora.network import Bernoulli, GilbertElliott, SimClock, SimNetwork
 from ferry.sim.lora.node import Node
 
 
-class TruthNode(Node):
-    """A reference node that remembers the fragment index its decoder finished on."""
-
-    finished_at: int | None = None
-
-    def _fragment(self, p: bytes, at: float) -> list[tuple[float, int, bytes]]:
-        word = int.from_bytes(p[1:3], "little") if len(p) >= 3 else 0
-        s = self.frag.get(word >> 14)
-        before = s.status if s is not None else None
-        out = super()._fragment(p, at)
-        if s is not None and before != s.status and s.status >= FINISHED:
-            self.finished_at = word & 0x3FFF
-        return out
-
-
 def campaign(seed: int, *, nodes: int, loss: float, planned: float, burst: bool = False,
-             done_gap: int | None = None) -> tuple[object, dict[str, TruthNode], bytes]:
+             done_gap: int | None = None) -> tuple[object, dict[str, Node], bytes]:
     rng = random.Random(seed)
     clock = SimClock()
-    sim: dict[str, TruthNode] = {}
+    sim: dict[str, Node] = {}
     devices, channels = [], {}
     for i in range(nodes):
         eui = f"70b3d57ed007{seed & 0xFF:02x}{i:02x}"
         key = rng.randbytes(16)
-        sim[eui] = TruthNode(eui, key, clock_offset=rng.uniform(-300, 300),
+        sim[eui] = Node(eui, key, clock_offset=rng.uniform(-300, 300),
                              rng=random.Random(seed * 100 + i))
         devices.append(Device(eui, key))
         channels[eui] = (GilbertElliott(p_gb=0.2 * loss / (1 - loss), p_bg=0.2) if burst
@@ -58,7 +42,7 @@ def campaign(seed: int, *, nodes: int, loss: float, planned: float, burst: bool 
     return report, sim, image
 
 
-def false_dones(report, sim: dict[str, TruthNode], image: bytes) -> list[str]:
+def false_dones(report, sim: dict[str, Node], image: bytes) -> list[str]:
     """Nodes called complete whose decoder had not finished on the index they froze at."""
     bad = []
     for eui, res in report.nodes.items():  # type: ignore[attr-defined]
@@ -66,9 +50,9 @@ def false_dones(report, sim: dict[str, TruthNode], image: bytes) -> list[str]:
             continue
         m = re.search(r"stopped at (\d+)", res.message)
         froze = int(m.group(1)) if m else None
-        if froze != sim[eui].finished_at or sim[eui].image != image:
-            bad.append(f"{eui}: called done at N={froze}, decoder finished at "
-                       f"{sim[eui].finished_at}")
+        finished = min(sim[eui].finished_at.values(), default=None)
+        if froze != finished or sim[eui].image != image:
+            bad.append(f"{eui}: called done at N={froze}, decoder finished at {finished}")
     return bad
 
 
