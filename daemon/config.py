@@ -153,9 +153,13 @@ class BackendConfig:
     # group, a Zigbee coordinator) are gathered this many seconds, then flashed as one
     # campaign (ferry.daemon.backend.campaign); 0 flashes what is gathered at once.
     campaign_window: float = 60.0
-    # Each node a LoRa [[target]] lists (option devices) is a controller of its own,
-    # so a rollout gives each node an action and ferry coalesces them into one session.
+    # Each node a LoRa [[target]] lists (option devices), and each node a Zigbee
+    # population target (address "*") discovers, is a controller of its own, so a
+    # rollout gives each node an action and ferry coalesces them into one campaign.
     node_controllers: bool = False
+    # How often the device poller asks the coordinators of Zigbee population targets
+    # which nodes they have (ferry.daemon.backend.discovery); seconds.
+    node_discovery_interval: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,9 @@ def _check_device_controllers(cfg: Config, where: str) -> None:
     if b.campaign_window < 0:
         raise ConfigError(f"{where}: backend.campaign_window = {b.campaign_window}; "
                           "use 0 or more seconds")
+    if b.node_discovery_interval <= 0:
+        raise ConfigError(f"{where}: backend.node_discovery_interval = "
+                          f"{b.node_discovery_interval}; use more than 0 seconds")
     if not b.device_controllers:
         return
     if not b.url or not b.controller_id:

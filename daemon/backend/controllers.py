@@ -17,9 +17,10 @@ history (actions, attributes) under that id and a changed id is a new device.
   whole, so two long names never share an id;
 - radio nodes: ``<target's id>.<node address>`` with the address reduced the same way
   (``gw-0042.lora-a.70b3d57ed0000001``); with ``[backend] node_controllers`` each node
-  a LoRa target lists (option ``devices``) is polled as a controller of its own
-  (:func:`node_ids`), so a rollout gives each node its own action and ferry can run
-  them as one multicast campaign (ferry.daemon.backend.campaign).
+  a LoRa target lists (option ``devices``), and each node a Zigbee population target
+  (``address = "*"``) lists or discovered (ferry.daemon.backend.discovery), is polled as
+  a controller of its own (:func:`node_ids`), so a rollout gives each node its own
+  action and ferry can run them as one campaign (ferry.daemon.backend.campaign).
 
 Two targets whose ids come out equal, or equal to the gateway's, are refused
 (:class:`ControllerIdClash`) before anything is polled: one controller must never
@@ -89,28 +90,38 @@ def device_ids(config: Config) -> dict[str, TargetConfig]:
     return out
 
 
-NODE_TRANSPORTS = ("lora",)  # transports whose [[target]] lists its nodes in the config
+def has_nodes(tc: TargetConfig) -> bool:
+    """A target that stands for radio nodes of its own: a LoRa multicast group, a Zigbee
+    population (address "*")."""
+    return tc.transport == "lora" or (tc.transport == "zigbee" and tc.address == "*")
 
 
-def target_nodes(tc: TargetConfig) -> list[str]:
-    """The node addresses a target lists (a LoRa group's ``devices``), lower case."""
-    if tc.transport not in NODE_TRANSPORTS:
+def target_nodes(tc: TargetConfig, discovered: list[str] | None = None) -> list[str]:
+    """The node addresses a target lists (option ``devices``), then those discovered
+    for it, lower case, each once."""
+    if not has_nodes(tc):
         return []
     raw = str(tc.options.get("devices", ""))
-    return [n.strip().lower() for n in raw.split(",") if n.strip()]
+    out = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    for node in discovered or ():
+        if node not in out:
+            out.append(node)
+    return out
 
 
-def node_ids(config: Config) -> dict[str, tuple[TargetConfig, str]]:
-    """Every listed radio node by its controller id, (target, node address), when
-    ``[backend] node_controllers`` is on; {} otherwise. A node id equal to a target's
-    or the gateway's raises ControllerIdClash like two targets' would."""
+def node_ids(config: Config, discovered: dict[str, list[str]] | None = None
+             ) -> dict[str, tuple[TargetConfig, str]]:
+    """Every listed (or ``discovered``: target name -> addresses) radio node by its
+    controller id, (target, node address), when ``[backend] node_controllers`` is on;
+    {} otherwise. A node id equal to a target's or the gateway's raises
+    ControllerIdClash like two targets' would."""
     if not config.backend.node_controllers:
         return {}
     targets = device_ids(config)
     taken = set(targets) | {config.backend.controller_id or ""}
     out: dict[str, tuple[TargetConfig, str]] = {}
     for tid, tc in targets.items():
-        for node in target_nodes(tc):
+        for node in target_nodes(tc, (discovered or {}).get(tc.name)):
             cid = node_controller_id(tid, node)
             if cid in taken or cid in out:
                 raise ControllerIdClash(

@@ -28,8 +28,10 @@ download). For each device it:
 - gathers the actions of devices on a broadcast medium (a LoRa group, a Zigbee
   coordinator) that carry the same artifact, and flashes them as one campaign
   (ferry.daemon.backend.campaign), each action told its own node's result;
-- with ``[backend] node_controllers``, polls each node a LoRa target lists as a
-  controller of its own, so that a rollout's per-node actions meet in one campaign.
+- with ``[backend] node_controllers``, polls each node a LoRa target lists, and each
+  node a Zigbee population target discovers (at start, then every
+  ``node_discovery_interval``; ferry.daemon.backend.discovery), as a controller of its
+  own, so that a rollout's per-node actions meet in one campaign.
 
 Device deployments wait while the gateway has a deployment (its runner is not idle,
 or the journal holds an unfinished one), and the gateway waits while a device flashes:
@@ -52,7 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ferry.daemon.backend import campaign
+from ferry.daemon.backend import campaign, discovery
 from ferry.daemon.backend.campaign import GATHERING, medium
 from ferry.daemon.backend.controllers import device_ids, node_ids
 from ferry.daemon.backend.ddi import (
@@ -160,7 +162,7 @@ def status_rows(config: Config, data_dir: str | Path) -> dict[str, dict[str, Any
             st = DeviceState(cid, tc.name, status="not polled yet")
         out[tc.name] = st.row()
     try:
-        nodes = node_ids(config)
+        nodes = node_ids(config, discovery.load(data_dir))
     except FerryError:
         nodes = {}
     for cid, (tc, node) in nodes.items():  # "<target>/<node>", after the targets
@@ -200,20 +202,25 @@ class DevicePoller:
                  factory: TransportFactory | None = None,
                  inspect: Callable[[TargetConfig], str] | None = None,
                  clock: Callable[[], float] = time.time,
-                 rng: Callable[[], float] = random.random, log: Log = _no_log) -> None:
+                 rng: Callable[[], float] = random.random, log: Log = _no_log,
+                 discover: discovery.Discover | None = None) -> None:
         self.config = config
         self.ctx = ctx  # the install Context (journal, config, progress)
         self.ids = device_ids(config)
-        self.nodes = node_ids(config)
+        self.nodes = node_ids(config, discovery.load(config.gateway.data_dir))
         self.targets: dict[str, TargetConfig] = {
             **self.ids, **{cid: tc for cid, (tc, _node) in self.nodes.items()}}
         base = settings or DdiSettings.from_config(config.backend)
         make = client_factory or DdiClient
+        self._base_settings = base
+        self._make_client = make
         self.clients = {cid: make(device_settings(base, cid, tc.target_token or ""))
                         for cid, tc in self.targets.items()}
         self.window = config.backend.campaign_window
         self.busy = busy or (lambda: "")
         self.factory = factory
+        self.discover = discover or discovery.transport_discover(self._transport)
+        self.next_discovery = 0.0  # at the first step
         self.inspect = inspect if inspect is not None else self._inspect
         self.clock = clock
         self.rng = rng
@@ -261,6 +268,7 @@ class DevicePoller:
         """Poll the due devices the budget allows; the time of the next due poll (None
         when the budget is spent until the gateway's next interval refills it)."""
         now = self.clock()
+        self._rediscover(now)
         self._refill(now)
         self._turn = now  # polls of one turn count as simultaneous for the campaigns
         try:
@@ -278,6 +286,35 @@ class DevicePoller:
         if self.tokens < 1.0 and self.interval > 0:
             nxt = max(nxt, self.clock() + (1.0 - self.tokens) * self.interval / self.per_poll)
         return nxt if gather is None else min(nxt, gather)
+
+    def _rediscover(self, now: float) -> None:
+        """Ask the population targets for their nodes when it is time; a node found for
+        the first time becomes a controller (polled in this very turn)."""
+        if now < self.next_discovery or not self.config.backend.node_controllers or \
+                not any(discovery.discovering(tc) for tc in self.ids.values()):
+            return
+        self.next_discovery = now + self.config.backend.node_discovery_interval
+        known, added = discovery.refresh(self.config, self.discover)
+        if not added:
+            return
+        self.log(f"backend: discovered {len(added)} node(s): {', '.join(added[:10])}"
+                 + (" ..." if len(added) > 10 else ""))
+        for cid, (tc, node) in node_ids(self.config, known).items():
+            if cid in self.states:
+                continue
+            self.nodes[cid] = (tc, node)
+            self.targets[cid] = tc
+            self.clients[cid] = self._make_client(
+                device_settings(self._base_settings, cid, tc.target_token or ""))
+            self.states[cid] = DeviceState(cid, tc.name, node=node)
+        self._save()
+
+    def _transport(self, name: str, options: dict[str, Any]) -> Any:
+        if self.factory is not None:
+            return self.factory(name, options)
+        from ferry.proxy.registry import get_transport
+
+        return get_transport(name, options)
 
     # -- one device -------------------------------------------------------------------------
 

@@ -127,7 +127,7 @@ def start(ctx: Context, device: str, source: str, *, external_id: str,
     return dep_id
 
 
-NODES_OPTION = {"lora": "devices"}  # the option that lists a radio target's nodes
+NODES_OPTION = {"lora": "devices", "zigbee": "devices"}  # lists a radio target's nodes
 
 
 def start_campaign(ctx: Context, scope: dict[str, list[str] | None], source: str, *,

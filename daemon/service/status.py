@@ -32,8 +32,10 @@ def latest_target_records(journal: Journal, limit: int = 20) -> dict[str, Target
 def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
     """Each configured target, followed by its radio nodes (rows with a ``group``)."""
     from ferry.daemon.backend.devices import status_rows
+    from ferry.daemon.backend.discovery import load as load_discovered
     from ferry.daemon.backend.health import latest_nodes
 
+    discovered = load_discovered(config.gateway.data_dir)
     latest = latest_target_records(journal)
     nodes = latest_nodes(journal, 20)
     controllers = status_rows(config, config.gateway.data_dir)
@@ -54,7 +56,7 @@ def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
             "last_result": _RESULT.get(n.state, n.state), "message": n.message or "",
             "last_seen": n.updated if n.state in ("ok", "skipped") else None,
         } for n in nodes.get(tc.name, [])}
-        for node in configured_nodes(tc):  # a group's members before their first campaign
+        for node in configured_nodes(tc, discovered.get(tc.name)):  # before a first campaign
             rows.setdefault(node, {
                 "name": f"{tc.name}/{node}", "transport": tc.transport, "address": node,
                 "hardware_id": "", "group": tc.name, "version": "", "last_result": "never",
@@ -63,12 +65,12 @@ def targets(config: Config, journal: Journal) -> list[dict[str, Any]]:
     return out
 
 
-def configured_nodes(tc: Any) -> list[str]:
-    """The nodes a LoRa group's config names (option ``devices``: DevEUIs, commas)."""
-    if tc.transport != "lora":
-        return []
-    return [e.strip().lower() for e in str(tc.options.get("devices", "")).split(",")
-            if e.strip()]
+def configured_nodes(tc: Any, discovered: list[str] | None = None) -> list[str]:
+    """The nodes a LoRa group's config names (option ``devices``: DevEUIs, commas), or
+    a Zigbee population target lists or discovered (ferry.daemon.backend.discovery)."""
+    from ferry.daemon.backend.controllers import target_nodes
+
+    return target_nodes(tc, discovered)
 
 
 def slots(config: Config, bootloader: Bootloader) -> dict[str, Any]:

@@ -11,11 +11,22 @@ image must be newer than the node's file version unless the deployment is forced
 
 A forced deployment's index entry is forced only while its update runs (see
 ``overrideindex``): the ``finally`` below makes it ordinary again whatever happens.
+
+A target whose address is ``*`` stands for a population: the nodes its ``devices``
+option lists (a campaign of node controllers sets it, daemon/install/devicedeploy.py),
+or, without that option, every OTA-capable node the coordinator knows. The image is
+staged once and each node is updated in turn (Zigbee2MQTT has no request that makes
+all nodes of a type update at once; its index entry offers the image to each of them),
+with a ``node.<ieee>`` row per node. In a whole population, a node Zigbee2MQTT has no
+image for ("No image currently available": another manufacturer or image type) is
+skipped, not failed; a node named in ``devices`` that gets none has failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 from ferry.proxy.transport import FlashResult, Progress, Target, TargetState
@@ -65,6 +76,10 @@ def policy_problem(header: OtaHeader, target: Target) -> str:
     return ""
 
 
+POPULATION = "*"  # a target address: every node of the coordinator (or its ``devices``)
+NO_IMAGE = "No image currently available"  # Zigbee2MQTT's answer for a node of another type
+
+
 class ZigbeeTransport:
     name = "zigbee"
 
@@ -105,6 +120,55 @@ class ZigbeeTransport:
         return TargetState(reachable=True, version=version_str(res.installed), detail=detail)
 
     def flash(self, target: Target, image: BinaryIO, *, progress: Progress) -> FlashResult:
+        if target.address == POPULATION:
+            return self._flash_population(target, image, progress=progress)
+        return self._flash_node(target, image, progress=progress)
+
+    def _flash_population(self, target: Target, image: BinaryIO, *, progress: Progress
+                          ) -> FlashResult:
+        raw = image.read()
+        listed = [n.strip().lower() for n in str(target.options.get("devices", "")).split(",")
+                  if n.strip()]
+        if listed:
+            nodes = listed
+        else:
+            try:
+                nodes = [t.address.lower() for t in self.discover()]
+            except (AdapterError, OSError) as err:
+                return FlashResult(ok=False, message=f"{target.name}: {err}")
+        if not nodes:
+            return FlashResult(ok=False, message=f"{target.name}: the coordinator knows no "
+                                                 "OTA-capable node to update")
+        detail: dict[str, str] = {}
+        versions: set[str] = set()
+        failed = 0
+        for n, ieee in enumerate(nodes):
+            def node_progress(done: int, total: int, what: str, n: int = n,
+                              ieee: str = ieee) -> None:
+                progress(n * len(raw) + done, len(nodes) * len(raw), f"{ieee}: {what}")
+
+            one = self._flash_node(replace(target, name=f"{target.name}/{ieee}", address=ieee),
+                                   io.BytesIO(raw), progress=node_progress)
+            if one.ok:
+                word = "skipped" if one.skipped else "ok"
+            elif not listed and NO_IMAGE in one.message:
+                word = "skipped: no image for this node's type"
+            else:
+                word = f"failed: {one.message}"
+            detail[f"node.{ieee}"] = word
+            if word.startswith("failed"):
+                failed += 1
+            elif one.version and one.ok:
+                versions.add(one.version)
+        done = len(nodes) - failed
+        return FlashResult(
+            ok=failed == 0, version=versions.pop() if len(versions) == 1 else "",
+            detail=detail,
+            message=f"{target.name}: {done} of {len(nodes)} node(s) updated or current"
+                    + (f", {failed} failed" if failed else ""))
+
+    def _flash_node(self, target: Target, image: BinaryIO, *, progress: Progress
+                    ) -> FlashResult:
         try:
             ota, raw = read_stream(image)
         except OtaFileError as err:

@@ -190,3 +190,45 @@ def test_ferry_flash_zigbee_command(z2m, tmp_path: Path, capsys) -> None:  # typ
                "--image-type", "0x0002"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 1 and not out["ok"] and "image type" in out["message"]
+
+
+def test_a_population_target_updates_each_node_in_turn(broker: int, tmp_path: Path) -> None:
+    """``address = "*"``: every OTA node the coordinator knows, one staged image, an
+    update request per node, a ``node.<ieee>`` row each. A node of another image type
+    (Zigbee2MQTT has no image for it) is skipped in the whole population, but fails
+    when it is named in ``devices``; a node that does not answer fails alone."""
+    data = tmp_path / "z2m-data"
+    data.mkdir()
+    other = "0x00124b0000bbbb05"
+    devices = [BridgeDevice(A, "kitchen_sensor", MFR, ITYPE, 0x00010000),
+               BridgeDevice(B, "hall_sensor", MFR, ITYPE, 0x00010000),
+               BridgeDevice(BAD, "flaky_sensor", MFR, ITYPE, 0x00010000,
+                            fail="Device didn't respond to OTA request"),
+               BridgeDevice(other, "door_lock", MFR, 9, 0x00000005),
+               BridgeDevice(NOOTA, "plain_bulb", MFR, 7, 1, supports_ota=False)]
+    bridge = FakeZigbee2Mqtt("127.0.0.1", broker, data, devices)
+    opts = {"adapter": "zigbee2mqtt", "mqtt_host": "127.0.0.1", "mqtt_port": str(broker),
+            "z2m_data_dir": str(data), "request_timeout_s": "30", "update_timeout_s": "60"}
+    try:
+        transport = get_transport("zigbee", opts)
+        everyone = Target(name="sensors", transport="zigbee", address="*",
+                          hardware_id="0x1234:0x0001")
+        res = transport.flash(everyone, io.BytesIO(_image(0x00020000)),
+                              progress=lambda d, t, m: None)
+        assert res.detail[f"node.{A}"] == "ok" and res.detail[f"node.{B}"] == "ok"
+        assert res.detail[f"node.{BAD}"].startswith("failed: ")
+        assert "didn't respond" in res.detail[f"node.{BAD}"]
+        assert res.detail[f"node.{other}"] == "skipped: no image for this node's type"
+        assert f"node.{NOOTA}" not in res.detail  # not an OTA node: never asked
+        assert not res.ok and "3 of 4 node(s)" in res.message, res.message
+
+        listed = Target(name="sensors", transport="zigbee", address="*",
+                        hardware_id="0x1234:0x0001", options={"devices": f"{A},{other}"})
+        res = transport.flash(listed, io.BytesIO(_image(0x00030000)),
+                              progress=lambda d, t, m: None)
+        assert set(res.detail) == {f"node.{A}", f"node.{other}"}
+        assert res.detail[f"node.{A}"] == "ok"
+        assert res.detail[f"node.{other}"].startswith("failed: ")  # named, yet no image
+        assert not res.ok
+    finally:
+        bridge.close()

@@ -491,3 +491,130 @@ def test_a_surprise_in_a_campaign_leaves_its_actions_to_the_next_poll(server, zg
     assert FakeZigbee.flashed == ["z0"] and len(calls) == 2
     assert server.device("gw1.z0").actions[aid].feedback[-1]["status"]["result"][
         "finished"] == "success"
+
+
+# -- Zigbee: a population whose nodes are discovered ---------------------------------------------
+
+POP = ["0x00124b0000cccc01", "0x00124b0000cccc02", "0x00124b0000cccc03"]
+
+
+class FakePopulation:
+    """A Zigbee2MQTT coordinator's OTA nodes as the zigbee transport sees them: discover
+    lists them, a population flash updates those named in ``devices`` (or all)."""
+
+    nodes: ClassVar[list[str]] = []
+    flashed: ClassVar[list[list[str]]] = []
+    fail_discovery: ClassVar[bool] = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def discover(self) -> list[Target]:
+        if FakePopulation.fail_discovery:
+            raise OSError("no bridge/devices message from Zigbee2MQTT")
+        return [Target(name=n, transport="zigbee", address=n) for n in FakePopulation.nodes]
+
+    def inspect(self, target: Target) -> TargetState:
+        return TargetState(reachable=True)
+
+    def flash(self, target: Target, image: BinaryIO, *, progress: Progress) -> FlashResult:
+        image.read()
+        assert target.address == "*"
+        nodes = [n for n in target.options.get("devices", "").split(",") if n] or \
+            list(FakePopulation.nodes)
+        FakePopulation.flashed.append(nodes)
+        return FlashResult(ok=True, version=target.options.get("spec_version", ""),
+                           detail={f"node.{n}": "ok" for n in nodes})
+
+
+@pytest.fixture
+def popgw(tmp_path, server, monkeypatch):
+    g = make_gateway(tmp_path / "gw", extra=(
+        f'\n[backend]\nurl = "{server.url}"\ncontroller_id = "gw1"\n'
+        f'gateway_token = "{TOKEN}"\ndevice_controllers = true\nnode_controllers = true\n'
+        "node_discovery_interval = 600\npoll_jitter = 0.0\ncampaign_window = 300\n"
+        '\n[[target]]\nname = "zpop"\ntransport = "zigbee"\naddress = "*"\n'
+        'image_id = "lamp"\n'))
+    monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(g.boot_id))
+    FakePopulation.nodes, FakePopulation.flashed = [], []
+    FakePopulation.fail_discovery = False
+    return g
+
+
+def pop_poller(gw, clock) -> DevicePoller:
+    cfg = gw.config
+    return DevicePoller(cfg, make_context(cfg), factory=lambda n, o: FakePopulation(n),
+                        clock=clock, client_factory=lambda s: ddi.DdiClient(
+                            s, on_exchange=validate_exchange))
+
+
+def pop_id(ieee: str) -> str:
+    return f"gw1.zpop.{ieee.removeprefix('0x')}"
+
+
+def test_each_discovered_zigbee_node_is_a_controller_of_its_own(server, popgw):
+    """A population target (address "*") lists no nodes: the ones its coordinator
+    discovers become controllers, polled in the turn that found them. Discovery only
+    adds (a node asleep at the next one keeps its controller), a failed discovery
+    changes nothing, and a restart, ferry status and ferry devices see the same."""
+    from ferry.daemon.backend import discovery
+
+    FakePopulation.nodes = POP[:2]
+    clock = Clock()
+    p = pop_poller(popgw, clock)
+    assert set(p.states) == {"gw1.zpop"}  # nothing discovered yet
+    p.step()
+    assert set(server.devices) == {"gw1.zpop", pop_id(POP[0]), pop_id(POP[1])}
+    attrs = server.devices[pop_id(POP[0])].config_data
+    assert attrs["ferry.address"] == POP[0] and attrs["ferry.transport"] == "zigbee"
+    assert discovery.load(popgw.data_dir) == {"zpop": POP[:2]}
+
+    FakePopulation.nodes = [POP[0], POP[2]]  # a node joins, another sleeps
+    clock.now += 300
+    p.step()  # before the interval: not asked again
+    assert pop_id(POP[2]) not in p.states
+    FakePopulation.fail_discovery = True
+    clock.now += 301
+    p.step()  # asked, failed: the list stays
+    assert discovery.load(popgw.data_dir) == {"zpop": POP[:2]}
+    FakePopulation.fail_discovery = False
+    clock.now += 601
+    p.step()
+    assert {pop_id(n) for n in POP} <= set(p.states)
+    assert pop_id(POP[2]) in server.devices
+    assert discovery.load(popgw.data_dir) == {"zpop": POP}
+
+    again = pop_poller(popgw, clock)  # ferryd restarted
+    assert set(again.nodes) == {pop_id(n) for n in POP}
+    rows = status_rows(popgw.config, popgw.data_dir)
+    assert {f"zpop/{n}" for n in POP} <= set(rows)
+    assert rows[f"zpop/{POP[1]}"]["controller_id"] == pop_id(POP[1])
+
+
+def test_a_rollout_to_discovered_zigbee_nodes_is_one_update_of_those_nodes(
+        server, popgw, tmp_path):
+    """Two discovered nodes get the same artifact: one deployment of the population
+    target restricted to them (its ``devices`` option), each action told its own
+    node's result; the third node is not touched."""
+    FakePopulation.nodes = list(POP)
+    clock = Clock()
+    p = pop_poller(popgw, clock)
+    p.step()  # discovered and registered
+    data = zbundle(popgw, tmp_path, "5", {"image_id": "lamp"})
+    picked = [POP[0], POP[2]]
+    aids = {n: server.device(pop_id(n)).assign([("firmware", "lamp", "5", {"z.swu": data})])
+            for n in picked}
+    clock.now += 3600
+    for st in p.states.values():
+        st.next_poll = clock.now
+    p.step()
+    assert FakePopulation.flashed == [picked]
+    j = Journal.open(popgw.data_dir)
+    deps = [d for d in j.history(limit=10) if d.origin == "ddi-device"]
+    assert len(deps) == 1 and deps[0].info["only_nodes"] == {"zpop": picked}
+    for n in picked:
+        last = server.device(pop_id(n)).actions[aids[n]].feedback[-1]["status"]
+        assert last["execution"] == "closed" and last["result"]["finished"] == "success"
+        assert any(d.startswith(f"target zpop/{n}: ok version 5") for d in last["details"]), \
+            last["details"]
+        assert not any(POP[1] in d for d in last["details"])
