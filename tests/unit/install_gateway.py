@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,3 +221,26 @@ def make_bundle(gw: Gateway, out: Path, *, version: str, image: bytes | None = N
     create_bundle(out, signing=signing, version=version, compatible=[compatible],
                   images=inputs)
     return out
+
+
+def killed_mid_write(install: Callable[[], object], nth: int) -> None:
+    """A power cut inside the slot writer: ``install()`` runs in a forked child whose
+    slot writer takes 64 KiB buffers and is SIGKILLed at its ``nth`` buffer write (the
+    ``slot.write`` kill point); what it wrote stays in the slot file, as after a cut."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from ferry.daemon.install import slotwriter
+            from ferry.daemon.testhooks import killpoint
+
+            os.environ["FERRY_TEST_KILL_AT"] = f"slot.write:{nth}"
+            killpoint._parsed = False
+            killpoint._counts.clear()
+            slotwriter.CHUNK = 64 << 10
+            install()
+        finally:
+            os._exit(99)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL

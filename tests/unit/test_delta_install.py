@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from install_gateway import HEADER, MAGIC, Gateway, make_gateway
+from install_gateway import HEADER, MAGIC, Gateway, killed_mid_write, make_gateway
 
 from ferry.daemon.boot.slotrecord import record_verified
 from ferry.daemon.install.delta import ChunkHashMismatch
@@ -356,29 +356,13 @@ def test_a_delta_write_cut_short_resumes_without_fetching_again(gw: Gateway,
     installing process, forked here): the resumed deployment finds the chunks the
     interrupted write already put into the inactive slot at their own offsets, hashes
     them, keeps them, and fetches only the chunks that never arrived."""
-    import os
-    import signal
-
     from ferry.daemon.install.pipeline import make_context, resume
 
     put_base(gw, OLD)
     bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW)
     with RangeServer(bundle) as srv:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                from ferry.daemon.install import slotwriter
-                from ferry.daemon.testhooks import killpoint
-
-                os.environ["FERRY_TEST_KILL_AT"] = "slot.write:24"
-                killpoint._parsed = False
-                killpoint._counts.clear()
-                slotwriter.CHUNK = 64 << 10  # 24 x 64 KiB: past half of the 2.4 MiB image
-                install(gw.config, srv.url)
-            finally:
-                os._exit(99)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        # 24 x 64 KiB written: past half of the 2.4 MiB image
+        killed_mid_write(lambda: install(gw.config, srv.url), nth=24)
         before = srv.sent
         dep = resume(make_context(gw.config))
         resumed_bytes = srv.sent - before

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import sys
 from pathlib import Path
 
 import pytest
-from install_gateway import Gateway, image_version, make_bundle, make_gateway, make_image
+from install_gateway import (
+    Gateway,
+    image_version,
+    killed_mid_write,
+    make_bundle,
+    make_gateway,
+    make_image,
+)
 
 from ferry.daemon.boot.bootloader import make_bootloader
 from ferry.daemon.boot.slotrecord import (
@@ -265,21 +271,7 @@ def test_a_failing_before_open_leaves_the_slot_untouched(tmp_path: Path) -> None
 
 def _install_killed_mid_write(gw: Gateway, bundle: Path) -> None:
     """Power cut: SIGKILL at the first write into the slot, in a forked child."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            from ferry.daemon.install import slotwriter
-            from ferry.daemon.testhooks import killpoint
-
-            os.environ["FERRY_TEST_KILL_AT"] = "slot.write:2"
-            killpoint._parsed = False
-            killpoint._counts.clear()
-            slotwriter.CHUNK = 64 << 10
-            run_install(gw, bundle)
-        finally:
-            os._exit(99)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    killed_mid_write(lambda: run_install(gw, bundle), nth=2)
 
 
 def test_power_cut_mid_write_leaves_no_record(gw: Gateway, tmp_path: Path) -> None:
