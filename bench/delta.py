@@ -17,7 +17,10 @@ Rows (bytes are what crosses the wire for the rootfs, head and index included):
   the head up to the rootfs data, the signed index, the missing chunks in merged
   ranges); then the default size installed for real with ``ferry --config ... install
   URL`` against a local HTTP server throttled to 10 Mbit/s, counting the bytes it
-  served, timing the whole process and its peak RSS.
+  served, timing the whole process and its peak RSS: with the active slot's index kept
+  by a delta install, made at idle by the indexer ferryd starts after a boot
+  (``daemon/install/deltaindexer.py``, timed on its own), and with none (the slot read
+  and cut inside the install).
 - zchunk: ``zck`` (default chunking) on both images; bytes = ``zck_delta_size``'s
   download plus the new file's header (what zckdl fetches first).
 - casync: ``casync make`` a blob index and chunk store of the new image, then ``casync
@@ -41,6 +44,7 @@ import hashlib
 import http.server
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -481,9 +485,19 @@ def main() -> int:
           f"{full_rss / 1024:.1f} MiB")
     v1_delta = ferry_bundle(d, v1, f"same-{kib}.swu", kib)
     for how, kept in (("index kept by the last delta install", bundle_index(v1_delta, ca)),
+                      ("index made at idle by ferryd after the boot (deltaindexer)", b""),
                       ("active slot read and cut", None)):
         with FileServer(d / "www", rate=LINK) as slow:
-            cfg = gateway(d, v1, ca, "gw-delta", record=True, kept=kept)
+            cfg = gateway(d, v1, ca, "gw-delta", record=True, kept=kept or None)
+            if kept == b"":  # what ferryd starts once it has resumed, before any install
+                t0 = time.perf_counter()
+                c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                subprocess.run([sys.executable, "-m", "ferry.daemon.install.deltaindexer",
+                                "--config", str(cfg)], check=True, capture_output=True)
+                c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                print(f"  the idle indexer on v1's slot: {time.perf_counter() - t0:.2f} s wall, "
+                      f"{c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime:.2f} s CPU "
+                      "(at SCHED_IDLE on a gateway: only while nothing else runs)")
             wall, rss = ferry_install(cfg, slow.url(bundle.name), d)
             sent, nreq = slow.sent, len(slow.requests)
             assert slot_ok(cfg, v2), "delta install: slot B differs from v2"

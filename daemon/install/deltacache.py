@@ -41,6 +41,15 @@ def save(config: Config, slot: str, image_sha256: str, index: bytes) -> None:
         log.warning("cannot keep the chunk index of %s (%s)", slot, err)
 
 
+def kept_for(config: Config, slot: str, image_sha256: str) -> bool:
+    """Whether an index is kept for ``slot`` holding the image ``image_sha256``."""
+    try:
+        with open(_path(config, slot), "rb") as f:
+            return f.readline().rstrip(b"\n").decode(errors="replace") == image_sha256
+    except OSError:
+        return False
+
+
 def load(config: Config, slot: str, image_sha256: str | None,
          wanted: ChunkIndex) -> dict[bytes, int] | None:
     """Offsets in ``slot`` of the chunks ``wanted`` needs, from the kept index; None when

@@ -129,6 +129,10 @@ async def serve(args: argparse.Namespace) -> int:
     def resume() -> None:
         if not args.no_resume:
             _resume(engine)
+            # the booted slot's chunk index, for the next delta install, at idle priority
+            from ferry.daemon.install.deltaindexer import schedule
+
+            schedule(config, engine.ctx.bootloader)
 
     # one thread finishes what a reboot interrupted, then polls the DDI server when
     # [backend] url is set, so the two never work on the same deployment at once

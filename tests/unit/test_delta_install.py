@@ -139,11 +139,12 @@ def bootable(version: str, payload: bytes) -> bytes:
 
 
 def make_delta_bundle(gw: Gateway, out: Path, img: bytes, *,
-                      target: bytes | None = None, version: str = "1.1.0") -> Path:
+                      target: bytes | None = None, version: str = "1.1.0",
+                      avg: int = 8 << 10) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "rootfs.img").write_bytes(img)
     inputs = [ImageInput(out.parent / "rootfs.img", "zstd", filename="rootfs.img.zst",
-                         delta=ChunkParams(avg=8 << 10))]
+                         delta=ChunkParams(avg=avg))]
     if target is not None:
         (out.parent / "fw.bin").write_bytes(target)
         inputs.append(ImageInput(out.parent / "fw.bin", None, target=TargetSpec(
@@ -385,3 +386,33 @@ def test_a_delta_write_cut_short_resumes_without_fetching_again(gw: Gateway,
     whole_delta = int(doc["delta_estimate"]["fetch_bytes"])
     assert 0 < int(info["fetched_bytes"]) < whole_delta, (info, whole_delta)
     assert resumed_bytes < before + whole_delta
+
+
+def test_the_booted_slot_is_indexed_at_idle_for_the_next_delta(gw: Gateway,
+                                                               tmp_path: Path) -> None:
+    """After a full install the booted slot has a verified record but no kept index:
+    ferryd starts the indexer (a process of its own at idle priority) once it has
+    resumed, and the next delta install plans from that index instead of reading and
+    cutting the whole slot. Nothing to do once the index is kept, or without a record."""
+    from ferry.daemon.boot.bootloader import make_bootloader
+    from ferry.daemon.install import deltaindexer
+
+    boot = make_bootloader(gw.config, warn=False)
+    put_base(gw, OLD, record=False)
+    assert deltaindexer.wanted(gw.config, boot) is None  # no record: never indexed
+    put_base(gw, OLD)
+    assert deltaindexer.wanted(gw.config, boot) is not None
+    proc = deltaindexer.schedule(gw.config, boot)
+    assert proc is not None and proc.wait(timeout=120) == 0
+    assert deltaindexer.wanted(gw.config, boot) is None  # kept for this image now
+    assert deltaindexer.schedule(gw.config, boot) is None
+
+    # the chunk parameters ferry bundle create --delta uses by default
+    bundle = make_delta_bundle(gw, tmp_path / "www" / "b.swu", NEW,
+                               avg=ChunkParams().avg)
+    with RangeServer(bundle) as srv:
+        install(gw.config, srv.url)
+    assert gw.boot() == "B" and gw.running_version() == "1.1.0"
+    info = delta_info(gw)
+    assert "active slot index kept" in info["notes"], info
+    assert info["mode"] == "delta" and 0 < int(info["reused"]) < int(info["chunks"])
