@@ -109,6 +109,12 @@ class ZigbeeTransport:
                              basic, checked.hw_query)
 
     def inspect(self, target: Target) -> TargetState:
+        if target.address == POPULATION:  # the coordinator answers for its nodes
+            try:
+                nodes = self.discover()
+            except (AdapterError, OSError) as err:
+                return TargetState(reachable=False, detail={"error": str(err)})
+            return TargetState(reachable=True, detail={"nodes": str(len(nodes))})
         try:
             self.adapter.index.ensure_exists()
             res = self.adapter.check(target.address)

@@ -230,5 +230,7 @@ def test_a_population_target_updates_each_node_in_turn(broker: int, tmp_path: Pa
         assert res.detail[f"node.{A}"] == "ok"
         assert res.detail[f"node.{other}"].startswith("failed: ")  # named, yet no image
         assert not res.ok
+        state = transport.inspect(everyone)  # the coordinator answers for its nodes
+        assert state.reachable and state.detail["nodes"] == "4", state
     finally:
         bridge.close()
