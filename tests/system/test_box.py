@@ -18,7 +18,7 @@ hold a limit (bench/ is the place for that).
   write, the health window and the MCU's flash (4); goosebit's view is asserted in each.
 
 The image comes from tests/system/box/build.py, cached in /var/cache/ferry and
-re-assembled only when ferry's sources changed. About 13 minutes for the whole file on
+re-assembled only when ferry's sources changed. About 14 minutes for the whole file on
 the 2-core machine once the image is cached.
 """
 
