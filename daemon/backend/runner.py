@@ -58,6 +58,10 @@ INSTALLING = "installing"  # a bundle is going in (the process may die in a rebo
 REBOOTING = "rebooting"  # slot activated: from here on a cancel is refused
 REPORTING = "reporting"  # final feedback not yet acknowledged by the server
 AFTER_SWITCH = (REBOOTING, REPORTING)
+# After the reboot was requested, the next step asks again only this many seconds later:
+# systemd takes a moment to stop ferryd, and each ask repeats the journal's reboot step
+# (found on the gateway in a box: three asks within a second, each with its fsyncs).
+REBOOT_WAIT = 10.0
 
 BUNDLE_SUFFIXES = (".swu",)
 DOWNLOADS = "ddi-downloads"  # under the data dir: bundles fetched ahead of the window
@@ -389,7 +393,7 @@ class DeploymentRunner:
                 self._soft_feedback(aid, "proceeding",
                                     [f"version {rep.version} installed; rebooting into the "
                                      "new slot"])
-                return StepResult("rebooting", 0.0, aid, rep.version)
+                return StepResult("rebooting", REBOOT_WAIT, aid, rep.version)
             assert rep.outcome is not None
             if not self._record(rep.outcome):
                 return self._finish("failure")
@@ -438,7 +442,8 @@ class DeploymentRunner:
         aid = st.action_id
         out = self.gateway.resume(aid)
         if out is None:
-            return StepResult("rebooting", 0.0, aid, "the rollback needs another reboot")
+            return StepResult("rebooting", REBOOT_WAIT, aid,
+                              "the reboot was asked for and has not happened yet")
         b = st.bundles[st.index] if st.index < len(st.bundles) else {"name": "?"}
         if out.result == "success":
             st.details.append(f"gateway committed version {out.version}")
