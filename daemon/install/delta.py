@@ -250,22 +250,21 @@ class DeltaImage(io.RawIOBase):
         return data
 
     def _local(self, i: int) -> bytes:
+        """Chunk ``i`` from where the plan found it: the inactive slot (an interrupted
+        write put it there) or the active slot; fetched when its bytes changed since."""
         length = self._index.lengths[i]
         kept = self._plan.in_place.get(i)
-        if kept is not None and self._slot is not None:
-            data = os.pread(self._slot.fileno(), length, kept)
-            if len(data) == length and hashlib.sha256(data).digest() == self._index.digest(i):
+        fh, offset, where = ((self._slot, kept, "inactive") if kept is not None
+                             else (self._active, self._plan.local[i], "active"))
+        data = os.pread(fh.fileno(), length, offset)
+        if len(data) == length and hashlib.sha256(data).digest() == self._index.digest(i):
+            if kept is not None:
                 self._stats.kept += 1
-                return data
-            self._stats.notes.append(f"chunk {i} changed in the inactive slot; fetched")
-        else:
-            offset = self._plan.local[i]
-            data = os.pread(self._active.fileno(), length, offset)
-            if len(data) == length and hashlib.sha256(data).digest() == self._index.digest(i):
+            else:
                 self._stats.reused += 1
-                return data
-            # the active slot changed since it was indexed: never trust the base
-            self._stats.notes.append(f"chunk {i} changed in the active slot; fetched")
+            return data
+        # changed since it was planned: never trust either slot's old bytes
+        self._stats.notes.append(f"chunk {i} changed in the {where} slot; fetched")
         self._stats.fetched_chunks += 1
         frame = self._fetcher.get(self._base + self._offs[i], self._index.stored[i])
         return self._decode(i, frame) or self._refetch(i)

@@ -133,7 +133,9 @@ class SimMcu:
         """The supply the MCU shares with the gateway goes and comes back (a power cut):
         a reset requested or an upload in progress is lost with the RAM, and MCUboot
         runs again on what the flash holds. The UART stays (a board's pins do not
-        re-enumerate), so a client's port stays valid."""
+        re-enumerate), so a client's port stays valid. MCUboot treats a power-on as any
+        other reset (``boot_go`` in boot/bootutil/src/loader.c): an image left on trial
+        is reverted (``McuDevice.boot``)."""
         with self._reset_lock:
             if self._reset_timer is not None:
                 self._reset_timer.cancel()
