@@ -41,6 +41,7 @@ class SimResult:
     image_sha256: dict[str, str] = field(default_factory=dict)  # what each node booted
     reboots: int = 0  # mid-transfer power cycles
     resumed: int = 0  # nodes a restarted server loaded mid-download (offset > 0)
+    notify_frames: int = 0  # Image Notify frames the server sent at the start
 
     @property
     def air_per_image_byte(self) -> float:
@@ -59,8 +60,12 @@ def make_image(size: int, *, manufacturer_code: int = 0x1234, image_type: int = 
 def simulate(image: bytes, profiles: list[NodeProfile], *, loss: float = 0.0, seed: int = 1,
              config: ServerConfig | None = None, store: ProgressStore | None = None,
              limit_s: float = 6 * 3600.0, restart_every_s: float | None = None,
-             spread_s: float = 30.0) -> SimResult:
+             spread_s: float = 30.0, notify: str = "unicast") -> SimResult:
     """Serve ``image`` to the population until every matching node runs it (or limit).
+
+    ``notify`` is how the run starts: "unicast" (one Image Notify per wanted node) or
+    "broadcast" (one for all, as ferry's zigpy adapter does); nodes that miss it come
+    in with their periodic query.
 
     ``restart_every_s`` drops the server object at that simulated period and builds a
     new one from the same ProgressStore, as a gateway restart would; frames in flight to
@@ -107,7 +112,12 @@ def simulate(image: bytes, profiles: list[NodeProfile], *, loss: float = 0.0, se
         clock.call_later(restart_every_s, restart)
 
     start = clock.now()
-    state["server"].notify([n.ieee for n in wanted])
+    if notify == "broadcast":
+        state["server"].notify_all(served)
+        notify_frames = 1
+    else:
+        state["server"].notify([n.ieee for n in wanted])
+        notify_frames = len(wanted)
     net.start(spread_s)
     clock.run(until=start + limit_s, stop=finished, check_every=200)
     srv = state["server"]
@@ -124,7 +134,7 @@ def simulate(image: bytes, profiles: list[NodeProfile], *, loss: float = 0.0, se
         versions={k: n.version for k, n in net.nodes.items()},
         image_sha256={k: n.last_image_sha256 for k, n in net.nodes.items()},
         reboots=sum(n.stats.reboots for n in net.nodes.values()),
-        resumed=state["resumed"],
+        resumed=state["resumed"], notify_frames=notify_frames,
     )
 
 

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from ferry.proxy.zigbee import zcl
 from ferry.proxy.zigbee.errors import ZclError
@@ -48,6 +48,12 @@ class ZclLink(Protocol):
     """A ZCL link to the nodes: cluster 0x0019 frames in and out, addressed by node id."""
 
     def send(self, node: str, frame: bytes) -> None: ...
+
+
+class BroadcastLink(ZclLink, Protocol):
+    """A link that can also reach every node with one frame (APS broadcast to 0xFFFF)."""
+
+    def broadcast(self, frame: bytes) -> None: ...
 
 
 class Clock(Protocol):
@@ -115,6 +121,7 @@ class ServerStats:
     wait_for_data: int = 0
     malformed: int = 0
     data_bytes: int = 0
+    broadcasts: int = 0
 
 
 @dataclass
@@ -162,6 +169,27 @@ class OtaServer:
                 cmd = zcl.ImageNotify(0, self.config.notify_jitter)
             self._send(node, cmd, tsn=self._next_tsn())
 
+    def notify_all(self, image: ServedImage) -> None:
+        """One broadcast Image Notify for ``image`` instead of one unicast per node.
+
+        Payload type 3 names manufacturer, image type and the new file version, so a
+        client of another type, or one already on that version, stays silent: that is
+        how Silicon Labs' OTA client (ota-client.c, ``imageNotifyParse``) treats a
+        broadcast, while it answers any unicast notify. The query jitter spreads the
+        answers of a large population; a node that misses the frame (asleep past its
+        parent's buffer, or lost) is reached later by ``notify`` per node.
+        """
+        if not hasattr(self.link, "broadcast"):
+            raise TypeError(f"{type(self.link).__name__} cannot broadcast; notify per node")
+        link = cast(BroadcastLink, self.link)
+        h = image.header
+        self.stats.frames_out += 1
+        self.stats.broadcasts += 1
+        cmd = zcl.ImageNotify(3, self.config.notify_jitter, h.manufacturer_code,
+                              h.image_type, h.file_version)
+        link.broadcast(zcl.encode_frame(
+            zcl.Frame(self._next_tsn(), cmd, disable_default_response=True)))
+
     def progress(self) -> dict[str, NodeProgress]:
         return self.nodes
 
@@ -207,7 +235,8 @@ class OtaServer:
             if not h.hardware_ok(hw):
                 continue
             if h.upgrade_file_destination is not None and \
-                    f"{h.upgrade_file_destination:016x}" != node.lower().replace(":", ""):
+                    f"{h.upgrade_file_destination:016x}" != \
+                    node.lower().removeprefix("0x").replace(":", ""):
                 continue
             out.append(img)
         return sorted(out, key=lambda i: i.header.file_version, reverse=True)

@@ -4,7 +4,8 @@ Every frame occupies the one channel for its airtime (250 kbit/s, PHY+MAC+NWK+AP
 overhead and a MAC ACK per hop), hop by hop, so a population competes for air the way
 it does in a real network. Frames are lost end-to-end with probability ``loss``; a
 sleepy node hears a frame only when it next polls its parent, which drops frames it
-holds longer than 7.68 s. ``send(node, frame)`` has the shape of ferry's ZclLink.
+holds longer than 7.68 s. ``send(node, frame)`` has the shape of ferry's ZclLink,
+and ``broadcast(frame)`` of its BroadcastLink.
 """
 
 from __future__ import annotations
@@ -108,3 +109,30 @@ class Network:
                 return
             arrive += wait
         self.clock.call_later(arrive - self.clock.now(), lambda: node.receive(frame))
+
+    def broadcast(self, frame: bytes) -> None:
+        """One frame to every node (APS broadcast to 0xFFFF).
+
+        The coordinator sends it once and every router relays it once, so it costs
+        the air of one frame per hop of the deepest node, not one per node. Each node
+        still loses it on its own, and a sleepy node gets it only if its parent still
+        holds it when it polls (the same 7.68 s as a unicast).
+        """
+        if not self.nodes:
+            return
+        depth = max(n.p.hops for n in self.nodes.values())
+        self._air(len(frame), depth)
+        for node in self.nodes.values():
+            if self._lost():
+                continue
+            arrive = self.clock.now() + self.rng.uniform(*self.radio.hop_delay_s) * node.p.hops
+            if node.p.sleepy:
+                wait = self.rng.uniform(0, node.poll_interval())
+                if wait > self.radio.parent_buffer_s:
+                    self.stats.dropped_by_parent += 1
+                    continue
+                arrive += wait
+
+            def deliver(node: SimNode = node) -> None:
+                node.receive(frame, broadcast=True)
+            self.clock.call_later(arrive - self.clock.now(), deliver)

@@ -5,6 +5,10 @@ or Image Page requests at its own pace, honours WAIT_FOR_DATA and the MinimumBlo
 it is given, retries lost requests, checks the downloaded file like a bootloader would,
 sends Upgrade End, and reboots into the new version at the upgrade time. Some nodes
 sleep (they only hear the parent when they poll) and some power-cycle mid-transfer.
+
+Image Notify handling follows Silicon Labs' OTA client plugin (simplicity_sdk,
+protocol/zigbee/app/framework/plugin/ota-client/ota-client.c): unicast and broadcast
+notifies are treated differently there, and a campaign depends on that difference.
 """
 
 from __future__ import annotations
@@ -222,12 +226,12 @@ class SimNode:
 
     # ---- frames in ---------------------------------------------------------------
 
-    def receive(self, frame: bytes) -> None:
+    def receive(self, frame: bytes, *, broadcast: bool = False) -> None:
         if not self.powered:
             return
         name, f = wire.parse_from_server(frame)
         if name == "image_notify":
-            self._on_notify(f)
+            self._on_notify(f, broadcast)
         elif name == "query_next_image_response":
             self._on_query_response(f)
         elif name == "image_block_response":
@@ -235,16 +239,32 @@ class SimNode:
         elif name == "upgrade_end_response":
             self._on_upgrade_end_response(f)
 
-    def _on_notify(self, f: dict[str, int]) -> None:
+    def _on_notify(self, f: dict[str, int], broadcast: bool) -> None:
+        """Image Notify as Silicon Labs' client (ota-client.c, ``imageNotifyParse``)
+        takes it: a unicast is always answered with a query; a broadcast is dropped
+        when its payload type, jitter or length is invalid, when it names another
+        manufacturer or image type, or the version the node already runs (so a mass
+        re-install needs unicasts), and otherwise answered only if a random 1..100
+        is within the query jitter. The query goes out at once (``SEND_QUERY_NOW``);
+        only a node idle between queries listens."""
         if self.state != IDLE:
             return
-        if f["payload_type"] >= 3 and (f["mfr"], f["itype"]) != (
-                self.p.manufacturer_code, self.p.image_type):
-            return
-        if self.rng.randint(1, 100) > f["jitter"]:
-            return
+        if broadcast:
+            ptype, jitter = f["payload_type"], f["jitter"]
+            if ptype > 3 or not 1 <= jitter <= 100:
+                return
+            if f["length"] != 2 + (0, 2, 4, 8)[ptype]:
+                return
+            if ptype >= 1 and f["mfr"] != self.p.manufacturer_code:
+                return
+            if ptype >= 2 and f["itype"] != self.p.image_type:
+                return
+            if ptype >= 3 and f["version"] == self.version:
+                return
+            if jitter < 100 and self.rng.randint(1, 100) > jitter:
+                return
         self.query_retries = 0
-        self.clock.call_later(self.rng.uniform(0.1, 5.0), self._query)
+        self._query()
 
     def _on_query_response(self, f: dict[str, int]) -> None:
         if self.state != IDLE:

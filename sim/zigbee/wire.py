@@ -71,8 +71,11 @@ def parse_from_server(frame: bytes) -> tuple[str, dict[str, Any]]:
     if name == "image_notify":
         ptype, jitter = body[0], body[1]
         out: dict[str, Any] = {"payload_type": ptype, "jitter": jitter}
-        if ptype >= 3:
-            out["mfr"], out["itype"], out["version"] = struct.unpack_from("<HHI", body, 2)
+        out["length"] = len(body)
+        for key, fmt, at, least in (("mfr", "<H", 2, 1), ("itype", "<H", 4, 2),
+                                    ("version", "<I", 6, 3)):
+            if ptype >= least and len(body) >= at + struct.calcsize(fmt):
+                out[key] = struct.unpack_from(fmt, body, at)[0]
         return name, out
     if name == "query_next_image_response":
         if body[0] != ST_SUCCESS:

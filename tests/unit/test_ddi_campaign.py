@@ -618,3 +618,62 @@ def test_a_rollout_to_discovered_zigbee_nodes_is_one_update_of_those_nodes(
         assert any(d.startswith(f"target zpop/{n}: ok version 5") for d in last["details"]), \
             last["details"]
         assert not any(POP[1] in d for d in last["details"])
+
+
+def test_a_rollout_to_discovered_nodes_through_zigpy_is_one_broadcast_notify(
+        server, popgw, tmp_path):
+    """The same rollout with ferry owning the coordinator (``adapter = "zigpy"``):
+    discovery reads zigpy's device list, and the campaign reaches the two nodes with
+    actions through one broadcast Image Notify over zigpy's own application layer
+    (the radio below it is the simulated network). The third node hears the notify,
+    asks, and is told there is no image for it."""
+    import contextlib
+
+    from ferry.proxy.zigbee import otafile
+    from ferry.proxy.zigbee.zigpytransport import ZigpyOptions, ZigpyTransport
+    from ferry.sim.zigbee.node import NodeProfile
+    from ferry.sim.zigbee.zigpy_radio import LoopClock, make_network, open_sim_app
+
+    ieees = [f"00:12:4b:00:00:cc:cc:0{i}" for i in (1, 2, 3)]
+    clock_ = LoopClock()
+    net = make_network([NodeProfile(ieee=i, manufacturer_code=0x1234, image_type=0x42,
+                                    file_version=4, boot_time_s=0.2, response_timeout_s=0.5)
+                        for i in ieees], clock=clock_, seed=3)
+    apps: list[Any] = []
+
+    @contextlib.asynccontextmanager
+    async def opener():
+        app = await open_sim_app(net, clock_)
+        apps.append(app)
+        try:
+            yield app
+        finally:
+            await app.shutdown(db=False)
+
+    opts = ZigpyOptions(radio="sim", port="-", database="-", poll_s=0.1, settle_s=3.0,
+                        campaign_timeout_s=30.0)
+    cfg = popgw.config
+    p = DevicePoller(cfg, make_context(cfg), factory=lambda n, o: ZigpyTransport(opener, opts),
+                     clock=(clock := Clock()), client_factory=lambda s: ddi.DdiClient(
+                         s, on_exchange=validate_exchange))
+    p.step()  # discovered through zigpy and registered
+    assert {pop_id(n) for n in POP} <= set(server.devices)
+    ota = otafile.build_simple(otafile.OtaHeader(0x1234, 0x42, 5), b"\x5a" * 600).serialize()
+    data = make_bundle(popgw, tmp_path / "zigpy-5.swu", version="5", targets=[
+        (TargetSpec("zigbee", "lamp", "bin", "5", selector={"image_id": "lamp"}), ota)]
+    ).read_bytes()
+    picked = [POP[0], POP[2]]
+    aids = {n: server.device(pop_id(n)).assign([("firmware", "lamp", "5", {"z.swu": data})])
+            for n in picked}
+    clock.now += 3600
+    for st in p.states.values():
+        st.next_poll = clock.now
+    p.step()
+    flash_app = apps[-1]
+    assert flash_app.sent_broadcast == 1 and flash_app.bad_frames == []
+    assert [net.nodes[i].version for i in ieees] == [5, 4, 5]
+    for n in picked:
+        last = server.device(pop_id(n)).actions[aids[n]].feedback[-1]["status"]
+        assert last["execution"] == "closed" and last["result"]["finished"] == "success"
+        assert any(d.startswith(f"target zpop/{n}: ok") for d in last["details"]), \
+            last["details"]
