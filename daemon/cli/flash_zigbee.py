@@ -55,11 +55,13 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "zigbee",
-        help="update one Zigbee node with an OTA file (through Zigbee2MQTT)",
+        help="update one Zigbee node with an OTA file (through Zigbee2MQTT, or zigpy)",
         description="Hand one Zigbee OTA file to Zigbee2MQTT and have it update NODE: the "
         "file goes into Z2M's local OTA index, the update is requested over MQTT, progress "
-        "and the new file version are read back. Skipped when the node already runs this "
-        "version or newer, unless --force.",
+        "and the new file version are read back. With adapter = \"zigpy\" in the config's "
+        "zigbee options, ferry opens the coordinator itself and serves the file (NODE \"*\": "
+        "every OTA node, with one broadcast notify). Skipped when the node already runs "
+        "this version or newer, unless --force.",
     )
     parser.add_argument("node", metavar="NODE", help="IEEE address (0x00124b...) or friendly name")
     parser.add_argument("image", metavar="IMAGE", help="Zigbee OTA upgrade file (.ota/.zigbee)")

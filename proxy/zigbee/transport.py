@@ -1,9 +1,10 @@
 """The ``zigbee`` transport: discover nodes, flash one OTA image to one node, inspect.
 
 The daemon's proxy phase and ``ferry flash zigbee`` call it through
-``ferry.proxy.registry.get_transport("zigbee", options)``. The real adapter is
-Zigbee2MQTT over MQTT (see docs/transport-zigbee.md for why); ``ferry.proxy.zigbee.server``
-is the coordinator-agnostic OTA server for adapters that hand ferry a raw ZCL link.
+``ferry.proxy.registry.get_transport("zigbee", options)``. ``create`` picks the adapter:
+Zigbee2MQTT over MQTT (this module; the default, see docs/transport-zigbee.md for why),
+or zigpy (``zigpytransport``), where ferry owns the coordinator and its own
+``server.OtaServer`` serves the nodes.
 
 Policy before anything is sent: the image's manufacturer code and image type must
 match what the target expects (bundle selector or ``hardware_id`` "MFR:TYPE"), and the
