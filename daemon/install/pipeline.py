@@ -278,7 +278,7 @@ def _prepare(ctx: Context, dep_id: int) -> None:
     from ferry.daemon.boot.slotrecord import begin_write
     from ferry.daemon.install import trust
     from ferry.packaging.limits import Limits
-    from ferry.packaging.reader import BundleReader
+    from ferry.packaging.reader import BundleReader, ImageStream
 
     j = ctx.journal
     dep = j.get(dep_id)
@@ -374,6 +374,8 @@ def _prepare(ctx: Context, dep_id: int) -> None:
                     on_synced = _keep_resume_point(ctx, dep_id, tap, reader.offset - skip,
                                                    inactive.device, point,
                                                    compressed=entry.compressed is not None)
+                if delta is None and isinstance(stream, ImageStream):
+                    stream.verified_by_output()  # the slot writer checks the output's sha256
                 res = _write_delta(ctx, dep_id, inactive, booted, entry, stream, reader, delta,
                                    desc.version, prog) if delta is not None else _write_rootfs(
                     cfg, inactive, entry, stream, desc.version, progress=prog,

@@ -434,3 +434,77 @@ def test_booted_slot_active_obeys_the_floor_but_good_commits(gw: Gateway) -> Non
 def test_mark_bad_needs_no_record(gw: Gateway) -> None:
     assert gw.ferry("mark", "bad", "B").returncode == 0
     assert order(gw) == ["A"]
+
+
+def test_a_zstd_rootfs_is_proven_by_its_decompressed_hash_alone(
+        gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zstd rootfs whose decompressed-sha256 is signed is not hashed twice: the stored
+    bytes go only through the decompressor, and the slot writer checks its whole output
+    against the signed hash (issue 22: a second sha256 pass per compressed byte). A
+    member altered after signing (a byte flipped in a raw zstd block, so it still
+    decodes) fails on that check and leaves no verified slot."""
+    from ferry.packaging.reader import ImageStream
+
+    dropped: list[bool] = []
+    real = ImageStream.verified_by_output
+
+    def spy(self: ImageStream) -> bool:
+        dropped.append(real(self))
+        return dropped[-1]
+
+    monkeypatch.setattr(ImageStream, "verified_by_output", spy)
+    # frames without zstd's own content checksum (optional in the format), so the
+    # altered bytes decode cleanly and only the signed sha256 can catch them
+    import zstandard
+
+    from ferry.packaging import compression
+
+    real_level = zstandard.ZstdCompressionParameters.from_level
+    monkeypatch.setattr(compression.zstandard.ZstdCompressionParameters, "from_level",
+                        lambda level, **kw: real_level(level, **{**kw,
+                                                                 "write_checksum": False}))
+    image = os.urandom(600_000)  # incompressible: zstd stores raw blocks
+    good = make_bundle(gw, tmp_path / "good.swu", version="1.1.0", image=image,
+                       compress="zstd")
+    data = bytearray(good.read_bytes())
+    at = data.find(image[300_000:300_064])
+    assert at > 0  # the raw block holds the image's bytes as they are
+    data[at + 10] ^= 0xFF
+    bad = tmp_path / "bad.swu"
+    bad.write_bytes(bytes(data))
+    from ferry.daemon.install.slotwriter import SlotHashMismatch
+
+    with pytest.raises(SlotHashMismatch, match="does not match"):
+        run_install(gw, bad)
+    rec = get_record(gw.config, "rootfs.1")
+    assert rec is not None and rec.state == FAILED and rec.reason == "failed its hash"
+    assert gw.ferry("mark", "active", "B").returncode == 1
+
+    run_install(gw, good)
+    assert dropped == [True, True]
+    rec = get_record(gw.config, "rootfs.1")
+    assert rec is not None and rec.verified and rec.sha256 == hashlib.sha256(image).hexdigest()
+
+
+def test_the_stored_hash_stays_for_images_the_output_cannot_prove(tmp_path: Path) -> None:
+    """Only a zstd image with a signed decompressed-sha256 and no encryption, and only
+    before its first byte, leaves its stored hash to the output check."""
+    import io
+    from dataclasses import replace
+
+    from ferry.packaging.cpio import CpioStreamReader
+    from ferry.packaging.description import ImageEntry
+    from ferry.packaging.limits import Limits
+    from ferry.packaging.reader import ImageStream
+
+    base = ImageEntry(filename="rootfs.img", role="rootfs", sha256="0" * 64, size=10,
+                      compressed="zstd",
+                      decompressed_sha256="1" * 64, decompressed_size=20)
+    cpio = CpioStreamReader(io.BytesIO(b""), Limits())
+    for entry, expected in ((base, True), (replace(base, compressed=None), False),
+                            (replace(base, decompressed_sha256=None), False),
+                            (replace(base, compressed="zlib"), False)):
+        assert ImageStream(cpio, entry).verified_by_output() is expected
+    started = ImageStream(cpio, base)
+    started.bytes_read = 1
+    assert started.verified_by_output() is False
