@@ -102,13 +102,21 @@ class Network:
         arrive = self._air(len(frame), node.p.hops)
         if self._lost():
             return
-        if node.p.sleepy:
-            wait = self.rng.uniform(0, node.poll_interval())
-            if wait > self.radio.parent_buffer_s:
-                self.stats.dropped_by_parent += 1
-                return
-            arrive += wait
-        self.clock.call_later(arrive - self.clock.now(), lambda: node.receive(frame))
+        wait = self._parent_wait(node)
+        if wait is None:
+            return
+        self.clock.call_later(arrive + wait - self.clock.now(), lambda: node.receive(frame))
+
+    def _parent_wait(self, node: SimNode) -> float | None:
+        """How long the node's parent holds a frame until the node polls for it (0 for
+        a node that is always listening); None when it gives up first (7.68 s)."""
+        if not node.p.sleepy:
+            return 0.0
+        wait = self.rng.uniform(0, node.poll_interval())
+        if wait > self.radio.parent_buffer_s:
+            self.stats.dropped_by_parent += 1
+            return None
+        return wait
 
     def broadcast(self, frame: bytes) -> None:
         """One frame to every node (APS broadcast to 0xFFFF).
@@ -125,14 +133,11 @@ class Network:
         for node in self.nodes.values():
             if self._lost():
                 continue
-            arrive = self.clock.now() + self.rng.uniform(*self.radio.hop_delay_s) * node.p.hops
-            if node.p.sleepy:
-                wait = self.rng.uniform(0, node.poll_interval())
-                if wait > self.radio.parent_buffer_s:
-                    self.stats.dropped_by_parent += 1
-                    continue
-                arrive += wait
+            wait = self._parent_wait(node)
+            if wait is None:
+                continue
 
             def deliver(node: SimNode = node) -> None:
                 node.receive(frame, broadcast=True)
-            self.clock.call_later(arrive - self.clock.now(), deliver)
+            self.clock.call_later(
+                self.rng.uniform(*self.radio.hop_delay_s) * node.p.hops + wait, deliver)

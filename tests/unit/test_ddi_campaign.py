@@ -552,6 +552,19 @@ def pop_id(ieee: str) -> str:
     return f"gw1.zpop.{ieee.removeprefix('0x')}"
 
 
+def assign_and_poll(server, p: DevicePoller, clock, data: bytes, nodes: list[str]
+                    ) -> dict[str, int]:
+    """Give each node's controller an action with ``data``, then one poller turn in
+    which every controller is due: the campaign's gathering ends at once."""
+    aids = {n: server.device(pop_id(n)).assign([("firmware", "lamp", "5", {"z.swu": data})])
+            for n in nodes}
+    clock.now += 3600
+    for st in p.states.values():
+        st.next_poll = clock.now
+    p.step()
+    return aids
+
+
 def test_each_discovered_zigbee_node_is_a_controller_of_its_own(server, popgw):
     """A population target (address "*") lists no nodes: the ones its coordinator
     discovers become controllers, polled in the turn that found them. Discovery only
@@ -602,12 +615,7 @@ def test_a_rollout_to_discovered_zigbee_nodes_is_one_update_of_those_nodes(
     p.step()  # discovered and registered
     data = zbundle(popgw, tmp_path, "5", {"image_id": "lamp"})
     picked = [POP[0], POP[2]]
-    aids = {n: server.device(pop_id(n)).assign([("firmware", "lamp", "5", {"z.swu": data})])
-            for n in picked}
-    clock.now += 3600
-    for st in p.states.values():
-        st.next_poll = clock.now
-    p.step()
+    aids = assign_and_poll(server, p, clock, data, picked)
     assert FakePopulation.flashed == [picked]
     j = Journal.open(popgw.data_dir)
     deps = [d for d in j.history(limit=10) if d.origin == "ddi-device"]
@@ -663,12 +671,7 @@ def test_a_rollout_to_discovered_nodes_through_zigpy_is_one_broadcast_notify(
         (TargetSpec("zigbee", "lamp", "bin", "5", selector={"image_id": "lamp"}), ota)]
     ).read_bytes()
     picked = [POP[0], POP[2]]
-    aids = {n: server.device(pop_id(n)).assign([("firmware", "lamp", "5", {"z.swu": data})])
-            for n in picked}
-    clock.now += 3600
-    for st in p.states.values():
-        st.next_poll = clock.now
-    p.step()
+    aids = assign_and_poll(server, p, clock, data, picked)
     flash_app = apps[-1]
     assert flash_app.sent_broadcast == 1 and flash_app.bad_frames == []
     assert [net.nodes[i].version for i in ieees] == [5, 4, 5]
