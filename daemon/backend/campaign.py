@@ -56,11 +56,14 @@ def medium(tc: TargetConfig) -> str:
 
     lora: the multicast group (its id on the network server's application): the nodes
     of one group hear one session. zigbee: the coordinator (Zigbee2MQTT's broker and
-    base topic): its nodes share one staged OTA image and one index entry."""
+    base topic, or the zigpy adapter's serial port): its nodes share one staged OTA
+    image, and with zigpy one broadcast notify."""
     o = tc.options
     if tc.transport == "lora":
         server = o.get("api_url") or f"{o.get('mqtt_host', '127.0.0.1')}:{o.get('mqtt_port', 1883)}"
         return f"lora:{server}/{o.get('application_id', '')}/{tc.address}"
+    if tc.transport == "zigbee" and o.get("adapter") == "zigpy":
+        return f"zigbee:zigpy:{o.get('port', '')}"
     if tc.transport == "zigbee":
         return (f"zigbee:{o.get('mqtt_host', '127.0.0.1')}:{o.get('mqtt_port', 1883)}/"
                 f"{o.get('base_topic', 'zigbee2mqtt')}")

@@ -423,6 +423,13 @@ def test_campaign_keys_scope_and_readiness():
     assert campaign.medium(lora).startswith("lora:") and campaign.medium(zb) == \
         "zigbee:127.0.0.1:1883/zigbee2mqtt"
     assert campaign.medium(TargetConfig("m", "smp-serial", "/dev/x")) == ""
+    # the zigpy adapter: one medium per coordinator, by its serial port
+    zp = {"adapter": "zigpy", "radio": "znp"}
+    assert campaign.medium(TargetConfig("a", "zigbee", "*", options={
+        **zp, "port": "/dev/ttyUSB0"})) == "zigbee:zigpy:/dev/ttyUSB0"
+    assert campaign.medium(TargetConfig("b", "zigbee", "*", options={
+        **zp, "port": "/dev/ttyUSB1"})) != campaign.medium(TargetConfig(
+            "a", "zigbee", "*", options={**zp, "port": "/dev/ttyUSB0"}))
     assert campaign.campaign_key("AB", "m", "c1") == campaign.campaign_key("ab", "m", "c2")
     assert campaign.campaign_key("", "m", "c1") != campaign.campaign_key("", "m", "c2")
     a = DeviceState("c.a", "g", node="n2", gathered=100.0, last_poll=100.0)
