@@ -133,18 +133,25 @@ class FakeChirpStack:
         self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
-    def _publish(self, eui: str, answers: list[tuple[float, int, bytes]]) -> None:
-        for _delay, port, payload in answers:
-            stamp = datetime.now(UTC).isoformat()
+    def _publish(self, eui: str, answers: list[tuple[float, int, bytes]], at: float) -> None:
+        """Each answer stamped when the node sends it (``at`` + its delay), as
+        ChirpStack's ``time`` is the gateway's reception time. The node reads its clock
+        for an AppTimeReq at that moment (sim/lora/node.py: the second request of a
+        resync goes a second after the answer), so a stamp taken when this thread
+        publishes would be a second early, and clock sync would pass or fail with
+        the fraction of the second the test happened to run at."""
+        for delay, port, payload in answers:
+            stamp = datetime.fromtimestamp(at + delay, UTC).isoformat()
             self.mqtt.publish(f"application/{APP}/device/{eui}/event/up",
                               up_event(eui, port, payload, stamp=stamp), qos=1)
 
     def _down(self, _c: object, _u: object, m: mqtt.MQTTMessage) -> None:
         msg = json.loads(m.payload)
         node = self.nodes[msg["devEui"]]
+        now = time.time()
         with self.lock:
-            answers = node.downlink(msg["fPort"], base64.b64decode(msg["data"]), time.time())
-        self._publish(msg["devEui"], answers)
+            answers = node.downlink(msg["fPort"], base64.b64decode(msg["data"]), now)
+        self._publish(msg["devEui"], answers, now)
 
     def api(self, method: str, path: str, body: dict) -> dict:
         if method == "PUT" and path == f"/api/multicast-groups/{GROUP}":
@@ -166,7 +173,7 @@ class FakeChirpStack:
                             or not node.listening(0, now)):
                         continue
                     answers = node.downlink(item["fPort"], payload, now)
-                self._publish(eui, answers)
+                self._publish(eui, answers, now)
             return {"fCnt": len(self.rest)}
         raise AssertionError(f"unexpected API call {method} {path}")
 
