@@ -144,16 +144,21 @@ class ZigpyLink:
             log.debug("zigbee ota: send failed: %s", task.exception())
 
 
-def ota_endpoint(device: Any) -> int:
-    """The node's endpoint that holds the OTA client (an output cluster), else 1."""
+def ota_client(device: Any) -> tuple[int, Any] | None:
+    """(endpoint id, cluster) of the node's OTA client (an output cluster), or None."""
     for ep_id, ep in getattr(device, "endpoints", {}).items():
-        if ep_id and OTA_CLUSTER in getattr(ep, "out_clusters", {}):
-            return int(ep_id)
-    return 1
+        cluster = getattr(ep, "out_clusters", {}).get(OTA_CLUSTER) if ep_id else None
+        if cluster is not None:
+            return int(ep_id), cluster
+    return None
+
+
+def ota_endpoint(device: Any) -> int:
+    """The endpoint of the node's OTA client, else 1."""
+    found = ota_client(device)
+    return found[0] if found is not None else 1
 
 
 def ota_nodes(app: Any) -> list[Any]:
     """The devices of the network that have an OTA client cluster."""
-    return [d for d in app.devices.values()
-            if any(ep_id and OTA_CLUSTER in getattr(ep, "out_clusters", {})
-                   for ep_id, ep in getattr(d, "endpoints", {}).items())]
+    return [d for d in app.devices.values() if ota_client(d) is not None]

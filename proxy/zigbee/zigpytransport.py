@@ -34,10 +34,10 @@ from ferry.proxy.zigbee.policy import POPULATION, policy_problem, version_str
 from ferry.proxy.zigbee.progress import DONE, FAILED, FINAL_STATES, IDLE, SKIPPED, NodeProgress
 from ferry.proxy.zigbee.server import OtaServer, ServedImage, ServerConfig
 from ferry.proxy.zigbee.zigpylink import (
-    OTA_CLUSTER,
     LoopClock,
     ZigpyLink,
     ieee_key,
+    ota_client,
     ota_nodes,
 )
 
@@ -155,11 +155,11 @@ async def campaign(app: Any, image: ServedImage, nodes: list[str], *, named: boo
     """Serve ``image`` to ``nodes`` until each has an outcome or the time runs out."""
     loop = asyncio.get_running_loop()
     wanted = [ieee_key(n) for n in nodes]
-    server = OtaServer(link=_Unbound(), clock=LoopClock(loop),
+    # the link hands frames to the server, which answers through the link
+    link = ZigpyLink(app, lambda node, frame: server.handle_frame(node, frame))
+    server = OtaServer(link=link, clock=LoopClock(loop),
                        config=ServerConfig(nodes=set(wanted), force=force,
                                            notify_jitter=opts.jitter))
-    link = ZigpyLink(app, server.handle_frame)
-    server.link = link
     server.add_image(image)
     link.claim(wanted)
     unicasts = 0
@@ -232,13 +232,6 @@ def _word(p: NodeProgress | None, image: ServedImage, named: bool,
         return f"failed: {p.message}"
     return (f"failed: still {p.state} ({p.offset} of {p.size} bytes) after "
             f"{opts.campaign_timeout_s:.0f} s")
-
-
-class _Unbound:
-    """The server's link until the ZigpyLink (which needs the server) exists."""
-
-    def send(self, node: str, frame: bytes) -> None:
-        raise RuntimeError("link not bound yet")
 
 
 class ZigpyTransport:
@@ -336,7 +329,8 @@ def _result(target: Target, res: CampaignResult, new: int, population: bool) -> 
                                detail=detail, message=f"{target.name} already runs "
                                f"{version_str(running)} (image {version_str(new)}); not forced")
         if failed:
-            return FlashResult(ok=False, detail=detail, message=f"{target.name}: {word[8:]}")
+            why = word.removeprefix("failed: ")
+            return FlashResult(ok=False, detail=detail, message=f"{target.name}: {why}")
         return FlashResult(ok=True, version=version_str(new), detail=detail,
                            message=f"{target.name} now runs {version_str(new)}")
     updated = sum(1 for w in res.words.values() if w == "ok")
@@ -350,15 +344,14 @@ def _result(target: Target, res: CampaignResult, new: int, population: bool) -> 
 
 def _file_version(device: Any) -> int | None:
     """The node's OTA CurrentFileVersion (attribute 0x0002) as zigpy last cached it."""
-    for ep_id, ep in getattr(device, "endpoints", {}).items():
-        cluster = getattr(ep, "out_clusters", {}).get(OTA_CLUSTER) if ep_id else None
-        if cluster is not None:
-            try:
-                value = cluster.get_cached_value(0x0002)
-            except KeyError:  # never read or reported
-                return None
-            return int(value) if value is not None else None
-    return None
+    found = ota_client(device)
+    if found is None:
+        return None
+    try:
+        value = found[1].get_cached_value(0x0002)
+    except KeyError:  # never read or reported
+        return None
+    return int(value) if value is not None else None
 
 
 def create(options: dict[str, Any], opener: AppOpener | None = None) -> ZigpyTransport:
