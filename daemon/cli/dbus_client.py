@@ -11,18 +11,23 @@ group ``ferry`` what that user could not read (docs/security.md).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
-from dbus_next import BusType, Message, MessageType, Variant
-from dbus_next.aio import MessageBus
-from dbus_next.errors import AuthError, DBusError
-
 from ferry.daemon.cli import exitcodes
+from ferry.daemon.cli.dbusconn import (
+    BUS,
+    BUS_PATH,
+    BusError,
+    CallError,
+    Connection,
+    system_bus_address,
+)
+from ferry.daemon.cli.dbuswire import SIGNAL, Message, Variant, WireError
 from ferry.daemon.service import dbus_api
 from ferry.errors import FerryError
 
@@ -43,19 +48,16 @@ class DaemonError(FerryError):
     exit_code = exitcodes.FAILED
 
 
-def _address() -> str | None:
+def _address() -> str:
     """FERRY_BUS_ADDRESS (tests, the demo) wins over the system bus."""
-    return os.environ.get("FERRY_BUS_ADDRESS") or None
+    return os.environ.get("FERRY_BUS_ADDRESS") or system_bus_address()
 
 
-async def connect() -> MessageBus:
+def connect() -> Connection:
     try:
-        address = _address()
-        if address:
-            return await MessageBus(bus_address=address, negotiate_unix_fd=True).connect()
-        return await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
-    except (OSError, DBusError, ValueError, AuthError) as err:
-        # AuthError: also a bus that refuses fd passing (not a UNIX socket)
+        return Connection(_address())
+    except (OSError, BusError, WireError, CallError) as err:
+        # BusError: also a bus that refuses fd passing
         raise DaemonUnavailable(f"cannot reach the D-Bus system bus ({err}); "
                                 f"{STANDALONE_HINT}") from err
 
@@ -77,51 +79,54 @@ def _raise(err_name: str, text: str) -> None:
     raise DaemonError(text or err_name)
 
 
-async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None,
-               interface: str = dbus_api.INTERFACE, unix_fds: list[int] | None = None
-               ) -> list[Any]:
+def call(bus: Connection, member: str, signature: str = "", body: list[Any] | None = None,
+         interface: str = dbus_api.INTERFACE, unix_fds: list[int] | None = None) -> list[Any]:
     """``unix_fds``: descriptors sent with the call; an ``h`` in ``body`` is an index
-    into this list (dbus-next's low-level form)."""
-    reply = await bus.call(Message(
-        destination=dbus_api.BUS_NAME, path=dbus_api.OBJECT_PATH, interface=interface,
-        member=member, signature=signature, body=body or [], unix_fds=unix_fds or []))
-    if reply is None:
-        raise DaemonError(f"no reply to {member}")
-    if reply.message_type == MessageType.ERROR:
-        _raise(reply.error_name or "", str(reply.body[0]) if reply.body else "")
-    return list(reply.body)
+    into this list."""
+    try:
+        return bus.call(dbus_api.BUS_NAME, dbus_api.OBJECT_PATH, interface, member,
+                        signature, body, unix_fds)
+    except CallError as err:
+        _raise(err.name, err.text)
+        raise  # not reached: _raise always raises
+    except (OSError, BusError, WireError) as err:
+        raise DaemonError(f"D-Bus connection failed during {member}: {err}") from err
 
 
-async def properties(bus: MessageBus) -> dict[str, Any]:
-    body = await call(bus, "GetAll", "s", [dbus_api.INTERFACE],
-                      interface="org.freedesktop.DBus.Properties")
+def properties(bus: Connection) -> dict[str, Any]:
+    body = call(bus, "GetAll", "s", [dbus_api.INTERFACE],
+                interface="org.freedesktop.DBus.Properties")
     return {k: v.value for k, v in body[0].items()}
 
 
-def run(coro_fn: Callable[[MessageBus], Any]) -> Any:
-    """Connect, run ``coro_fn(bus)``, disconnect; for one-shot CLI commands."""
-    async def main() -> Any:
-        bus = await connect()
-        try:
-            return await coro_fn(bus)
-        finally:
-            bus.disconnect()
-    return asyncio.run(main())
+@contextmanager
+def connected() -> Iterator[Connection]:
+    bus = connect()
+    try:
+        yield bus
+    finally:
+        bus.close()
+
+
+def run(fn: Callable[[Connection], Any]) -> Any:
+    """Connect, run ``fn(bus)``, disconnect; for one-shot CLI commands."""
+    with connected() as bus:
+        return fn(bus)
 
 
 def get_status() -> dict[str, Any]:
-    async def go(bus: MessageBus) -> dict[str, Any]:
-        (text,) = await call(bus, "GetStatus")
+    def go(bus: Connection) -> dict[str, Any]:
+        (text,) = call(bus, "GetStatus")
         status: dict[str, Any] = json.loads(text)
-        status["daemon"] = await properties(bus)
+        status["daemon"] = properties(bus)
         return status
     result: dict[str, Any] = run(go)
     return result
 
 
 def list_targets() -> list[dict[str, Any]]:
-    async def go(bus: MessageBus) -> list[dict[str, Any]]:
-        (text,) = await call(bus, "ListTargets")
+    def go(bus: Connection) -> list[dict[str, Any]]:
+        (text,) = call(bus, "ListTargets")
         result: list[dict[str, Any]] = json.loads(text)
         return result
     targets: list[dict[str, Any]] = run(go)
@@ -129,16 +134,16 @@ def list_targets() -> list[dict[str, Any]]:
 
 
 def mark(state: str, slot: str) -> tuple[str, str]:
-    async def go(bus: MessageBus) -> tuple[str, str]:
-        name, message = await call(bus, "Mark", "ss", [state, slot])
+    def go(bus: Connection) -> tuple[str, str]:
+        name, message = call(bus, "Mark", "ss", [state, slot])
         return str(name), str(message)
     result: tuple[str, str] = run(go)
     return result
 
 
 def cancel() -> bool:
-    async def go(bus: MessageBus) -> bool:
-        (ok,) = await call(bus, "Cancel")
+    def go(bus: Connection) -> bool:
+        (ok,) = call(bus, "Cancel")
         return bool(ok)
     result: bool = run(go)
     return result
@@ -179,51 +184,65 @@ def follow(method: str, signature: str, body: list[Any],
 
     Ctrl-C stops following, not the operation (it runs on in ferryd). If ferryd leaves
     the bus first (a crash, a restart) the result is RESULT_DAEMON_GONE."""
-    async def go(bus: MessageBus) -> tuple[int, str]:
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    def go(bus: Connection) -> tuple[int, str]:
+        done: list[int] = []
+        # Signals count only from ferryd's own connection. The match rules below filter
+        # broadcasts by sender at the bus, but any local peer may send a signal straight
+        # to our unique name (the system bus's default policy allows signals), and a
+        # forged Completed would end the follow with a result ferryd never gave. The bus
+        # writes each message's sender itself, so this check cannot be forged.
+        try:
+            (owner,) = bus.call(BUS, BUS_PATH, BUS, "GetNameOwner", "s", [dbus_api.BUS_NAME])
+        except CallError as err:
+            _raise(err.name, err.text)
+            raise
+        except (OSError, BusError, WireError) as err:
+            raise DaemonError(f"D-Bus connection failed: {err}") from err
 
-        def handler(msg: Message) -> bool:
-            if (msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged"
-                    and msg.body and msg.body[0] == dbus_api.BUS_NAME and not msg.body[2]
-                    and not done.done()):
-                done.set_result(RESULT_DAEMON_GONE)
-                return False
-            if msg.message_type != MessageType.SIGNAL or msg.path != dbus_api.OBJECT_PATH:
-                return False
-            if msg.member == "PropertiesChanged" and msg.body[0] == dbus_api.INTERFACE:
-                changed = msg.body[1]
+        def handler(msg: Message) -> None:
+            body = msg.body or []
+            if (msg.member == "NameOwnerChanged" and msg.sender == BUS and body
+                    and body[0] == dbus_api.BUS_NAME and not body[2] and not done):
+                done.append(RESULT_DAEMON_GONE)
+                return
+            if msg.type != SIGNAL or msg.path != dbus_api.OBJECT_PATH or msg.sender != owner:
+                return
+            if msg.member == "PropertiesChanged" and body and body[0] == dbus_api.INTERFACE:
+                changed = body[1]
                 if "Progress" in changed:
                     pct, text, depth = changed["Progress"].value
                     on_progress(int(pct), str(text), int(depth))
-            elif msg.member == "Completed" and not done.done():
-                done.set_result(int(msg.body[0]))
-            return False
+            elif msg.member == "Completed" and not done:
+                done.append(int(body[0]))
 
-        bus.add_message_handler(handler)
+        bus.add_handler(handler)
         rule = f"type='signal',sender='{dbus_api.BUS_NAME}',path='{dbus_api.OBJECT_PATH}'"
-        owner = ("type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
-                 f"arg0='{dbus_api.BUS_NAME}'")
-        for match in (rule, owner):
-            await bus.call(Message(destination="org.freedesktop.DBus",
-                                   path="/org/freedesktop/DBus",
-                                   interface="org.freedesktop.DBus", member="AddMatch",
-                                   signature="s", body=[match]))
+        gone = (f"type='signal',sender='{BUS}',member='NameOwnerChanged',"
+                f"arg0='{dbus_api.BUS_NAME}'")
+        for match in (rule, gone):
+            try:
+                bus.add_match(match)
+            except (CallError, OSError, BusError, WireError) as err:
+                raise DaemonError(f"cannot follow ferryd's signals: {err}") from err
         try:
-            await call(bus, method, signature, body, unix_fds=unix_fds)
+            call(bus, method, signature, body, unix_fds=unix_fds)
         except DaemonError:
             # ferryd can leave the bus between taking the call and answering it (a crash,
             # a restart): the bus then answers NoReply, and NameOwnerChanged, which the
             # handler above turns into RESULT_DAEMON_GONE, follows within moments.
-            try:
-                gone = await asyncio.wait_for(asyncio.shield(done), 2.0)
-            except TimeoutError:
-                gone = None
-            if gone != RESULT_DAEMON_GONE:
+            with suppress(OSError, BusError, WireError):
+                bus.wait(lambda: bool(done), timeout=2.0)
+            if done != [RESULT_DAEMON_GONE]:
                 raise
-        result = await done
+        try:
+            bus.wait(lambda: bool(done))
+        except (OSError, BusError, WireError) as err:
+            raise DaemonError(f"lost the D-Bus connection while following ferryd: {err}; "
+                              "see 'ferry status'") from err
+        result = done[0]
         if result == RESULT_DAEMON_GONE:
             return result, DAEMON_GONE
-        props = await properties(bus)
+        props = properties(bus)
         return result, str(props.get("LastError", ""))
 
     outcome: tuple[int, str] = run(go)
