@@ -29,6 +29,7 @@ def gw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Gateway:
     g = make_gateway(tmp_path / "gw", slot_size=4 << 20)
     monkeypatch.setenv("FERRY_BOOT_ID_PATH", str(g.boot_id))
     monkeypatch.setattr(slotwriter, "CHUNK", 64 << 10)
+    monkeypatch.setattr(slotwriter, "STORED_CHUNK", 64 << 10)
     monkeypatch.setattr(slotwriter, "SYNC_EVERY", 256 << 10)
     return g
 
