@@ -6,6 +6,9 @@ same slot file, from the same local ``python -m http.server``:
 - ``curl -o SLOT`` + ``sync SLOT`` (test-recipes §3.2), and ``curl URL 1<>SLOT`` + ``sync
   SLOT``: in place, without the truncation of ``-o``, the semantics of a partition
 - ``openssl dgst -sha256 IMAGE``; with the in-place write, the floor of an install's CPU
+- ``zstd -d`` of the compressible image as ferry's bundles carry it (level 10, 32 MiB
+  frames) into /dev/null: what decompression alone costs, which that floor leaves out;
+  a ratio against floor + ``zstd -d`` is printed beside the zstd goals
 - SWUpdate 2022.12 (``-d -u URL``, streamed, signed as in §3.3), raw and zstd; it makes no
   fsync/fdatasync/sync call at all (strace), so it is timed at its exit and + ``sync SLOT``
 - RAUC 1.8 (Debian's ``rauc``, which the bench apt-installs as root when missing: no
@@ -84,6 +87,7 @@ RAUC_MAX = 2040 * MiB  # rauc < 1.15.2 checks little of a plain bundle over 2 Gi
 CURL_O = "curl -o slot + sync"
 IN_PLACE = "curl 1<>slot (in place) + sync"
 SHA = "openssl dgst -sha256"
+ZSTD_D = "zstd -d (ferry's member)"
 SWU_RAW = "swupdate raw + sync"
 SWU_RAW_EXIT = "swupdate raw, at its exit"
 SWU_ZSTD = "swupdate zstd + sync"
@@ -154,6 +158,17 @@ def make_images(d: Path, size: int) -> tuple[Path, Path]:
                 left -= n
                 i += 1
     return rnd, comp
+
+
+def ferry_zstd_member(d: Path, comp: Path) -> Path:
+    """The compressible image compressed as ``ferry bundle create`` does it."""
+    from ferry.packaging.compression import compress_file
+
+    out = d / f"{comp.name}.zst"
+    if not out.exists():
+        with open(comp, "rb") as src, open(out, "wb") as dst:
+            compress_file("zstd", src, dst)
+    return out
 
 
 def free_port() -> int:
@@ -530,6 +545,7 @@ def run_size(d: Path, size: int, rounds: int, tree: CgroupTree, swupdate: str,
     with open(slot, "wb") as f:
         f.truncate(size)
     raw_b, zst_b, ca = ferry_bundles(d, rnd, comp)
+    member = ferry_zstd_member(d, comp)
     enc_b, aes_key, cipher = encrypted_bundle(d, rnd)
     cfg = ferry_gateway(d, slot, ca)
     swu_raw, swu_crt = swupdate_bundle(d, rnd, slot) if swupdate else (None, None)
@@ -608,6 +624,8 @@ def run_size(d: Path, size: int, rounds: int, tree: CgroupTree, swupdate: str,
                           then_sync=True))
             check("curl", rnd)
             add(meter.run(SHA, ["openssl", "dgst", "-sha256", str(rnd)]))
+            add(meter.run(ZSTD_D, ["zstd", "-q", "-d", "-f", str(member), "-o",
+                                   "/dev/null"]))
             key_hex, iv_hex = aes_key.read_text().split()
             add(meter.run(OPENSSL_DEC, ["openssl", "enc", "-d", "-aes-256-cbc", "-nosalt",
                                         "-K", key_hex, "-iv", iv_hex, "-in", str(cipher),
@@ -778,6 +796,12 @@ def goals(results: list[tuple[int, list[list[Sample]], Memory]]) -> None:
             cpu = [s.cpu_per_gib for s in by[lab]]
             goal(f"CPU/GiB {lab} / floor, {n} MiB",
                  [c / f for c, f in zip(cpu, fl, strict=True)], 1.15 if big else 1.3, True)
+        if ZSTD_D in by:
+            zfl = [f + z.cpu_per_gib for f, z in zip(fl, by[ZSTD_D], strict=True)]
+            zcpu = [s.cpu_per_gib for s in by[FERRYD_ZSTD]]
+            print(f"  {f'CPU/GiB {FERRYD_ZSTD} / (floor + {ZSTD_D}), {n} MiB':64} "
+                  f"{mmm([c / f for c, f in zip(zcpu, zfl, strict=True)]):>20}x"
+                  "  (the floor above has no decompression)")
         for lab, peer in ((FERRYD_RAW, RAUC_RAW), (FERRYD_ZSTD, RAUC_ZSTD)):
             goal(f"CPU/GiB {lab} / {peer}, {n} MiB",
                  ratio_rounds(by[lab], by[peer], lambda s: s.cpu_per_gib), 1.0, True)
