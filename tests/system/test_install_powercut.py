@@ -88,7 +88,7 @@ def _child(root: Path, argv: list[str], env: dict[str, str]) -> None:
             base.fsync(self, fd)
 
     ubootenv._Sink = KillSink  # type: ignore[misc]
-    slotwriter.CHUNK = staging.CHUNK = CHUNK  # more write points with small images
+    slotwriter.CHUNK = slotwriter.STORED_CHUNK = staging.CHUNK = CHUNK  # more write points
     proxyphase._default_factory = lambda name, options: _FakeTransport(root)  # type: ignore[assignment]
     out = os.open(root / "child.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)

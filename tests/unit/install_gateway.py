@@ -238,7 +238,7 @@ def killed_mid_write(install: Callable[[], object], nth: int) -> None:
             os.environ["FERRY_TEST_KILL_AT"] = f"slot.write:{nth}"
             killpoint._parsed = False
             killpoint._counts.clear()
-            slotwriter.CHUNK = 64 << 10
+            slotwriter.CHUNK = slotwriter.STORED_CHUNK = 64 << 10
             install()
         finally:
             os._exit(99)
