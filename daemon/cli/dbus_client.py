@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from ferry.daemon.cli import exitcodes
@@ -80,12 +80,15 @@ def _raise(err_name: str, text: str) -> None:
 
 
 def call(bus: Connection, member: str, signature: str = "", body: list[Any] | None = None,
-         interface: str = dbus_api.INTERFACE, unix_fds: list[int] | None = None) -> list[Any]:
-    """``unix_fds``: descriptors sent with the call; an ``h`` in ``body`` is an index
-    into this list."""
+         interface: str = dbus_api.INTERFACE, unix_fds: list[int] | None = None, *,
+         destination: str = dbus_api.BUS_NAME, path: str = dbus_api.OBJECT_PATH
+         ) -> list[Any]:
+    """A call to ferryd (or, given ``destination``, to the bus), its errors mapped.
+
+    ``unix_fds``: descriptors sent with the call; an ``h`` in ``body`` is an index into
+    this list."""
     try:
-        return bus.call(dbus_api.BUS_NAME, dbus_api.OBJECT_PATH, interface, member,
-                        signature, body, unix_fds)
+        return bus.call(destination, path, interface, member, signature, body, unix_fds)
     except CallError as err:
         _raise(err.name, err.text)
         raise  # not reached: _raise always raises
@@ -99,19 +102,13 @@ def properties(bus: Connection) -> dict[str, Any]:
     return {k: v.value for k, v in body[0].items()}
 
 
-@contextmanager
-def connected() -> Iterator[Connection]:
-    bus = connect()
-    try:
-        yield bus
-    finally:
-        bus.close()
-
-
 def run(fn: Callable[[Connection], Any]) -> Any:
     """Connect, run ``fn(bus)``, disconnect; for one-shot CLI commands."""
-    with connected() as bus:
+    bus = connect()
+    try:
         return fn(bus)
+    finally:
+        bus.close()
 
 
 def get_status() -> dict[str, Any]:
@@ -191,13 +188,8 @@ def follow(method: str, signature: str, body: list[Any],
         # to our unique name (the system bus's default policy allows signals), and a
         # forged Completed would end the follow with a result ferryd never gave. The bus
         # writes each message's sender itself, so this check cannot be forged.
-        try:
-            (owner,) = bus.call(BUS, BUS_PATH, BUS, "GetNameOwner", "s", [dbus_api.BUS_NAME])
-        except CallError as err:
-            _raise(err.name, err.text)
-            raise
-        except (OSError, BusError, WireError) as err:
-            raise DaemonError(f"D-Bus connection failed: {err}") from err
+        (owner,) = call(bus, "GetNameOwner", "s", [dbus_api.BUS_NAME], interface=BUS,
+                        destination=BUS, path=BUS_PATH)
 
         def handler(msg: Message) -> None:
             body = msg.body or []

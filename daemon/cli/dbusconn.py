@@ -17,6 +17,7 @@ import os
 import socket
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes  # pathlib has imported it already
 
 from ferry.daemon.cli import dbuswire as wire
 
@@ -57,16 +58,8 @@ def _socket_path(address: str) -> str:
 
 
 def _unescape(value: str) -> str:
-    out = bytearray()
-    i = 0
-    while i < len(value):
-        if value[i] == "%":
-            out.append(int(value[i + 1:i + 3], 16))
-            i += 3
-        else:
-            out.extend(value[i].encode())
-            i += 1
-    return out.decode()
+    """D-Bus address values escape bytes as %XX, as URLs do."""
+    return unquote_to_bytes(value).decode()
 
 
 class Connection:

@@ -248,13 +248,18 @@ class _Reader:
         raise WireError(f"cannot unmarshal type {t!r}")
 
 
+def _byte_order(mark: int) -> str:
+    order = {ord("l"): "<", ord("B"): ">"}.get(mark)
+    if order is None:
+        raise WireError(f"bad byte-order mark {mark:#x}")
+    return order
+
+
 def message_length(head: bytes) -> int:
     """The whole message's length from its first 16 bytes."""
     if len(head) < 16:
         raise WireError("need 16 bytes")
-    order = {ord("l"): "<", ord("B"): ">"}.get(head[0])
-    if order is None:
-        raise WireError(f"bad byte-order mark {head[0]:#x}")
+    order = _byte_order(head[0])
     body_len, _serial, fields_len = struct.unpack_from(order + "III", head, 4)
     header = 16 + fields_len
     total = header + (-header % 8) + body_len
@@ -264,9 +269,7 @@ def message_length(head: bytes) -> int:
 
 
 def unmarshal(data: bytes) -> Message:
-    order = {ord("l"): "<", ord("B"): ">"}.get(data[0])
-    if order is None:
-        raise WireError(f"bad byte-order mark {data[0]:#x}")
+    order = _byte_order(data[0])
     mtype, flags, version = data[1], data[2], data[3]
     if version != 1:
         raise WireError(f"protocol version {version}, expected 1")

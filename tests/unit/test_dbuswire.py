@@ -122,3 +122,13 @@ def test_truncated_and_oversized_messages_are_refused():
         wire.split_signature("a{sv")
     with pytest.raises(wire.WireError):
         wire.marshal_body("s", [])
+
+
+def test_bus_addresses():
+    """The first unix entry of an address list, its %XX escapes undone; none is an error."""
+    from ferry.daemon.cli.dbusconn import BusError, _socket_path
+
+    assert _socket_path("unix:path=/run/a%2cb,guid=01") == "/run/a,b"
+    assert _socket_path("tcp:host=h,port=1;unix:abstract=/tmp/dbus-X") == "\0/tmp/dbus-X"
+    with pytest.raises(BusError, match="unix:path"):
+        _socket_path("tcp:host=h,port=1")
